@@ -1,0 +1,54 @@
+//! Base62 (`0-9A-Za-z`) digits, for key bodies, checksums and identifiers: URL-safe, no
+//! separators a secret scanner or a shell could split on.
+
+/// The 62 digits in ascending order.
+pub const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// Value of one base62 digit, or `None` for any other byte.
+#[inline]
+pub const fn digit_value(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'A'..=b'Z' => Some(byte - b'A' + 10),
+        b'a'..=b'z' => Some(byte - b'a' + 36),
+        _ => None,
+    }
+}
+
+/// Writes `value` as exactly `out.len()` base62 digits, most significant first, zero-padded.
+/// Digits beyond what `out` holds are dropped, so callers size `out` for the value's range.
+pub fn encode_fixed(mut value: u128, out: &mut [u8]) {
+    for slot in out.iter_mut().rev() {
+        *slot = ALPHABET[(value % 62) as usize];
+        value /= 62;
+    }
+}
+
+/// Reads a fixed-width base62 number; `None` on a non-digit or on overflow of `u128`.
+pub fn decode_fixed(digits: &[u8]) -> Option<u128> {
+    digits.iter().try_fold(0u128, |acc, &byte| {
+        acc.checked_mul(62)?
+            .checked_add(u128::from(digit_value(byte)?))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_fixed_width() {
+        for value in [0u128, 1, 61, 62, 4_294_967_295, u128::from(u64::MAX)] {
+            let mut buf = [0u8; 22];
+            encode_fixed(value, &mut buf);
+            assert_eq!(decode_fixed(&buf), Some(value));
+        }
+    }
+
+    #[test]
+    fn rejects_non_digits() {
+        assert_eq!(decode_fixed(b"12_3"), None);
+        assert_eq!(digit_value(b'-'), None);
+        assert_eq!(digit_value(b'z'), Some(61));
+    }
+}

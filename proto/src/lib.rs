@@ -1,0 +1,28 @@
+//! The keygate contract shared by every crate: the API key format and its hash, identifiers,
+//! the records a gateway replicates, the events of the sync log, and the keygate.v1 gRPC wire
+//! types.
+//!
+//! Only this crate and the gRPC service modules of the other crates see prost types; the
+//! conversions between wire and domain types live in [`convert`].
+
+#![forbid(unsafe_code)]
+
+pub mod base62;
+pub mod convert;
+pub mod ids;
+pub mod key;
+pub mod model;
+pub mod time;
+
+/// Generated keygate.v1 messages, clients and servers.
+#[allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
+pub mod pb {
+    tonic::include_proto!("keygate.v1");
+}
+
+pub use ids::KeyId;
+pub use key::{ApiKey, KeyFormatError, KeyHash, KeyPrefix};
+pub use model::{Change, Event, Meta, ReplicaKey, Revision};
+
+/// The version string gateways report in their hello.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
