@@ -1,0 +1,235 @@
+//! The keygate control plane: it owns the truth about keys and pushes every change to every
+//! gateway.
+//!
+//! - [`store`]: durable state behind one async trait (SQLite now); every change appends its
+//!   events to the log and an audit row in the same transaction;
+//! - `event_log`: the head revision and recent events in memory, feeding the sync streams;
+//! - `keys`: the rules of the operator operations; `admin_service`: the Admin gRPC service;
+//! - `sync_service`: the Sync gRPC service (replication streams, key lookups);
+//! - `registry`: the connected gateways; `auth`: bearer-token checks;
+//! - `http`: health and metrics over HTTP.
+//!
+//! [`ControlPlane::bind`] opens everything and binds both listeners; [`ControlPlane::serve`]
+//! runs until its shutdown future resolves.
+
+#![forbid(unsafe_code)]
+
+mod admin_service;
+mod auth;
+pub mod config;
+mod error;
+mod event_log;
+mod http;
+mod keys;
+pub mod metrics;
+mod registry;
+pub mod store;
+mod sync_service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keygate_proto::pb::admin_server::AdminServer;
+use keygate_proto::pb::sync_server::SyncServer;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+pub use config::ControlPlaneConfig;
+pub use error::ControlPlaneError;
+
+use crate::admin_service::AdminService;
+use crate::auth::TokenCheck;
+use crate::config::DatabaseUrl;
+use crate::event_log::{DEFAULT_RING_CAPACITY, EventLog};
+use crate::keys::Keys;
+use crate::registry::Registry;
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+use crate::sync_service::{SyncService, SyncSettings};
+
+/// How long open gRPC calls get to finish after shutdown starts (sync streams end at once).
+const GRPC_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keepalive pings on idle HTTP/2 connections, so a vanished gateway is noticed.
+const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// A control plane with its store open and both listeners bound, ready to serve.
+pub struct ControlPlane {
+    config: ControlPlaneConfig,
+    store: Arc<dyn Store>,
+    event_log: Arc<EventLog>,
+    registry: Arc<Registry>,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    metrics: PrometheusHandle,
+}
+
+impl ControlPlane {
+    /// Validates the config, opens (creating if needed) the store, runs migrations and binds
+    /// both listeners (port 0 picks a free port).
+    pub async fn bind(
+        config: ControlPlaneConfig,
+        metrics: PrometheusHandle,
+    ) -> Result<ControlPlane, ControlPlaneError> {
+        config.validate()?;
+        let path = match DatabaseUrl::parse(&config.database)? {
+            DatabaseUrl::Sqlite(path) => path,
+            DatabaseUrl::Postgres => return Err(ControlPlaneError::PostgresUnsupported),
+        };
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            tokio::fs::create_dir_all(parent).await.map_err(|source| {
+                ControlPlaneError::DataDir {
+                    path: parent.to_path_buf(),
+                    source,
+                }
+            })?;
+        }
+        crate::metrics::describe();
+        let event_log = Arc::new(EventLog::new(DEFAULT_RING_CAPACITY));
+        let store = SqliteStore::open(&path, Arc::clone(&event_log) as _).await?;
+        event_log.resume(store.log_bounds().await?.head);
+
+        let grpc_listener = bind_listener("gRPC", config.grpc_listen).await?;
+        let http_listener = bind_listener("HTTP", config.http_listen).await?;
+        let local_addr = |listener: &TcpListener, name, addr| {
+            listener
+                .local_addr()
+                .map_err(|source| ControlPlaneError::Bind {
+                    listener: name,
+                    addr,
+                    source,
+                })
+        };
+        let grpc_addr = local_addr(&grpc_listener, "gRPC", config.grpc_listen)?;
+        let http_addr = local_addr(&http_listener, "HTTP", config.http_listen)?;
+        Ok(ControlPlane {
+            registry: Arc::new(Registry::new(config.gateway_timeout)),
+            config,
+            store: Arc::new(store),
+            event_log,
+            grpc_listener,
+            http_listener,
+            grpc_addr,
+            http_addr,
+            metrics,
+        })
+    }
+
+    /// Where the gRPC listener (Admin and Sync) is bound.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Where the HTTP listener (health, metrics) is bound.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Serves gRPC (Admin and Sync) and HTTP until `shutdown` resolves, then stops gracefully:
+    /// open sync streams are ended at once (gateways reconnect elsewhere), other calls and
+    /// requests get a short drain period.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ControlPlaneError> {
+        let stop = CancellationToken::new();
+        let trigger = stop.clone();
+        let signal = tokio::spawn(async move {
+            shutdown.await;
+            trigger.cancel();
+        });
+
+        let admin = AdminService::new(
+            Keys::new(Arc::clone(&self.store)),
+            Arc::clone(&self.registry),
+            Arc::clone(&self.event_log),
+        );
+        let sync = SyncService::new(
+            Arc::clone(&self.store),
+            Arc::clone(&self.event_log),
+            Arc::clone(&self.registry),
+            stop.clone(),
+            SyncSettings::default(),
+        );
+        let incoming = TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true));
+        let grpc = Server::builder()
+            .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
+            .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE))
+            .add_service(AdminServer::with_interceptor(
+                admin,
+                TokenCheck::admin(&self.config.admin_token),
+            ))
+            .add_service(SyncServer::with_interceptor(
+                sync,
+                TokenCheck::gateway(&self.config.gateway_token),
+            ))
+            .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+        let grpc = async {
+            let drained = async {
+                stop.cancelled().await;
+                tokio::time::sleep(GRPC_DRAIN_TIMEOUT).await;
+            };
+            let result = tokio::select! {
+                result = grpc => result.map_err(|e| ControlPlaneError::Serve {
+                    listener: "gRPC",
+                    message: e.to_string(),
+                }),
+                () = drained => {
+                    tracing::warn!("gRPC calls still open after the drain timeout; closing them");
+                    Ok(())
+                }
+            };
+            // Whatever ended the gRPC server ends the rest too.
+            stop.cancel();
+            result
+        };
+
+        let state = Arc::new(http::HttpState {
+            store: Arc::clone(&self.store),
+            metrics: self.metrics.clone(),
+        });
+        let http = async {
+            http::serve(self.http_listener, state, stop.clone()).await;
+            stop.cancel();
+        };
+
+        let registry = Arc::clone(&self.registry);
+        let prune_every = (self.config.gateway_timeout / 4)
+            .clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let pruner = async {
+            let mut tick = tokio::time::interval(prune_every);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = tick.tick() => registry.prune(),
+                }
+            }
+        };
+
+        tracing::info!(grpc = %self.grpc_addr, http = %self.http_addr, "control plane serving");
+        let (result, (), ()) = tokio::join!(grpc, http, pruner);
+        signal.abort();
+        tracing::info!("control plane stopped");
+        result
+    }
+}
+
+async fn bind_listener(
+    listener: &'static str,
+    addr: SocketAddr,
+) -> Result<TcpListener, ControlPlaneError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ControlPlaneError::Bind {
+            listener,
+            addr,
+            source,
+        })
+}

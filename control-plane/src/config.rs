@@ -1,0 +1,329 @@
+//! The control plane's configuration: one typed struct, loaded once (the CLI reads a TOML file
+//! into it and then applies flags and environment variables), validated before anything binds.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Shortest accepted admin or gateway token: anything shorter is guessable.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Configuration of one control-plane process.
+///
+/// Unknown fields are an error, so a typo in a config file is reported instead of ignored.
+/// `Debug` redacts both tokens, so the config can be logged.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlPlaneConfig {
+    /// Address of the gRPC listener (Admin and Sync services). Default `127.0.0.1:7070`;
+    /// port 0 picks a free port.
+    pub grpc_listen: SocketAddr,
+    /// Address of the HTTP listener (`/healthz`, `/metrics`, later the passkey web flows).
+    /// Default `127.0.0.1:7080`; port 0 picks a free port.
+    pub http_listen: SocketAddr,
+    /// Where the state lives. Default `sqlite://keygate-data/keygate.db`.
+    /// `sqlite://PATH` is a SQLite file (relative to the working directory, or absolute as in
+    /// `sqlite:///var/lib/keygate/keygate.db`); missing parent directories are created.
+    /// `postgres://…` is reserved for PostgreSQL, which is not supported yet.
+    pub database: String,
+    /// Bearer token operators present to the Admin service. Required, at least 16 visible
+    /// ASCII characters. No default.
+    pub admin_token: String,
+    /// Bearer token gateways present to the Sync service. Required, at least 16 visible ASCII
+    /// characters, different from `admin_token`. No default.
+    pub gateway_token: String,
+    /// WebAuthn relying-party id (a domain). Default: none (the passkey flows will use
+    /// `localhost`). Kept for the passkey endpoints.
+    pub rp_id: Option<String>,
+    /// WebAuthn relying-party origin (`https://…`). Default: none (the passkey flows will use
+    /// the HTTP listener's URL). Kept for the passkey endpoints.
+    pub rp_origin: Option<String>,
+    /// How long a disconnected gateway stays in the registry (`keygate gateways`) before it is
+    /// dropped. Default 5 minutes. In TOML either a human-readable duration string
+    /// (`"5m"`, `"90s"`, `"1h 30m"`) or an integer number of seconds (`300`).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub gateway_timeout: Duration,
+}
+
+impl Default for ControlPlaneConfig {
+    fn default() -> Self {
+        Self {
+            grpc_listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7070)),
+            http_listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7080)),
+            database: "sqlite://keygate-data/keygate.db".to_owned(),
+            admin_token: String::new(),
+            gateway_token: String::new(),
+            rp_id: None,
+            rp_origin: None,
+            gateway_timeout: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+impl fmt::Debug for ControlPlaneConfig {
+    /// Never prints a token: configs end up in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redact = |token: &str| {
+            if token.is_empty() {
+                "<unset>"
+            } else {
+                "<redacted>"
+            }
+        };
+        f.debug_struct("ControlPlaneConfig")
+            .field("grpc_listen", &self.grpc_listen)
+            .field("http_listen", &self.http_listen)
+            .field("database", &self.database)
+            .field("admin_token", &redact(&self.admin_token))
+            .field("gateway_token", &redact(&self.gateway_token))
+            .field("rp_id", &self.rp_id)
+            .field("rp_origin", &self.rp_origin)
+            .field("gateway_timeout", &self.gateway_timeout)
+            .finish()
+    }
+}
+
+/// Where the control plane keeps its state, parsed from [`ControlPlaneConfig::database`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL server (not supported yet).
+    Postgres,
+}
+
+impl DatabaseUrl {
+    /// Parses `sqlite://PATH` or `postgres://…` / `postgresql://…`.
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(ConfigError::Database(
+                    "sqlite:// URL has no file path".into(),
+                ));
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres);
+        }
+        // Never echo the URL: a database URL may carry a password.
+        Err(ConfigError::Database(
+            "expected sqlite://PATH or postgres://… URL".into(),
+        ))
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{field} is required")]
+    MissingToken { field: &'static str },
+    #[error("{field} must be at least {MIN_TOKEN_LEN} characters")]
+    ShortToken { field: &'static str },
+    #[error("{field} must be visible ASCII characters only (it is sent in an HTTP header)")]
+    TokenCharacters { field: &'static str },
+    #[error("admin_token and gateway_token must differ, or every gateway could act as an operator")]
+    SameTokens,
+    #[error("invalid database: {0}")]
+    Database(String),
+    #[error("grpc_listen and http_listen are both {0}")]
+    SameListenAddress(SocketAddr),
+    #[error("gateway_timeout must be greater than zero")]
+    ZeroGatewayTimeout,
+    #[error("rp_origin must start with https:// or http://")]
+    RpOrigin,
+    #[error("rp_id must not be empty when set")]
+    RpId,
+}
+
+impl ControlPlaneConfig {
+    /// Checks everything that can be checked without touching the network or the disk.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_token("admin_token", &self.admin_token)?;
+        check_token("gateway_token", &self.gateway_token)?;
+        if self.admin_token == self.gateway_token {
+            return Err(ConfigError::SameTokens);
+        }
+        DatabaseUrl::parse(&self.database)?;
+        if self.grpc_listen == self.http_listen && self.grpc_listen.port() != 0 {
+            return Err(ConfigError::SameListenAddress(self.grpc_listen));
+        }
+        if self.gateway_timeout.is_zero() {
+            return Err(ConfigError::ZeroGatewayTimeout);
+        }
+        if self.rp_id.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError::RpId);
+        }
+        if let Some(origin) = &self.rp_origin
+            && !(origin.starts_with("https://") || origin.starts_with("http://"))
+        {
+            return Err(ConfigError::RpOrigin);
+        }
+        Ok(())
+    }
+}
+
+fn check_token(field: &'static str, token: &str) -> Result<(), ConfigError> {
+    if token.is_empty() {
+        return Err(ConfigError::MissingToken { field });
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::TokenCharacters { field });
+    }
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(ConfigError::ShortToken { field });
+    }
+    Ok(())
+}
+
+/// Serde support for durations written as `"5m"` (humantime) or as whole seconds.
+mod duration {
+    use std::fmt;
+    use std::time::Duration;
+
+    use serde::Deserializer;
+    use serde::de::{self, Visitor};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        d.deserialize_any(DurationVisitor)
+    }
+
+    struct DurationVisitor;
+
+    impl Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration such as \"5m\" or \"90s\", or a whole number of seconds")
+        }
+
+        fn visit_u64<E: de::Error>(self, seconds: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(seconds))
+        }
+
+        fn visit_i64<E: de::Error>(self, seconds: i64) -> Result<Duration, E> {
+            u64::try_from(seconds)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom("a duration cannot be negative"))
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
+            humantime::parse_duration(text).map_err(|e| E::custom(format!("{text:?}: {e}")))
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn valid() -> ControlPlaneConfig {
+        ControlPlaneConfig {
+            admin_token: "admin-token-0123456789".into(),
+            gateway_token: "gateway-token-0123456789".into(),
+            ..ControlPlaneConfig::default()
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let config = ControlPlaneConfig::default();
+        assert_eq!(config.grpc_listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(config.http_listen.to_string(), "127.0.0.1:7080");
+        assert_eq!(config.database, "sqlite://keygate-data/keygate.db");
+        assert_eq!(config.gateway_timeout, Duration::from_secs(300));
+        // Tokens are required, so the default alone does not validate.
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::MissingToken {
+                field: "admin_token"
+            })
+        );
+        assert_eq!(valid().validate(), Ok(()));
+    }
+
+    #[test]
+    fn toml_accepts_both_duration_forms_and_rejects_unknown_fields() {
+        let config: ControlPlaneConfig =
+            toml::from_str("admin_token = \"x\"\ngateway_timeout = \"90s\"").unwrap();
+        assert_eq!(config.gateway_timeout, Duration::from_secs(90));
+        assert_eq!(config.admin_token, "x");
+        assert_eq!(config.grpc_listen.port(), 7070);
+        let config: ControlPlaneConfig = toml::from_str("gateway_timeout = 42").unwrap();
+        assert_eq!(config.gateway_timeout, Duration::from_secs(42));
+        assert!(toml::from_str::<ControlPlaneConfig>("gateway_timeout = \"soon\"").is_err());
+        assert!(toml::from_str::<ControlPlaneConfig>("gateway_timeout = -1").is_err());
+        let typo = toml::from_str::<ControlPlaneConfig>("admin_tokne = \"x\"").unwrap_err();
+        assert!(typo.to_string().contains("admin_tokne"), "{typo}");
+    }
+
+    #[test]
+    fn validation_rejects_weak_or_shared_tokens() {
+        let mut config = valid();
+        config.gateway_token = "short".into();
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::ShortToken {
+                field: "gateway_token"
+            })
+        );
+        config.gateway_token = "has a space in the token".into();
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::TokenCharacters {
+                field: "gateway_token"
+            })
+        );
+        config.gateway_token = config.admin_token.clone();
+        assert_eq!(config.validate(), Err(ConfigError::SameTokens));
+    }
+
+    #[test]
+    fn validation_checks_database_and_listeners() {
+        let mut config = valid();
+        config.database = "mysql://db".into();
+        assert!(matches!(config.validate(), Err(ConfigError::Database(_))));
+        config.database = "sqlite://".into();
+        assert!(matches!(config.validate(), Err(ConfigError::Database(_))));
+        config.database = "postgres://u:p@db/keygate".into();
+        assert_eq!(config.validate(), Ok(()), "rejected at bind, not here");
+        config = valid();
+        config.http_listen = config.grpc_listen;
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::SameListenAddress(_))
+        ));
+        config = valid();
+        config.gateway_timeout = Duration::ZERO;
+        assert_eq!(config.validate(), Err(ConfigError::ZeroGatewayTimeout));
+    }
+
+    #[test]
+    fn database_urls_parse() {
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://keygate-data/keygate.db"),
+            Ok(DatabaseUrl::Sqlite("keygate-data/keygate.db".into()))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///var/lib/keygate.db"),
+            Ok(DatabaseUrl::Sqlite("/var/lib/keygate.db".into()))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("postgresql://x"),
+            Ok(DatabaseUrl::Postgres)
+        );
+    }
+
+    #[test]
+    fn debug_redacts_tokens() {
+        let config = valid();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains(&config.admin_token));
+        assert!(!printed.contains(&config.gateway_token));
+        assert!(printed.contains("<redacted>"));
+    }
+}
