@@ -27,7 +27,11 @@ impl From<&ReplicaKey> for pb::ReplicaKey {
             owner: key.owner.clone(),
             enabled: key.enabled,
             expires_unix_ms: key.expires_unix_ms,
-            meta: key.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            meta: key
+                .meta
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 }
@@ -107,9 +111,16 @@ mod tests {
         let key = sample_key();
         for change in [
             Change::KeyUpserted(key.clone()),
-            Change::KeyDeleted { id: key.id, hash: key.hash },
+            Change::KeyDeleted {
+                id: key.id,
+                hash: key.hash,
+            },
         ] {
-            let event = Event { revision: Revision(7), committed_unix_ms: 42, change };
+            let event = Event {
+                revision: Revision(7),
+                committed_unix_ms: 42,
+                change,
+            };
             let wire = pb::Event::from(&event);
             assert_eq!(Event::try_from(wire), Ok(event));
         }
@@ -126,7 +137,11 @@ mod tests {
             key.key_hash.truncate(5);
         }
         assert_eq!(Event::try_from(wire), Err(WireError::KeyHashLength(5)));
-        let empty = pb::Event { revision: 3, committed_unix_ms: 0, kind: None };
+        let empty = pb::Event {
+            revision: 3,
+            committed_unix_ms: 0,
+            kind: None,
+        };
         assert_eq!(Event::try_from(empty), Err(WireError::EmptyEvent(3)));
     }
 }

@@ -73,7 +73,13 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "key_", "kex_0000000000000000000000", "key_000000000000000000000!", "key_zzzzzzzzzzzzzzzzzzzzzz"] {
+        for bad in [
+            "",
+            "key_",
+            "kex_0000000000000000000000",
+            "key_000000000000000000000!",
+            "key_zzzzzzzzzzzzzzzzzzzzzz",
+        ] {
             assert!(bad.parse::<KeyId>().is_err(), "{bad} accepted");
         }
     }

@@ -239,9 +239,15 @@ mod tests {
     fn rejects_malformed_shapes() {
         let key = ApiKey::generate(&KeyPrefix::default());
         assert_eq!(ApiKey::parse(""), Err(KeyFormatError::TooShort));
-        assert_eq!(ApiKey::parse(&key[..MIN_KEY_LEN - 1]), Err(KeyFormatError::TooShort));
+        assert_eq!(
+            ApiKey::parse(&key[..MIN_KEY_LEN - 1]),
+            Err(KeyFormatError::TooShort)
+        );
         // One character short shifts where the separator must be.
-        assert_eq!(ApiKey::parse(&key[..key.len() - 1]), Err(KeyFormatError::BadSeparator));
+        assert_eq!(
+            ApiKey::parse(&key[..key.len() - 1]),
+            Err(KeyFormatError::BadSeparator)
+        );
         let long = format!("{}{}", "a".repeat(40), &key[2..]);
         assert_eq!(ApiKey::parse(&long), Err(KeyFormatError::TooLong));
         let no_sep = key.replace('_', "x");

@@ -1,0 +1,42 @@
+//! keygate-proxy: the gateway. It extracts the credential of each request, verifies it in
+//! memory against a hashed-key replica that the control plane keeps current over a gRPC
+//! stream, and forwards valid requests to the route's upstream (DESIGN.md, "Verification at
+//! the gateway" and "Sync").
+//!
+//! Map of the crate: [`config`] (settings and validation), [`credential`] (where keys are
+//! found), [`replica`] (the key set), [`verify`] (verdicts; the hot path), [`miss`] (lookups of
+//! keys not replicated yet), [`freshness`] (the staleness bound), `sync` (the replication
+//! stream), `route`/`forward` (upstreams), `server`/`handler`/`verify_endpoint`/`admin` (HTTP),
+//! [`metrics`], `response` (JSON errors) and `gateway` (wiring, bind and serve).
+//!
+//! **Invariant:** the hot path ([`Verifier::verify_cached`]) takes no lock a writer can hold
+//! for longer than one map operation, and never logs or stores a plaintext key.
+
+#![forbid(unsafe_code)]
+
+mod admin;
+pub mod config;
+pub mod credential;
+mod error;
+mod forward;
+pub mod freshness;
+mod gateway;
+mod handler;
+pub mod metrics;
+pub mod miss;
+pub mod replica;
+mod response;
+pub mod route;
+mod server;
+mod status;
+mod sync;
+pub mod verify;
+mod verify_endpoint;
+
+pub use config::{AuthMode, ProxyConfig, RouteConfig, StalePolicy};
+pub use error::{ConfigError, ProxyError};
+pub use gateway::Gateway;
+pub use replica::{Replica, Snapshot};
+pub use status::GatewayStatus;
+pub use verify::{Code, Grant, Lookup, Verdict, Verifier};
+pub use verify_endpoint::PATH as VERIFY_PATH;

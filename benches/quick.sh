@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Issue-2 figures: a control plane, two gateways and an echo upstream as separate release
+# processes on loopback; then disable-latency over 100 tries and requests/s with a key vs the
+# no-auth route. Usage: benches/quick.sh [duration]   (default 10s per rps run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration=${1:-10s}
+cargo build --release --bin keygate --bin keygate-bench >&2
+bin=target/release
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+admin=$(head -c 24 /dev/urandom | base64 | tr -dc A-Za-z0-9)
+gw=$(head -c 24 /dev/urandom | base64 | tr -dc A-Za-z0-9)
+export KEYGATE_LOG=warn
+$bin/keygate echo-upstream --listen 127.0.0.1:18000 >/dev/null &
+$bin/keygate control-plane --grpc-listen 127.0.0.1:17070 --http-listen 127.0.0.1:17080 \
+  --database "sqlite://$work/keygate.db" --admin-token "$admin" --gateway-token "$gw" >/dev/null &
+cat > "$work/routes.toml" <<TOML
+[[route]]
+path_prefix = "/"
+upstream = "http://127.0.0.1:18000"
+[[route]]
+path_prefix = "/public/"
+upstream = "http://127.0.0.1:18000"
+auth = "none"
+TOML
+for i in 1 2; do
+  $bin/keygate proxy --config "$work/routes.toml" --listen 127.0.0.1:1808$i --admin-listen 127.0.0.1:1990$i \
+    --control-plane http://127.0.0.1:17070 --gateway-token "$gw" --gateway-id "bench-$i" >/dev/null &
+done
+for port in 19901 19902; do
+  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.05; done
+done
+export KEYGATE_ENDPOINT=http://127.0.0.1:17070 KEYGATE_TOKEN=$admin
+echo "machine: $(nproc) cores, $(uname -m); $(date -u +%F)"
+$bin/keygate-bench disable-latency --gateways http://127.0.0.1:18081/,http://127.0.0.1:18082/ --tries 100
+key=$($bin/keygate keys create --owner bench --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+for round in 1 2 3; do
+  $bin/keygate-bench rps --url http://127.0.0.1:18081/public/x --duration "$duration"
+  $bin/keygate-bench rps --url http://127.0.0.1:18081/x --key "$key" --duration "$duration"
+done

@@ -1,0 +1,552 @@
+//! The gateway's configuration: what the `keygate proxy` CLI loads from a TOML file (and then
+//! overrides from flags and the environment), with the defaults DESIGN.md names, and the
+//! validation that turns a bad setting into one clear message before anything is bound.
+//!
+//! Durations are humantime strings in TOML (`"60s"`, `"250ms"`); sizes are bytes.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use http::HeaderName;
+use http::uri::{Authority, Uri};
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// Everything a gateway needs to run. `Default` gives DESIGN.md's defaults; unknown TOML keys
+/// are an error so that a typo cannot silently fall back to a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Main listener (proxied traffic and `POST /_keygate/v1/verify`). Default `0.0.0.0:8080`;
+    /// port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Admin listener for `/healthz`, `/readyz` and `/metrics`. Default `127.0.0.1:9901`.
+    pub admin_listen: SocketAddr,
+    /// Shorthand for one route `/` to this URL with the default auth (`key_or_session`).
+    /// Default none. May be combined with `[[route]]`s unless one of them is also `/`.
+    pub upstream: Option<String>,
+    /// `[[route]]` tables: path prefix → upstream, with an auth mode. Longest prefix wins.
+    /// Default none.
+    #[serde(rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    /// Control-plane gRPC URLs (`http://host:port`), tried in this order when (re)connecting.
+    /// Default none; at least one is required.
+    pub control_plane: Vec<String>,
+    /// Token the control plane expects from gateways (`authorization: Bearer …`). Required.
+    pub gateway_token: String,
+    /// Name in the control plane's gateway registry. Default: `<hostname>-<pid>`.
+    pub gateway_id: Option<String>,
+    /// Region reported to the control plane (informational). Default empty.
+    pub region: String,
+    /// Longest time the gateway may go without proving its replica is current before it
+    /// answers STALE (see `stale_policy`). Default 60 s.
+    #[serde(with = "humantime_duration")]
+    pub propagation_bound: Duration,
+    /// What to do when the propagation bound is exceeded. Default `fail-closed`.
+    pub stale_policy: StalePolicy,
+    /// Header carrying `Bearer <key>`. Default `authorization`.
+    pub authorization_header: String,
+    /// Header carrying a bare API key. Default `x-api-key`.
+    pub api_key_header: String,
+    /// Cookie carrying a session token. Default `keygate_session`.
+    pub session_cookie: String,
+    /// Longest wait for an upstream's response headers before answering 504. Default 30 s.
+    #[serde(with = "humantime_duration")]
+    pub upstream_timeout: Duration,
+    /// Longest wait for a TCP connection to an upstream before answering 502. Default 5 s.
+    #[serde(with = "humantime_duration")]
+    pub upstream_connect_timeout: Duration,
+    /// Longest time a client may take to send a request's headers (HTTP/1). Default 10 s.
+    #[serde(with = "humantime_duration")]
+    pub header_read_timeout: Duration,
+    /// Largest request head a client may send, in bytes; larger gets 431. Default 65 536
+    /// (64 KiB); at least 8 192.
+    pub max_header_bytes: usize,
+    /// Most client connections served at once; further connections wait in the accept
+    /// backlog. Default 10 000.
+    pub max_connections: usize,
+    /// How long "this key does not exist" answers of the control plane are remembered, so a
+    /// flood of unknown well-formed keys costs one lookup each per period. Default 2 s.
+    #[serde(with = "humantime_duration")]
+    pub negative_cache_ttl: Duration,
+    /// Longest wait for a control-plane key lookup before answering NOT_FOUND. Default 1 s.
+    #[serde(with = "humantime_duration")]
+    pub lookup_timeout: Duration,
+    /// Most key lookups started per second (token bucket, burst of the same size); misses
+    /// beyond it answer NOT_FOUND without asking. Default 200 per second.
+    pub max_lookups_per_second: u32,
+    /// Most key lookups in flight at once; misses beyond it answer NOT_FOUND without asking.
+    /// Default 64.
+    pub max_concurrent_lookups: usize,
+    /// Interval between freshness pings on the sync stream. A stream that hears nothing for
+    /// three intervals is treated as dead and reconnected. Default 1 s.
+    #[serde(with = "humantime_duration")]
+    pub ping_interval: Duration,
+    /// How long shutdown waits for in-flight requests before closing them. Default 30 s.
+    #[serde(with = "humantime_duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8080)),
+            admin_listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9901)),
+            upstream: None,
+            routes: Vec::new(),
+            control_plane: Vec::new(),
+            gateway_token: String::new(),
+            gateway_id: None,
+            region: String::new(),
+            propagation_bound: Duration::from_secs(60),
+            stale_policy: StalePolicy::FailClosed,
+            authorization_header: "authorization".to_owned(),
+            api_key_header: "x-api-key".to_owned(),
+            session_cookie: "keygate_session".to_owned(),
+            upstream_timeout: Duration::from_secs(30),
+            upstream_connect_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_connections: 10_000,
+            negative_cache_ttl: Duration::from_secs(2),
+            lookup_timeout: Duration::from_secs(1),
+            max_lookups_per_second: 200,
+            max_concurrent_lookups: 64,
+            ping_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One `[[route]]`: requests whose path starts with `path_prefix` go to `upstream`.
+/// `Default` leaves `path_prefix` and `upstream` empty (invalid until set).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Plain string prefix of the request path, starting with `/`. Required.
+    pub path_prefix: String,
+    /// `http://host[:port]` of the service behind this route. Required.
+    pub upstream: String,
+    /// Which credentials the route accepts. Default `key_or_session`.
+    #[serde(default)]
+    pub auth: AuthMode,
+    /// Forward the credential to the upstream instead of removing it. Default false.
+    #[serde(default)]
+    pub forward_credential: bool,
+}
+
+/// Which credentials a route accepts.
+///
+/// Sessions arrive in a later change: until then a route with `session` answers MISSING when
+/// no session credential is present and MALFORMED when one is, and a credential that is not
+/// API-key-shaped is MALFORMED on `key_or_session` routes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// An API key (`Authorization: Bearer` or `X-API-Key`).
+    Key,
+    /// A passkey session (`keygate_session` cookie or `Authorization: Bearer`).
+    Session,
+    /// Either of the above.
+    #[default]
+    KeyOrSession,
+    /// No verification: forwarded as is (apart from header hygiene).
+    None,
+}
+
+impl AuthMode {
+    /// Whether requests on such a route are verified at all.
+    pub fn verifies(self) -> bool {
+        self != Self::None
+    }
+}
+
+/// What a gateway does when it cannot prove it is within the propagation bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StalePolicy {
+    /// Answer 503 STALE on every route that needs a credential, and fail `/readyz`.
+    #[default]
+    FailClosed,
+    /// Keep verifying against the replica it has; only `/readyz` and metrics report it.
+    Serve,
+}
+
+/// A route with its upstream parsed, as the request path uses it.
+#[derive(Debug, Clone)]
+pub(crate) struct ResolvedRoute {
+    pub path_prefix: String,
+    pub upstream: Authority,
+    pub auth: AuthMode,
+    pub forward_credential: bool,
+}
+
+impl ProxyConfig {
+    /// Checks everything that can be checked before binding, with a message naming the
+    /// setting at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.resolved_routes()?;
+        if self.control_plane.is_empty() {
+            return Err(ConfigError::NoControlPlane);
+        }
+        for url in &self.control_plane {
+            control_plane_url(url)?;
+        }
+        if self.gateway_token.trim().is_empty() {
+            return Err(ConfigError::NoGatewayToken);
+        }
+        if http::HeaderValue::from_str(&format!("Bearer {}", self.gateway_token)).is_err() {
+            return Err(ConfigError::Invalid {
+                field: "gateway_token",
+                reason: "must be printable ASCII".to_owned(),
+            });
+        }
+        for (field, name) in [
+            ("authorization_header", &self.authorization_header),
+            ("api_key_header", &self.api_key_header),
+        ] {
+            header_name(field, name)?;
+        }
+        if self.session_cookie.is_empty()
+            || !self
+                .session_cookie
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"=;,".contains(&b))
+        {
+            return Err(ConfigError::Invalid {
+                field: "session_cookie",
+                reason: format!("{:?} is not a cookie name", self.session_cookie),
+            });
+        }
+        for (field, value) in [
+            ("propagation_bound", self.propagation_bound),
+            ("ping_interval", self.ping_interval),
+            ("upstream_timeout", self.upstream_timeout),
+            ("upstream_connect_timeout", self.upstream_connect_timeout),
+            ("header_read_timeout", self.header_read_timeout),
+            ("lookup_timeout", self.lookup_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: "must be greater than zero".to_owned(),
+                });
+            }
+        }
+        if self.ping_interval >= self.propagation_bound {
+            return Err(ConfigError::Invalid {
+                field: "ping_interval",
+                reason: format!(
+                    "{} must be shorter than propagation_bound ({}), or the gateway can never prove it is fresh",
+                    humantime::format_duration(self.ping_interval),
+                    humantime::format_duration(self.propagation_bound)
+                ),
+            });
+        }
+        if self.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(ConfigError::Invalid {
+                field: "max_header_bytes",
+                reason: format!("must be at least {MIN_HEADER_BYTES}"),
+            });
+        }
+        if u32::try_from(self.max_header_bytes).is_err() {
+            return Err(ConfigError::Invalid {
+                field: "max_header_bytes",
+                reason: "too large".to_owned(),
+            });
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                field: "max_connections",
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The gateway id to report: the configured one, else `<hostname>-<pid>`.
+    pub fn effective_gateway_id(&self) -> String {
+        match &self.gateway_id {
+            Some(id) if !id.is_empty() => id.clone(),
+            _ => format!("{}-{}", hostname(), std::process::id()),
+        }
+    }
+
+    /// The routes to serve, the `upstream` shorthand included, with their upstreams parsed.
+    pub(crate) fn resolved_routes(&self) -> Result<Vec<ResolvedRoute>, ConfigError> {
+        let mut routes: Vec<ResolvedRoute> = Vec::with_capacity(self.routes.len() + 1);
+        let shorthand = self.upstream.as_ref().map(|upstream| RouteConfig {
+            path_prefix: "/".to_owned(),
+            upstream: upstream.clone(),
+            auth: AuthMode::default(),
+            forward_credential: false,
+        });
+        for route in self.routes.iter().chain(shorthand.as_ref()) {
+            if !route.path_prefix.starts_with('/') {
+                return Err(ConfigError::BadPathPrefix(route.path_prefix.clone()));
+            }
+            if routes
+                .iter()
+                .any(|seen| seen.path_prefix == route.path_prefix)
+            {
+                return Err(ConfigError::DuplicateRoute(route.path_prefix.clone()));
+            }
+            routes.push(ResolvedRoute {
+                path_prefix: route.path_prefix.clone(),
+                upstream: upstream_authority(&route.upstream)?,
+                auth: route.auth,
+                forward_credential: route.forward_credential,
+            });
+        }
+        if routes.is_empty() {
+            return Err(ConfigError::NoRoutes);
+        }
+        Ok(routes)
+    }
+}
+
+/// hyper refuses smaller HTTP/1 read buffers.
+const MIN_HEADER_BYTES: usize = 8192;
+
+fn header_name(field: &'static str, name: &str) -> Result<HeaderName, ConfigError> {
+    HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).map_err(|_| ConfigError::Invalid {
+        field,
+        reason: format!("{name:?} is not a header name"),
+    })
+}
+
+/// Parses a configured header name (validated by [`ProxyConfig::validate`]).
+pub(crate) fn parse_header_name(
+    field: &'static str,
+    name: &str,
+) -> Result<HeaderName, ConfigError> {
+    header_name(field, name)
+}
+
+fn upstream_authority(url: &str) -> Result<Authority, ConfigError> {
+    let bad = |reason: &str| ConfigError::BadUpstream {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(bad("https upstreams are not supported yet; use http://")),
+        _ => return Err(bad("expected http://host[:port]")),
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad(
+            "upstream URLs take no path or query; requests keep their own path",
+        ));
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| bad("missing host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("credentials in upstream URLs are not supported"));
+    }
+    Ok(authority)
+}
+
+/// Checks a control-plane URL.
+pub(crate) fn control_plane_url(url: &str) -> Result<(), ConfigError> {
+    let bad = |reason: &str| ConfigError::BadControlPlane {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(bad(
+                "TLS to the control plane is not supported yet; use http://",
+            ));
+        }
+        _ => return Err(bad("expected http://host:port")),
+    }
+    if uri.authority().is_none() {
+        return Err(bad("missing host"));
+    }
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .or_else(|| {
+            std::env::var("HOSTNAME")
+                .ok()
+                .filter(|name| !name.is_empty())
+        })
+        .unwrap_or_else(|| "gateway".to_owned())
+}
+
+/// Serde adapter for durations written as humantime strings (`"60s"`, `"1m 30s"`, `"250ms"`).
+pub mod humantime_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Reads `"60s"`-style text.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(|error| {
+            serde::de::Error::custom(format!("invalid duration {text:?}: {error}"))
+        })
+    }
+
+    /// Writes `"1m 30s"`-style text.
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_duration(*duration))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> ProxyConfig {
+        ProxyConfig {
+            upstream: Some("http://127.0.0.1:3000".into()),
+            control_plane: vec!["http://127.0.0.1:7070".into()],
+            gateway_token: "secret".into(),
+            ..ProxyConfig::default()
+        }
+    }
+
+    #[test]
+    fn toml_with_routes_and_durations_loads() {
+        let config: ProxyConfig = toml::from_str(
+            r#"
+            listen = "127.0.0.1:0"
+            control_plane = ["http://cp1:7070", "http://cp2:7070"]
+            gateway_token = "t"
+            propagation_bound = "30s"
+            stale_policy = "serve"
+            negative_cache_ttl = "250ms"
+
+            [[route]]
+            path_prefix = "/api"
+            upstream = "http://127.0.0.1:3000"
+            auth = "key"
+
+            [[route]]
+            path_prefix = "/public"
+            upstream = "http://127.0.0.1:3001/"
+            auth = "none"
+            forward_credential = true
+            "#,
+        )
+        .expect("parses");
+        assert_eq!(config.propagation_bound, Duration::from_secs(30));
+        assert_eq!(config.negative_cache_ttl, Duration::from_millis(250));
+        assert_eq!(config.stale_policy, StalePolicy::Serve);
+        assert_eq!(config.routes.len(), 2);
+        assert_eq!(config.routes[0].auth, AuthMode::Key);
+        assert!(config.routes[1].forward_credential);
+        assert_eq!(config.upstream_timeout, Duration::from_secs(30));
+        config.validate().expect("valid");
+    }
+
+    #[test]
+    fn typos_and_bad_durations_are_errors() {
+        assert!(toml::from_str::<ProxyConfig>("listne = \"127.0.0.1:1\"").is_err());
+        assert!(toml::from_str::<ProxyConfig>("ping_interval = \"soon\"").is_err());
+        assert!(toml::from_str::<ProxyConfig>("stale_policy = \"maybe\"").is_err());
+        let route = "[[route]]\npath_prefix = \"/\"\nupstream = \"http://a\"\nauht = \"key\"";
+        assert!(toml::from_str::<ProxyConfig>(route).is_err());
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        valid().validate().expect("valid");
+        let cases: Vec<(ProxyConfig, &str)> = vec![
+            (
+                ProxyConfig {
+                    upstream: None,
+                    ..valid()
+                },
+                "no upstream",
+            ),
+            (
+                ProxyConfig {
+                    upstream: Some("ftp://x".into()),
+                    ..valid()
+                },
+                "ftp://x",
+            ),
+            (
+                ProxyConfig {
+                    upstream: Some("http://x/api".into()),
+                    ..valid()
+                },
+                "no path",
+            ),
+            (
+                ProxyConfig {
+                    control_plane: vec![],
+                    ..valid()
+                },
+                "control plane",
+            ),
+            (
+                ProxyConfig {
+                    control_plane: vec!["cp:7070".into()],
+                    ..valid()
+                },
+                "cp:7070",
+            ),
+            (
+                ProxyConfig {
+                    gateway_token: " ".into(),
+                    ..valid()
+                },
+                "gateway token",
+            ),
+            (
+                ProxyConfig {
+                    max_header_bytes: 100,
+                    ..valid()
+                },
+                "max_header_bytes",
+            ),
+            (
+                ProxyConfig {
+                    ping_interval: Duration::from_secs(60),
+                    ..valid()
+                },
+                "ping_interval",
+            ),
+            (
+                ProxyConfig {
+                    api_key_header: "x api key".into(),
+                    ..valid()
+                },
+                "api_key_header",
+            ),
+            (
+                ProxyConfig {
+                    routes: vec![RouteConfig {
+                        path_prefix: "/".into(),
+                        upstream: "http://y".into(),
+                        auth: AuthMode::Key,
+                        forward_credential: false,
+                    }],
+                    ..valid()
+                },
+                "more than once",
+            ),
+        ];
+        for (config, needle) in cases {
+            let message = config.validate().expect_err(needle).to_string();
+            assert!(
+                message.contains(needle),
+                "{message:?} does not mention {needle:?}"
+            );
+        }
+    }
+}

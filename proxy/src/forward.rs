@@ -1,0 +1,298 @@
+//! Forwarding a request to its route's upstream and streaming the answer back.
+//!
+//! Header hygiene, in both directions: hop-by-hop headers go (RFC 9110 §7.6.1: `Connection`
+//! and every header it names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`,
+//! `Upgrade`, `Trailer`). Towards the upstream, additionally: every inbound `x-keygate-*` header
+//! is removed (no spoofing) before the gateway adds its own, the credential is removed unless
+//! the route forwards it, `X-Forwarded-*` are set and `Host` becomes the upstream's authority.
+//! Bodies stream both ways and are never buffered whole. Upgrades (e.g. WebSocket) are not
+//! proxied: the `Upgrade` header is hop-by-hop and removed.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme, Uri};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::credential::CredentialHeaders;
+use crate::metrics::Metrics;
+use crate::replica::KEY_ID_TEXT_LEN;
+use crate::response::{self, ProxyBody, REQUEST_ID, codes};
+use crate::route::Route;
+use crate::verify::Grant;
+
+/// Header carrying the verified key's id to the upstream.
+pub static KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
+/// Header carrying the verified key's owner to the upstream.
+pub static OWNER: HeaderName = HeaderName::from_static("x-keygate-owner");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Timeouts of upstream calls.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ForwardSettings {
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+}
+
+/// What the gateway knows about a request besides the request itself.
+pub(crate) struct Forwarding<'a> {
+    pub route: &'a Route,
+    pub remote: SocketAddr,
+    pub request_id: &'a HeaderValue,
+    /// The verified key, on routes that verify.
+    pub grant: Option<&'a Grant>,
+}
+
+/// A pooled HTTP/1.1 client to the upstreams.
+pub(crate) struct Forwarder {
+    client: Client<HttpConnector, Incoming>,
+    response_timeout: Duration,
+    credentials: CredentialHeaders,
+    metrics: Metrics,
+}
+
+impl Forwarder {
+    pub fn new(
+        settings: ForwardSettings,
+        credentials: CredentialHeaders,
+        metrics: Metrics,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Self {
+            client,
+            response_timeout: settings.response_timeout,
+            credentials,
+            metrics,
+        }
+    }
+
+    /// Sends `request` upstream; answers 502/504 (JSON) when the upstream cannot be reached or
+    /// does not answer in time.
+    pub async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        forwarding: Forwarding<'_>,
+    ) -> Response<ProxyBody> {
+        let route = forwarding.route;
+        let original_host = request.headers().get(header::HOST).cloned().or_else(|| {
+            request
+                .uri()
+                .authority()
+                .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+        });
+        let path = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut parts = Uri::from_static("/").into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(route.upstream.clone());
+        parts.path_and_query = Some(path);
+        let Ok(uri) = Uri::from_parts(parts) else {
+            return response::error(
+                StatusCode::BAD_REQUEST,
+                codes::BAD_REQUEST,
+                "invalid request target",
+                forwarding.request_id,
+            );
+        };
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_11;
+
+        let headers = request.headers_mut();
+        remove_hop_by_hop(headers);
+        remove_keygate_headers(headers);
+        if !route.forward_credential {
+            self.credentials.strip(headers);
+        }
+        append_forwarded_for(headers, forwarding.remote);
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        if let Some(host) = original_host {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+        headers.insert(header::HOST, route.upstream_host.clone());
+        headers.insert(REQUEST_ID.clone(), forwarding.request_id.clone());
+        if let Some(grant) = forwarding.grant
+            && !add_grant_headers(headers, grant)
+        {
+            // Forwarding without the owner could let the upstream take the request for someone
+            // else's; refuse instead.
+            return response::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                codes::INTERNAL,
+                "the key's owner cannot be sent as a header",
+                forwarding.request_id,
+            );
+        }
+
+        let started = Instant::now();
+        let outcome =
+            tokio::time::timeout(self.response_timeout, self.client.request(request)).await;
+        self.metrics.upstream_duration.record(started.elapsed());
+        match outcome {
+            Ok(Ok(upstream)) => {
+                let mut response = upstream.map(Either::Left);
+                remove_hop_by_hop(response.headers_mut());
+                response
+                    .headers_mut()
+                    .insert(REQUEST_ID.clone(), forwarding.request_id.clone());
+                response
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(upstream = %route.upstream, error = %error_chain(&error), "upstream unavailable");
+                response::error(
+                    StatusCode::BAD_GATEWAY,
+                    codes::UPSTREAM_UNAVAILABLE,
+                    "the upstream could not be reached or closed the connection",
+                    forwarding.request_id,
+                )
+            }
+            Err(_) => {
+                tracing::warn!(upstream = %route.upstream, timeout = ?self.response_timeout, "upstream timed out");
+                response::error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    codes::UPSTREAM_TIMEOUT,
+                    "the upstream did not answer in time",
+                    forwarding.request_id,
+                )
+            }
+        }
+    }
+}
+
+/// Adds the verified identity; false when the owner is not a valid header value.
+fn add_grant_headers(headers: &mut HeaderMap, grant: &Grant) -> bool {
+    let id: [u8; KEY_ID_TEXT_LEN] = grant.key_id_text();
+    match (
+        HeaderValue::from_bytes(&id),
+        HeaderValue::from_bytes(grant.owner().as_bytes()),
+    ) {
+        (Ok(id), Ok(owner)) => {
+            headers.insert(KEY_ID.clone(), id);
+            headers.insert(OWNER.clone(), owner);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those `Connection` names.
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::TRAILER,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Removes every `x-keygate-*` header: only the gateway may set them.
+fn remove_keygate_headers(headers: &mut HeaderMap) {
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-keygate-"))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, remote: SocketAddr) {
+    let client = remote.ip().to_string();
+    let previous: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect();
+    let value = if previous.is_empty() {
+        client
+    } else {
+        format!("{}, {client}", previous.join(", "))
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("trailer", "x-checksum"),
+            ("content-type", "text/plain"),
+        ] {
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        remove_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, vec!["content-type"]);
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut headers = HeaderMap::new();
+        headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
+        append_forwarded_for(&mut headers, "192.0.2.7:5000".parse().expect("addr"));
+        assert_eq!(headers[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 192.0.2.7");
+    }
+}

@@ -1,0 +1,129 @@
+//! The gateway's Prometheus metrics (DESIGN.md, "Observability").
+//!
+//! Handles are registered once, when the gateway is built, with whatever recorder is installed
+//! then; the request path only increments handles it already holds and never looks a metric
+//! up by name. [`prometheus_builder`] gives the histogram buckets these metrics expect.
+
+use metrics::{Counter, Gauge, Histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+use crate::verify::Code;
+
+/// Verifications by verdict code.
+pub const VERIFICATIONS: &str = "keygate_verifications_total";
+/// Time to reach a verdict, seconds (miss lookups included).
+pub const VERIFY_DURATION: &str = "keygate_verify_duration_seconds";
+/// Time until the upstream's response headers, seconds.
+pub const UPSTREAM_DURATION: &str = "keygate_upstream_duration_seconds";
+/// Keys in the replica.
+pub const REPLICA_KEYS: &str = "keygate_replica_keys";
+/// Revision the replica has applied.
+pub const REPLICA_REVISION: &str = "keygate_replica_revision";
+/// Seconds since the replica was last proven current (since start when never).
+pub const STALENESS: &str = "keygate_staleness_seconds";
+/// 1 while the sync stream is open.
+pub const SYNC_CONNECTED: &str = "keygate_sync_connected";
+/// Full snapshots installed.
+pub const SNAPSHOTS: &str = "keygate_snapshots_total";
+/// Control-plane lookups of unknown keys, by result.
+pub const MISS_LOOKUPS: &str = "keygate_miss_lookups_total";
+
+/// A `PrometheusBuilder` with buckets suited to the gateway's latency histograms (from 10 µs):
+/// without buckets the exporter renders histograms as summaries.
+pub fn prometheus_builder() -> PrometheusBuilder {
+    const VERIFY_BUCKETS: &[f64] = &[
+        0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1, 0.5,
+        1.0,
+    ];
+    const UPSTREAM_BUCKETS: &[f64] = &[
+        0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        30.0,
+    ];
+    let builder = PrometheusBuilder::new();
+    let builder = builder
+        .set_buckets_for_metric(Matcher::Full(VERIFY_DURATION.to_owned()), VERIFY_BUCKETS)
+        .unwrap_or_else(|_| PrometheusBuilder::new());
+    builder
+        .set_buckets_for_metric(
+            Matcher::Full(UPSTREAM_DURATION.to_owned()),
+            UPSTREAM_BUCKETS,
+        )
+        .unwrap_or_else(|_| PrometheusBuilder::new())
+}
+
+/// Results of a miss lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LookupResult {
+    /// The control plane knows the key.
+    Found,
+    /// The control plane does not know the key.
+    Absent,
+    /// The lookup failed or timed out.
+    Error,
+    /// Over the rate or concurrency limit: not asked.
+    Limited,
+}
+
+/// Pre-registered handles.
+#[derive(Clone)]
+pub(crate) struct Metrics {
+    verifications: [Counter; Code::ALL.len()],
+    pub verify_duration: Histogram,
+    pub upstream_duration: Histogram,
+    pub replica_keys: Gauge,
+    pub replica_revision: Gauge,
+    pub staleness: Gauge,
+    pub sync_connected: Gauge,
+    pub snapshots: Counter,
+    lookups: [Counter; 4],
+}
+
+impl Metrics {
+    /// Registers every handle with the installed recorder (a no-op recorder when none is).
+    pub fn register() -> Self {
+        metrics::describe_counter!(VERIFICATIONS, "Verifications by verdict code");
+        metrics::describe_histogram!(VERIFY_DURATION, Unit::Seconds, "Time to reach a verdict");
+        metrics::describe_histogram!(
+            UPSTREAM_DURATION,
+            Unit::Seconds,
+            "Time until upstream response headers"
+        );
+        metrics::describe_gauge!(REPLICA_KEYS, "Keys in the replica");
+        metrics::describe_gauge!(REPLICA_REVISION, "Revision the replica has applied");
+        metrics::describe_gauge!(
+            STALENESS,
+            Unit::Seconds,
+            "Time since the replica was last proven current"
+        );
+        metrics::describe_gauge!(SYNC_CONNECTED, "1 while the sync stream is open");
+        metrics::describe_counter!(SNAPSHOTS, "Full snapshots installed");
+        metrics::describe_counter!(
+            MISS_LOOKUPS,
+            "Control-plane lookups of keys missing from the replica"
+        );
+        Self {
+            verifications: Code::ALL
+                .map(|code| metrics::counter!(VERIFICATIONS, "code" => code.as_str())),
+            verify_duration: metrics::histogram!(VERIFY_DURATION),
+            upstream_duration: metrics::histogram!(UPSTREAM_DURATION),
+            replica_keys: metrics::gauge!(REPLICA_KEYS),
+            replica_revision: metrics::gauge!(REPLICA_REVISION),
+            staleness: metrics::gauge!(STALENESS),
+            sync_connected: metrics::gauge!(SYNC_CONNECTED),
+            snapshots: metrics::counter!(SNAPSHOTS),
+            lookups: ["found", "absent", "error", "limited"]
+                .map(|result| metrics::counter!(MISS_LOOKUPS, "result" => result)),
+        }
+    }
+
+    /// Counts one verdict.
+    #[inline]
+    pub fn verified(&self, code: Code) {
+        self.verifications[code as usize].increment(1);
+    }
+
+    /// Counts one miss lookup.
+    pub fn looked_up(&self, result: LookupResult) {
+        self.lookups[result as usize].increment(1);
+    }
+}

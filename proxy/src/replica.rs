@@ -1,0 +1,526 @@
+//! The gateway's in-memory copy of every key it may have to verify, keyed by [`KeyHash`].
+//!
+//! **Invariant:** readers take no lock a writer can hold for longer than one map operation.
+//! The map is a sharded [`DashMap`] behind an [`ArcSwap`]: events change single entries (one
+//! shard lock, one operation); a snapshot is built off to the side and swapped in whole, so
+//! requests keep reading the old map until the new one is complete.
+//!
+//! **Invariant:** every write (event, snapshot, looked-up key) happens under one writer mutex,
+//! and a looked-up key is inserted only if it is newer than the applied revision. So a delete
+//! that has already been applied can never be undone by a late lookup answer.
+//!
+//! Memory (target ≤ 200 bytes per key at 1M keys): a slot is 64 bytes. The map is keyed by the
+//! first 128 bits of the key's blake3 hash ([`HashPrefix`]): another key with the same 128 bits
+//! would take a second-preimage attack on 128 bits, out of reach, and it halves the key part of
+//! every slot. An entry is 48 bytes: the key id is kept as its 16 raw bytes (the `KeyId` type is
+//! 16-aligned and would pad the entry), and enabled/expiry share one word. Owner strings are
+//! shared between the keys of one owner within a snapshot.
+
+use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use keygate_proto::base62;
+use keygate_proto::{Change, Event, KeyHash, KeyId, Meta, ReplicaKey, Revision};
+
+/// `KeyHash` feeds the hasher one already-uniform `u64`; this hasher passes it through.
+#[derive(Default, Clone, Copy)]
+pub struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    #[inline]
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+
+    /// Only reached by a key type other than `KeyHash`; folds bytes so it still works.
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+}
+
+/// The first 128 bits of a key's blake3 hash: what the replica is keyed by.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct HashPrefix([u8; 16]);
+
+impl From<&KeyHash> for HashPrefix {
+    #[inline]
+    fn from(hash: &KeyHash) -> Self {
+        let mut prefix = [0u8; 16];
+        prefix.copy_from_slice(&hash.as_bytes()[..16]);
+        Self(prefix)
+    }
+}
+
+impl std::hash::Hash for HashPrefix {
+    /// Feeds the same already-uniform `u64` as [`KeyHash`] does.
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(first));
+    }
+}
+
+type KeyMap = DashMap<HashPrefix, Entry, BuildHasherDefault<IdentityHasher>>;
+
+fn new_map(capacity: usize) -> KeyMap {
+    KeyMap::with_capacity_and_hasher(capacity, BuildHasherDefault::default())
+}
+
+/// Expiry value meaning "never" (the largest 63-bit number).
+const NEVER: u64 = u64::MAX >> 1;
+
+/// What the replica holds for one key.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    id: [u8; 16],
+    owner: Arc<str>,
+    meta: Option<Arc<Meta>>,
+    /// Expiry in Unix ms (clamped to 0..NEVER) shifted left by one; the low bit is "enabled".
+    state: u64,
+}
+
+impl Entry {
+    fn new(key: &ReplicaKey, owner: Arc<str>) -> Self {
+        let expires = match key.expires_unix_ms {
+            None => NEVER,
+            // Clamped: a pre-1970 expiry is simply expired.
+            Some(ms) => u64::try_from(ms).unwrap_or(0).min(NEVER - 1),
+        };
+        Self {
+            id: key_id_bits(key.id).to_le_bytes(),
+            owner,
+            meta: (!key.meta.is_empty()).then(|| Arc::new(key.meta.clone())),
+            state: expires << 1 | u64::from(key.enabled),
+        }
+    }
+
+    /// Whether the key is enabled.
+    #[inline]
+    pub fn enabled(&self) -> bool {
+        self.state & 1 == 1
+    }
+
+    /// Expiry in Unix milliseconds; `None` when it never expires.
+    #[inline]
+    pub fn expires_unix_ms(&self) -> Option<i64> {
+        let expires = self.state >> 1;
+        (expires != NEVER).then_some(expires as i64)
+    }
+
+    /// Whether the key is expired at `now_unix_ms` (expiry is exclusive: valid before it).
+    #[inline]
+    pub fn expired_at(&self, now_unix_ms: i64) -> bool {
+        // NEVER as i64 is i64::MAX, which no clock reaches.
+        now_unix_ms >= (self.state >> 1) as i64
+    }
+
+    /// The key id as its raw number.
+    #[inline]
+    pub fn key_id_bits(&self) -> u128 {
+        u128::from_le_bytes(self.id)
+    }
+
+    /// The owner (external id).
+    #[inline]
+    pub fn owner(&self) -> &Arc<str> {
+        &self.owner
+    }
+
+    /// The key's meta map, if it has one.
+    #[inline]
+    pub fn meta(&self) -> Option<&Arc<Meta>> {
+        self.meta.as_ref()
+    }
+}
+
+/// Digits in a key id after `key_`.
+const KEY_ID_DIGITS: usize = 22;
+/// Length of a key id's text form.
+pub const KEY_ID_TEXT_LEN: usize = 4 + KEY_ID_DIGITS;
+
+/// `KeyId` keeps its number private; its text form is base62 of that number, so the round
+/// trip through text recovers it. Only writers call this.
+fn key_id_bits(id: KeyId) -> u128 {
+    let text = id.to_string();
+    base62::decode_fixed(&text.as_bytes()[4..]).unwrap_or(0)
+}
+
+/// Writes the text form `key_…` of a key id number into a stack buffer.
+#[inline]
+pub fn key_id_text(bits: u128) -> [u8; KEY_ID_TEXT_LEN] {
+    let mut text = [0u8; KEY_ID_TEXT_LEN];
+    text[..4].copy_from_slice(b"key_");
+    base62::encode_fixed(bits, &mut text[4..]);
+    text
+}
+
+/// Rebuilds a `KeyId` from its number without allocating.
+pub fn key_id_from_bits(bits: u128) -> KeyId {
+    let text = key_id_text(bits);
+    // 22 base62 digits hold any u128 (62^22 > 2^128), so the text is always a valid id.
+    std::str::from_utf8(&text)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .expect("base62 digits of a u128 form a valid key id")
+}
+
+/// An event could not be applied because it does not follow the applied revision: an event
+/// was lost (or repeated), and the replica must resync from the applied revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("event {received} does not follow applied revision {applied}")]
+pub struct Gap {
+    /// Revision the replica had applied.
+    pub applied: Revision,
+    /// Revision of the event that arrived.
+    pub received: Revision,
+}
+
+/// A replica being built from snapshot chunks, installed whole by
+/// [`Replica::install_snapshot`].
+pub struct Snapshot {
+    revision: Revision,
+    keys: KeyMap,
+    owners: HashSet<Arc<str>>,
+}
+
+/// Largest capacity a snapshot pre-allocates on the word of the control plane.
+const MAX_PREALLOCATED_KEYS: usize = 4_000_000;
+
+impl Snapshot {
+    /// Starts a snapshot consistent at `revision`, sized for `expected_keys`.
+    pub fn new(revision: Revision, expected_keys: usize) -> Self {
+        Self {
+            revision,
+            keys: new_map(expected_keys.min(MAX_PREALLOCATED_KEYS)),
+            owners: HashSet::new(),
+        }
+    }
+
+    /// Adds one key. Owners are shared between the keys of one owner.
+    pub fn insert(&mut self, key: &ReplicaKey) {
+        let owner = match self.owners.get(key.owner.as_str()) {
+            Some(owner) => Arc::clone(owner),
+            None => {
+                let owner: Arc<str> = Arc::from(key.owner.as_str());
+                self.owners.insert(Arc::clone(&owner));
+                owner
+            }
+        };
+        self.keys
+            .insert(HashPrefix::from(&key.hash), Entry::new(key, owner));
+    }
+
+    /// Revision the snapshot is consistent at.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// Keys so far.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no key has been added.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The replicated key set and the revision it reflects.
+pub struct Replica {
+    keys: ArcSwap<KeyMap>,
+    applied: AtomicU64,
+    writer: Mutex<()>,
+}
+
+impl Default for Replica {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Replica {
+    /// An empty replica at revision 0.
+    pub fn new() -> Self {
+        Self {
+            keys: ArcSwap::from_pointee(new_map(0)),
+            applied: AtomicU64::new(0),
+            writer: Mutex::new(()),
+        }
+    }
+
+    fn write_lock(&self) -> MutexGuard<'_, ()> {
+        // The guarded data is `()`: a panic elsewhere cannot leave it inconsistent.
+        self.writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The last revision applied.
+    #[inline]
+    pub fn applied_revision(&self) -> Revision {
+        Revision(self.applied.load(Ordering::Acquire))
+    }
+
+    /// Number of keys held.
+    pub fn len(&self) -> usize {
+        self.keys.load().len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs `read` on the entry for `hash`, holding its shard's read lock only meanwhile.
+    #[inline]
+    pub fn with_entry<R>(&self, hash: &KeyHash, read: impl FnOnce(&Entry) -> R) -> Option<R> {
+        let keys = self.keys.load();
+        keys.get(&HashPrefix::from(hash))
+            .map(|entry| read(entry.value()))
+    }
+
+    /// Applies one event, which must be the one after the applied revision.
+    pub fn apply(&self, event: &Event) -> Result<(), Gap> {
+        let _writer = self.write_lock();
+        let applied = self.applied_revision();
+        if event.revision != applied.next() {
+            return Err(Gap {
+                applied,
+                received: event.revision,
+            });
+        }
+        let keys = self.keys.load();
+        match &event.change {
+            Change::KeyUpserted(key) => {
+                // Reuse the owner string of the entry being replaced when it is unchanged.
+                let slot = HashPrefix::from(&key.hash);
+                let owner = keys
+                    .get(&slot)
+                    .filter(|old| *old.owner == *key.owner)
+                    .map(|old| Arc::clone(&old.owner))
+                    .unwrap_or_else(|| Arc::from(key.owner.as_str()));
+                keys.insert(slot, Entry::new(key, owner));
+            }
+            Change::KeyDeleted { hash, .. } => {
+                keys.remove(&HashPrefix::from(hash));
+            }
+        }
+        self.applied.store(event.revision.0, Ordering::Release);
+        Ok(())
+    }
+
+    /// Replaces the whole key set with `snapshot` and moves to its revision. Requests served
+    /// meanwhile read the previous set.
+    pub fn install_snapshot(&self, snapshot: Snapshot) {
+        let previous = {
+            let _writer = self.write_lock();
+            let previous = self.keys.swap(Arc::new(snapshot.keys));
+            self.applied.store(snapshot.revision.0, Ordering::Release);
+            previous
+        };
+        // Dropping a large map takes a while; do it outside the writer lock.
+        drop(previous);
+    }
+
+    /// Inserts a key the control plane answered a lookup with, if `key_revision` (its last
+    /// change) is newer than everything applied. Returns whether it was inserted; when it was
+    /// not, the replica already reflects that change or a later one (e.g. its delete).
+    pub fn insert_looked_up(&self, key: &ReplicaKey, key_revision: Revision) -> bool {
+        let _writer = self.write_lock();
+        if key_revision <= self.applied_revision() {
+            return false;
+        }
+        self.keys.load().insert(
+            HashPrefix::from(&key.hash),
+            Entry::new(key, Arc::from(key.owner.as_str())),
+        );
+        true
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use keygate_proto::{ApiKey, KeyPrefix};
+
+    use super::*;
+
+    /// A fresh plaintext key and its replica record.
+    pub(crate) fn sample_key(owner: &str) -> (String, ReplicaKey) {
+        let plaintext = ApiKey::generate(&KeyPrefix::default());
+        let hash = ApiKey::parse(&plaintext)
+            .expect("generated keys parse")
+            .hash();
+        let key = ReplicaKey {
+            hash,
+            id: KeyId::generate(),
+            owner: owner.to_owned(),
+            enabled: true,
+            expires_unix_ms: None,
+            meta: Meta::new(),
+        };
+        (plaintext, key)
+    }
+
+    pub(crate) fn upsert(revision: u64, key: &ReplicaKey) -> Event {
+        Event {
+            revision: Revision(revision),
+            committed_unix_ms: 0,
+            change: Change::KeyUpserted(key.clone()),
+        }
+    }
+
+    pub(crate) fn delete(revision: u64, key: &ReplicaKey) -> Event {
+        Event {
+            revision: Revision(revision),
+            committed_unix_ms: 0,
+            change: Change::KeyDeleted {
+                id: key.id,
+                hash: key.hash,
+            },
+        }
+    }
+
+    fn owner_of(replica: &Replica, key: &ReplicaKey) -> Option<String> {
+        replica.with_entry(&key.hash, |entry| entry.owner().to_string())
+    }
+
+    #[test]
+    fn entries_are_compact_and_round_trip_their_fields() {
+        assert_eq!(std::mem::size_of::<(HashPrefix, Entry)>(), 64);
+        let (_, mut key) = sample_key("alice");
+        key.expires_unix_ms = Some(1_900_000_000_123);
+        key.enabled = false;
+        key.meta.insert("plan".into(), "pro".into());
+        let entry = Entry::new(&key, Arc::from("alice"));
+        assert!(!entry.enabled());
+        assert_eq!(entry.expires_unix_ms(), Some(1_900_000_000_123));
+        assert!(!entry.expired_at(1_900_000_000_122));
+        assert!(entry.expired_at(1_900_000_000_123));
+        assert_eq!(key_id_from_bits(entry.key_id_bits()), key.id);
+        assert_eq!(
+            entry.meta().map(|meta| meta["plan"].clone()),
+            Some("pro".into())
+        );
+        let never = Entry::new(
+            &ReplicaKey {
+                expires_unix_ms: None,
+                enabled: true,
+                ..key
+            },
+            Arc::from("a"),
+        );
+        assert!(never.enabled());
+        assert_eq!(never.expires_unix_ms(), None);
+        assert!(!never.expired_at(i64::MAX - 1));
+    }
+
+    #[test]
+    fn events_apply_in_order() {
+        let replica = Replica::new();
+        let (_, alice) = sample_key("alice");
+        let (_, bob) = sample_key("bob");
+        replica.apply(&upsert(1, &alice)).expect("1 follows 0");
+        replica.apply(&upsert(2, &bob)).expect("2 follows 1");
+        assert_eq!(replica.len(), 2);
+        let disabled = ReplicaKey {
+            enabled: false,
+            ..alice.clone()
+        };
+        replica.apply(&upsert(3, &disabled)).expect("3 follows 2");
+        assert_eq!(replica.with_entry(&alice.hash, Entry::enabled), Some(false));
+        replica.apply(&delete(4, &bob)).expect("4 follows 3");
+        assert_eq!(owner_of(&replica, &bob), None);
+        assert_eq!(replica.applied_revision(), Revision(4));
+    }
+
+    #[test]
+    fn a_gap_or_a_repeat_is_refused_and_changes_nothing() {
+        let replica = Replica::new();
+        let (_, alice) = sample_key("alice");
+        replica.apply(&upsert(1, &alice)).expect("applies");
+        let (_, bob) = sample_key("bob");
+        assert_eq!(
+            replica.apply(&upsert(3, &bob)),
+            Err(Gap {
+                applied: Revision(1),
+                received: Revision(3)
+            })
+        );
+        assert_eq!(
+            replica.apply(&delete(1, &alice)),
+            Err(Gap {
+                applied: Revision(1),
+                received: Revision(1)
+            })
+        );
+        assert_eq!(replica.applied_revision(), Revision(1));
+        assert_eq!(owner_of(&replica, &bob), None);
+        assert_eq!(owner_of(&replica, &alice).as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn a_snapshot_replaces_everything_only_when_installed() {
+        let replica = Replica::new();
+        let (_, old) = sample_key("old");
+        replica.apply(&upsert(1, &old)).expect("applies");
+
+        let mut snapshot = Snapshot::new(Revision(10), 3);
+        let fresh: Vec<ReplicaKey> = (0..3).map(|_| sample_key("shared").1).collect();
+        for key in &fresh {
+            snapshot.insert(key);
+        }
+        // Still serving the old set while the snapshot is being built.
+        assert_eq!(owner_of(&replica, &old).as_deref(), Some("old"));
+        assert_eq!(replica.applied_revision(), Revision(1));
+
+        replica.install_snapshot(snapshot);
+        assert_eq!(replica.applied_revision(), Revision(10));
+        assert_eq!(replica.len(), 3);
+        assert_eq!(owner_of(&replica, &old), None);
+        // Keys of one owner share one string.
+        let owners: Vec<Arc<str>> = fresh
+            .iter()
+            .filter_map(|key| replica.with_entry(&key.hash, |entry| Arc::clone(entry.owner())))
+            .collect();
+        assert!(Arc::ptr_eq(&owners[0], &owners[2]));
+        replica
+            .apply(&upsert(11, &old))
+            .expect("events continue after the snapshot");
+    }
+
+    #[test]
+    fn a_late_lookup_answer_cannot_undo_a_delete() {
+        let replica = Replica::new();
+        let (_, key) = sample_key("alice");
+        // The lookup was answered when the key's last change was revision 1 ...
+        let answer = (key.clone(), Revision(1));
+        // ... but by the time it lands, the create and the delete have both been applied.
+        replica.apply(&upsert(1, &key)).expect("applies");
+        replica.apply(&delete(2, &key)).expect("applies");
+        assert!(!replica.insert_looked_up(&answer.0, answer.1));
+        assert_eq!(owner_of(&replica, &key), None);
+
+        // A key newer than anything applied is inserted.
+        let (_, newer) = sample_key("bob");
+        assert!(replica.insert_looked_up(&newer, Revision(5)));
+        assert_eq!(owner_of(&replica, &newer).as_deref(), Some("bob"));
+        assert_eq!(
+            replica.applied_revision(),
+            Revision(2),
+            "a lookup does not move the revision"
+        );
+    }
+}

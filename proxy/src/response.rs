@@ -1,0 +1,200 @@
+//! Responses the gateway writes itself: JSON error bodies
+//! (`{"error":{"code","message"},"requestId"}`), the `WWW-Authenticate` challenge on 401, and
+//! request ids.
+
+use bytes::Bytes;
+use http::header::{
+    CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use http::{Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use crate::verify::Code;
+
+/// Body of every response the gateway sends: streamed from an upstream, or written here.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// The request-id header, read from clients and sent to upstreams and back.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest inbound request id that is kept.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Error codes that are not verdicts.
+pub(crate) mod codes {
+    pub const UPSTREAM_UNAVAILABLE: &str = "UPSTREAM_UNAVAILABLE";
+    pub const UPSTREAM_TIMEOUT: &str = "UPSTREAM_TIMEOUT";
+    pub const NO_ROUTE: &str = "NO_ROUTE";
+    pub const BAD_REQUEST: &str = "BAD_REQUEST";
+    pub const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
+    pub const METHOD_NOT_ALLOWED: &str = "METHOD_NOT_ALLOWED";
+    pub const INTERNAL: &str = "INTERNAL";
+}
+
+/// The inbound `x-request-id` if it is 1–128 visible ASCII characters, else a fresh one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(value) = headers.get(&REQUEST_ID) {
+        let bytes = value.as_bytes();
+        if !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID_LEN
+            && bytes.iter().all(u8::is_ascii_graphic)
+        {
+            return value.clone();
+        }
+    }
+    generate_request_id()
+}
+
+fn generate_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let random: u128 = rand::random();
+    let mut text = [0u8; 32];
+    for (index, slot) in text.iter_mut().enumerate() {
+        *slot = HEX[((random >> (index * 4)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+    #[serde(rename = "requestId")]
+    request_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+/// A JSON error response.
+pub fn error(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
+    let body = ErrorBody {
+        error: ErrorDetail { code, message },
+        request_id: request_id.to_str().unwrap_or_default(),
+    };
+    let mut response = json(status, &body);
+    response
+        .headers_mut()
+        .insert(REQUEST_ID.clone(), request_id.clone());
+    response
+}
+
+/// The response to a refused verdict: the contract's status, JSON body and challenge.
+pub fn denied(code: Code, request_id: &HeaderValue) -> Response<ProxyBody> {
+    let status = code.status().unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = error(status, code.as_str(), message(code), request_id);
+    let headers = response.headers_mut();
+    match code {
+        Code::Missing => {
+            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        _ if status == StatusCode::UNAUTHORIZED => {
+            headers.insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        Code::Stale => {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        _ => {}
+    }
+    response
+}
+
+fn message(code: Code) -> &'static str {
+    match code {
+        Code::Valid => "valid",
+        Code::Missing => "no credential: send Authorization: Bearer <key> or X-API-Key: <key>",
+        Code::Malformed => "the credential is not a well-formed API key",
+        Code::NotFound => "unknown API key",
+        Code::Disabled => "this API key is disabled",
+        Code::Expired => "this API key has expired",
+        Code::Revoked => "this session has been revoked",
+        Code::Stale => {
+            "this gateway cannot prove its key data is current; retry on another gateway"
+        }
+    }
+}
+
+/// A JSON response from any serializable value.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<ProxyBody> {
+    let (status, body) = match serde_json::to_vec(value) {
+        Ok(body) => (status, body),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            b"{\"error\":{\"code\":\"INTERNAL\"}}".to_vec(),
+        ),
+    };
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    async fn body_json(response: Response<ProxyBody>) -> serde_json::Value {
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("full body")
+            .to_bytes();
+        serde_json::from_slice(&bytes).expect("json")
+    }
+
+    #[test]
+    fn request_ids_are_kept_only_when_short_and_printable() {
+        let mut headers = HeaderMap::new();
+        headers.insert(REQUEST_ID.clone(), HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&headers), "abc-123");
+        headers.insert(REQUEST_ID.clone(), HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&headers), "has space");
+        headers.insert(
+            REQUEST_ID.clone(),
+            HeaderValue::from_str(&"a".repeat(129)).expect("ascii"),
+        );
+        assert_eq!(request_id(&headers).len(), 32);
+        assert_ne!(request_id(&HeaderMap::new()), request_id(&HeaderMap::new()));
+    }
+
+    #[tokio::test]
+    async fn denied_responses_follow_the_contract() {
+        let id = HeaderValue::from_static("req-\"1\"");
+        let response = denied(Code::NotFound, &id);
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers()[WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\""
+        );
+        assert_eq!(response.headers()[&REQUEST_ID], id);
+        let body = body_json(response).await;
+        assert_eq!(body["error"]["code"], "NOT_FOUND");
+        assert_eq!(body["requestId"], "req-\"1\"");
+
+        let missing = denied(Code::Missing, &id);
+        assert_eq!(missing.headers()[WWW_AUTHENTICATE], "Bearer");
+        let disabled = denied(Code::Disabled, &id);
+        assert_eq!(disabled.status(), StatusCode::FORBIDDEN);
+        assert!(disabled.headers().get(WWW_AUTHENTICATE).is_none());
+        let stale = denied(Code::Stale, &id);
+        assert_eq!(stale.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body_json(stale).await["error"]["code"], "STALE");
+    }
+}

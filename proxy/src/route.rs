@@ -1,0 +1,91 @@
+//! Choosing the route for a request path: the longest matching `path_prefix` wins. Prefixes
+//! are plain string prefixes (`/api` also matches `/apis`), as in nginx's and Envoy's prefix
+//! matching.
+
+use http::HeaderValue;
+use http::uri::Authority;
+
+use crate::config::{AuthMode, ResolvedRoute};
+
+/// One route, ready for requests.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Path prefix it serves.
+    pub path_prefix: String,
+    /// Upstream `host[:port]`.
+    pub upstream: Authority,
+    /// The upstream authority as a `Host` header value.
+    pub upstream_host: HeaderValue,
+    /// Which credentials it accepts.
+    pub auth: AuthMode,
+    /// Whether the credential is forwarded to the upstream.
+    pub forward_credential: bool,
+}
+
+/// The routes, longest prefix first.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    pub(crate) fn new(resolved: Vec<ResolvedRoute>) -> Self {
+        let mut routes: Vec<Route> = resolved
+            .into_iter()
+            .filter_map(|route| {
+                // An `Authority` is always a valid header value; `filter_map` keeps this total.
+                let upstream_host = HeaderValue::from_str(route.upstream.as_str()).ok()?;
+                Some(Route {
+                    path_prefix: route.path_prefix,
+                    upstream: route.upstream,
+                    upstream_host,
+                    auth: route.auth,
+                    forward_credential: route.forward_credential,
+                })
+            })
+            .collect();
+        routes.sort_by_key(|route| std::cmp::Reverse(route.path_prefix.len()));
+        Self { routes }
+    }
+
+    /// The route for `path`, if any.
+    pub fn find(&self, path: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|route| path.starts_with(route.path_prefix.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(prefix: &str, upstream: &str, auth: AuthMode) -> ResolvedRoute {
+        ResolvedRoute {
+            path_prefix: prefix.into(),
+            upstream: upstream.parse().expect("authority"),
+            auth,
+            forward_credential: false,
+        }
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let table = RouteTable::new(vec![
+            route("/", "root:1", AuthMode::KeyOrSession),
+            route("/api/public", "public:1", AuthMode::None),
+            route("/api", "api:1", AuthMode::Key),
+        ]);
+        let upstream = |path: &str| table.find(path).map(|route| route.upstream.to_string());
+        assert_eq!(upstream("/api/public/x").as_deref(), Some("public:1"));
+        assert_eq!(upstream("/api/users").as_deref(), Some("api:1"));
+        assert_eq!(upstream("/other").as_deref(), Some("root:1"));
+        assert_eq!(
+            table.find("/api").map(|route| route.auth),
+            Some(AuthMode::Key)
+        );
+
+        let no_root = RouteTable::new(vec![route("/api", "api:1", AuthMode::Key)]);
+        assert!(no_root.find("/else").is_none());
+    }
+}

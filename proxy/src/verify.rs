@@ -1,0 +1,441 @@
+//! The verdict on a credential (DESIGN.md, "Verification at the gateway", steps 2–4).
+//!
+//! The hot path, [`Verifier::verify_cached`]: parse and checksum (MALFORMED without touching
+//! shared state), hash, one replica lookup, then exists → enabled → not expired. A miss for a
+//! well-formed key is not a verdict yet: [`Verifier::verify`] resolves it with one control-plane
+//! lookup (see [`crate::miss`]), and puts the freshness check in front of everything.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use keygate_proto::{ApiKey, KeyHash, KeyId, Meta};
+
+use crate::config::StalePolicy;
+use crate::credential::Credential;
+use crate::freshness::Freshness;
+use crate::metrics::Metrics;
+use crate::miss::MissLookup;
+use crate::replica::{Entry, KEY_ID_TEXT_LEN, Replica, key_id_from_bits, key_id_text};
+
+/// Verdict codes, as DESIGN.md's table names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    /// The request may be forwarded.
+    Valid,
+    /// No credential on a route that needs one (401).
+    Missing,
+    /// Wrong syntax or checksum (401).
+    Malformed,
+    /// Unknown or deleted key (401).
+    NotFound,
+    /// The key exists but is disabled (403).
+    Disabled,
+    /// Past its expiry (401).
+    Expired,
+    /// A session whose passkey, user or session was revoked (401).
+    Revoked,
+    /// The gateway cannot prove it is within the propagation bound (503).
+    Stale,
+}
+
+impl Code {
+    /// Every code, in declaration order (`code as usize` indexes it).
+    pub const ALL: [Code; 8] = [
+        Code::Valid,
+        Code::Missing,
+        Code::Malformed,
+        Code::NotFound,
+        Code::Disabled,
+        Code::Expired,
+        Code::Revoked,
+        Code::Stale,
+    ];
+
+    /// The wire name, e.g. `NOT_FOUND`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Valid => "VALID",
+            Code::Missing => "MISSING",
+            Code::Malformed => "MALFORMED",
+            Code::NotFound => "NOT_FOUND",
+            Code::Disabled => "DISABLED",
+            Code::Expired => "EXPIRED",
+            Code::Revoked => "REVOKED",
+            Code::Stale => "STALE",
+        }
+    }
+
+    /// The status a refused request gets; `None` for VALID, which is forwarded.
+    pub fn status(self) -> Option<StatusCode> {
+        match self {
+            Code::Valid => None,
+            Code::Missing | Code::Malformed | Code::NotFound | Code::Expired | Code::Revoked => {
+                Some(StatusCode::UNAUTHORIZED)
+            }
+            Code::Disabled => Some(StatusCode::FORBIDDEN),
+            Code::Stale => Some(StatusCode::SERVICE_UNAVAILABLE),
+        }
+    }
+}
+
+/// What a valid key grants: who it is, for the upstream headers and the verify endpoint.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    key_id_bits: u128,
+    owner: Arc<str>,
+    expires_unix_ms: Option<i64>,
+    meta: Option<Arc<Meta>>,
+}
+
+impl Grant {
+    fn from_entry(entry: &Entry) -> Self {
+        Self {
+            key_id_bits: entry.key_id_bits(),
+            owner: Arc::clone(entry.owner()),
+            expires_unix_ms: entry.expires_unix_ms(),
+            meta: entry.meta().cloned(),
+        }
+    }
+
+    /// The key's id.
+    pub fn key_id(&self) -> KeyId {
+        key_id_from_bits(self.key_id_bits)
+    }
+
+    /// The key id's text (`key_…`, ASCII), without allocating.
+    pub fn key_id_text(&self) -> [u8; KEY_ID_TEXT_LEN] {
+        key_id_text(self.key_id_bits)
+    }
+
+    /// The key's owner.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Expiry in Unix ms; `None` when the key never expires.
+    pub fn expires_unix_ms(&self) -> Option<i64> {
+        self.expires_unix_ms
+    }
+
+    /// The key's meta map, if any.
+    pub fn meta(&self) -> Option<&Meta> {
+        self.meta.as_deref()
+    }
+}
+
+/// The outcome of verifying one credential.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Forward the request.
+    Valid(Grant),
+    /// Refuse it with this code (never [`Code::Valid`]).
+    Denied(Code),
+}
+
+impl Verdict {
+    /// The verdict's code.
+    pub fn code(&self) -> Code {
+        match self {
+            Verdict::Valid(_) => Code::Valid,
+            Verdict::Denied(code) => *code,
+        }
+    }
+}
+
+/// The outcome of the in-memory check alone.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// Decided from the replica (or from the key's shape).
+    Done(Verdict),
+    /// Well-formed but not in the replica: ask the control plane.
+    Miss(KeyHash),
+}
+
+/// Verifies credentials against the replica, asking the control plane about misses.
+pub struct Verifier {
+    replica: Arc<Replica>,
+    freshness: Arc<Freshness>,
+    miss: Option<Arc<MissLookup>>,
+    metrics: Option<Metrics>,
+}
+
+impl Verifier {
+    /// A verifier over `replica` alone: never stale, misses are NOT_FOUND, no metrics. For
+    /// benchmarks and embedding.
+    pub fn new(replica: Arc<Replica>) -> Self {
+        let freshness = Freshness::new(std::time::Duration::MAX, StalePolicy::Serve);
+        Self {
+            replica,
+            freshness: Arc::new(freshness),
+            miss: None,
+            metrics: None,
+        }
+    }
+
+    /// The gateway's verifier.
+    pub(crate) fn with_parts(
+        replica: Arc<Replica>,
+        freshness: Arc<Freshness>,
+        miss: Option<Arc<MissLookup>>,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            replica,
+            freshness,
+            miss,
+            metrics: Some(metrics),
+        }
+    }
+
+    /// The replica this verifier reads.
+    pub fn replica(&self) -> &Arc<Replica> {
+        &self.replica
+    }
+
+    /// The hot path: shape and checksum, hash, one replica lookup, then the checks. Touches
+    /// no shared state for a malformed key and never waits.
+    #[inline]
+    pub fn verify_cached(&self, key: &str, now_unix_ms: i64) -> Lookup {
+        let Ok(key) = ApiKey::parse(key) else {
+            return Lookup::Done(Verdict::Denied(Code::Malformed));
+        };
+        let hash = key.hash();
+        match self.check(&hash, now_unix_ms) {
+            Some(verdict) => Lookup::Done(verdict),
+            None => Lookup::Miss(hash),
+        }
+    }
+
+    /// exists → enabled → not expired, for a key the replica holds; `None` when it does not.
+    #[inline]
+    pub fn check(&self, hash: &KeyHash, now_unix_ms: i64) -> Option<Verdict> {
+        self.replica.with_entry(hash, |entry| {
+            if !entry.enabled() {
+                Verdict::Denied(Code::Disabled)
+            } else if entry.expired_at(now_unix_ms) {
+                Verdict::Denied(Code::Expired)
+            } else {
+                Verdict::Valid(Grant::from_entry(entry))
+            }
+        })
+    }
+
+    /// The full verdict for a request's credential: STALE first (fail-closed policy), then
+    /// MISSING, the hot path, and for a miss one (coalesced, bounded) control-plane lookup.
+    ///
+    /// Sessions are verified in a later change: until then a session credential, or a token
+    /// that is not API-key-shaped, is MALFORMED.
+    pub async fn verify(&self, credential: Credential<'_>) -> Verdict {
+        let started = self.metrics.as_ref().map(|_| std::time::Instant::now());
+        let verdict = self.decide(credential).await;
+        if let (Some(metrics), Some(started)) = (&self.metrics, started) {
+            metrics.verified(verdict.code());
+            metrics.verify_duration.record(started.elapsed());
+        }
+        verdict
+    }
+
+    async fn decide(&self, credential: Credential<'_>) -> Verdict {
+        if self.freshness.refuses_requests() {
+            return Verdict::Denied(Code::Stale);
+        }
+        let key = match credential {
+            Credential::Missing => return Verdict::Denied(Code::Missing),
+            Credential::Session(_) | Credential::Unreadable => {
+                return Verdict::Denied(Code::Malformed);
+            }
+            Credential::ApiKey(key) => key,
+        };
+        let now = keygate_proto::time::now_unix_ms();
+        let hash = match self.verify_cached(key, now) {
+            Lookup::Done(verdict) => return verdict,
+            Lookup::Miss(hash) => hash,
+        };
+        if let Some(miss) = &self.miss {
+            miss.resolve(hash).await;
+            if let Some(verdict) = self.check(&hash, keygate_proto::time::now_unix_ms()) {
+                return verdict;
+            }
+        }
+        Verdict::Denied(Code::NotFound)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use keygate_proto::{KeyPrefix, ReplicaKey};
+
+    use super::*;
+    use crate::replica::tests::{delete, sample_key, upsert};
+
+    fn verifier_with(keys: &[&ReplicaKey]) -> Verifier {
+        let replica = Arc::new(Replica::new());
+        for (index, key) in keys.iter().enumerate() {
+            replica
+                .apply(&upsert(index as u64 + 1, key))
+                .expect("in order");
+        }
+        Verifier::new(replica)
+    }
+
+    fn code(lookup: Lookup) -> Code {
+        match lookup {
+            Lookup::Done(verdict) => verdict.code(),
+            Lookup::Miss(_) => Code::NotFound,
+        }
+    }
+
+    #[test]
+    fn every_code_of_the_hot_path() {
+        let now = 1_800_000_000_000;
+        let (valid_text, mut valid) = sample_key("alice");
+        valid.meta.insert("plan".into(), "pro".into());
+        valid.expires_unix_ms = Some(now + 1);
+        let (disabled_text, disabled) = sample_key("bob");
+        let disabled = ReplicaKey {
+            enabled: false,
+            ..disabled
+        };
+        let (expired_text, expired) = sample_key("carol");
+        let expired = ReplicaKey {
+            expires_unix_ms: Some(now),
+            ..expired
+        };
+        let verifier = verifier_with(&[&valid, &disabled, &expired]);
+
+        match verifier.verify_cached(&valid_text, now) {
+            Lookup::Done(Verdict::Valid(grant)) => {
+                assert_eq!(grant.key_id(), valid.id);
+                assert_eq!(grant.key_id_text(), *valid.id.to_string().as_bytes());
+                assert_eq!(grant.owner(), "alice");
+                assert_eq!(grant.expires_unix_ms(), Some(now + 1));
+                assert_eq!(grant.meta().map(|meta| meta["plan"].as_str()), Some("pro"));
+            }
+            other => panic!("expected VALID, got {other:?}"),
+        }
+        assert_eq!(
+            code(verifier.verify_cached(&disabled_text, now)),
+            Code::Disabled
+        );
+        assert_eq!(
+            code(verifier.verify_cached(&expired_text, now)),
+            Code::Expired
+        );
+        assert_eq!(
+            code(verifier.verify_cached(&expired_text, now - 1)),
+            Code::Valid
+        );
+        assert_eq!(
+            code(verifier.verify_cached("not a key", now)),
+            Code::Malformed
+        );
+
+        let mut wrong_checksum = valid_text.clone().into_bytes();
+        let last = wrong_checksum.len() - 1;
+        wrong_checksum[last] = if wrong_checksum[last] == b'A' {
+            b'B'
+        } else {
+            b'A'
+        };
+        let wrong_checksum = String::from_utf8(wrong_checksum).expect("ascii");
+        assert_eq!(
+            code(verifier.verify_cached(&wrong_checksum, now)),
+            Code::Malformed
+        );
+
+        let unknown = ApiKey::generate(&KeyPrefix::default());
+        let expected = ApiKey::parse(&unknown).expect("parses").hash();
+        assert!(
+            matches!(verifier.verify_cached(&unknown, now), Lookup::Miss(hash) if hash == expected)
+        );
+    }
+
+    #[test]
+    fn a_deleted_key_is_not_found() {
+        let (text, key) = sample_key("alice");
+        let verifier = verifier_with(&[&key]);
+        assert_eq!(code(verifier.verify_cached(&text, 0)), Code::Valid);
+        verifier
+            .replica()
+            .apply(&delete(2, &key))
+            .expect("in order");
+        assert!(matches!(verifier.verify_cached(&text, 0), Lookup::Miss(_)));
+    }
+
+    #[tokio::test]
+    async fn full_verdicts_missing_malformed_not_found_and_stale() {
+        let (text, key) = sample_key("alice");
+        let verifier = verifier_with(&[&key]);
+        assert_eq!(
+            verifier.verify(Credential::ApiKey(&text)).await.code(),
+            Code::Valid
+        );
+        assert_eq!(
+            verifier.verify(Credential::Missing).await.code(),
+            Code::Missing
+        );
+        assert_eq!(
+            verifier.verify(Credential::Unreadable).await.code(),
+            Code::Malformed
+        );
+        assert_eq!(
+            verifier.verify(Credential::Session("s")).await.code(),
+            Code::Malformed
+        );
+        let unknown = ApiKey::generate(&KeyPrefix::default());
+        assert_eq!(
+            verifier.verify(Credential::ApiKey(&unknown)).await.code(),
+            Code::NotFound
+        );
+
+        let stale = Verifier::with_parts(
+            Arc::clone(verifier.replica()),
+            Arc::new(Freshness::new(
+                Duration::from_secs(60),
+                StalePolicy::FailClosed,
+            )),
+            None,
+            Metrics::register(),
+        );
+        assert_eq!(
+            stale.verify(Credential::ApiKey(&text)).await.code(),
+            Code::Stale
+        );
+        assert_eq!(stale.verify(Credential::Missing).await.code(), Code::Stale);
+
+        let serving = Verifier::with_parts(
+            Arc::clone(verifier.replica()),
+            Arc::new(Freshness::new(Duration::from_secs(60), StalePolicy::Serve)),
+            None,
+            Metrics::register(),
+        );
+        assert_eq!(
+            serving.verify(Credential::ApiKey(&text)).await.code(),
+            Code::Valid
+        );
+    }
+
+    #[test]
+    fn statuses_match_the_contract() {
+        let expected = [
+            (Code::Valid, None),
+            (Code::Missing, Some(401)),
+            (Code::Malformed, Some(401)),
+            (Code::NotFound, Some(401)),
+            (Code::Disabled, Some(403)),
+            (Code::Expired, Some(401)),
+            (Code::Revoked, Some(401)),
+            (Code::Stale, Some(503)),
+        ];
+        for (code, status) in expected {
+            assert_eq!(
+                code.status().map(|status| status.as_u16()),
+                status,
+                "{code:?}"
+            );
+            assert_eq!(Code::ALL[code as usize], code);
+        }
+    }
+}

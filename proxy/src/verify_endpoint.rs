@@ -1,0 +1,138 @@
+//! `POST /_keygate/v1/verify` on the main listener: a verdict without forwarding, for callers
+//! that only want to know (and for load tests of pure verification).
+//!
+//! The key comes from a JSON body `{"key":"…"}` (at most 8 KiB) or, when the body is empty or
+//! has no `key`, from the usual credential headers. The answer is always 200 with the verdict,
+//! STALE included: `{"valid","code","keyId","owner","meta","expires"}`.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use http::header::HeaderValue;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use keygate_proto::Meta;
+use serde::{Deserialize, Serialize};
+
+use crate::config::AuthMode;
+use crate::credential::Credential;
+use crate::handler::Handler;
+use crate::response::{self, ProxyBody, codes};
+use crate::verify::Verdict;
+
+/// Where the endpoint is served.
+pub const PATH: &str = "/_keygate/v1/verify";
+
+/// Largest request body accepted.
+const MAX_BODY_BYTES: usize = 8 * 1024;
+
+#[derive(Deserialize)]
+struct VerifyRequest {
+    key: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VerifyResponse<'a> {
+    valid: bool,
+    code: &'static str,
+    key_id: Option<String>,
+    owner: Option<&'a str>,
+    meta: Option<&'a Meta>,
+    expires: Option<String>,
+}
+
+pub(crate) async fn answer(
+    handler: &Handler,
+    request: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
+    if request.method() != Method::POST {
+        let mut response = response::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            codes::METHOD_NOT_ALLOWED,
+            "use POST",
+            request_id,
+        );
+        response
+            .headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            return response::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                codes::PAYLOAD_TOO_LARGE,
+                "the request body is larger than 8 KiB",
+                request_id,
+            );
+        }
+        Err(_) => {
+            return response::error(
+                StatusCode::BAD_REQUEST,
+                codes::BAD_REQUEST,
+                "could not read the request body",
+                request_id,
+            );
+        }
+    };
+    let from_body = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match serde_json::from_slice::<VerifyRequest>(&body) {
+            Ok(parsed) => parsed.key,
+            Err(_) => {
+                return response::error(
+                    StatusCode::BAD_REQUEST,
+                    codes::BAD_REQUEST,
+                    "expected a JSON body {\"key\":\"…\"}",
+                    request_id,
+                );
+            }
+        }
+    };
+    let credential = match &from_body {
+        Some(key) => Credential::ApiKey(key),
+        None => handler
+            .credentials
+            .extract(&parts.headers, AuthMode::KeyOrSession),
+    };
+    let verdict = handler.verifier.verify(credential).await;
+    let code = verdict.code().as_str();
+    let mut response = match &verdict {
+        Verdict::Valid(grant) => response::json(
+            StatusCode::OK,
+            &VerifyResponse {
+                valid: true,
+                code,
+                key_id: Some(grant.key_id().to_string()),
+                owner: Some(grant.owner()),
+                meta: grant.meta(),
+                expires: grant.expires_unix_ms().map(rfc3339),
+            },
+        ),
+        Verdict::Denied(_) => response::json(
+            StatusCode::OK,
+            &VerifyResponse {
+                valid: false,
+                code,
+                key_id: None,
+                owner: None,
+                meta: None,
+                expires: None,
+            },
+        ),
+    };
+    response
+        .headers_mut()
+        .insert(response::REQUEST_ID.clone(), request_id.clone());
+    response
+}
+
+fn rfc3339(unix_ms: i64) -> String {
+    let since_epoch = Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(UNIX_EPOCH + since_epoch).to_string()
+}

@@ -1,0 +1,634 @@
+//! Test support: a scripted in-process control plane (the `Sync` gRPC service), upstreams with
+//! chosen behaviours, a gateway builder and a small HTTP client.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use keygate_proto::pb::{self, control_message, gateway_message};
+use keygate_proto::{ApiKey, Change, Event, KeyHash, KeyId, KeyPrefix, Meta, ReplicaKey, Revision};
+use keygate_proxy::{Gateway, GatewayStatus, ProxyConfig};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Status, Streaming};
+
+pub const TOKEN: &str = "test-gateway-token";
+
+/// One Prometheus recorder for the whole test binary.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            keygate_proxy::metrics::prometheus_builder()
+                .install_recorder()
+                .unwrap()
+        })
+        .clone()
+}
+
+/// A fresh plaintext key and its record.
+pub fn new_key(owner: &str) -> (String, ReplicaKey) {
+    let plaintext = ApiKey::generate(&KeyPrefix::default());
+    let hash = ApiKey::parse(&plaintext).unwrap().hash();
+    let key = ReplicaKey {
+        hash,
+        id: KeyId::generate(),
+        owner: owner.to_owned(),
+        enabled: true,
+        expires_unix_ms: None,
+        meta: Meta::new(),
+    };
+    (plaintext, key)
+}
+
+/// Polls `condition` every 10 ms until it holds or `within` passes.
+pub async fn eventually(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Control plane
+
+#[derive(Clone)]
+enum Update {
+    Logged(Event),
+    Raw(Vec<pb::Event>),
+    Disconnect,
+}
+
+#[derive(Default)]
+struct ControlState {
+    log: Vec<Event>,
+    keys: BTreeMap<KeyHash, (ReplicaKey, u64)>,
+    head: u64,
+    hellos: Vec<u64>,
+    acks: Vec<u64>,
+}
+
+struct ControlShared {
+    state: Mutex<ControlState>,
+    updates: broadcast::Sender<Update>,
+    answer_pings: AtomicBool,
+    lookups: AtomicUsize,
+    /// When set, lookups wait for it before answering (to test coalescing).
+    lookup_gate: Mutex<Option<Arc<Notify>>>,
+}
+
+/// A control plane that keeps an event log and serves `Sync`.
+#[derive(Clone)]
+pub struct ControlPlane {
+    pub addr: SocketAddr,
+    shared: Arc<ControlShared>,
+}
+
+impl ControlPlane {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (updates, _) = broadcast::channel(1024);
+        let shared = Arc::new(ControlShared {
+            state: Mutex::new(ControlState::default()),
+            updates,
+            answer_pings: AtomicBool::new(true),
+            lookups: AtomicUsize::new(0),
+            lookup_gate: Mutex::new(None),
+        });
+        let service = pb::sync_server::SyncServer::new(SyncService {
+            shared: Arc::clone(&shared),
+        });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        Self { addr, shared }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn commit(&self, change: Change, broadcast: bool) -> u64 {
+        let event = {
+            let mut state = self.shared.state.lock().unwrap();
+            state.head += 1;
+            let revision = state.head;
+            match &change {
+                Change::KeyUpserted(key) => {
+                    state.keys.insert(key.hash, (key.clone(), revision));
+                }
+                Change::KeyDeleted { hash, .. } => {
+                    state.keys.remove(hash);
+                }
+            }
+            let event = Event {
+                revision: Revision(revision),
+                committed_unix_ms: 0,
+                change,
+            };
+            state.log.push(event.clone());
+            event
+        };
+        let revision = event.revision.0;
+        if broadcast {
+            let _ = self.shared.updates.send(Update::Logged(event));
+        }
+        revision
+    }
+
+    /// Commits and streams an upsert; returns its revision.
+    pub fn upsert(&self, key: &ReplicaKey) -> u64 {
+        self.commit(Change::KeyUpserted(key.clone()), true)
+    }
+
+    /// Commits and streams a delete; returns its revision.
+    pub fn delete(&self, key: &ReplicaKey) -> u64 {
+        self.commit(
+            Change::KeyDeleted {
+                id: key.id,
+                hash: key.hash,
+            },
+            true,
+        )
+    }
+
+    /// Commits an upsert whose event has not reached the stream yet (only lookups see it).
+    pub fn upsert_unstreamed(&self, key: &ReplicaKey) -> u64 {
+        self.commit(Change::KeyUpserted(key.clone()), false)
+    }
+
+    /// Sends events to every open stream without logging them (e.g. to cause a gap).
+    pub fn send_raw(&self, events: Vec<pb::Event>) {
+        let _ = self.shared.updates.send(Update::Raw(events));
+    }
+
+    /// Closes every open stream.
+    pub fn disconnect_all(&self) {
+        let _ = self.shared.updates.send(Update::Disconnect);
+    }
+
+    pub fn answer_pings(&self, answer: bool) {
+        self.shared.answer_pings.store(answer, Ordering::SeqCst);
+    }
+
+    pub fn hellos(&self) -> Vec<u64> {
+        self.shared.state.lock().unwrap().hellos.clone()
+    }
+
+    pub fn acks(&self) -> Vec<u64> {
+        self.shared.state.lock().unwrap().acks.clone()
+    }
+
+    pub fn lookups(&self) -> usize {
+        self.shared.lookups.load(Ordering::SeqCst)
+    }
+
+    /// Makes lookups wait until the returned notify is notified.
+    pub fn hold_lookups(&self) -> Arc<Notify> {
+        let gate = Arc::new(Notify::new());
+        *self.shared.lookup_gate.lock().unwrap() = Some(Arc::clone(&gate));
+        gate
+    }
+}
+
+struct SyncService {
+    shared: Arc<ControlShared>,
+}
+
+fn control(msg: control_message::Msg) -> Result<pb::ControlMessage, Status> {
+    Ok(pb::ControlMessage { msg: Some(msg) })
+}
+
+fn authorized<T>(request: &tonic::Request<T>) -> Result<(), Status> {
+    let expected = format!("Bearer {TOKEN}");
+    match request
+        .metadata()
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())
+    {
+        Some(value) if value == expected => Ok(()),
+        _ => Err(Status::unauthenticated("bad gateway token")),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::sync_server::Sync for SyncService {
+    type StreamStream = ReceiverStream<Result<pb::ControlMessage, Status>>;
+
+    async fn stream(
+        &self,
+        request: tonic::Request<Streaming<pb::GatewayMessage>>,
+    ) -> Result<tonic::Response<Self::StreamStream>, Status> {
+        authorized(&request)?;
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(1024);
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            let Ok(Some(pb::GatewayMessage {
+                msg: Some(gateway_message::Msg::Hello(hello)),
+            })) = inbound.message().await
+            else {
+                return;
+            };
+            let mut updates = shared.updates.subscribe();
+            let (initial, mut sent_up_to) = {
+                let mut state = shared.state.lock().unwrap();
+                state.hellos.push(hello.applied_revision);
+                let head = state.head;
+                let mut initial = Vec::new();
+                if hello.applied_revision == 0 || hello.applied_revision > head {
+                    let keys: Vec<pb::ReplicaKey> =
+                        state.keys.values().map(|(key, _)| key.into()).collect();
+                    initial.push(control(control_message::Msg::SnapshotBegin(
+                        pb::SnapshotBegin {
+                            revision: head,
+                            key_count: keys.len() as u64,
+                        },
+                    )));
+                    for chunk in keys.chunks(2) {
+                        initial.push(control(control_message::Msg::SnapshotChunk(
+                            pb::SnapshotChunk {
+                                keys: chunk.to_vec(),
+                            },
+                        )));
+                    }
+                    initial.push(control(control_message::Msg::SnapshotEnd(
+                        pb::SnapshotEnd { revision: head },
+                    )));
+                } else {
+                    let events: Vec<pb::Event> = state
+                        .log
+                        .iter()
+                        .filter(|event| event.revision.0 > hello.applied_revision)
+                        .map(pb::Event::from)
+                        .collect();
+                    if !events.is_empty() {
+                        initial.push(control(control_message::Msg::Events(pb::EventBatch {
+                            events,
+                        })));
+                    }
+                }
+                (initial, head)
+            };
+            for message in initial {
+                if tx.send(message).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                tokio::select! {
+                    received = inbound.message() => match received {
+                        Ok(Some(pb::GatewayMessage { msg: Some(gateway_message::Msg::Ping(ping)) })) => {
+                            if !shared.answer_pings.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            let head = shared.state.lock().unwrap().head;
+                            let pong = pb::Pong { nonce: ping.nonce, sent_at_nanos: ping.sent_at_nanos, head_revision: head };
+                            if tx.send(control(control_message::Msg::Pong(pong))).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(Some(pb::GatewayMessage { msg: Some(gateway_message::Msg::Ack(ack)) })) => {
+                            shared.state.lock().unwrap().acks.push(ack.revision);
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => return,
+                    },
+                    update = updates.recv() => {
+                        let events = match update {
+                            Ok(Update::Logged(event)) if event.revision.0 > sent_up_to => {
+                                sent_up_to = event.revision.0;
+                                vec![pb::Event::from(&event)]
+                            }
+                            Ok(Update::Logged(_)) => continue,
+                            Ok(Update::Raw(events)) => events,
+                            Ok(Update::Disconnect) | Err(_) => return,
+                        };
+                        let batch = control(control_message::Msg::Events(pb::EventBatch { events }));
+                        if tx.send(batch).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn lookup_key(
+        &self,
+        request: tonic::Request<pb::LookupKeyRequest>,
+    ) -> Result<tonic::Response<pb::LookupKeyResponse>, Status> {
+        authorized(&request)?;
+        self.shared.lookups.fetch_add(1, Ordering::SeqCst);
+        let gate = self.shared.lookup_gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            gate.notified().await;
+        }
+        let hash = KeyHash::from_slice(&request.get_ref().key_hash)
+            .ok_or_else(|| Status::invalid_argument("hash"))?;
+        let state = self.shared.state.lock().unwrap();
+        let (key, key_revision) = match state.keys.get(&hash) {
+            Some((key, revision)) => (Some(pb::ReplicaKey::from(key)), *revision),
+            None => (None, 0),
+        };
+        Ok(tonic::Response::new(pb::LookupKeyResponse {
+            key,
+            key_revision,
+            head_revision: state.head,
+        }))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstreams
+
+/// An upstream that answers every request with JSON describing what it received. Paths
+/// starting with `/hang` never answer; `/hop` answers with hop-by-hop headers set.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// Notified when a request to `/held` arrives; such requests answer once `release` is
+    /// notified.
+    pub arrived: Arc<Notify>,
+    pub release: Arc<Notify>,
+}
+
+impl Upstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let arrived = Arc::new(Notify::new());
+        let release = Arc::new(Notify::new());
+        let (held_arrived, held_release) = (Arc::clone(&arrived), Arc::clone(&release));
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (arrived, release) = (Arc::clone(&held_arrived), Arc::clone(&held_release));
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let (arrived, release) = (Arc::clone(&arrived), Arc::clone(&release));
+                    async move { Ok::<_, Infallible>(echo(request, arrived, release).await) }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        Self {
+            addr,
+            arrived,
+            release,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn echo(
+    request: Request<Incoming>,
+    arrived: Arc<Notify>,
+    release: Arc<Notify>,
+) -> Response<Full<Bytes>> {
+    let path = request.uri().path().to_owned();
+    if path.starts_with("/hang") {
+        std::future::pending::<()>().await;
+    }
+    if path.starts_with("/held") {
+        arrived.notify_one();
+        release.notified().await;
+    }
+    let mut headers = serde_json::Map::new();
+    for name in request.headers().keys() {
+        let values: Vec<serde_json::Value> = request
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|value| {
+                String::from_utf8_lossy(value.as_bytes())
+                    .into_owned()
+                    .into()
+            })
+            .collect();
+        headers.insert(name.as_str().to_owned(), values.into());
+    }
+    let method = request.method().to_string();
+    let uri = request.uri().to_string();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|body| body.to_bytes())
+        .unwrap_or_default();
+    let json = serde_json::json!({
+        "method": method,
+        "uri": uri,
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    });
+    let mut response = Response::new(Full::new(Bytes::from(json.to_string())));
+    if path.starts_with("/hop") {
+        let headers = response.headers_mut();
+        headers.insert("connection", "x-upstream-hop".parse().unwrap());
+        headers.insert("x-upstream-hop", "1".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert("x-upstream-end", "kept".parse().unwrap());
+    }
+    response
+}
+
+/// An upstream that reads each request and closes the connection without answering.
+pub async fn dropping_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buffer = [0u8; 4096];
+                let _ = stream.read(&mut buffer).await;
+            });
+        }
+    });
+    addr
+}
+
+/// An address nothing listens on.
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gateway
+
+/// A serving gateway and the means to stop it.
+pub struct RunningGateway {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub status: GatewayStatus,
+    stop: Option<oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<Result<(), keygate_proxy::ProxyError>>,
+}
+
+impl RunningGateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr)
+    }
+
+    /// Signals shutdown and waits for `serve` to return.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.served).await.unwrap().unwrap();
+    }
+
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    pub async fn wait_stopped(self) {
+        self.served.await.unwrap().unwrap();
+    }
+}
+
+/// A config for tests: loopback listeners on free ports, one control plane, the test token.
+pub fn config(control_plane: &ControlPlane) -> ProxyConfig {
+    ProxyConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        control_plane: vec![control_plane.url()],
+        gateway_token: TOKEN.to_owned(),
+        gateway_id: Some("test-gateway".to_owned()),
+        ping_interval: Duration::from_millis(50),
+        ..ProxyConfig::default()
+    }
+}
+
+pub async fn start_gateway(config: ProxyConfig) -> RunningGateway {
+    let gateway = Gateway::bind(config, metrics_handle()).await.unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let addr = gateway.addr();
+    let admin_addr = gateway.admin_addr();
+    let status = gateway.status();
+    let served = tokio::spawn(gateway.serve(async move {
+        let _ = stopped.await;
+    }));
+    RunningGateway {
+        addr,
+        admin_addr,
+        status,
+        stop: Some(stop),
+        served,
+    }
+}
+
+/// Starts a gateway and waits until it is ready (synced within the bound).
+pub async fn start_ready_gateway(config: ProxyConfig) -> RunningGateway {
+    let gateway = start_gateway(config).await;
+    let status = gateway.status.clone();
+    eventually("the gateway to be ready", Duration::from_secs(10), || {
+        status.is_ready()
+    })
+    .await;
+    gateway
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// What came back.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|error| {
+            panic!(
+                "body is not JSON ({error}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// Values of one header the echo upstream saw.
+    pub fn upstream_saw(&self, name: &str) -> Vec<String> {
+        self.json()["headers"][name]
+            .as_array()
+            .map(|values| {
+                values
+                    .iter()
+                    .map(|value| value.as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+pub async fn send(client: &TestClient, request: Request<Full<Bytes>>) -> Reply {
+    let response = client.request(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn get(url: &str) -> http::request::Builder {
+    Request::get(url)
+}
+
+pub async fn get_with(client: &TestClient, url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut request = Request::get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    send(client, request.body(Full::new(Bytes::new())).unwrap()).await
+}

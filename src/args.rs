@@ -1,0 +1,246 @@
+//! Command-line arguments. Every server flag can also come from a `KEYGATE_*` environment
+//! variable and from the TOML file named by `--config`; flags and environment win over the file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// keygate: API-key and passkey-session verification at the edge.
+#[derive(Debug, Parser)]
+#[command(name = "keygate", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How operator commands reach the control plane, and how they print.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Control plane gRPC endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYGATE_ENDPOINT",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub endpoint: String,
+    /// Admin token (printed by `keygate dev`).
+    #[arg(long, global = true, env = "KEYGATE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print exactly one JSON object on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run control plane, one gateway and an echo upstream on this machine (embedded SQLite).
+    Dev(DevArgs),
+    /// Run the control plane: gRPC admin + sync services, HTTP health and metrics.
+    ControlPlane(ControlPlaneArgs),
+    /// Run a gateway in front of an upstream.
+    Proxy(ProxyArgs),
+    /// Create, inspect, disable, enable, delete and reroll API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// List the gateways connected to the control plane.
+    Gateways,
+    /// Read the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Run only the echo upstream that `dev` uses (for benchmarks and demos).
+    #[command(hide = true)]
+    EchoUpstream {
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: SocketAddr,
+    },
+}
+
+impl Command {
+    /// Whether this command runs servers (and so logs at info level by default).
+    pub fn is_server(&self) -> bool {
+        matches!(
+            self,
+            Self::Dev(_) | Self::ControlPlane(_) | Self::Proxy(_) | Self::EchoUpstream { .. }
+        )
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
+    /// Where the SQLite database lives.
+    #[arg(long, env = "KEYGATE_DATA_DIR", default_value = "./keygate-data")]
+    pub data_dir: PathBuf,
+    /// Gateway listener.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Gateway admin listener (/healthz, /readyz, /metrics).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    pub admin_listen: SocketAddr,
+    /// Control plane gRPC listener.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub grpc_listen: SocketAddr,
+    /// Control plane HTTP listener.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    pub http_listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ControlPlaneArgs {
+    /// TOML file with any of the settings below (flags and environment win over it).
+    #[arg(long, env = "KEYGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC listener (admin + sync) [default: 127.0.0.1:7070].
+    #[arg(long, env = "KEYGATE_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
+    /// HTTP listener (passkey web flows, /healthz, /metrics) [default: 127.0.0.1:7080].
+    #[arg(long, env = "KEYGATE_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Database URL: sqlite://PATH, or postgres://… [default: sqlite://keygate-data/keygate.db].
+    #[arg(long, env = "KEYGATE_DATABASE")]
+    pub database: Option<String>,
+    /// Token operators present to the admin API.
+    #[arg(long, env = "KEYGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Token gateways present to the sync API.
+    #[arg(long, env = "KEYGATE_GATEWAY_TOKEN", hide_env_values = true)]
+    pub gateway_token: Option<String>,
+    /// WebAuthn relying party id [default: localhost].
+    #[arg(long, env = "KEYGATE_RP_ID")]
+    pub rp_id: Option<String>,
+    /// WebAuthn relying party origin [default: the HTTP listener's URL].
+    #[arg(long, env = "KEYGATE_RP_ORIGIN")]
+    pub rp_origin: Option<String>,
+}
+
+/// What a gateway does when it cannot prove it is within the propagation bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StalePolicyArg {
+    /// Answer 503 STALE and fail /readyz.
+    FailClosed,
+    /// Keep serving from the replica and only report.
+    Serve,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProxyArgs {
+    /// TOML file with any of the settings below, and `[[route]]` tables.
+    #[arg(long, env = "KEYGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Listener for API traffic [default: 0.0.0.0:8080].
+    #[arg(long, env = "KEYGATE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Admin listener: /healthz, /readyz, /metrics [default: 127.0.0.1:9901].
+    #[arg(long, env = "KEYGATE_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Upstream URL: one route `/` with the default auth (key_or_session).
+    #[arg(long, env = "KEYGATE_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// Control plane gRPC URL; repeat for failover order.
+    #[arg(
+        long = "control-plane",
+        env = "KEYGATE_CONTROL_PLANE",
+        value_delimiter = ','
+    )]
+    pub control_plane: Vec<String>,
+    /// Token this gateway presents to the control plane.
+    #[arg(long, env = "KEYGATE_GATEWAY_TOKEN", hide_env_values = true)]
+    pub gateway_token: Option<String>,
+    /// Gateway id in the control plane's registry [default: hostname-pid].
+    #[arg(long, env = "KEYGATE_GATEWAY_ID")]
+    pub gateway_id: Option<String>,
+    /// Region label, for operators.
+    #[arg(long, env = "KEYGATE_REGION")]
+    pub region: Option<String>,
+    /// Longest time this gateway may go without proving it is current, e.g. 60s.
+    #[arg(long, env = "KEYGATE_PROPAGATION_BOUND", value_parser = parse_duration)]
+    pub propagation_bound: Option<Duration>,
+    /// What to do past the bound.
+    #[arg(long, env = "KEYGATE_STALE_POLICY", value_enum)]
+    pub stale_policy: Option<StalePolicyArg>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; its plaintext is printed only here.
+    Create(CreateKeyArgs),
+    /// Show one key.
+    Get { key_id: String },
+    /// List keys, a page at a time.
+    List(ListKeysArgs),
+    /// Disable a key (reversible): gateways answer 403 DISABLED.
+    Disable { key_id: String },
+    /// Enable a disabled key.
+    Enable { key_id: String },
+    /// Delete a key for good: gateways answer 401 NOT_FOUND.
+    Delete { key_id: String },
+    /// Issue a new key in place of an old one; the old one works until the grace ends.
+    Reroll {
+        key_id: String,
+        /// How long the old key keeps working, e.g. 10m; 0 revokes it at once.
+        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        grace: Duration,
+    },
+    /// Delete every key of an owner.
+    RevokeOwner { owner: String },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CreateKeyArgs {
+    /// External id of the key's owner (user, team, customer).
+    #[arg(long)]
+    pub owner: String,
+    /// Key prefix, 1-16 characters of [A-Za-z0-9] [default: kg].
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Human-readable name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Expiry: an RFC 3339 time (2027-01-01T00:00:00Z) or a duration from now (30d, 12h).
+    #[arg(long)]
+    pub expires: Option<String>,
+    /// Metadata entry, repeatable.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+    pub meta: Vec<(String, String)>,
+    /// Create the key disabled.
+    #[arg(long)]
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ListKeysArgs {
+    /// Only this owner's keys.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Page size (at most 1000).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// Cursor from the previous page.
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Newest entries first.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+/// Parses a humantime duration such as `2s`, `250ms`, `1h 30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|error| format!("invalid duration {text:?}: {error}"))
+}
+
+fn parse_meta(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}

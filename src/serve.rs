@@ -1,0 +1,111 @@
+//! `keygate control-plane` and `keygate proxy`: load the config file, lay flags and environment
+//! over it, validate once, bind, print one line per listener, serve until a signal.
+
+use keygate_control_plane::{ControlPlane, ControlPlaneConfig};
+use keygate_proxy::{Gateway, ProxyConfig, StalePolicy};
+
+use crate::args::{ControlPlaneArgs, ProxyArgs, StalePolicyArg};
+use crate::{Failure, config_file, shutdown, telemetry};
+
+/// The control plane's config: file, then flags/environment, then validation.
+pub fn control_plane_config(flags: &ControlPlaneArgs) -> Result<ControlPlaneConfig, Failure> {
+    let mut config: ControlPlaneConfig = config_file::load(flags.config.as_deref())?;
+    if let Some(addr) = flags.grpc_listen {
+        config.grpc_listen = addr;
+    }
+    if let Some(addr) = flags.http_listen {
+        config.http_listen = addr;
+    }
+    if let Some(database) = &flags.database {
+        config.database.clone_from(database);
+    }
+    if let Some(token) = &flags.admin_token {
+        config.admin_token.clone_from(token);
+    }
+    if let Some(token) = &flags.gateway_token {
+        config.gateway_token.clone_from(token);
+    }
+    if flags.rp_id.is_some() {
+        config.rp_id.clone_from(&flags.rp_id);
+    }
+    if flags.rp_origin.is_some() {
+        config.rp_origin.clone_from(&flags.rp_origin);
+    }
+    config
+        .validate()
+        .map_err(|error| Failure::Config(format!("invalid control plane config: {error}")))?;
+    Ok(config)
+}
+
+/// The gateway's config: file, then flags/environment, then validation.
+pub fn proxy_config(flags: &ProxyArgs) -> Result<ProxyConfig, Failure> {
+    let mut config: ProxyConfig = config_file::load(flags.config.as_deref())?;
+    if let Some(addr) = flags.listen {
+        config.listen = addr;
+    }
+    if let Some(addr) = flags.admin_listen {
+        config.admin_listen = addr;
+    }
+    if flags.upstream.is_some() {
+        config.upstream.clone_from(&flags.upstream);
+    }
+    if !flags.control_plane.is_empty() {
+        config.control_plane.clone_from(&flags.control_plane);
+    }
+    if let Some(token) = &flags.gateway_token {
+        config.gateway_token.clone_from(token);
+    }
+    if flags.gateway_id.is_some() {
+        config.gateway_id.clone_from(&flags.gateway_id);
+    }
+    if let Some(region) = &flags.region {
+        config.region.clone_from(region);
+    }
+    if let Some(bound) = flags.propagation_bound {
+        config.propagation_bound = bound;
+    }
+    if let Some(policy) = flags.stale_policy {
+        config.stale_policy = match policy {
+            StalePolicyArg::FailClosed => StalePolicy::FailClosed,
+            StalePolicyArg::Serve => StalePolicy::Serve,
+        };
+    }
+    config
+        .validate()
+        .map_err(|error| Failure::Config(format!("invalid proxy config: {error}")))?;
+    Ok(config)
+}
+
+/// Runs `keygate control-plane`.
+pub async fn control_plane(flags: ControlPlaneArgs) -> Result<(), Failure> {
+    let config = control_plane_config(&flags)?;
+    let server = ControlPlane::bind(config, telemetry::metrics())
+        .await
+        .map_err(|error| Failure::Runtime(error.to_string()))?;
+    println!(
+        "keygate control-plane listening on {} (http {})",
+        server.grpc_addr(),
+        server.http_addr()
+    );
+    server
+        .serve(shutdown::on_signal())
+        .await
+        .map_err(|error| Failure::Runtime(error.to_string()))
+}
+
+/// Runs `keygate proxy`.
+pub async fn proxy(flags: ProxyArgs) -> Result<(), Failure> {
+    let config = proxy_config(&flags)?;
+    let gateway = Gateway::bind(config, telemetry::metrics())
+        .await
+        .map_err(|error| Failure::Runtime(error.to_string()))?;
+    println!(
+        "keygate proxy listening on {} (admin {})",
+        gateway.addr(),
+        gateway.admin_addr()
+    );
+    gateway
+        .serve(shutdown::on_signal())
+        .await
+        .map_err(|error| Failure::Runtime(error.to_string()))
+}

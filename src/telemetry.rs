@@ -1,0 +1,34 @@
+//! Logging (tracing to stderr) and the process-wide Prometheus recorder.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+/// Logs to stderr, filtered by `KEYGATE_LOG` (e.g. `debug`, `keygate_proxy=trace`); servers log
+/// at `info` by default, operator commands only warnings.
+pub fn init_logging(server: bool) {
+    let default = if server { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_env("KEYGATE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // A second initialisation (tests) is harmless: the first subscriber stays.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The handle that renders `/metrics`. The recorder is installed once per process; the control
+/// plane and gateways of `keygate dev` (and of in-process tests) share it.
+pub fn metrics() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; metrics then go there and
+            // this handle renders an empty page, which is visible rather than fatal.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
