@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-10s}
-cargo build --release --bin keygate --bin keygate-bench >&2
+cargo build --release --workspace --bins >&2
 bin=target/release
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT

@@ -171,7 +171,7 @@ fn dev_gateway_config(
             },
         ],
         control_plane: vec![format!("http://{grpc_addr}")],
-        gateway_token: token.to_owned(),
+        gateway_token: token.into(),
         gateway_id: Some("dev-gateway".into()),
         region: "local".into(),
         ..ProxyConfig::default()

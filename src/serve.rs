@@ -53,7 +53,7 @@ pub fn proxy_config(flags: &ProxyArgs) -> Result<ProxyConfig, Failure> {
         config.control_plane.clone_from(&flags.control_plane);
     }
     if let Some(token) = &flags.gateway_token {
-        config.gateway_token.clone_from(token);
+        config.gateway_token = token.as_str().into();
     }
     if flags.gateway_id.is_some() {
         config.gateway_id.clone_from(&flags.gateway_id);

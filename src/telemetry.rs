@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tracing_subscriber::EnvFilter;
 
 /// Logs to stderr, filtered by `KEYGATE_LOG` (e.g. `debug`, `keygate_proxy=trace`); servers log
@@ -23,7 +23,8 @@ pub fn metrics() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // The gateway's builder carries histogram buckets suited to its latencies.
+            let recorder = keygate_proxy::metrics::prometheus_builder().build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder was installed first; metrics then go there and
             // this handle renders an empty page, which is visible rather than fatal.

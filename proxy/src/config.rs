@@ -4,6 +4,7 @@
 //!
 //! Durations are humantime strings in TOML (`"60s"`, `"250ms"`); sizes are bytes.
 
+use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
@@ -34,7 +35,7 @@ pub struct ProxyConfig {
     /// Default none; at least one is required.
     pub control_plane: Vec<String>,
     /// Token the control plane expects from gateways (`authorization: Bearer …`). Required.
-    pub gateway_token: String,
+    pub gateway_token: Secret,
     /// Name in the control plane's gateway registry. Default: `<hostname>-<pid>`.
     pub gateway_id: Option<String>,
     /// Region reported to the control plane (informational). Default empty.
@@ -96,7 +97,7 @@ impl Default for ProxyConfig {
             upstream: None,
             routes: Vec::new(),
             control_plane: Vec::new(),
-            gateway_token: String::new(),
+            gateway_token: Secret::default(),
             gateway_id: None,
             region: String::new(),
             propagation_bound: Duration::from_secs(60),
@@ -121,6 +122,41 @@ impl Default for ProxyConfig {
 
 /// One `[[route]]`: requests whose path starts with `path_prefix` go to `upstream`.
 /// `Default` leaves `path_prefix` and `upstream` empty (invalid until set).
+/// A secret setting (the gateway token). Its `Debug` never shows the value, so a config can be
+/// logged; read it with [`Secret::expose`] where it is actually sent.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret text, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "<unset>"
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+impl From<String> for Secret {
+    fn from(text: String) -> Self {
+        Self(text)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(text: &str) -> Self {
+        Self(text.to_owned())
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
@@ -193,10 +229,11 @@ impl ProxyConfig {
         for url in &self.control_plane {
             control_plane_url(url)?;
         }
-        if self.gateway_token.trim().is_empty() {
+        if self.gateway_token.expose().trim().is_empty() {
             return Err(ConfigError::NoGatewayToken);
         }
-        if http::HeaderValue::from_str(&format!("Bearer {}", self.gateway_token)).is_err() {
+        if http::HeaderValue::from_str(&format!("Bearer {}", self.gateway_token.expose())).is_err()
+        {
             return Err(ConfigError::Invalid {
                 field: "gateway_token",
                 reason: "must be printable ASCII".to_owned(),
@@ -548,5 +585,16 @@ mod tests {
                 "{message:?} does not mention {needle:?}"
             );
         }
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_gateway_token() {
+        let config = ProxyConfig {
+            gateway_token: "do-not-print-this-token".into(),
+            ..ProxyConfig::default()
+        };
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("do-not-print-this-token"), "{debug}");
+        assert!(debug.contains("<redacted>"));
     }
 }

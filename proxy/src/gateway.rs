@@ -63,12 +63,13 @@ impl Gateway {
         config.validate()?;
         let routes = RouteTable::new(config.resolved_routes()?);
         let credentials = CredentialHeaders::from_config(&config)?;
-        let mut authorization: MetadataValue<Ascii> = format!("Bearer {}", config.gateway_token)
-            .parse()
-            .map_err(|_| ConfigError::Invalid {
-                field: "gateway_token",
-                reason: "must be printable ASCII".to_owned(),
-            })?;
+        let mut authorization: MetadataValue<Ascii> =
+            format!("Bearer {}", config.gateway_token.expose())
+                .parse()
+                .map_err(|_| ConfigError::Invalid {
+                    field: "gateway_token",
+                    reason: "must be printable ASCII".to_owned(),
+                })?;
         // Sensitive values print as "Sensitive" in Debug output: the token never reaches a log.
         authorization.set_sensitive(true);
         let handles = Metrics::register();

@@ -33,7 +33,7 @@ mod sync;
 pub mod verify;
 mod verify_endpoint;
 
-pub use config::{AuthMode, ProxyConfig, RouteConfig, StalePolicy};
+pub use config::{AuthMode, ProxyConfig, RouteConfig, Secret, StalePolicy};
 pub use error::{ConfigError, ProxyError};
 pub use gateway::Gateway;
 pub use replica::{Replica, Snapshot};

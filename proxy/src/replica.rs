@@ -9,6 +9,12 @@
 //! and a looked-up key is inserted only if it is newer than the applied revision. So a delete
 //! that has already been applied can never be undone by a late lookup answer.
 //!
+//! **Invariant:** an entry never goes back to an older state. A looked-up key is newer than the
+//! applied revision; until the event stream catches up with it, the writer remembers it (the
+//! "ahead" set) and skips the older events for that key that are still to come — otherwise
+//! replaying a key's create after a lookup had already seen its disable would briefly make it
+//! valid again.
+//!
 //! Memory (target ≤ 200 bytes per key at 1M keys): a slot is 64 bytes. The map is keyed by the
 //! first 128 bits of the key's blake3 hash ([`HashPrefix`]): another key with the same 128 bits
 //! would take a second-preimage attack on 128 bits, out of reach, and it halves the key part of
@@ -16,7 +22,7 @@
 //! 16-aligned and would pad the entry), and enabled/expiry share one word. Owner strings are
 //! shared between the keys of one owner within a snapshot.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -242,8 +248,12 @@ impl Snapshot {
 pub struct Replica {
     keys: ArcSwap<KeyMap>,
     applied: AtomicU64,
-    writer: Mutex<()>,
+    writer: Mutex<Ahead>,
 }
+
+/// Looked-up entries newer than the applied revision, with the revision of their last change.
+/// Only writers touch it, under the writer mutex; it is empty whenever the stream has caught up.
+type Ahead = HashMap<HashPrefix, (Revision, Entry)>;
 
 impl Default for Replica {
     fn default() -> Self {
@@ -257,12 +267,13 @@ impl Replica {
         Self {
             keys: ArcSwap::from_pointee(new_map(0)),
             applied: AtomicU64::new(0),
-            writer: Mutex::new(()),
+            writer: Mutex::new(Ahead::new()),
         }
     }
 
-    fn write_lock(&self) -> MutexGuard<'_, ()> {
-        // The guarded data is `()`: a panic elsewhere cannot leave it inconsistent.
+    fn write_lock(&self) -> MutexGuard<'_, Ahead> {
+        // Every update of the guarded set is a single map operation: a panic elsewhere cannot
+        // leave it inconsistent.
         self.writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -294,7 +305,7 @@ impl Replica {
 
     /// Applies one event, which must be the one after the applied revision.
     pub fn apply(&self, event: &Event) -> Result<(), Gap> {
-        let _writer = self.write_lock();
+        let mut ahead = self.write_lock();
         let applied = self.applied_revision();
         if event.revision != applied.next() {
             return Err(Gap {
@@ -303,20 +314,33 @@ impl Replica {
             });
         }
         let keys = self.keys.load();
-        match &event.change {
-            Change::KeyUpserted(key) => {
-                // Reuse the owner string of the entry being replaced when it is unchanged.
-                let slot = HashPrefix::from(&key.hash);
-                let owner = keys
-                    .get(&slot)
-                    .filter(|old| *old.owner == *key.owner)
-                    .map(|old| Arc::clone(&old.owner))
-                    .unwrap_or_else(|| Arc::from(key.owner.as_str()));
-                keys.insert(slot, Entry::new(key, owner));
+        let slot = match &event.change {
+            Change::KeyUpserted(key) => HashPrefix::from(&key.hash),
+            Change::KeyDeleted { hash, .. } => HashPrefix::from(hash),
+        };
+        // A lookup already installed a newer state of this key: this older event must not
+        // overwrite it.
+        let superseded = ahead
+            .get(&slot)
+            .is_some_and(|(revision, _)| *revision > event.revision);
+        if !superseded {
+            match &event.change {
+                Change::KeyUpserted(key) => {
+                    // Reuse the owner string of the entry being replaced when it is unchanged.
+                    let owner = keys
+                        .get(&slot)
+                        .filter(|old| *old.owner == *key.owner)
+                        .map(|old| Arc::clone(&old.owner))
+                        .unwrap_or_else(|| Arc::from(key.owner.as_str()));
+                    keys.insert(slot, Entry::new(key, owner));
+                }
+                Change::KeyDeleted { .. } => {
+                    keys.remove(&slot);
+                }
             }
-            Change::KeyDeleted { hash, .. } => {
-                keys.remove(&HashPrefix::from(hash));
-            }
+        }
+        if !ahead.is_empty() {
+            ahead.retain(|_, (revision, _)| *revision > event.revision);
         }
         self.applied.store(event.revision.0, Ordering::Release);
         Ok(())
@@ -326,7 +350,12 @@ impl Replica {
     /// meanwhile read the previous set.
     pub fn install_snapshot(&self, snapshot: Snapshot) {
         let previous = {
-            let _writer = self.write_lock();
+            let mut ahead = self.write_lock();
+            // Looked-up keys newer than the snapshot stay: the snapshot cannot know them yet.
+            ahead.retain(|_, (revision, _)| *revision > snapshot.revision);
+            for (slot, (_, entry)) in ahead.iter() {
+                snapshot.keys.insert(*slot, entry.clone());
+            }
             let previous = self.keys.swap(Arc::new(snapshot.keys));
             self.applied.store(snapshot.revision.0, Ordering::Release);
             previous
@@ -339,14 +368,14 @@ impl Replica {
     /// change) is newer than everything applied. Returns whether it was inserted; when it was
     /// not, the replica already reflects that change or a later one (e.g. its delete).
     pub fn insert_looked_up(&self, key: &ReplicaKey, key_revision: Revision) -> bool {
-        let _writer = self.write_lock();
+        let mut ahead = self.write_lock();
         if key_revision <= self.applied_revision() {
             return false;
         }
-        self.keys.load().insert(
-            HashPrefix::from(&key.hash),
-            Entry::new(key, Arc::from(key.owner.as_str())),
-        );
+        let slot = HashPrefix::from(&key.hash);
+        let entry = Entry::new(key, Arc::from(key.owner.as_str()));
+        self.keys.load().insert(slot, entry.clone());
+        ahead.insert(slot, (key_revision, entry));
         true
     }
 }
@@ -522,5 +551,42 @@ pub(crate) mod tests {
             Revision(2),
             "a lookup does not move the revision"
         );
+    }
+
+    #[test]
+    fn a_looked_up_key_never_goes_back_to_an_older_state() {
+        let replica = Replica::new();
+        let (_, mut key) = sample_key("alice");
+        // Created at 1, disabled at 2; the gateway has applied nothing yet when its lookup is
+        // answered with the disabled state.
+        let created = key.clone();
+        key.enabled = false;
+        assert!(replica.insert_looked_up(&key, Revision(2)));
+        let enabled = |replica: &Replica| replica.with_entry(&key.hash, Entry::enabled);
+        assert_eq!(enabled(&replica), Some(false));
+        // Replaying the create must not re-enable it.
+        replica.apply(&upsert(1, &created)).expect("applies");
+        assert_eq!(
+            enabled(&replica),
+            Some(false),
+            "older event overwrote a newer lookup"
+        );
+        replica.apply(&upsert(2, &key)).expect("applies");
+        assert_eq!(enabled(&replica), Some(false));
+        // Caught up: later events apply normally.
+        replica.apply(&upsert(3, &created)).expect("applies");
+        assert_eq!(enabled(&replica), Some(true));
+    }
+
+    #[test]
+    fn a_snapshot_older_than_a_looked_up_key_keeps_it() {
+        let replica = Replica::new();
+        let (_, key) = sample_key("alice");
+        assert!(replica.insert_looked_up(&key, Revision(9)));
+        replica.install_snapshot(Snapshot::new(Revision(5), 0));
+        assert_eq!(replica.with_entry(&key.hash, Entry::enabled), Some(true));
+        // A snapshot that already contains it makes the lookup record moot.
+        replica.install_snapshot(Snapshot::new(Revision(9), 0));
+        assert_eq!(replica.with_entry(&key.hash, Entry::enabled), None);
     }
 }

@@ -164,7 +164,7 @@ impl Cluster {
                 },
             ],
             control_plane: vec![format!("http://{}", self.grpc_addr)],
-            gateway_token: self.gateway_token.clone(),
+            gateway_token: self.gateway_token.as_str().into(),
             gateway_id: Some(format!("gw-{index}")),
             region: "test".into(),
             ..ProxyConfig::default()

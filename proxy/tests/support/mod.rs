@@ -532,7 +532,7 @@ pub fn config(control_plane: &ControlPlane) -> ProxyConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         control_plane: vec![control_plane.url()],
-        gateway_token: TOKEN.to_owned(),
+        gateway_token: TOKEN.into(),
         gateway_id: Some("test-gateway".to_owned()),
         ping_interval: Duration::from_millis(50),
         ..ProxyConfig::default()
