@@ -57,6 +57,9 @@ pub enum Command {
     EchoUpstream {
         #[arg(long, default_value = "127.0.0.1:8000")]
         listen: SocketAddr,
+        /// Answer "ok" to everything instead of describing the request (for benchmarks).
+        #[arg(long)]
+        fixed: bool,
     },
 }
 

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 /// A bound echo server.
 pub struct EchoUpstream {
     listener: TcpListener,
+    fixed: bool,
 }
 
 impl EchoUpstream {
@@ -25,7 +26,15 @@ impl EchoUpstream {
     pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
         Ok(Self {
             listener: TcpListener::bind(addr).await?,
+            fixed: false,
         })
+    }
+
+    /// Answers every request with the same small body instead of describing it, so that in a
+    /// benchmark the upstream does identical work whatever headers a request carries.
+    pub fn fixed_response(mut self) -> Self {
+        self.fixed = true;
+        self
     }
 
     /// The bound address.
@@ -43,13 +52,27 @@ impl EchoUpstream {
             };
             let Ok((stream, _)) = accepted else { continue };
             let _ = stream.set_nodelay(true);
+            let fixed = self.fixed;
             tokio::spawn(async move {
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service_fn(echo))
-                    .await;
+                let io = TokioIo::new(stream);
+                let _ = if fixed {
+                    http1::Builder::new()
+                        .serve_connection(io, service_fn(fixed_reply))
+                        .await
+                } else {
+                    http1::Builder::new()
+                        .serve_connection(io, service_fn(echo))
+                        .await
+                };
             });
         }
     }
+}
+
+async fn fixed_reply(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    // Drain the body so the connection can be reused.
+    let _ = request.into_body().collect().await;
+    Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))))
 }
 
 async fn echo(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {

@@ -48,10 +48,13 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Keys(keys) => commands::keys::run(&cli.client, keys).await,
         Command::Gateways => commands::gateways::run(&cli.client).await,
         Command::Audit(audit) => commands::audit::run(&cli.client, audit).await,
-        Command::EchoUpstream { listen } => {
-            let upstream = echo::EchoUpstream::bind(listen)
+        Command::EchoUpstream { listen, fixed } => {
+            let mut upstream = echo::EchoUpstream::bind(listen)
                 .await
                 .map_err(|error| Failure::Runtime(format!("cannot bind {listen}: {error}")))?;
+            if fixed {
+                upstream = upstream.fixed_response();
+            }
             let addr = upstream
                 .addr()
                 .map_err(|error| Failure::Runtime(error.to_string()))?;

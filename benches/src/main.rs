@@ -52,7 +52,7 @@ enum Bench {
     Rps {
         #[arg(long)]
         url: String,
-        /// Sent as `Authorization: Bearer`; omit for the no-auth route.
+        /// Sent as `Authorization: Bearer` (a no-auth route ignores it).
         #[arg(long)]
         key: Option<String>,
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -242,11 +242,7 @@ async fn rps(
     let summary = percentiles(&mut latencies);
     println!(
         "{url} ({}): {:.0} req/s over {:.1} s, {connections} in flight, {} errors; latency p50 {} p90 {} p99 {} max {}",
-        if key.is_some() {
-            "with key"
-        } else {
-            "no credential"
-        },
+        if key.is_some() { "key sent" } else { "no key" },
         count as f64 / elapsed,
         elapsed,
         errors.load(Ordering::Relaxed),

@@ -120,8 +120,6 @@ impl Default for ProxyConfig {
     }
 }
 
-/// One `[[route]]`: requests whose path starts with `path_prefix` go to `upstream`.
-/// `Default` leaves `path_prefix` and `upstream` empty (invalid until set).
 /// A secret setting (the gateway token). Its `Debug` never shows the value, so a config can be
 /// logged; read it with [`Secret::expose`] where it is actually sent.
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]
@@ -157,6 +155,8 @@ impl From<&str> for Secret {
     }
 }
 
+/// One `[[route]]`: requests whose path starts with `path_prefix` go to `upstream`.
+/// `Default` leaves `path_prefix` and `upstream` empty (invalid until set).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
