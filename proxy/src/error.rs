@@ -42,3 +42,15 @@ pub enum ProxyError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
+
+/// An error and its sources on one line (`outer: cause: root cause`), for logs and messages.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

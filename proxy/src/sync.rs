@@ -13,6 +13,7 @@
 //! plane URL after an exponential backoff with jitter (50 ms doubling to 5 s). Network errors
 //! are logged, never fatal; the task stops only on shutdown.
 
+use crate::error::error_chain;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -333,17 +334,6 @@ fn backoff(failures: u32) -> Duration {
     let ceiling = exponential.min(BACKOFF_MAX);
     let half = ceiling / 2;
     half + half.mul_f64(rand::rng().random::<f64>())
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
