@@ -60,6 +60,10 @@ enum Bench {
         /// Concurrent requests in flight.
         #[arg(long, default_value_t = 32)]
         connections: usize,
+        /// Stop after this many requests instead of after `--duration` (for instruction
+        /// counting under callgrind, where time means little).
+        #[arg(long)]
+        requests: Option<u64>,
     },
 }
 
@@ -77,7 +81,8 @@ async fn main() {
             key,
             duration,
             connections,
-        } => rps(&url, key, duration, connections).await,
+            requests,
+        } => rps(&url, key, duration, connections, requests).await,
     };
     if let Err(message) = result {
         eprintln!("error: {message}");
@@ -197,6 +202,7 @@ async fn rps(
     key: Option<String>,
     duration: Duration,
     connections: usize,
+    requests: Option<u64>,
 ) -> Result<(), String> {
     let http = client();
     let expected = status_of(&http, url, key.as_deref()).await?;
@@ -207,6 +213,8 @@ async fn rps(
     }
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
+    // Requests still to send when counting; unlimited otherwise.
+    let budget = Arc::new(AtomicU64::new(requests.unwrap_or(u64::MAX)));
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..connections {
@@ -217,9 +225,15 @@ async fn rps(
             stop.clone(),
             errors.clone(),
         );
+        let budget = budget.clone();
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
+            let take_one = |left: u64| left.checked_sub(1);
+            while !stop.load(Ordering::Relaxed)
+                && budget
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, take_one)
+                    .is_ok()
+            {
                 let sent = Instant::now();
                 match status_of(&http, &url, key.as_deref()).await {
                     Ok(200) => latencies.push(sent.elapsed()),
@@ -231,8 +245,10 @@ async fn rps(
             latencies
         }));
     }
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
+    if requests.is_none() {
+        tokio::time::sleep(duration).await;
+        stop.store(true, Ordering::Relaxed);
+    }
     let mut latencies = Vec::new();
     for worker in workers {
         latencies.extend(worker.await.map_err(|e| e.to_string())?);

@@ -15,12 +15,22 @@ pub const fn digit_value(byte: u8) -> Option<u8> {
     }
 }
 
+/// Digits peeled off per `u128` division: 62^10 < 2^64, so each chunk is then split with cheap
+/// `u64` arithmetic instead of one `u128` division (a library call) per digit.
+const CHUNK_DIGITS: usize = 10;
+const CHUNK: u128 = 62u128.pow(CHUNK_DIGITS as u32);
+
 /// Writes `value` as exactly `out.len()` base62 digits, most significant first, zero-padded.
 /// Digits beyond what `out` holds are dropped, so callers size `out` for the value's range.
 pub fn encode_fixed(mut value: u128, out: &mut [u8]) {
-    for slot in out.iter_mut().rev() {
-        *slot = ALPHABET[(value % 62) as usize];
-        value /= 62;
+    for chunk_out in out.rchunks_mut(CHUNK_DIGITS) {
+        // `value % CHUNK` < 62^10 < 2^64.
+        let mut chunk = (value % CHUNK) as u64;
+        value /= CHUNK;
+        for slot in chunk_out.iter_mut().rev() {
+            *slot = ALPHABET[(chunk % 62) as usize];
+            chunk /= 62;
+        }
     }
 }
 
@@ -42,6 +52,39 @@ mod tests {
             let mut buf = [0u8; 22];
             encode_fixed(value, &mut buf);
             assert_eq!(decode_fixed(&buf), Some(value));
+        }
+    }
+
+    #[test]
+    fn chunked_encoding_matches_digit_by_digit_encoding() {
+        fn slow(mut value: u128, out: &mut [u8]) {
+            for slot in out.iter_mut().rev() {
+                *slot = ALPHABET[(value % 62) as usize];
+                value /= 62;
+            }
+        }
+        let samples = [
+            0,
+            1,
+            61,
+            62,
+            CHUNK - 1,
+            CHUNK,
+            CHUNK * 62 + 5,
+            u128::MAX / 3,
+            u128::MAX,
+        ];
+        for value in samples {
+            for width in [1, 6, 9, 10, 11, 22] {
+                let (mut fast, mut reference) = ([0u8; 22], [0u8; 22]);
+                encode_fixed(value, &mut fast[..width]);
+                slow(value, &mut reference[..width]);
+                assert_eq!(
+                    fast[..width],
+                    reference[..width],
+                    "{value} in {width} digits"
+                );
+            }
         }
     }
 
