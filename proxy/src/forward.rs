@@ -8,7 +8,6 @@
 //! Bodies stream both ways and are never buffered whole. Upgrades (e.g. WebSocket) are not
 //! proxied: the `Upgrade` header is hop-by-hop and removed.
 
-use crate::error::error_chain;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -22,6 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::credential::CredentialHeaders;
+use crate::error::error_chain;
 use crate::metrics::Metrics;
 use crate::replica::KEY_ID_TEXT_LEN;
 use crate::response::{self, ProxyBody, REQUEST_ID, codes};

@@ -13,7 +13,6 @@
 //! plane URL after an exponential backoff with jitter (50 ms doubling to 5 s). Network errors
 //! are logged, never fatal; the task stops only on shutdown.
 
-use crate::error::error_chain;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -28,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Endpoint;
 
+use crate::error::error_chain;
 use crate::freshness::{Freshness, PendingProofs};
 use crate::metrics::Metrics;
 use crate::miss::ControlPlaneSlot;
