@@ -1,7 +1,10 @@
 //! Conversions between the keygate.v1 wire types and the domain types. Wire data is untrusted:
 //! every conversion from the wire validates and can fail.
 
-use crate::model::{Change, Event, ReplicaKey, Revision};
+use crate::model::{
+    Change, Event, PasskeyRevocation, ReplicaKey, Revision, SessionRevocation, SessionVerifyingKey,
+    UserState,
+};
 use crate::{KeyHash, KeyId, pb};
 
 /// A wire message that does not describe a valid domain value.
@@ -13,6 +16,18 @@ pub enum WireError {
     KeyId(#[from] crate::ids::InvalidKeyId),
     #[error("event {0} has no kind")]
     EmptyEvent(u64),
+    #[error("session public key must be 32 bytes, got {0}")]
+    PublicKeyLength(usize),
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+}
+
+fn required(value: String, what: &'static str) -> Result<String, WireError> {
+    if value.is_empty() {
+        Err(WireError::Empty(what))
+    } else {
+        Ok(value)
+    }
 }
 
 fn key_hash(bytes: &[u8]) -> Result<KeyHash, WireError> {
@@ -59,6 +74,10 @@ impl From<&Event> for pb::Event {
                 key_id: id.to_string(),
                 key_hash: hash.0.to_vec(),
             }),
+            Change::PasskeyRevoked(revoked) => pb::event::Kind::PasskeyRevoked(revoked.into()),
+            Change::SessionRevoked(revoked) => pb::event::Kind::SessionRevoked(revoked.into()),
+            Change::UserState(user) => pb::event::Kind::UserState(user.into()),
+            Change::SigningKey(key) => pb::event::Kind::SigningKey(key.into()),
         };
         Self {
             revision: event.revision.0,
@@ -78,12 +97,116 @@ impl TryFrom<pb::Event> for Event {
                 id: deleted.key_id.parse()?,
                 hash: key_hash(&deleted.key_hash)?,
             },
+            Some(pb::event::Kind::PasskeyRevoked(revoked)) => {
+                Change::PasskeyRevoked(revoked.try_into()?)
+            }
+            Some(pb::event::Kind::SessionRevoked(revoked)) => {
+                Change::SessionRevoked(revoked.try_into()?)
+            }
+            Some(pb::event::Kind::UserState(user)) => Change::UserState(user.try_into()?),
+            Some(pb::event::Kind::SigningKey(key)) => Change::SigningKey(key.try_into()?),
             None => return Err(WireError::EmptyEvent(event.revision)),
         };
         Ok(Self {
             revision: Revision(event.revision),
             committed_unix_ms: event.committed_unix_ms,
             change,
+        })
+    }
+}
+
+impl From<&PasskeyRevocation> for pb::PasskeyRevoked {
+    fn from(revoked: &PasskeyRevocation) -> Self {
+        Self {
+            user_id: revoked.user_id.clone(),
+            passkey_id: revoked.passkey_id.clone(),
+            revoked_unix_ms: revoked.revoked_unix_ms,
+            prune_after_unix_ms: revoked.prune_after_unix_ms,
+        }
+    }
+}
+
+impl TryFrom<pb::PasskeyRevoked> for PasskeyRevocation {
+    type Error = WireError;
+
+    fn try_from(revoked: pb::PasskeyRevoked) -> Result<Self, Self::Error> {
+        Ok(Self {
+            user_id: required(revoked.user_id, "PasskeyRevoked.user_id")?,
+            passkey_id: required(revoked.passkey_id, "PasskeyRevoked.passkey_id")?,
+            revoked_unix_ms: revoked.revoked_unix_ms,
+            prune_after_unix_ms: revoked.prune_after_unix_ms,
+        })
+    }
+}
+
+impl From<&SessionRevocation> for pb::SessionRevoked {
+    fn from(revoked: &SessionRevocation) -> Self {
+        Self {
+            session_id: revoked.session_id.clone(),
+            user_id: revoked.user_id.clone(),
+            prune_after_unix_ms: revoked.prune_after_unix_ms,
+        }
+    }
+}
+
+impl TryFrom<pb::SessionRevoked> for SessionRevocation {
+    type Error = WireError;
+
+    fn try_from(revoked: pb::SessionRevoked) -> Result<Self, Self::Error> {
+        Ok(Self {
+            session_id: required(revoked.session_id, "SessionRevoked.session_id")?,
+            user_id: revoked.user_id,
+            prune_after_unix_ms: revoked.prune_after_unix_ms,
+        })
+    }
+}
+
+impl From<&UserState> for pb::UserState {
+    fn from(user: &UserState) -> Self {
+        Self {
+            user_id: user.user_id.clone(),
+            disabled: user.disabled,
+            sessions_revoked_before_unix_ms: user.sessions_revoked_before_unix_ms,
+            prune_after_unix_ms: user.prune_after_unix_ms,
+        }
+    }
+}
+
+impl TryFrom<pb::UserState> for UserState {
+    type Error = WireError;
+
+    fn try_from(user: pb::UserState) -> Result<Self, Self::Error> {
+        Ok(Self {
+            user_id: required(user.user_id, "UserState.user_id")?,
+            disabled: user.disabled,
+            sessions_revoked_before_unix_ms: user.sessions_revoked_before_unix_ms,
+            prune_after_unix_ms: user.prune_after_unix_ms,
+        })
+    }
+}
+
+impl From<&SessionVerifyingKey> for pb::SigningKey {
+    fn from(key: &SessionVerifyingKey) -> Self {
+        Self {
+            key_id: key.key_id.clone(),
+            public_key: key.public_key.to_vec(),
+            created_unix_ms: key.created_unix_ms,
+            verify_until_unix_ms: key.verify_until_unix_ms,
+        }
+    }
+}
+
+impl TryFrom<pb::SigningKey> for SessionVerifyingKey {
+    type Error = WireError;
+
+    fn try_from(key: pb::SigningKey) -> Result<Self, Self::Error> {
+        let public_key = <[u8; 32]>::try_from(key.public_key.as_slice())
+            .map_err(|_| WireError::PublicKeyLength(key.public_key.len()))?;
+        Ok(Self {
+            key_id: required(key.key_id, "SigningKey.key_id")?,
+            public_key,
+            created_unix_ms: key.created_unix_ms,
+            verify_until_unix_ms: key.verify_until_unix_ms,
         })
     }
 }
@@ -115,6 +238,29 @@ mod tests {
                 id: key.id,
                 hash: key.hash,
             },
+            Change::PasskeyRevoked(PasskeyRevocation {
+                user_id: "u1".into(),
+                passkey_id: "pk_1".into(),
+                revoked_unix_ms: 5,
+                prune_after_unix_ms: 6,
+            }),
+            Change::SessionRevoked(SessionRevocation {
+                session_id: "ses_1".into(),
+                user_id: "u1".into(),
+                prune_after_unix_ms: 9,
+            }),
+            Change::UserState(UserState {
+                user_id: "u1".into(),
+                disabled: true,
+                sessions_revoked_before_unix_ms: 3,
+                prune_after_unix_ms: 4,
+            }),
+            Change::SigningKey(SessionVerifyingKey {
+                key_id: "sk_1".into(),
+                public_key: [7; 32],
+                created_unix_ms: 1,
+                verify_until_unix_ms: Some(2),
+            }),
         ] {
             let event = Event {
                 revision: Revision(7),

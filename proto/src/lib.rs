@@ -12,6 +12,7 @@ pub mod convert;
 pub mod ids;
 pub mod key;
 pub mod model;
+pub mod session;
 pub mod time;
 
 /// Generated keygate.v1 messages, clients and servers.
@@ -22,7 +23,10 @@ pub mod pb {
 
 pub use ids::KeyId;
 pub use key::{ApiKey, KeyFormatError, KeyHash, KeyPrefix};
-pub use model::{Change, Event, Meta, ReplicaKey, Revision};
+pub use model::{
+    Change, Event, Meta, PasskeyRevocation, ReplicaKey, Revision, SessionRevocation,
+    SessionVerifyingKey, UserState,
+};
 
 /// The version string gateways report in their hello.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

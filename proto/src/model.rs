@@ -1,9 +1,9 @@
 //! The replicated state and the events that change it, as domain types.
 //!
 //! The control plane appends [`Event`]s to its log; gateways apply them, in revision order, to
-//! their replica of [`ReplicaKey`]s. Later event kinds (passkey and session revocations, user
-//! state, signing keys) join [`Change`] as new variants; the wire format keeps field numbers
-//! for them.
+//! their replica of [`ReplicaKey`]s and of the session state: the [`SessionVerifyingKey`]s that
+//! session tokens are checked with, and the revocation sets ([`PasskeyRevocation`],
+//! [`SessionRevocation`], [`UserState`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -67,4 +67,55 @@ pub enum Change {
     KeyUpserted(ReplicaKey),
     /// A key was deleted for good; carries the hash so a replica needs no id index.
     KeyDeleted { id: KeyId, hash: KeyHash },
+    /// Every session minted with a passkey is revoked.
+    PasskeyRevoked(PasskeyRevocation),
+    /// One session is revoked.
+    SessionRevoked(SessionRevocation),
+    /// A user was disabled, enabled, or signed out everywhere; replaces the user's earlier state.
+    UserState(UserState),
+    /// A session signing key was added or retired; replaces the earlier record of that key id.
+    SigningKey(SessionVerifyingKey),
+}
+
+/// Sessions minted with this passkey are revoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasskeyRevocation {
+    pub user_id: String,
+    pub passkey_id: String,
+    pub revoked_unix_ms: i64,
+    /// After this instant no unexpired session can match, so the entry may be forgotten.
+    pub prune_after_unix_ms: i64,
+}
+
+/// One revoked session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRevocation {
+    pub session_id: String,
+    pub user_id: String,
+    /// The session's own expiry.
+    pub prune_after_unix_ms: i64,
+}
+
+/// A user's state as far as sessions care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserState {
+    pub user_id: String,
+    /// Every session of a disabled user is refused.
+    pub disabled: bool,
+    /// Sessions issued before this instant are revoked; 0 when none are.
+    pub sessions_revoked_before_unix_ms: i64,
+    /// After this instant, if the user is enabled, the entry may be forgotten.
+    pub prune_after_unix_ms: i64,
+}
+
+/// A public key that session tokens are verified with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionVerifyingKey {
+    /// The `kid` in a token's footer.
+    pub key_id: String,
+    /// Ed25519 public key.
+    pub public_key: [u8; 32],
+    pub created_unix_ms: i64,
+    /// Once retired: tokens signed with it verify until then. `None`: current.
+    pub verify_until_unix_ms: Option<i64>,
 }
