@@ -23,8 +23,9 @@ pub fn metrics() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            // The gateway's builder carries histogram buckets suited to its latencies.
-            let recorder = keygate_proxy::metrics::prometheus_builder().build_recorder();
+            // Histogram buckets suited to the gateway's and the control plane's latencies.
+            let builder = keygate_proxy::metrics::prometheus_builder();
+            let recorder = keygate_control_plane::metrics::with_buckets(builder).build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder was installed first; metrics then go there and
             // this handle renders an empty page, which is visible rather than fatal.

@@ -272,6 +272,11 @@ impl Keys {
         Ok(self.store.revoke_owner(owner, actor).await?)
     }
 
+    /// What the event log still holds.
+    pub async fn log_bounds(&self) -> Result<crate::store::LogBounds, KeyError> {
+        Ok(self.store.log_bounds().await?)
+    }
+
     /// The newest audit entries, newest first.
     pub async fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>, KeyError> {
         Ok(self.store.list_audit(page_size(limit)).await?)

@@ -5,11 +5,31 @@ use std::time::Duration;
 
 use keygate_proto::Revision;
 
+use crate::store::LogBounds;
+
 const HEAD_REVISION: &str = "keygate_cp_head_revision";
 const CONNECTED_GATEWAYS: &str = "keygate_cp_connected_gateways";
 const EVENTS_TOTAL: &str = "keygate_cp_events_total";
 const PROPAGATION_SECONDS: &str = "keygate_cp_propagation_seconds";
 const LOOKUPS_TOTAL: &str = "keygate_cp_lookups_total";
+const OLDEST_RETAINED: &str = "keygate_cp_log_oldest_retained_revision";
+
+/// Adds the control plane's histogram buckets to a Prometheus builder (without buckets the
+/// exporter renders histograms as summaries). Propagation is milliseconds in practice and
+/// bounded by the gateways' propagation bound (60 s by default).
+pub fn with_buckets(
+    builder: metrics_exporter_prometheus::PrometheusBuilder,
+) -> metrics_exporter_prometheus::PrometheusBuilder {
+    const PROPAGATION_BUCKETS: &[f64] = &[
+        0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 15.0, 60.0,
+    ];
+    builder
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(PROPAGATION_SECONDS.to_owned()),
+            PROPAGATION_BUCKETS,
+        )
+        .unwrap_or_else(|_| metrics_exporter_prometheus::PrometheusBuilder::new())
+}
 
 /// Registers help texts with whatever recorder is installed.
 pub fn describe() {
@@ -24,6 +44,10 @@ pub fn describe() {
         metrics::Unit::Seconds,
         "Time from the commit of a revision to a gateway's ack of it."
     );
+    metrics::describe_gauge!(
+        OLDEST_RETAINED,
+        "First revision the event log still holds; a gateway behind it resyncs by snapshot."
+    );
     metrics::describe_counter!(
         LOOKUPS_TOTAL,
         "Point lookups of a key by hash from gateways, by result (found, absent)."
@@ -33,6 +57,10 @@ pub fn describe() {
 pub(crate) fn head_revision(head: Revision) {
     // A gauge is an f64: exact up to 2^53 revisions, which no log reaches.
     metrics::gauge!(HEAD_REVISION).set(head.0 as f64);
+}
+
+pub(crate) fn log_bounds(bounds: LogBounds) {
+    metrics::gauge!(OLDEST_RETAINED).set(bounds.oldest_retained.0 as f64);
 }
 
 pub(crate) fn events_committed(count: usize) {

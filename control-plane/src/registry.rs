@@ -3,15 +3,19 @@
 //!
 //! A gateway id has at most one live stream: when a gateway reconnects before its old stream
 //! has noticed the disconnect, the newer stream wins and the older one is told to end. A
-//! gateway that stays disconnected longer than the configured timeout is forgotten.
+//! gateway that stays disconnected longer than the configured timeout is forgotten — but never
+//! while it may still be serving: a fail-closed gateway serves for at most its propagation bound
+//! after it last heard from the control plane, so until then it still counts for `--wait`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keygate_proto::Revision;
 use keygate_proto::time::now_unix_ms;
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
@@ -24,7 +28,15 @@ pub struct GatewayHello {
     pub address: String,
     pub version: String,
     pub applied: Revision,
+    /// The gateway's propagation bound; `None` when it did not say (then
+    /// [`DEFAULT_PROPAGATION_BOUND`] is assumed).
+    pub propagation_bound: Option<Duration>,
+    /// "fail-closed" or "serve"; empty when the gateway did not say (then fail-closed).
+    pub stale_policy: String,
 }
+
+/// The contract's default bound, assumed for a gateway that does not report its own.
+pub const DEFAULT_PROPAGATION_BOUND: Duration = Duration::from_secs(60);
 
 /// One gateway as `keygate gateways` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +51,33 @@ pub struct GatewayStatus {
     /// When its current (or last) stream opened.
     pub connected_unix_ms: i64,
     pub connected: bool,
+    /// The gateway's staleness as it reported it in its latest ping; `None` before its first
+    /// proof of freshness.
+    pub staleness_ms: Option<u64>,
+    pub propagation_bound: Duration,
+    pub stale_policy: String,
+}
+
+impl GatewayStatus {
+    /// Whether the gateway keeps serving past its bound.
+    pub fn serves_when_stale(&self) -> bool {
+        self.stale_policy == "serve"
+    }
+}
+
+/// The answer to [`Registry::wait_for`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitOutcome {
+    /// Every gateway that may be serving has applied the revision.
+    pub complete: bool,
+    pub elapsed: Duration,
+    /// Gateways that have applied it, by id.
+    pub acked: Vec<String>,
+    /// Gateways that may be serving and have not applied it.
+    pub pending: Vec<GatewayStatus>,
+    /// Disconnected fail-closed gateways that have not applied it but are past their bound
+    /// since they last heard from the control plane, so they refuse every credential.
+    pub past_bound: Vec<String>,
 }
 
 /// One sync stream's membership in the registry.
@@ -64,11 +103,55 @@ struct Entry {
     disconnected_at: Option<Instant>,
 }
 
+/// Where a gateway stands with respect to one revision.
+enum Standing {
+    Acked,
+    /// May be serving without it; for a disconnected gateway, until the given instant (`None`:
+    /// indefinitely, because it serves when stale).
+    Pending(Option<Instant>),
+    PastBound,
+}
+
+impl Entry {
+    fn standing(&self, revision: Revision, now: Instant) -> Standing {
+        if self.status.applied >= revision {
+            return Standing::Acked;
+        }
+        let Some(since) = self.disconnected_at else {
+            return Standing::Pending(None);
+        };
+        if self.status.serves_when_stale() {
+            return Standing::Pending(None);
+        }
+        // The gateway's latest proof of freshness is from a ping answered before the stream
+        // ended, so it refuses credentials by one bound after the end at the latest.
+        let serves_until = since + self.status.propagation_bound;
+        if now < serves_until {
+            Standing::Pending(Some(serves_until))
+        } else {
+            Standing::PastBound
+        }
+    }
+
+    /// Whether the entry may be forgotten: disconnected longer than `timeout`, and no longer
+    /// serving (past its bound, unless it serves when stale).
+    fn forgettable(&self, timeout: Duration, now: Instant) -> bool {
+        let Some(since) = self.disconnected_at else {
+            return false;
+        };
+        let gone = now.saturating_duration_since(since);
+        gone >= timeout
+            && (self.status.serves_when_stale() || gone >= self.status.propagation_bound)
+    }
+}
+
 /// Connected and recently connected gateways.
 pub struct Registry {
     gateways: Mutex<HashMap<String, Entry>>,
     timeout: Duration,
     sessions: AtomicU64,
+    /// Bumped on every connect, ack and disconnect, to wake waiters.
+    changes: watch::Sender<u64>,
 }
 
 impl Registry {
@@ -78,6 +161,7 @@ impl Registry {
             gateways: Mutex::new(HashMap::new()),
             timeout,
             sessions: AtomicU64::new(0),
+            changes: watch::Sender::new(0),
         }
     }
 
@@ -101,6 +185,15 @@ impl Registry {
                 last_seen_unix_ms: now,
                 connected_unix_ms: now,
                 connected: true,
+                staleness_ms: None,
+                propagation_bound: hello
+                    .propagation_bound
+                    .unwrap_or(DEFAULT_PROPAGATION_BOUND),
+                stale_policy: if hello.stale_policy.is_empty() {
+                    "fail-closed".to_owned()
+                } else {
+                    hello.stale_policy
+                },
             },
             session: session.clone(),
             disconnected_at: None,
@@ -113,6 +206,8 @@ impl Registry {
             old.session.stop.cancel();
         }
         self.publish_count(&gateways);
+        drop(gateways);
+        self.changed();
         session
     }
 
@@ -121,15 +216,22 @@ impl Registry {
         self.update(session, |status| status.last_seen_unix_ms = now_unix_ms());
     }
 
+    /// Notes the staleness a gateway reported in a ping.
+    pub fn reported_staleness(&self, session: &Session, staleness_ms: Option<u64>) {
+        self.update(session, |status| status.staleness_ms = staleness_ms);
+    }
+
     /// Records an ack. Returns the revision the gateway had applied before, or `None` when
     /// this stream is no longer the gateway's current one.
     pub fn ack(&self, session: &Session, revision: Revision) -> Option<Revision> {
-        self.update(session, |status| {
+        let previous = self.update(session, |status| {
             status.last_seen_unix_ms = now_unix_ms();
             // Not a max: after a snapshot from a restored store a gateway may legitimately
             // report a lower revision than before.
             std::mem::replace(&mut status.applied, revision)
-        })
+        });
+        self.changed();
+        previous
     }
 
     /// Marks the stream's gateway disconnected, unless a newer stream has taken its place.
@@ -142,17 +244,63 @@ impl Registry {
             entry.disconnected_at = Some(Instant::now());
         }
         self.publish_count(&gateways);
+        drop(gateways);
+        self.changed();
     }
 
-    /// Forgets gateways disconnected for longer than the timeout.
+    /// Forgets gateways disconnected for longer than the timeout that can no longer be serving.
     pub fn prune(&self) {
         let mut gateways = self.lock();
-        let timeout = self.timeout;
-        gateways.retain(|_, entry| {
-            entry
-                .disconnected_at
-                .is_none_or(|since| since.elapsed() < timeout)
-        });
+        let (timeout, now) = (self.timeout, Instant::now());
+        gateways.retain(|_, entry| !entry.forgettable(timeout, now));
+    }
+
+    /// Waits until every gateway that may be serving has applied `revision`, or `timeout`
+    /// runs out. Gateways that connect meanwhile count too; a disconnected fail-closed gateway
+    /// stops counting once it is past its bound (it refuses everything by then).
+    pub async fn wait_for(&self, revision: Revision, timeout: Duration) -> WaitOutcome {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut changes = self.changes.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let now = Instant::now();
+            let mut outcome = WaitOutcome {
+                complete: false,
+                elapsed: started.elapsed(),
+                acked: Vec::new(),
+                pending: Vec::new(),
+                past_bound: Vec::new(),
+            };
+            let mut next_change: Option<Instant> = None;
+            for entry in self.lock().values() {
+                match entry.standing(revision, now) {
+                    Standing::Acked => outcome.acked.push(entry.status.id.clone()),
+                    Standing::PastBound => outcome.past_bound.push(entry.status.id.clone()),
+                    Standing::Pending(until) => {
+                        outcome.pending.push(entry.status.clone());
+                        next_change = next_change.min(until).or(until);
+                    }
+                }
+            }
+            outcome.acked.sort();
+            outcome.past_bound.sort();
+            outcome.pending.sort_by(|a, b| a.id.cmp(&b.id));
+            outcome.complete = outcome.pending.is_empty();
+            if outcome.complete || now >= deadline {
+                return outcome;
+            }
+            // Wake on any registry change, when a lost gateway passes its bound, or at the end.
+            let wake = next_change.map_or(deadline, |until| deadline.min(until));
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return outcome;
+                    }
+                }
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
     }
 
     /// Every known gateway, ordered by id.
@@ -177,6 +325,10 @@ impl Registry {
         (entry.session.number == session.number).then(|| change(&mut entry.status))
     }
 
+    fn changed(&self) {
+        self.changes.send_modify(|count| *count = count.wrapping_add(1));
+    }
+
     fn publish_count(&self, gateways: &HashMap<String, Entry>) {
         metrics::connected_gateways(gateways.values().filter(|e| e.status.connected).count());
     }
@@ -198,6 +350,8 @@ mod tests {
             address: "10.0.0.1:8080".into(),
             version: "0.1.0".into(),
             applied: Revision(applied),
+            propagation_bound: Some(Duration::from_secs(60)),
+            stale_policy: String::new(),
         }
     }
 
@@ -220,8 +374,8 @@ mod tests {
         assert_eq!(registry.list()[0].applied, Revision(7));
     }
 
-    #[test]
-    fn disconnected_gateways_are_dropped_after_the_timeout() {
+    #[tokio::test(start_paused = true)]
+    async fn disconnected_gateways_are_dropped_after_the_timeout_and_their_bound() {
         let shutdown = CancellationToken::new();
         let registry = Registry::new(Duration::ZERO);
         let session = registry.connect(hello("gw-1", 0), &shutdown);
@@ -231,15 +385,93 @@ mod tests {
             "connected gateways are never pruned"
         );
         registry.disconnect(&session);
-        // Zero timeout: gone at once.
+        // Zero timeout, but a fail-closed gateway may serve for its 60 s bound: kept until then.
+        assert_eq!(registry.list().len(), 1);
+        tokio::time::advance(Duration::from_secs(61)).await;
         assert!(registry.list().is_empty());
 
-        let registry = Registry::new(Duration::from_secs(60));
+        let registry = Registry::new(Duration::from_secs(300));
         let session = registry.connect(hello("gw-2", 0), &shutdown);
         registry.disconnect(&session);
+        tokio::time::advance(Duration::from_secs(120)).await;
         let list = registry.list();
         assert_eq!(list.len(), 1);
         assert!(!list[0].connected);
+        tokio::time::advance(Duration::from_secs(200)).await;
+        assert!(registry.list().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_returns_once_every_connected_gateway_has_acked() {
+        let shutdown = CancellationToken::new();
+        let registry = Arc::new(Registry::new(Duration::from_secs(300)));
+        let a = registry.connect(hello("a", 3), &shutdown);
+        let b = registry.connect(hello("b", 3), &shutdown);
+        let waiter = {
+            let registry = Arc::clone(&registry);
+            tokio::spawn(async move {
+                registry
+                    .wait_for(Revision(5), Duration::from_secs(10))
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        registry.ack(&a, Revision(5));
+        tokio::time::advance(Duration::from_millis(30)).await;
+        assert!(!waiter.is_finished(), "b has not acked");
+        registry.ack(&b, Revision(6));
+        let outcome = waiter.await.unwrap();
+        assert!(outcome.complete);
+        assert_eq!(outcome.acked, ["a", "b"]);
+        assert!(outcome.pending.is_empty());
+        assert_eq!(outcome.elapsed, Duration::from_millis(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_times_out_naming_the_gateways_that_did_not_ack() {
+        let shutdown = CancellationToken::new();
+        let registry = Registry::new(Duration::from_secs(300));
+        let a = registry.connect(hello("a", 3), &shutdown);
+        registry.connect(hello("b", 3), &shutdown);
+        registry.ack(&a, Revision(4));
+        let outcome = registry.wait_for(Revision(4), Duration::from_secs(2)).await;
+        assert!(!outcome.complete);
+        assert_eq!(outcome.elapsed, Duration::from_secs(2));
+        assert_eq!(outcome.acked, ["a"]);
+        let pending: Vec<&str> = outcome.pending.iter().map(|g| g.id.as_str()).collect();
+        assert_eq!(pending, ["b"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_fail_closed_gateway_counts_until_its_bound_has_passed() {
+        let shutdown = CancellationToken::new();
+        let registry = Registry::new(Duration::from_secs(300));
+        let mut lost = hello("lost", 3);
+        lost.propagation_bound = Some(Duration::from_secs(5));
+        let session = registry.connect(lost, &shutdown);
+        let mut serving = hello("serving-when-stale", 3);
+        serving.stale_policy = "serve".into();
+        let serve_session = registry.connect(serving, &shutdown);
+        registry.disconnect(&session);
+        registry.disconnect(&serve_session);
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let outcome = registry.wait_for(Revision(4), Duration::from_secs(60)).await;
+        // The fail-closed one is fenced 5 s after it was lost; the other may serve forever.
+        assert!(!outcome.complete);
+        assert_eq!(outcome.past_bound, ["lost"]);
+        assert_eq!(outcome.pending[0].id, "serving-when-stale");
+        assert_eq!(outcome.elapsed, Duration::from_secs(60));
+
+        let registry = Registry::new(Duration::from_secs(300));
+        let mut lost = hello("lost", 3);
+        lost.propagation_bound = Some(Duration::from_secs(5));
+        let session = registry.connect(lost, &shutdown);
+        registry.disconnect(&session);
+        let outcome = registry.wait_for(Revision(4), Duration::from_secs(60)).await;
+        assert!(outcome.complete, "complete once the lost gateway is past its bound");
+        assert_eq!(outcome.elapsed, Duration::from_secs(5));
+        assert_eq!(outcome.past_bound, ["lost"]);
     }
 
     #[test]

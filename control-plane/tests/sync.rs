@@ -161,6 +161,7 @@ async fn pings_get_pongs_with_the_head_and_acks_reach_the_registry() {
         .send(Out::Ping(pb::Ping {
             nonce: 7,
             sent_at_nanos: 123_456_789,
+            staleness_ms: None,
         }))
         .await;
     match gateway.expect().await {
@@ -232,6 +233,7 @@ async fn a_stream_that_does_not_start_with_hello_is_refused() {
         .send(Out::Ping(pb::Ping {
             nonce: 1,
             sent_at_nanos: 1,
+            staleness_ms: Some(3),
         }))
         .await;
     let status = gateway.next().await.unwrap_err();

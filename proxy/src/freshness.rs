@@ -80,6 +80,11 @@ impl Freshness {
     pub fn bound(&self) -> Duration {
         self.bound
     }
+
+    /// What the gateway does past the bound.
+    pub fn policy(&self) -> StalePolicy {
+        self.policy
+    }
 }
 
 /// Pongs whose head revision the replica has not reached yet: each becomes a proof once it

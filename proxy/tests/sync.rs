@@ -100,6 +100,15 @@ async fn snapshot_then_events_then_a_gap_resyncs_without_a_snapshot() {
     );
     assert_eq!(status.snapshots_applied(), 1, "resumed without a snapshot");
     assert_eq!(verify(&client, &gateway, &dave_text).await["code"], "VALID");
+    // Nothing revoked before the gap comes back to life after it.
+    assert_eq!(
+        verify(&client, &gateway, &bob_text).await["code"],
+        "DISABLED"
+    );
+    assert_eq!(
+        verify(&client, &gateway, &carol_text).await["code"],
+        "NOT_FOUND"
+    );
 
     // The resumed stream delivers new events.
     let (frank_text, frank) = new_key("frank");

@@ -6,7 +6,7 @@ use serde_json::json;
 use crate::Failure;
 use crate::admin_client::{self, status_failure};
 use crate::args::ClientArgs;
-use crate::output::{gateway_json, print_json, rfc3339};
+use crate::output::{gateway_json, millis_text, print_json, rfc3339};
 
 /// Lists every gateway the control plane knows.
 pub async fn run(client_args: &ClientArgs) -> Result<(), Failure> {
@@ -19,28 +19,50 @@ pub async fn run(client_args: &ClientArgs) -> Result<(), Failure> {
         .into_inner();
     if client_args.json {
         let gateways: Vec<_> = list.gateways.iter().map(gateway_json).collect();
-        print_json(&json!({"headRevision": list.head_revision, "gateways": gateways}));
+        print_json(&json!({
+            "headRevision": list.head_revision,
+            "oldestRetainedRevision": list.oldest_retained_revision,
+            "gateways": gateways,
+        }));
         return Ok(());
     }
-    println!("head revision {}", list.head_revision);
+    println!(
+        "head revision {} (events kept from revision {})",
+        list.head_revision, list.oldest_retained_revision
+    );
     if list.gateways.is_empty() {
         println!("No gateways.");
     }
     for gateway in &list.gateways {
-        let state = if gateway.connected {
-            "connected"
-        } else {
-            "disconnected"
-        };
-        println!(
-            "{}  region {:?}  {}  applied {} (lag {})  last seen {}",
-            gateway.gateway_id,
-            gateway.region,
-            state,
-            gateway.applied_revision,
-            gateway.lag_revisions,
-            rfc3339(gateway.last_seen_unix_ms)
-        );
+        println!("{}", gateway_line(gateway));
     }
     Ok(())
+}
+
+/// One gateway on one line: where it is, what it has applied, how far behind and how stale.
+pub fn gateway_line(gateway: &pb::Gateway) -> String {
+    let state = if gateway.connected {
+        "connected"
+    } else {
+        "disconnected"
+    };
+    let lag = match gateway.lag_ms {
+        Some(ms) => format!("{} rev, {}", gateway.lag_revisions, millis_text(ms)),
+        None => format!("{} rev", gateway.lag_revisions),
+    };
+    let staleness = gateway
+        .staleness_ms
+        .map_or_else(|| "never proven".to_owned(), millis_text);
+    format!(
+        "{}  region {:?}  {}  applied {} (lag {})  stale {} (bound {}, {})  last seen {}",
+        gateway.gateway_id,
+        gateway.region,
+        state,
+        gateway.applied_revision,
+        lag,
+        staleness,
+        millis_text(gateway.propagation_bound_ms),
+        gateway.stale_policy,
+        rfc3339(gateway.last_seen_unix_ms)
+    )
 }

@@ -7,7 +7,8 @@ use serde_json::json;
 
 use crate::Failure;
 use crate::admin_client::{self, AdminClient, status_failure};
-use crate::args::{ClientArgs, CreateKeyArgs, KeysCommand, ListKeysArgs};
+use crate::args::{ClientArgs, CreateKeyArgs, KeysCommand, ListKeysArgs, WaitArgs};
+use crate::commands::wait::{print_wait_line, wait_if_asked, with_wait};
 use crate::output::{key_json, key_line, print_json};
 
 /// Runs one `keys` subcommand.
@@ -44,21 +45,29 @@ pub async fn run(client_args: &ClientArgs, command: KeysCommand) -> Result<(), F
             }
         }
         KeysCommand::List(args) => list(&mut client, args, json).await?,
-        KeysCommand::Disable { key_id } => set_enabled(&mut client, key_id, false, json).await?,
-        KeysCommand::Enable { key_id } => set_enabled(&mut client, key_id, true, json).await?,
-        KeysCommand::Delete { key_id } => {
+        KeysCommand::Disable { key_id, wait } => {
+            set_enabled(&mut client, key_id, false, wait, json).await?;
+        }
+        KeysCommand::Enable { key_id, wait } => {
+            set_enabled(&mut client, key_id, true, wait, json).await?;
+        }
+        KeysCommand::Delete { key_id, wait } => {
             let change = client
                 .delete_key(pb::DeleteKeyRequest { key_id })
                 .await
                 .map_err(status_failure)?
                 .into_inner();
+            let waited = wait_if_asked(&mut client, change.revision, wait).await?;
             if json {
-                print_json(
-                    &json!({"revision": change.revision, "keyId": change.key_id, "deleted": true}),
-                );
+                print_json(&with_wait(
+                    json!({"revision": change.revision, "keyId": change.key_id, "deleted": true}),
+                    waited.as_ref(),
+                ));
             } else {
                 println!("Deleted {} (revision {}).", change.key_id, change.revision);
+                print_wait_line(waited.as_ref());
             }
+            return waited.map_or(Ok(()), |waited| waited.outcome());
         }
         KeysCommand::Reroll { key_id, grace } => {
             let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
@@ -78,7 +87,7 @@ pub async fn run(client_args: &ClientArgs, command: KeysCommand) -> Result<(), F
                 );
             }
         }
-        KeysCommand::RevokeOwner { owner } => {
+        KeysCommand::RevokeOwner { owner, wait } => {
             let revoked = client
                 .revoke_owner(pb::RevokeOwnerRequest {
                     owner: owner.clone(),
@@ -86,19 +95,25 @@ pub async fn run(client_args: &ClientArgs, command: KeysCommand) -> Result<(), F
                 .await
                 .map_err(status_failure)?
                 .into_inner();
+            let waited = wait_if_asked(&mut client, revoked.revision, wait).await?;
             if json {
-                print_json(&json!({
-                    "revision": revoked.revision,
-                    "owner": owner,
-                    "deletedKeyIds": revoked.deleted_key_ids,
-                }));
+                print_json(&with_wait(
+                    json!({
+                        "revision": revoked.revision,
+                        "owner": owner,
+                        "deletedKeyIds": revoked.deleted_key_ids,
+                    }),
+                    waited.as_ref(),
+                ));
             } else {
                 println!(
                     "Deleted {} key(s) of owner {owner} (revision {}).",
                     revoked.deleted_key_ids.len(),
                     revoked.revision
                 );
+                print_wait_line(waited.as_ref());
             }
+            return waited.map_or(Ok(()), |waited| waited.outcome());
         }
     }
     Ok(())
@@ -149,6 +164,7 @@ async fn set_enabled(
     client: &mut AdminClient,
     key_id: String,
     enabled: bool,
+    wait: WaitArgs,
     json: bool,
 ) -> Result<(), Failure> {
     let change = client
@@ -156,18 +172,23 @@ async fn set_enabled(
         .await
         .map_err(status_failure)?
         .into_inner();
+    let waited = wait_if_asked(client, change.revision, wait).await?;
     if json {
-        print_json(&json!({
-            "revision": change.revision,
-            "keyId": change.key_id,
-            "enabled": enabled,
-            "key": change.key.as_ref().map(key_json),
-        }));
+        print_json(&with_wait(
+            json!({
+                "revision": change.revision,
+                "keyId": change.key_id,
+                "enabled": enabled,
+                "key": change.key.as_ref().map(key_json),
+            }),
+            waited.as_ref(),
+        ));
     } else {
         let verb = if enabled { "Enabled" } else { "Disabled" };
         println!("{verb} {} (revision {}).", change.key_id, change.revision);
+        print_wait_line(waited.as_ref());
     }
-    Ok(())
+    waited.map_or(Ok(()), |waited| waited.outcome())
 }
 
 async fn list(client: &mut AdminClient, args: ListKeysArgs, json: bool) -> Result<(), Failure> {

@@ -178,6 +178,7 @@ impl Gateway {
             version: "0.0.0".into(),
             applied_revision: applied,
             address: "127.0.0.1:8080".into(),
+            ..pb::Hello::default()
         }))
         .await;
     }
