@@ -52,6 +52,21 @@ pub enum Command {
     /// Read the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Create, disable and enable passkey users.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Issue one-time passkey enrollment links.
+    #[command(subcommand)]
+    Enrollments(EnrollmentsCommand),
+    /// List and revoke a user's passkeys.
+    #[command(subcommand)]
+    Passkeys(PasskeysCommand),
+    /// Sign a user out everywhere.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+    /// Rotate the key passkey sessions are signed with.
+    #[command(subcommand)]
+    SigningKeys(SigningKeysCommand),
     /// Run only the echo upstream that `dev` uses (for benchmarks and demos).
     #[command(hide = true)]
     EchoUpstream {
@@ -176,11 +191,23 @@ pub enum KeysCommand {
     /// List keys, a page at a time.
     List(ListKeysArgs),
     /// Disable a key (reversible): gateways answer 403 DISABLED.
-    Disable { key_id: String },
+    Disable {
+        key_id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Enable a disabled key.
-    Enable { key_id: String },
+    Enable {
+        key_id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Delete a key for good: gateways answer 401 NOT_FOUND.
-    Delete { key_id: String },
+    Delete {
+        key_id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Issue a new key in place of an old one; the old one works until the grace ends.
     Reroll {
         key_id: String,
@@ -189,7 +216,23 @@ pub enum KeysCommand {
         grace: Duration,
     },
     /// Delete every key of an owner.
-    RevokeOwner { owner: String },
+    RevokeOwner {
+        owner: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+}
+
+/// `--wait [--timeout D]` of the commands that revoke something.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct WaitArgs {
+    /// Return only once every gateway that may be serving has applied the change.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this long, exit non-zero and name the gateways that have not
+    /// applied the change [default: 60s].
+    #[arg(long, value_parser = parse_duration, requires = "wait")]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -225,6 +268,73 @@ pub struct ListKeysArgs {
     /// Cursor from the previous page.
     #[arg(long)]
     pub cursor: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Create a user (the operator's own id, 1-256 characters).
+    Create { user_id: String },
+    /// Disable a user: every session of theirs is refused (401 REVOKED) at every gateway, and
+    /// enabling them again brings none of those sessions back.
+    Disable {
+        user_id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Enable a disabled user (they sign in again).
+    Enable {
+        user_id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnrollmentsCommand {
+    /// Issue a one-time link with which the user registers a passkey; printed only here.
+    Create {
+        /// The user who will enroll.
+        #[arg(long)]
+        user: String,
+        /// How long the link works, e.g. 24h, 30m (at most 30 days).
+        #[arg(long, value_parser = parse_duration, default_value = "24h")]
+        expires: Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PasskeysCommand {
+    /// List a user's passkeys: id, name, created, last used, user agent, backed up, device type.
+    List {
+        #[arg(long)]
+        user: String,
+    },
+    /// Delete a user's passkey: every session it minted is refused (401 REVOKED).
+    Revoke {
+        #[arg(long)]
+        user: String,
+        passkey_id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// Revoke every session of a user issued until now ("sign out everywhere").
+    Revoke {
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SigningKeysCommand {
+    /// New sessions are signed with a new key; tokens signed with the old one keep working
+    /// until they expire.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]

@@ -132,6 +132,14 @@ pub async fn run(args: DevArgs) -> Result<(), Failure> {
         demo.key
     );
     println!("  curl -s http://{admin_addr}/metrics | grep keygate_verifications");
+    println!("Passkeys (same KEYGATE_TOKEN / KEYGATE_ENDPOINT):");
+    println!(
+        "  cargo run --release -- users create alice && cargo run --release -- enrollments create --user alice"
+    );
+    println!(
+        "  then open the printed link; the passkey page is http://localhost:{}/",
+        http_addr.port()
+    );
     println!();
     println!(
         "Ctrl-C to stop. Keys persist in {}.",

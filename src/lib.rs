@@ -48,6 +48,13 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Keys(keys) => commands::keys::run(&cli.client, keys).await,
         Command::Gateways => commands::gateways::run(&cli.client).await,
         Command::Audit(audit) => commands::audit::run(&cli.client, audit).await,
+        Command::Users(users) => commands::users::run(&cli.client, users).await,
+        Command::Enrollments(enrollments) => {
+            commands::enrollments::run(&cli.client, enrollments).await
+        }
+        Command::Passkeys(passkeys) => commands::passkeys::run(&cli.client, passkeys).await,
+        Command::Sessions(sessions) => commands::sessions::run(&cli.client, sessions).await,
+        Command::SigningKeys(keys) => commands::signing_keys::run(&cli.client, keys).await,
         Command::EchoUpstream { listen, fixed } => {
             let mut upstream = echo::EchoUpstream::bind(listen)
                 .await

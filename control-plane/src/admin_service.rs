@@ -1,10 +1,14 @@
 //! The Admin gRPC service: the one module that converts admin wire messages to domain types and
 //! back. The token check runs before any method, as an interceptor (see `auth`); the rules live
-//! in `keys`.
+//! in `keys`. The user, passkey and session methods are in the `passkeys` submodule (rules in
+//! `users`).
+
+mod passkeys;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use keygate_proto::pb;
+use keygate_proto::{Revision, pb};
 use tonic::{Request, Response, Status};
 
 use crate::auth::admin_actor;
@@ -12,19 +16,27 @@ use crate::event_log::EventLog;
 use crate::keys::{CreateKey, IssuedKey, KeyError, Keys, ListKeys};
 use crate::registry::{GatewayStatus, Registry};
 use crate::store::{AuditEntry, KeyRecord};
+use crate::users::Users;
 
 /// The Admin service over the key operations and the gateway registry.
 pub struct AdminService {
     keys: Keys,
+    users: Users,
     registry: Arc<Registry>,
     event_log: Arc<EventLog>,
 }
 
 impl AdminService {
     /// A service over `keys`, reporting gateways from `registry`.
-    pub fn new(keys: Keys, registry: Arc<Registry>, event_log: Arc<EventLog>) -> Self {
+    pub fn new(
+        keys: Keys,
+        users: Users,
+        registry: Arc<Registry>,
+        event_log: Arc<EventLog>,
+    ) -> Self {
         Self {
             keys,
+            users,
             registry,
             event_log,
         }
@@ -71,9 +83,31 @@ fn issued_message(issued: IssuedKey) -> pb::IssuedKey {
     }
 }
 
-fn gateway_message(gateway: GatewayStatus, head: u64) -> pb::Gateway {
+/// Longest `--wait` a caller may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(600);
+/// `--wait` without `--timeout`: the contract's default propagation bound.
+const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn gateway_message(gateway: GatewayStatus, event_log: &EventLog) -> pb::Gateway {
+    let head = event_log.head();
+    // Lag in time: how long ago the oldest change the gateway is missing was committed.
+    let lag_ms = if gateway.applied >= head {
+        Some(0)
+    } else {
+        event_log
+            .committed_at(gateway.applied.next())
+            .map(|committed| millis(committed.elapsed()))
+    };
     pb::Gateway {
-        lag_revisions: head.saturating_sub(gateway.applied.0),
+        lag_revisions: head.0.saturating_sub(gateway.applied.0),
+        lag_ms,
+        staleness_ms: gateway.staleness_ms,
+        propagation_bound_ms: millis(gateway.propagation_bound),
+        stale_policy: gateway.stale_policy,
         gateway_id: gateway.id,
         region: gateway.region,
         address: gateway.address,
@@ -221,16 +255,54 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _request: Request<pb::ListGatewaysRequest>,
     ) -> Result<Response<pb::ListGatewaysResponse>, Status> {
+        let bounds = self.keys.log_bounds().await.map_err(status)?;
         let head = self.event_log.head().0;
         let gateways = self
             .registry
             .list()
             .into_iter()
-            .map(|gateway| gateway_message(gateway, head))
+            .map(|gateway| gateway_message(gateway, &self.event_log))
             .collect();
         Ok(Response::new(pb::ListGatewaysResponse {
             gateways,
             head_revision: head,
+            oldest_retained_revision: bounds.oldest_retained.0,
+        }))
+    }
+
+    async fn wait_for_revision(
+        &self,
+        request: Request<pb::WaitForRevisionRequest>,
+    ) -> Result<Response<pb::WaitForRevisionResponse>, Status> {
+        let request = request.into_inner();
+        let revision = Revision(request.revision);
+        if revision > self.event_log.head() {
+            return Err(Status::invalid_argument(format!(
+                "revision {revision} has not been committed (head is {})",
+                self.event_log.head()
+            )));
+        }
+        let timeout = match request.timeout_ms {
+            0 => DEFAULT_WAIT,
+            ms => Duration::from_millis(ms),
+        };
+        if timeout > MAX_WAIT {
+            return Err(Status::invalid_argument(format!(
+                "timeout must be at most {}s",
+                MAX_WAIT.as_secs()
+            )));
+        }
+        let outcome = self.registry.wait_for(revision, timeout).await;
+        Ok(Response::new(pb::WaitForRevisionResponse {
+            complete: outcome.complete,
+            elapsed_ms: millis(outcome.elapsed),
+            acked: outcome.acked,
+            pending: outcome
+                .pending
+                .into_iter()
+                .map(|gateway| gateway_message(gateway, &self.event_log))
+                .collect(),
+            past_bound: outcome.past_bound,
         }))
     }
 
@@ -246,5 +318,54 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::ListAuditResponse {
             entries: entries.into_iter().map(audit_message).collect(),
         }))
+    }
+
+    async fn create_user(
+        &self,
+        request: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::UserChange>, Status> {
+        passkeys::create_user(&self.users, request).await
+    }
+
+    async fn set_user_enabled(
+        &self,
+        request: Request<pb::SetUserEnabledRequest>,
+    ) -> Result<Response<pb::UserChange>, Status> {
+        passkeys::set_user_enabled(&self.users, request).await
+    }
+
+    async fn create_enrollment(
+        &self,
+        request: Request<pb::CreateEnrollmentRequest>,
+    ) -> Result<Response<pb::Enrollment>, Status> {
+        passkeys::create_enrollment(&self.users, request).await
+    }
+
+    async fn list_passkeys(
+        &self,
+        request: Request<pb::ListPasskeysRequest>,
+    ) -> Result<Response<pb::ListPasskeysResponse>, Status> {
+        passkeys::list_passkeys(&self.users, request).await
+    }
+
+    async fn revoke_passkey(
+        &self,
+        request: Request<pb::RevokePasskeyRequest>,
+    ) -> Result<Response<pb::RevokePasskeyResponse>, Status> {
+        passkeys::revoke_passkey(&self.users, request).await
+    }
+
+    async fn revoke_sessions(
+        &self,
+        request: Request<pb::RevokeSessionsRequest>,
+    ) -> Result<Response<pb::RevokeSessionsResponse>, Status> {
+        passkeys::revoke_sessions(&self.users, request).await
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        request: Request<pb::RotateSigningKeyRequest>,
+    ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
+        passkeys::rotate_signing_key(&self.users, request).await
     }
 }

@@ -10,6 +10,8 @@ use serde::Deserialize;
 
 /// Shortest accepted admin or gateway token: anything shorter is guessable.
 pub const MIN_TOKEN_LEN: usize = 16;
+/// Longest accepted `session_lifetime`.
+pub const MAX_SESSION_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Configuration of one control-plane process.
 ///
@@ -35,17 +37,35 @@ pub struct ControlPlaneConfig {
     /// Bearer token gateways present to the Sync service. Required, at least 16 visible ASCII
     /// characters, different from `admin_token`. No default.
     pub gateway_token: String,
-    /// WebAuthn relying-party id (a domain). Default: none (the passkey flows will use
-    /// `localhost`). Kept for the passkey endpoints.
+    /// WebAuthn relying-party id (a domain). Default `localhost`. Passkeys are bound to it:
+    /// changing it later orphans every registered passkey.
     pub rp_id: Option<String>,
-    /// WebAuthn relying-party origin (`https://…`). Default: none (the passkey flows will use
-    /// the HTTP listener's URL). Kept for the passkey endpoints.
+    /// WebAuthn relying-party origin (`https://id.example.com`), where the passkey page is
+    /// served; its host must be `rp_id` or a subdomain of it. Default
+    /// `http://localhost:<HTTP listener port>`. Enrollment links point here.
     pub rp_origin: Option<String>,
+    /// How long a passkey session lasts from sign-in; also how long a revocation must be
+    /// remembered, and how long a retired signing key keeps verifying. Default 12 hours, at
+    /// most 30 days. Same duration syntax as `gateway_timeout`.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub session_lifetime: Duration,
+    /// Requests per minute to the passkey HTTP endpoints from one client address (as a burst
+    /// and as the steady rate). Default 60; 0 turns the limit off.
+    pub passkey_rate_per_address: u32,
+    /// Requests per minute to the passkey HTTP endpoints for one user. Default 30; 0 turns
+    /// the limit off.
+    pub passkey_rate_per_user: u32,
     /// How long a disconnected gateway stays in the registry (`keygate gateways`) before it is
     /// dropped. Default 5 minutes. In TOML either a human-readable duration string
     /// (`"5m"`, `"90s"`, `"1h 30m"`) or an integer number of seconds (`300`).
     #[serde(deserialize_with = "duration::deserialize")]
     pub gateway_timeout: Duration,
+    /// How long committed events stay in the event log. A gateway that reconnects within it
+    /// resumes with the events it missed; one that was away longer gets a full snapshot (like
+    /// etcd after compaction). Default 24 hours; 0 compacts everything already committed (a
+    /// snapshot on every reconnect). Same duration syntax as `gateway_timeout`.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub event_retention: Duration,
 }
 
 impl Default for ControlPlaneConfig {
@@ -58,7 +78,11 @@ impl Default for ControlPlaneConfig {
             gateway_token: String::new(),
             rp_id: None,
             rp_origin: None,
+            session_lifetime: Duration::from_secs(12 * 3600),
+            passkey_rate_per_address: 60,
+            passkey_rate_per_user: 30,
             gateway_timeout: Duration::from_secs(5 * 60),
+            event_retention: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -81,7 +105,11 @@ impl fmt::Debug for ControlPlaneConfig {
             .field("gateway_token", &redact(&self.gateway_token))
             .field("rp_id", &self.rp_id)
             .field("rp_origin", &self.rp_origin)
+            .field("session_lifetime", &self.session_lifetime)
+            .field("passkey_rate_per_address", &self.passkey_rate_per_address)
+            .field("passkey_rate_per_user", &self.passkey_rate_per_user)
             .field("gateway_timeout", &self.gateway_timeout)
+            .field("event_retention", &self.event_retention)
             .finish()
     }
 }
@@ -137,6 +165,10 @@ pub enum ConfigError {
     RpOrigin,
     #[error("rp_id must not be empty when set")]
     RpId,
+    #[error("session_lifetime must be between 1 second and 30 days")]
+    SessionLifetime,
+    #[error("invalid WebAuthn relying party: {0}")]
+    RelyingParty(String),
 }
 
 impl ControlPlaneConfig {
@@ -162,7 +194,28 @@ impl ControlPlaneConfig {
         {
             return Err(ConfigError::RpOrigin);
         }
+        if self.session_lifetime < Duration::from_secs(1)
+            || self.session_lifetime > MAX_SESSION_LIFETIME
+        {
+            return Err(ConfigError::SessionLifetime);
+        }
         Ok(())
+    }
+}
+
+impl ControlPlaneConfig {
+    /// The relying-party id: `rp_id`, or `localhost`.
+    pub fn relying_party_id(&self) -> String {
+        self.rp_id.clone().unwrap_or_else(|| "localhost".to_owned())
+    }
+
+    /// The relying-party origin: `rp_origin` (without a trailing slash), or
+    /// `http://localhost:<port of the bound HTTP listener>`.
+    pub fn relying_party_origin(&self, http_addr: SocketAddr) -> String {
+        match &self.rp_origin {
+            Some(origin) => origin.trim_end_matches('/').to_owned(),
+            None => format!("http://localhost:{}", http_addr.port()),
+        }
     }
 }
 
@@ -316,6 +369,25 @@ mod tests {
             DatabaseUrl::parse("postgresql://x"),
             Ok(DatabaseUrl::Postgres)
         );
+    }
+
+    #[test]
+    fn passkey_settings_default_and_validate() {
+        let mut config = valid();
+        assert_eq!(config.session_lifetime, Duration::from_secs(12 * 3600));
+        assert_eq!(config.relying_party_id(), "localhost");
+        let http: SocketAddr = "127.0.0.1:7080".parse().unwrap();
+        assert_eq!(config.relying_party_origin(http), "http://localhost:7080");
+        config.rp_origin = Some("https://id.example.com/".into());
+        assert_eq!(config.relying_party_origin(http), "https://id.example.com");
+        config.session_lifetime = Duration::ZERO;
+        assert_eq!(config.validate(), Err(ConfigError::SessionLifetime));
+        config.session_lifetime = MAX_SESSION_LIFETIME + Duration::from_secs(1);
+        assert_eq!(config.validate(), Err(ConfigError::SessionLifetime));
+        let parsed: ControlPlaneConfig =
+            toml::from_str("session_lifetime = \"30m\"\npasskey_rate_per_user = 0").unwrap();
+        assert_eq!(parsed.session_lifetime, Duration::from_secs(1800));
+        assert_eq!(parsed.passkey_rate_per_user, 0);
     }
 
     #[test]

@@ -1,9 +1,13 @@
-//! The HTTP listener: `GET /healthz` and `GET /metrics` now, the passkey web flows later.
+//! The HTTP listener: `GET /healthz`, `GET /metrics`, and the passkey API and page
+//! (`passkey_api`).
 //!
 //! HTTP/1.1 only, with bounded headers, a header read timeout and a cap on open connections, so
 //! that slow or hostile clients cannot exhaust the process.
 
+mod passkey_api;
+
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
 
+pub use passkey_api::{ApiSettings, PasskeyApi, device_type};
+
 /// Most connections served at once; further ones wait in the accept queue.
 const MAX_CONNECTIONS: usize = 1024;
 /// How long a client may take to send its request headers.
@@ -36,6 +42,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct HttpState {
     pub store: Arc<dyn Store>,
     pub metrics: PrometheusHandle,
+    pub passkeys: Arc<PasskeyApi>,
 }
 
 /// Serves HTTP on `listener` until `shutdown` is cancelled, then lets open requests finish.
@@ -56,7 +63,7 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: Cance
                 Err(_) => break,
             },
         };
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -68,9 +75,10 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: Cance
             },
         };
         let state = Arc::clone(&state);
+        let client = peer.ip();
         let service = hyper::service::service_fn(move |request| {
             let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(route(&state, request).await) }
+            async move { Ok::<_, Infallible>(route(&state, request, client).await) }
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -88,7 +96,11 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: Cance
     }
 }
 
-async fn route(state: &HttpState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(
+    state: &HttpState,
+    request: Request<Incoming>,
+    client: IpAddr,
+) -> Response<Full<Bytes>> {
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => healthz(state).await,
         (&Method::GET, "/metrics") => text(
@@ -96,6 +108,7 @@ async fn route(state: &HttpState, request: Request<Incoming>) -> Response<Full<B
             "text/plain; version=0.0.4; charset=utf-8",
             state.metrics.render(),
         ),
+        (_, path) if PasskeyApi::serves(path) => state.passkeys.handle(request, client).await,
         (_, path) => json_response(
             StatusCode::NOT_FOUND,
             &json!({ "error": {

@@ -7,7 +7,10 @@
 //! - `keys`: the rules of the operator operations; `admin_service`: the Admin gRPC service;
 //! - `sync_service`: the Sync gRPC service (replication streams, key lookups);
 //! - `registry`: the connected gateways; `auth`: bearer-token checks;
-//! - `http`: health and metrics over HTTP.
+//! - `http`: health and metrics over HTTP, and the passkey API and page;
+//! - passkeys and sessions: `webauthn` (the relying party), `ceremonies` (begin-to-finish
+//!   state), `sessions` (signing keys, tokens), `users` (operator rules), `rate_limit`, `ids`,
+//!   wired together by `passkeys`.
 //!
 //! [`ControlPlane::bind`] opens everything and binds both listeners; [`ControlPlane::serve`]
 //! runs until its shutdown future resolves.
@@ -16,15 +19,22 @@
 
 mod admin_service;
 mod auth;
+mod ceremonies;
 pub mod config;
 mod error;
 mod event_log;
 mod http;
+mod ids;
 mod keys;
 pub mod metrics;
+mod passkeys;
+mod rate_limit;
 mod registry;
+mod sessions;
 pub mod store;
 mod sync_service;
+mod users;
+mod webauthn;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +56,7 @@ use crate::auth::TokenCheck;
 use crate::config::DatabaseUrl;
 use crate::event_log::{DEFAULT_RING_CAPACITY, EventLog};
 use crate::keys::Keys;
+use crate::passkeys::Passkeys;
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
@@ -60,6 +71,7 @@ const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
 pub struct ControlPlane {
     config: ControlPlaneConfig,
     store: Arc<dyn Store>,
+    passkeys: Passkeys,
     event_log: Arc<EventLog>,
     registry: Arc<Registry>,
     grpc_listener: TcpListener,
@@ -109,10 +121,13 @@ impl ControlPlane {
         };
         let grpc_addr = local_addr(&grpc_listener, "gRPC", config.grpc_listen)?;
         let http_addr = local_addr(&http_listener, "HTTP", config.http_listen)?;
+        let store: Arc<dyn Store> = Arc::new(store);
+        let passkeys = Passkeys::open(&config, http_addr, Arc::clone(&store)).await?;
         Ok(ControlPlane {
             registry: Arc::new(Registry::new(config.gateway_timeout)),
             config,
-            store: Arc::new(store),
+            store,
+            passkeys,
             event_log,
             grpc_listener,
             http_listener,
@@ -148,6 +163,7 @@ impl ControlPlane {
 
         let admin = AdminService::new(
             Keys::new(Arc::clone(&self.store)),
+            self.passkeys.users.clone(),
             Arc::clone(&self.registry),
             Arc::clone(&self.event_log),
         );
@@ -194,6 +210,7 @@ impl ControlPlane {
         let state = Arc::new(http::HttpState {
             store: Arc::clone(&self.store),
             metrics: self.metrics.clone(),
+            passkeys: Arc::clone(&self.passkeys.api),
         });
         let http = async {
             http::serve(self.http_listener, state, stop.clone()).await;
@@ -213,11 +230,39 @@ impl ControlPlane {
             }
         };
 
+        let compactor = compact_events(
+            Arc::clone(&self.store),
+            self.config.event_retention,
+            stop.clone(),
+        );
+
         tracing::info!(grpc = %self.grpc_addr, http = %self.http_addr, "control plane serving");
-        let (result, (), ()) = tokio::join!(grpc, http, pruner);
+        let session_pruner = self.passkeys.maintain(stop.clone());
+
+        let (result, (), (), (), ()) = tokio::join!(grpc, http, pruner, compactor, session_pruner);
         signal.abort();
         tracing::info!("control plane stopped");
         result
+    }
+}
+
+/// Drops events older than `retention` from the log, periodically (a quarter of the retention,
+/// between 100 ms and one minute), until `stop`.
+async fn compact_events(store: Arc<dyn Store>, retention: Duration, stop: CancellationToken) {
+    let every = (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let before = keygate_proto::time::now_unix_ms().saturating_sub(retention_ms);
+        match store.compact(before).await {
+            Ok(bounds) => metrics::log_bounds(bounds),
+            Err(error) => tracing::error!(%error, "event log compaction failed"),
+        }
     }
 }
 

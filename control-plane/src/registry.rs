@@ -186,9 +186,7 @@ impl Registry {
                 connected_unix_ms: now,
                 connected: true,
                 staleness_ms: None,
-                propagation_bound: hello
-                    .propagation_bound
-                    .unwrap_or(DEFAULT_PROPAGATION_BOUND),
+                propagation_bound: hello.propagation_bound.unwrap_or(DEFAULT_PROPAGATION_BOUND),
                 stale_policy: if hello.stale_policy.is_empty() {
                     "fail-closed".to_owned()
                 } else {
@@ -326,7 +324,8 @@ impl Registry {
     }
 
     fn changed(&self) {
-        self.changes.send_modify(|count| *count = count.wrapping_add(1));
+        self.changes
+            .send_modify(|count| *count = count.wrapping_add(1));
     }
 
     fn publish_count(&self, gateways: &HashMap<String, Entry>) {
@@ -456,7 +455,9 @@ mod tests {
         registry.disconnect(&serve_session);
 
         tokio::time::advance(Duration::from_secs(1)).await;
-        let outcome = registry.wait_for(Revision(4), Duration::from_secs(60)).await;
+        let outcome = registry
+            .wait_for(Revision(4), Duration::from_secs(60))
+            .await;
         // The fail-closed one is fenced 5 s after it was lost; the other may serve forever.
         assert!(!outcome.complete);
         assert_eq!(outcome.past_bound, ["lost"]);
@@ -468,8 +469,13 @@ mod tests {
         lost.propagation_bound = Some(Duration::from_secs(5));
         let session = registry.connect(lost, &shutdown);
         registry.disconnect(&session);
-        let outcome = registry.wait_for(Revision(4), Duration::from_secs(60)).await;
-        assert!(outcome.complete, "complete once the lost gateway is past its bound");
+        let outcome = registry
+            .wait_for(Revision(4), Duration::from_secs(60))
+            .await;
+        assert!(
+            outcome.complete,
+            "complete once the lost gateway is past its bound"
+        );
         assert_eq!(outcome.elapsed, Duration::from_secs(5));
         assert_eq!(outcome.past_bound, ["lost"]);
     }

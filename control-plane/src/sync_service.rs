@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::event_log::EventLog;
 use crate::metrics;
 use crate::registry::{GatewayHello, Registry, Session};
-use crate::store::{LogBounds, Store};
+use crate::store::{LogBounds, SessionState, Store};
 
 /// Most keys in one snapshot chunk.
 pub const SNAPSHOT_CHUNK_KEYS: usize = 5000;
@@ -266,6 +266,16 @@ fn check_hello(hello: pb::Hello) -> Result<GatewayHello, Status> {
         address: hello.address,
         version: hello.version,
         applied: Revision(hello.applied_revision),
+        propagation_bound: (hello.propagation_bound_ms > 0)
+            .then(|| Duration::from_millis(hello.propagation_bound_ms)),
+        stale_policy: match hello.stale_policy.as_str() {
+            "" | "fail-closed" | "serve" => hello.stale_policy,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "Hello.stale_policy must be \"fail-closed\" or \"serve\"",
+                ));
+            }
+        },
     })
 }
 
@@ -391,7 +401,22 @@ async fn send_snapshot(shared: &Shared, sender: &Sender<'_>) -> Result<Revision,
         bytes += size;
         chunk.keys.push(key);
     }
-    if !chunk.keys.is_empty() {
+    // The session state at the same revision follows the keys, in chunks bounded alike.
+    let mut items = chunk.keys.len();
+    for entry in SessionEntry::all(&snapshot.sessions) {
+        let size = entry.encoded_len() + 8;
+        if items > 0 && (items == SNAPSHOT_CHUNK_KEYS || bytes + size > MAX_MESSAGE_BYTES) {
+            sender
+                .send(ControlMsg::SnapshotChunk(std::mem::take(&mut chunk)))
+                .await?;
+            bytes = 0;
+            items = 0;
+        }
+        bytes += size;
+        items += 1;
+        entry.add_to(&mut chunk);
+    }
+    if items > 0 {
         sender.send(ControlMsg::SnapshotChunk(chunk)).await?;
     }
     sender
@@ -400,6 +425,51 @@ async fn send_snapshot(shared: &Shared, sender: &Sender<'_>) -> Result<Revision,
         }))
         .await?;
     Ok(revision)
+}
+
+/// One entry of a snapshot's session state (SnapshotChunk fields 2 to 5).
+enum SessionEntry {
+    SigningKey(pb::SigningKey),
+    RevokedSession(pb::SessionRevoked),
+    RevokedPasskey(pb::PasskeyRevoked),
+    User(pb::UserState),
+}
+
+impl SessionEntry {
+    fn all(state: &SessionState) -> impl Iterator<Item = Self> + '_ {
+        let keys = state
+            .signing_keys
+            .iter()
+            .map(|k| Self::SigningKey(k.into()));
+        let sessions = state
+            .revoked_sessions
+            .iter()
+            .map(|s| Self::RevokedSession(s.into()));
+        let passkeys = state
+            .revoked_passkeys
+            .iter()
+            .map(|p| Self::RevokedPasskey(p.into()));
+        let users = state.users.iter().map(|u| Self::User(u.into()));
+        keys.chain(sessions).chain(passkeys).chain(users)
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            Self::SigningKey(m) => m.encoded_len(),
+            Self::RevokedSession(m) => m.encoded_len(),
+            Self::RevokedPasskey(m) => m.encoded_len(),
+            Self::User(m) => m.encoded_len(),
+        }
+    }
+
+    fn add_to(self, chunk: &mut pb::SnapshotChunk) {
+        match self {
+            Self::SigningKey(m) => chunk.signing_keys.push(m),
+            Self::RevokedSession(m) => chunk.revoked_sessions.push(m),
+            Self::RevokedPasskey(m) => chunk.revoked_passkeys.push(m),
+            Self::User(m) => chunk.users.push(m),
+        }
+    }
 }
 
 /// Sends contiguous events in batches; returns the last revision sent.
@@ -455,6 +525,9 @@ async fn read_loop(
         shared.registry.seen(&session);
         match msg {
             Some(GatewayMsg::Ping(ping)) => {
+                shared
+                    .registry
+                    .reported_staleness(&session, ping.staleness_ms);
                 let pong = pb::Pong {
                     nonce: ping.nonce,
                     sent_at_nanos: ping.sent_at_nanos,
@@ -568,6 +641,8 @@ mod tests {
             address: String::new(),
             version: String::new(),
             applied: Revision(1),
+            propagation_bound: None,
+            stale_policy: String::new(),
         };
         let (slow_tx, _slow_rx) = mpsc::channel(2);
         let slow_session = shared.registry.connect(hello("slow"), &shutdown);

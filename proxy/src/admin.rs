@@ -90,6 +90,7 @@ impl Admin {
         self.metrics
             .staleness
             .set(self.status.staleness_or_uptime().as_secs_f64());
+        self.metrics.set_session_state(self.status.session_state());
     }
 }
 

@@ -52,6 +52,10 @@ pub struct ProxyConfig {
     pub api_key_header: String,
     /// Cookie carrying a session token. Default `keygate_session`.
     pub session_cookie: String,
+    /// Session tokens whose verified signature is remembered (by token hash), so a repeat
+    /// request skips the Ed25519 check; revocations are checked on every request regardless.
+    /// Default 65 536 entries; 0 turns the cache off.
+    pub session_cache_capacity: u64,
     /// Longest wait for an upstream's response headers before answering 504. Default 30 s.
     #[serde(with = "humantime_duration")]
     pub upstream_timeout: Duration,
@@ -105,6 +109,7 @@ impl Default for ProxyConfig {
             authorization_header: "authorization".to_owned(),
             api_key_header: "x-api-key".to_owned(),
             session_cookie: "keygate_session".to_owned(),
+            session_cache_capacity: crate::session_verify::DEFAULT_CACHE_CAPACITY,
             upstream_timeout: Duration::from_secs(30),
             upstream_connect_timeout: Duration::from_secs(5),
             header_read_timeout: Duration::from_secs(10),
@@ -172,11 +177,10 @@ pub struct RouteConfig {
     pub forward_credential: bool,
 }
 
-/// Which credentials a route accepts.
-///
-/// Sessions arrive in a later change: until then a route with `session` answers MISSING when
-/// no session credential is present and MALFORMED when one is, and a credential that is not
-/// API-key-shaped is MALFORMED on `key_or_session` routes.
+/// Which credentials a route accepts. On `key_or_session` routes a Bearer token starting with
+/// `v4.public.` is a session, anything else a key; a credential of the kind a route does not
+/// accept is not looked for (X-API-Key on a `session` route: MISSING) or, in `Authorization`,
+/// is taken as the route's kind and is MALFORMED.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMode {
@@ -207,6 +211,16 @@ pub enum StalePolicy {
     FailClosed,
     /// Keep verifying against the replica it has; only `/readyz` and metrics report it.
     Serve,
+}
+
+impl StalePolicy {
+    /// The name used in config files and flags.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FailClosed => "fail-closed",
+            Self::Serve => "serve",
+        }
+    }
 }
 
 /// A route with its upstream parsed, as the request path uses it.

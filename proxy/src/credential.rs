@@ -3,7 +3,9 @@
 //!
 //! Looked for in this order: `Authorization: Bearer <token>`, then `X-API-Key: <key>`, then the
 //! `keygate_session` cookie; which of them count depends on the route's [`AuthMode`]. An
-//! `Authorization` header with another scheme (e.g. `Basic`) is not ours and is left alone.
+//! `Authorization` header with another scheme (e.g. `Basic`) is not ours and is left alone. A
+//! Bearer token is a session on `session` routes, an API key on `key` routes, and on
+//! `key_or_session` routes a session when it starts with `v4.public.` (keys never do).
 
 use http::header::{COOKIE, HeaderMap, HeaderName, HeaderValue};
 
@@ -17,10 +19,22 @@ pub enum Credential<'a> {
     Missing,
     /// A token in a place where an API key is accepted; not yet checked for shape.
     ApiKey(&'a str),
-    /// A session token (sessions are verified in a later change; today: MALFORMED).
+    /// A session token; not yet checked for shape.
     Session(&'a str),
     /// A credential header whose value is not readable text (e.g. not UTF-8): MALFORMED.
     Unreadable,
+}
+
+impl<'a> Credential<'a> {
+    /// A token that may be either kind: a session when it has the session tokens' header
+    /// (`v4.public.`, which no key prefix can produce), else an API key.
+    pub fn key_or_session(token: &'a str) -> Self {
+        if token.starts_with(keygate_proto::session::HEADER) {
+            Credential::Session(token)
+        } else {
+            Credential::ApiKey(token)
+        }
+    }
 }
 
 /// Where credentials are looked for, from the configuration.
@@ -61,6 +75,9 @@ impl CredentialHeaders {
         };
         if let Some(value) = headers.get(&self.authorization) {
             match bearer_token(value) {
+                Bearer::Token(token) if keys && sessions => {
+                    return Credential::key_or_session(token);
+                }
                 Bearer::Token(token) if keys => return Credential::ApiKey(token),
                 Bearer::Token(token) => return Credential::Session(token),
                 Bearer::Unreadable => return Credential::Unreadable,
@@ -220,6 +237,27 @@ mod tests {
         assert_eq!(
             names.extract(&HeaderMap::new(), AuthMode::Key),
             Credential::Missing
+        );
+    }
+
+    #[test]
+    fn a_session_shaped_bearer_is_a_session_where_sessions_count() {
+        let names = CredentialHeaders::default();
+        let bearer = headers(&[
+            ("authorization", b"Bearer v4.public.abc.def"),
+            ("cookie", b"keygate_session=from_cookie"),
+        ]);
+        let token = Credential::Session("v4.public.abc.def");
+        assert_eq!(names.extract(&bearer, AuthMode::KeyOrSession), token);
+        assert_eq!(names.extract(&bearer, AuthMode::Session), token);
+        assert_eq!(
+            names.extract(&bearer, AuthMode::Key),
+            Credential::ApiKey("v4.public.abc.def"),
+            "a key route takes no sessions: the token is then a malformed key"
+        );
+        assert_eq!(
+            Credential::key_or_session("kg_abc"),
+            Credential::ApiKey("kg_abc")
         );
     }
 

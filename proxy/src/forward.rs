@@ -32,6 +32,10 @@ use crate::verify::Grant;
 pub static KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
 /// Header carrying the verified key's owner to the upstream.
 pub static OWNER: HeaderName = HeaderName::from_static("x-keygate-owner");
+/// Header carrying a verified session's user to the upstream.
+pub static USER_ID: HeaderName = HeaderName::from_static("x-keygate-user-id");
+/// Header carrying a verified session's id to the upstream.
+pub static SESSION_ID: HeaderName = HeaderName::from_static("x-keygate-session-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -50,7 +54,7 @@ pub(crate) struct Forwarding<'a> {
     pub route: &'a Route,
     pub remote: SocketAddr,
     pub request_id: &'a HeaderValue,
-    /// The verified key, on routes that verify.
+    /// The verified key or session, on routes that verify.
     pub grant: Option<&'a Grant>,
 }
 
@@ -179,8 +183,17 @@ impl Forwarder {
     }
 }
 
-/// Adds the verified identity; false when the owner is not a valid header value.
+/// Adds the verified identity; false when a key's owner is not a valid header value. A
+/// session's header values were built when its signature was verified.
 fn add_grant_headers(headers: &mut HeaderMap, grant: &Grant) -> bool {
+    let grant = match grant {
+        Grant::Key(grant) => grant,
+        Grant::Session(session) => {
+            headers.insert(USER_ID.clone(), session.user_id_header().clone());
+            headers.insert(SESSION_ID.clone(), session.session_id_header().clone());
+            return true;
+        }
+    };
     let id: [u8; KEY_ID_TEXT_LEN] = grant.key_id_text();
     match (
         HeaderValue::from_bytes(&id),

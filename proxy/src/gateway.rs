@@ -28,6 +28,7 @@ use crate::replica::Replica;
 use crate::response::ProxyBody;
 use crate::route::RouteTable;
 use crate::server::{self, ServerLimits, Service};
+use crate::sessions;
 use crate::status::{GatewayStatus, SyncState};
 use crate::sync::{SyncSettings, SyncTask};
 use crate::verify::Verifier;
@@ -50,6 +51,8 @@ pub struct Gateway {
     handler: Arc<Handler>,
     admin: Arc<Admin>,
     sync: SyncTask,
+    /// For the task pruning session revocations.
+    replica: Arc<Replica>,
     limits: ServerLimits,
 }
 
@@ -97,6 +100,7 @@ impl Gateway {
             Arc::clone(&replica),
             Arc::clone(&freshness),
             Some(Arc::new(miss)),
+            config.session_cache_capacity,
             handles.clone(),
         );
         let forwarder = Forwarder::new(
@@ -131,6 +135,7 @@ impl Gateway {
             Arc::clone(&freshness),
             Arc::clone(&state),
         );
+        let pruned_replica = Arc::clone(&replica);
         let sync = SyncTask::new(
             SyncSettings {
                 urls: config.control_plane.clone(),
@@ -166,6 +171,7 @@ impl Gateway {
                 metrics: handles,
             }),
             sync,
+            replica: pruned_replica,
             limits: ServerLimits {
                 header_read_timeout: config.header_read_timeout,
                 max_header_bytes: config.max_header_bytes,
@@ -208,6 +214,12 @@ impl Gateway {
 
         let stop_background = CancellationToken::new();
         let sync = tokio::spawn(self.sync.run(stop_background.clone()));
+        let pruning = tokio::spawn(sessions::prune_periodically(
+            self.replica,
+            sessions::PRUNE_INTERVAL,
+            keygate_proto::time::now_unix_ms,
+            stop_background.clone(),
+        ));
         let admin_limits = ServerLimits {
             max_connections: ADMIN_MAX_CONNECTIONS,
             shutdown_grace: ADMIN_GRACE,
@@ -228,6 +240,9 @@ impl Gateway {
         watcher.abort();
         if let Err(error) = sync.await {
             tracing::error!(%error, "sync task failed");
+        }
+        if let Err(error) = pruning.await {
+            tracing::error!(%error, "session pruning task failed");
         }
         if let Err(error) = admin.await {
             tracing::error!(%error, "admin listener failed");

@@ -5,12 +5,18 @@
 //!
 //! Map of the crate: [`config`] (settings and validation), [`credential`] (where keys are
 //! found), [`replica`] (the key set), [`verify`] (verdicts; the hot path), [`miss`] (lookups of
-//! keys not replicated yet), [`freshness`] (the staleness bound), `sync` (the replication
-//! stream), `route`/`forward` (upstreams), `server`/`handler`/`verify_endpoint`/`admin` (HTTP),
-//! [`metrics`], `response` (JSON errors) and `gateway` (wiring, bind and serve).
+//! keys not replicated yet), [`sessions`] (signing keys and revocation sets) and
+//! [`session_verify`] (session verdicts, the signature cache), [`freshness`] (the staleness
+//! bound), `sync` (the replication stream), `route`/`forward` (upstreams),
+//! `server`/`handler`/`verify_endpoint`/`admin` (HTTP), [`metrics`], `response` (JSON errors)
+//! and `gateway` (wiring, bind and serve).
 //!
-//! **Invariant:** the hot path ([`Verifier::verify_cached`]) takes no lock a writer can hold
-//! for longer than one map operation, and never logs or stores a plaintext key.
+//! **Invariant:** the hot path ([`Verifier::verify_cached`], [`Verifier::verify_session`])
+//! takes no lock a writer can hold for longer than one map operation, and never logs or stores
+//! a plaintext key or session token.
+//!
+//! **Invariant:** a session verdict is never cached: the signature cache holds verified claims
+//! only, and the revocation sets are consulted on every request.
 
 #![forbid(unsafe_code)]
 
@@ -28,6 +34,8 @@ pub mod replica;
 mod response;
 pub mod route;
 mod server;
+pub mod session_verify;
+pub mod sessions;
 mod status;
 mod sync;
 pub mod verify;
@@ -37,6 +45,8 @@ pub use config::{AuthMode, ProxyConfig, RouteConfig, Secret, StalePolicy};
 pub use error::{ConfigError, ProxyError};
 pub use gateway::Gateway;
 pub use replica::{Replica, Snapshot};
+pub use session_verify::{SessionGrant, SessionVerifier};
+pub use sessions::{SessionSnapshot, SessionState, SessionStateSizes};
 pub use status::GatewayStatus;
-pub use verify::{Code, Grant, Lookup, Verdict, Verifier};
+pub use verify::{Code, Grant, KeyGrant, Lookup, Verdict, Verifier};
 pub use verify_endpoint::PATH as VERIFY_PATH;

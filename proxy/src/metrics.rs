@@ -7,6 +7,7 @@
 use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
+use crate::sessions::SessionStateSizes;
 use crate::verify::Code;
 
 /// Verifications by verdict code.
@@ -27,6 +28,13 @@ pub const SYNC_CONNECTED: &str = "keygate_sync_connected";
 pub const SNAPSHOTS: &str = "keygate_snapshots_total";
 /// Control-plane lookups of unknown keys, by result.
 pub const MISS_LOOKUPS: &str = "keygate_miss_lookups_total";
+/// Verifications of session tokens by verdict code (a subset of [`VERIFICATIONS`]).
+pub const SESSION_VERIFICATIONS: &str = "keygate_session_verifications_total";
+/// Lookups in the verified-session-signature cache, by result (`hit`, `miss`).
+pub const SESSION_CACHE: &str = "keygate_session_cache_total";
+/// Entries in the replicated session state, by set (`signing_keys`, `revoked_sessions`,
+/// `revoked_passkeys`, `users`).
+pub const SESSION_STATE: &str = "keygate_session_state_entries";
 
 /// A `PrometheusBuilder` with buckets suited to the gateway's latency histograms (from 10 µs):
 /// without buckets the exporter renders histograms as summaries.
@@ -76,6 +84,11 @@ pub(crate) struct Metrics {
     pub sync_connected: Gauge,
     pub snapshots: Counter,
     lookups: [Counter; 4],
+    session_verifications: [Counter; Code::ALL.len()],
+    /// Hit, miss.
+    session_cache: [Counter; 2],
+    /// Signing keys, revoked sessions, revoked passkeys, users.
+    session_state: [Gauge; 4],
 }
 
 impl Metrics {
@@ -101,6 +114,15 @@ impl Metrics {
             MISS_LOOKUPS,
             "Control-plane lookups of keys missing from the replica"
         );
+        metrics::describe_counter!(
+            SESSION_VERIFICATIONS,
+            "Verifications of session tokens by verdict code"
+        );
+        metrics::describe_counter!(
+            SESSION_CACHE,
+            "Lookups in the verified session signature cache"
+        );
+        metrics::describe_gauge!(SESSION_STATE, "Entries in the replicated session state");
         Self {
             verifications: Code::ALL
                 .map(|code| metrics::counter!(VERIFICATIONS, "code" => code.as_str())),
@@ -113,6 +135,17 @@ impl Metrics {
             snapshots: metrics::counter!(SNAPSHOTS),
             lookups: ["found", "absent", "error", "limited"]
                 .map(|result| metrics::counter!(MISS_LOOKUPS, "result" => result)),
+            session_verifications: Code::ALL
+                .map(|code| metrics::counter!(SESSION_VERIFICATIONS, "code" => code.as_str())),
+            session_cache: ["hit", "miss"]
+                .map(|result| metrics::counter!(SESSION_CACHE, "result" => result)),
+            session_state: [
+                "signing_keys",
+                "revoked_sessions",
+                "revoked_passkeys",
+                "users",
+            ]
+            .map(|set| metrics::gauge!(SESSION_STATE, "set" => set)),
         }
     }
 
@@ -125,5 +158,26 @@ impl Metrics {
     /// Counts one miss lookup.
     pub fn looked_up(&self, result: LookupResult) {
         self.lookups[result as usize].increment(1);
+    }
+
+    /// Counts one verdict on a session token.
+    #[inline]
+    pub fn session_verified(&self, code: Code) {
+        self.session_verifications[code as usize].increment(1);
+    }
+
+    /// Counts one lookup in the session signature cache.
+    #[inline]
+    pub fn session_cache_lookup(&self, hit: bool) {
+        self.session_cache[usize::from(!hit)].increment(1);
+    }
+
+    /// Publishes the session state's entry counts.
+    pub fn set_session_state(&self, sizes: SessionStateSizes) {
+        let [keys, sessions, passkeys, users] = &self.session_state;
+        keys.set(sizes.signing_keys as f64);
+        sessions.set(sizes.revoked_sessions as f64);
+        passkeys.set(sizes.revoked_passkeys as f64);
+        users.set(sizes.users as f64);
     }
 }

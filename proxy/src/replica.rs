@@ -32,6 +32,8 @@ use dashmap::DashMap;
 use keygate_proto::base62;
 use keygate_proto::{Change, Event, KeyHash, KeyId, Meta, ReplicaKey, Revision};
 
+use crate::sessions::{SessionSnapshot, SessionState};
+
 /// `KeyHash` feeds the hasher one already-uniform `u64`; this hasher passes it through.
 #[derive(Default, Clone, Copy)]
 pub struct IdentityHasher(u64);
@@ -194,11 +196,12 @@ pub struct Gap {
 }
 
 /// A replica being built from snapshot chunks, installed whole by
-/// [`Replica::install_snapshot`].
+/// [`Replica::install_snapshot`]: the keys and the session state.
 pub struct Snapshot {
     revision: Revision,
     keys: KeyMap,
     owners: HashSet<Arc<str>>,
+    sessions: SessionSnapshot,
 }
 
 /// Largest capacity a snapshot pre-allocates on the word of the control plane.
@@ -211,7 +214,13 @@ impl Snapshot {
             revision,
             keys: new_map(expected_keys.min(MAX_PREALLOCATED_KEYS)),
             owners: HashSet::new(),
+            sessions: SessionSnapshot::default(),
         }
+    }
+
+    /// The session state (signing keys, revocation sets) at the snapshot's revision.
+    pub fn sessions_mut(&mut self) -> &mut SessionSnapshot {
+        &mut self.sessions
     }
 
     /// Adds one key. Owners are shared between the keys of one owner.
@@ -244,9 +253,10 @@ impl Snapshot {
     }
 }
 
-/// The replicated key set and the revision it reflects.
+/// The replicated key set, the session state, and the revision they reflect.
 pub struct Replica {
     keys: ArcSwap<KeyMap>,
+    sessions: SessionState,
     applied: AtomicU64,
     writer: Mutex<Ahead>,
 }
@@ -266,6 +276,7 @@ impl Replica {
     pub fn new() -> Self {
         Self {
             keys: ArcSwap::from_pointee(new_map(0)),
+            sessions: SessionState::new(),
             applied: AtomicU64::new(0),
             writer: Mutex::new(Ahead::new()),
         }
@@ -295,6 +306,13 @@ impl Replica {
         self.len() == 0
     }
 
+    /// The session state: signing keys and revocation sets, changed by the same events and
+    /// snapshots as the keys, in revision order.
+    #[inline]
+    pub fn sessions(&self) -> &SessionState {
+        &self.sessions
+    }
+
     /// Runs `read` on the entry for `hash`, holding its shard's read lock only meanwhile.
     #[inline]
     pub fn with_entry<R>(&self, hash: &KeyHash, read: impl FnOnce(&Entry) -> R) -> Option<R> {
@@ -315,15 +333,27 @@ impl Replica {
         }
         let keys = self.keys.load();
         let slot = match &event.change {
-            Change::KeyUpserted(key) => HashPrefix::from(&key.hash),
-            Change::KeyDeleted { hash, .. } => HashPrefix::from(hash),
+            Change::KeyUpserted(key) => Some(HashPrefix::from(&key.hash)),
+            Change::KeyDeleted { hash, .. } => Some(HashPrefix::from(hash)),
+            // Session state, applied here so it takes effect before the revision moves.
+            Change::PasskeyRevoked(_)
+            | Change::SessionRevoked(_)
+            | Change::UserState(_)
+            | Change::SigningKey(_) => {
+                self.sessions.apply(&event.change);
+                None
+            }
         };
         // A lookup already installed a newer state of this key: this older event must not
         // overwrite it.
-        let superseded = ahead
-            .get(&slot)
-            .is_some_and(|(revision, _)| *revision > event.revision);
-        if !superseded {
+        let superseded = slot.is_some_and(|slot| {
+            ahead
+                .get(&slot)
+                .is_some_and(|(revision, _)| *revision > event.revision)
+        });
+        if let Some(slot) = slot
+            && !superseded
+        {
             match &event.change {
                 Change::KeyUpserted(key) => {
                     // Reuse the owner string of the entry being replaced when it is unchanged.
@@ -334,7 +364,7 @@ impl Replica {
                         .unwrap_or_else(|| Arc::from(key.owner.as_str()));
                     keys.insert(slot, Entry::new(key, owner));
                 }
-                Change::KeyDeleted { .. } => {
+                _ => {
                     keys.remove(&slot);
                 }
             }
@@ -346,8 +376,8 @@ impl Replica {
         Ok(())
     }
 
-    /// Replaces the whole key set with `snapshot` and moves to its revision. Requests served
-    /// meanwhile read the previous set.
+    /// Replaces the whole key set and the session state with `snapshot` and moves to its
+    /// revision. Requests served meanwhile read the previous set.
     pub fn install_snapshot(&self, snapshot: Snapshot) {
         let previous = {
             let mut ahead = self.write_lock();
@@ -357,6 +387,7 @@ impl Replica {
                 snapshot.keys.insert(*slot, entry.clone());
             }
             let previous = self.keys.swap(Arc::new(snapshot.keys));
+            self.sessions.install(snapshot.sessions);
             self.applied.store(snapshot.revision.0, Ordering::Release);
             previous
         };

@@ -114,12 +114,18 @@ pub fn denied(code: Code, request_id: &HeaderValue) -> Response<ProxyBody> {
 fn message(code: Code) -> &'static str {
     match code {
         Code::Valid => "valid",
-        Code::Missing => "no credential: send Authorization: Bearer <key> or X-API-Key: <key>",
-        Code::Malformed => "the credential is not a well-formed API key",
+        Code::Missing => {
+            "no credential: send Authorization: Bearer <key or session>, X-API-Key: <key>, or the session cookie"
+        }
+        Code::Malformed => {
+            "the credential is not a well-formed API key, or not a session token signed by a known key"
+        }
         Code::NotFound => "unknown API key",
         Code::Disabled => "this API key is disabled",
-        Code::Expired => "this API key has expired",
-        Code::Revoked => "this session has been revoked",
+        Code::Expired => "this API key or session has expired",
+        Code::Revoked => {
+            "this session has been revoked (session, passkey or user), or its signing key retired"
+        }
         Code::Stale => {
             "this gateway cannot prove its key data is current; retry on another gateway"
         }

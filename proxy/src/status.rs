@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::freshness::Freshness;
 use crate::replica::Replica;
+use crate::sessions::SessionStateSizes;
 
 /// State the sync task and the server publish.
 #[derive(Debug, Default)]
@@ -58,6 +59,11 @@ impl GatewayStatus {
     /// Keys in the replica.
     pub fn replica_len(&self) -> usize {
         self.replica.len()
+    }
+
+    /// Entries in the replicated session state (signing keys, revocation sets).
+    pub fn session_state(&self) -> SessionStateSizes {
+        self.replica.sessions().sizes()
     }
 
     /// Time since the replica was last proven current; `None` before the first proof.

@@ -165,6 +165,8 @@ impl SyncTask {
             version: keygate_proto::VERSION.to_owned(),
             applied_revision: self.replica.applied_revision().0,
             address: self.settings.address.clone(),
+            propagation_bound_ms: millis(self.freshness.bound()),
+            stale_policy: self.freshness.policy().as_str().to_owned(),
         };
         // The queue is new and empty, so this cannot fail.
         let _ = outbound.try_send(message(gateway_message::Msg::Hello(hello)));
@@ -197,7 +199,11 @@ impl SyncTask {
                         return SyncError::Silent(silence_limit);
                     }
                     self.next_nonce = self.next_nonce.wrapping_add(1);
-                    let ping = pb::Ping { nonce: self.next_nonce, sent_at_nanos: self.freshness.now_nanos() };
+                    let ping = pb::Ping {
+                        nonce: self.next_nonce,
+                        sent_at_nanos: self.freshness.now_nanos(),
+                        staleness_ms: self.freshness.staleness().map(millis),
+                    };
                     // A full queue means the link is backed up; the silence check catches a dead one.
                     let _ = outbound.try_send(message(gateway_message::Msg::Ping(ping)));
                 }
@@ -257,6 +263,20 @@ impl SyncTask {
                         SyncError::Protocol(format!("invalid snapshot key: {error}"))
                     })?;
                     building.insert(&key);
+                }
+                // The session state at the snapshot's revision, in whichever chunks it comes.
+                let sessions = building.sessions_mut();
+                for key in chunk.signing_keys {
+                    sessions.insert_signing_key(&from_wire(key, "signing key")?);
+                }
+                for revoked in chunk.revoked_sessions {
+                    sessions.insert_revoked_session(&from_wire(revoked, "revoked session")?);
+                }
+                for revoked in chunk.revoked_passkeys {
+                    sessions.insert_revoked_passkey(&from_wire(revoked, "revoked passkey")?);
+                }
+                for user in chunk.users {
+                    sessions.insert_user(&from_wire(user, "user state")?);
                 }
                 Ok(None)
             }
@@ -321,6 +341,20 @@ impl SyncTask {
         self.metrics.replica_revision.set(applied.0 as f64);
         applied
     }
+}
+
+/// Converts one snapshot item to its domain type; an invalid one is a protocol violation.
+fn from_wire<W, T>(wire: W, what: &str) -> Result<T, SyncError>
+where
+    T: TryFrom<W>,
+    T::Error: std::fmt::Display,
+{
+    T::try_from(wire)
+        .map_err(|error| SyncError::Protocol(format!("invalid snapshot {what}: {error}")))
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn message(msg: gateway_message::Msg) -> pb::GatewayMessage {

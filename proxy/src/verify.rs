@@ -3,7 +3,8 @@
 //! The hot path, [`Verifier::verify_cached`]: parse and checksum (MALFORMED without touching
 //! shared state), hash, one replica lookup, then exists → enabled → not expired. A miss for a
 //! well-formed key is not a verdict yet: [`Verifier::verify`] resolves it with one control-plane
-//! lookup (see [`crate::miss`]), and puts the freshness check in front of everything.
+//! lookup (see [`crate::miss`]), and puts the freshness check in front of everything. Session
+//! tokens go to [`Verifier::verify_session`] (see [`crate::session_verify`]).
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use crate::freshness::Freshness;
 use crate::metrics::Metrics;
 use crate::miss::MissLookup;
 use crate::replica::{Entry, KEY_ID_TEXT_LEN, Replica, key_id_from_bits, key_id_text};
+use crate::session_verify::{self, SessionGrant, SessionVerifier};
 
 /// Verdict codes, as DESIGN.md's table names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,16 +80,26 @@ impl Code {
     }
 }
 
-/// What a valid key grants: who it is, for the upstream headers and the verify endpoint.
+/// What a valid credential grants: who it is, for the upstream headers and the verify
+/// endpoint.
 #[derive(Debug, Clone)]
-pub struct Grant {
+pub enum Grant {
+    /// An API key.
+    Key(KeyGrant),
+    /// A passkey session.
+    Session(SessionGrant),
+}
+
+/// What a valid key grants.
+#[derive(Debug, Clone)]
+pub struct KeyGrant {
     key_id_bits: u128,
     owner: Arc<str>,
     expires_unix_ms: Option<i64>,
     meta: Option<Arc<Meta>>,
 }
 
-impl Grant {
+impl KeyGrant {
     fn from_entry(entry: &Entry) -> Self {
         Self {
             key_id_bits: entry.key_id_bits(),
@@ -154,17 +166,23 @@ pub enum Lookup {
 /// Verifies credentials against the replica, asking the control plane about misses.
 pub struct Verifier {
     replica: Arc<Replica>,
+    sessions: SessionVerifier,
     freshness: Arc<Freshness>,
     miss: Option<Arc<MissLookup>>,
     metrics: Option<Metrics>,
 }
 
 impl Verifier {
-    /// A verifier over `replica` alone: never stale, misses are NOT_FOUND, no metrics. For
-    /// benchmarks and embedding.
+    /// A verifier over `replica` alone: never stale, misses are NOT_FOUND, no metrics, the
+    /// default session cache. For benchmarks and embedding.
     pub fn new(replica: Arc<Replica>) -> Self {
         let freshness = Freshness::new(std::time::Duration::MAX, StalePolicy::Serve);
         Self {
+            sessions: SessionVerifier::new(
+                Arc::clone(&replica),
+                session_verify::DEFAULT_CACHE_CAPACITY,
+                None,
+            ),
             replica,
             freshness: Arc::new(freshness),
             miss: None,
@@ -177,9 +195,15 @@ impl Verifier {
         replica: Arc<Replica>,
         freshness: Arc<Freshness>,
         miss: Option<Arc<MissLookup>>,
+        session_cache_capacity: u64,
         metrics: Metrics,
     ) -> Self {
         Self {
+            sessions: SessionVerifier::new(
+                Arc::clone(&replica),
+                session_cache_capacity,
+                Some(metrics.clone()),
+            ),
             replica,
             freshness,
             miss,
@@ -190,6 +214,21 @@ impl Verifier {
     /// The replica this verifier reads.
     pub fn replica(&self) -> &Arc<Replica> {
         &self.replica
+    }
+
+    /// The session verifier (signature cache included).
+    pub fn sessions(&self) -> &SessionVerifier {
+        &self.sessions
+    }
+
+    /// The session hot path: shape → signing key → signature (cached by token hash) → expiry
+    /// → revocation sets, which are read on every call. Never waits.
+    #[inline]
+    pub fn verify_session(&self, token: &str, now_unix_ms: i64) -> Verdict {
+        match self.sessions.verify(token, now_unix_ms) {
+            Ok(grant) => Verdict::Valid(Grant::Session(grant)),
+            Err(code) => Verdict::Denied(code),
+        }
     }
 
     /// The hot path: shape and checksum, hash, one replica lookup, then the checks. Touches
@@ -215,21 +254,22 @@ impl Verifier {
             } else if entry.expired_at(now_unix_ms) {
                 Verdict::Denied(Code::Expired)
             } else {
-                Verdict::Valid(Grant::from_entry(entry))
+                Verdict::Valid(Grant::Key(KeyGrant::from_entry(entry)))
             }
         })
     }
 
     /// The full verdict for a request's credential: STALE first (fail-closed policy), then
-    /// MISSING, the hot path, and for a miss one (coalesced, bounded) control-plane lookup.
-    ///
-    /// Sessions are verified in a later change: until then a session credential, or a token
-    /// that is not API-key-shaped, is MALFORMED.
+    /// MISSING; a session goes to [`Verifier::verify_session`]; a key to the hot path, and for
+    /// a miss to one (coalesced, bounded) control-plane lookup.
     pub async fn verify(&self, credential: Credential<'_>) -> Verdict {
         let started = self.metrics.as_ref().map(|_| std::time::Instant::now());
         let verdict = self.decide(credential).await;
         if let (Some(metrics), Some(started)) = (&self.metrics, started) {
             metrics.verified(verdict.code());
+            if matches!(credential, Credential::Session(_)) {
+                metrics.session_verified(verdict.code());
+            }
             metrics.verify_duration.record(started.elapsed());
         }
         verdict
@@ -239,14 +279,13 @@ impl Verifier {
         if self.freshness.refuses_requests() {
             return Verdict::Denied(Code::Stale);
         }
+        let now = keygate_proto::time::now_unix_ms();
         let key = match credential {
             Credential::Missing => return Verdict::Denied(Code::Missing),
-            Credential::Session(_) | Credential::Unreadable => {
-                return Verdict::Denied(Code::Malformed);
-            }
+            Credential::Unreadable => return Verdict::Denied(Code::Malformed),
+            Credential::Session(token) => return self.verify_session(token, now),
             Credential::ApiKey(key) => key,
         };
-        let now = keygate_proto::time::now_unix_ms();
         let hash = match self.verify_cached(key, now) {
             Lookup::Done(verdict) => return verdict,
             Lookup::Miss(hash) => hash,
@@ -306,7 +345,7 @@ mod tests {
         let verifier = verifier_with(&[&valid, &disabled, &expired]);
 
         match verifier.verify_cached(&valid_text, now) {
-            Lookup::Done(Verdict::Valid(grant)) => {
+            Lookup::Done(Verdict::Valid(Grant::Key(grant))) => {
                 assert_eq!(grant.key_id(), valid.id);
                 assert_eq!(grant.key_id_text(), *valid.id.to_string().as_bytes());
                 assert_eq!(grant.owner(), "alice");
@@ -397,6 +436,7 @@ mod tests {
                 StalePolicy::FailClosed,
             )),
             None,
+            0,
             Metrics::register(),
         );
         assert_eq!(
@@ -409,11 +449,60 @@ mod tests {
             Arc::clone(verifier.replica()),
             Arc::new(Freshness::new(Duration::from_secs(60), StalePolicy::Serve)),
             None,
+            0,
             Metrics::register(),
         );
         assert_eq!(
             serving.verify(Credential::ApiKey(&text)).await.code(),
             Code::Valid
+        );
+    }
+
+    #[tokio::test]
+    async fn sessions_get_full_verdicts_with_stale_first() {
+        use keygate_proto::session::{SessionClaims, SessionSigner};
+
+        use crate::sessions::tests::{event, signing_key};
+
+        let replica = Arc::new(Replica::new());
+        let signer = SessionSigner::generate("sk_1");
+        replica
+            .apply(&event(1, signing_key("sk_1", signer.public_key(), None)))
+            .expect("in order");
+        let now = keygate_proto::time::now_unix_ms();
+        let token = signer.sign(&SessionClaims {
+            session_id: "ses_1".into(),
+            user_id: "alice".into(),
+            passkey_id: "pk_1".into(),
+            issued_unix_ms: now - 1_000,
+            expires_unix_ms: now + 3_600_000,
+        });
+        let verifier = Verifier::new(Arc::clone(&replica));
+        match verifier.verify(Credential::Session(&token)).await {
+            Verdict::Valid(Grant::Session(session)) => {
+                assert_eq!(session.user_id(), "alice");
+                assert_eq!(session.session_id(), "ses_1");
+            }
+            other => panic!("expected a valid session, got {other:?}"),
+        }
+        assert_eq!(
+            verifier.verify(Credential::ApiKey(&token)).await.code(),
+            Code::Malformed,
+            "a session token is not a key"
+        );
+        let stale = Verifier::with_parts(
+            replica,
+            Arc::new(Freshness::new(
+                Duration::from_secs(60),
+                StalePolicy::FailClosed,
+            )),
+            None,
+            16,
+            Metrics::register(),
+        );
+        assert_eq!(
+            stale.verify(Credential::Session(&token)).await.code(),
+            Code::Stale
         );
     }
 

@@ -1,9 +1,13 @@
 //! `POST /_keygate/v1/verify` on the main listener: a verdict without forwarding, for callers
 //! that only want to know (and for load tests of pure verification).
 //!
-//! The key comes from a JSON body `{"key":"…"}` (at most 8 KiB) or, when the body is empty or
-//! has no `key`, from the usual credential headers. The answer is always 200 with the verdict,
-//! STALE included: `{"valid","code","keyId","owner","meta","expires"}`.
+//! The credential comes from a JSON body (at most 8 KiB) — `{"key":"…"}`, or `{"session":"…"}`
+//! for a session token — or, when the body is empty or names neither, from the usual credential
+//! headers and the session cookie (as on a `key_or_session` route). A `key` that starts with
+//! `v4.public.` is a session token, as it would be in `Authorization: Bearer`. The answer is
+//! always 200 with the verdict, STALE included: `{"valid","code","keyId","owner","meta",
+//! "expires"}` for a key, `{"valid","code","userId","sessionId","expires"}` for a session
+//! (refusals too, with the identity fields null).
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -18,7 +22,7 @@ use crate::config::AuthMode;
 use crate::credential::Credential;
 use crate::handler::Handler;
 use crate::response::{self, ProxyBody, codes};
-use crate::verify::Verdict;
+use crate::verify::{Grant, Verdict};
 
 /// Where the endpoint is served.
 pub const PATH: &str = "/_keygate/v1/verify";
@@ -29,6 +33,7 @@ const MAX_BODY_BYTES: usize = 8 * 1024;
 #[derive(Deserialize)]
 struct VerifyRequest {
     key: Option<String>,
+    session: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -39,6 +44,16 @@ struct VerifyResponse<'a> {
     key_id: Option<String>,
     owner: Option<&'a str>,
     meta: Option<&'a Meta>,
+    expires: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionVerifyResponse<'a> {
+    valid: bool,
+    code: &'static str,
+    user_id: Option<&'a str>,
+    session_id: Option<&'a str>,
     expires: Option<String>,
 }
 
@@ -80,30 +95,54 @@ pub(crate) async fn answer(
         }
     };
     let from_body = if body.iter().all(u8::is_ascii_whitespace) {
-        None
+        VerifyRequest {
+            key: None,
+            session: None,
+        }
     } else {
         match serde_json::from_slice::<VerifyRequest>(&body) {
-            Ok(parsed) => parsed.key,
+            Ok(parsed) => parsed,
             Err(_) => {
                 return response::error(
                     StatusCode::BAD_REQUEST,
                     codes::BAD_REQUEST,
-                    "expected a JSON body {\"key\":\"…\"}",
+                    "expected a JSON body {\"key\":\"…\"} or {\"session\":\"…\"}",
                     request_id,
                 );
             }
         }
     };
-    let credential = match &from_body {
-        Some(key) => Credential::ApiKey(key),
-        None => handler
+    let credential = match (&from_body.session, &from_body.key) {
+        (Some(token), _) => Credential::Session(token),
+        (None, Some(key)) => Credential::key_or_session(key),
+        (None, None) => handler
             .credentials
             .extract(&parts.headers, AuthMode::KeyOrSession),
     };
     let verdict = handler.verifier.verify(credential).await;
     let code = verdict.code().as_str();
     let mut response = match &verdict {
-        Verdict::Valid(grant) => response::json(
+        Verdict::Valid(Grant::Session(session)) => response::json(
+            StatusCode::OK,
+            &SessionVerifyResponse {
+                valid: true,
+                code,
+                user_id: Some(session.user_id()),
+                session_id: Some(session.session_id()),
+                expires: Some(rfc3339(session.expires_unix_ms())),
+            },
+        ),
+        Verdict::Denied(_) if matches!(credential, Credential::Session(_)) => response::json(
+            StatusCode::OK,
+            &SessionVerifyResponse {
+                valid: false,
+                code,
+                user_id: None,
+                session_id: None,
+                expires: None,
+            },
+        ),
+        Verdict::Valid(Grant::Key(grant)) => response::json(
             StatusCode::OK,
             &VerifyResponse {
                 valid: true,

@@ -201,7 +201,7 @@ async fn refusals_carry_the_contract_codes_and_challenges() {
     assert_eq!(reply.status, 401);
     assert_eq!(reply.json()["error"]["code"], "MALFORMED");
 
-    // Session routes: no session verification yet.
+    // Session routes take no API key, and a cookie that is no session token is MALFORMED.
     let reply = get_with(&client, &gateway.url("/sessions"), &[("x-api-key", &key)]).await;
     assert_eq!(reply.json()["error"]["code"], "MISSING");
     let reply = get_with(

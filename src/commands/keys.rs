@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::Failure;
 use crate::admin_client::{self, AdminClient, status_failure};
 use crate::args::{ClientArgs, CreateKeyArgs, KeysCommand, ListKeysArgs, WaitArgs};
-use crate::commands::wait::{print_wait_line, wait_if_asked, with_wait};
+use crate::commands::wait::{report_change, wait_if_asked};
 use crate::output::{key_json, key_line, print_json};
 
 /// Runs one `keys` subcommand.
@@ -58,16 +58,14 @@ pub async fn run(client_args: &ClientArgs, command: KeysCommand) -> Result<(), F
                 .map_err(status_failure)?
                 .into_inner();
             let waited = wait_if_asked(&mut client, change.revision, wait).await?;
-            if json {
-                print_json(&with_wait(
-                    json!({"revision": change.revision, "keyId": change.key_id, "deleted": true}),
-                    waited.as_ref(),
-                ));
-            } else {
-                println!("Deleted {} (revision {}).", change.key_id, change.revision);
-                print_wait_line(waited.as_ref());
-            }
-            return waited.map_or(Ok(()), |waited| waited.outcome());
+            return report_change(
+                json,
+                json!({"revision": change.revision, "keyId": change.key_id, "deleted": true}),
+                || {
+                    println!("Deleted {} (revision {}).", change.key_id, change.revision);
+                },
+                waited,
+            );
         }
         KeysCommand::Reroll { key_id, grace } => {
             let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
@@ -96,24 +94,22 @@ pub async fn run(client_args: &ClientArgs, command: KeysCommand) -> Result<(), F
                 .map_err(status_failure)?
                 .into_inner();
             let waited = wait_if_asked(&mut client, revoked.revision, wait).await?;
-            if json {
-                print_json(&with_wait(
-                    json!({
-                        "revision": revoked.revision,
-                        "owner": owner,
-                        "deletedKeyIds": revoked.deleted_key_ids,
-                    }),
-                    waited.as_ref(),
-                ));
-            } else {
-                println!(
-                    "Deleted {} key(s) of owner {owner} (revision {}).",
-                    revoked.deleted_key_ids.len(),
-                    revoked.revision
-                );
-                print_wait_line(waited.as_ref());
-            }
-            return waited.map_or(Ok(()), |waited| waited.outcome());
+            return report_change(
+                json,
+                json!({
+                    "revision": revoked.revision,
+                    "owner": owner,
+                    "deletedKeyIds": revoked.deleted_key_ids,
+                }),
+                || {
+                    println!(
+                        "Deleted {} key(s) of owner {owner} (revision {}).",
+                        revoked.deleted_key_ids.len(),
+                        revoked.revision
+                    );
+                },
+                waited,
+            );
         }
     }
     Ok(())
@@ -173,22 +169,20 @@ async fn set_enabled(
         .map_err(status_failure)?
         .into_inner();
     let waited = wait_if_asked(client, change.revision, wait).await?;
-    if json {
-        print_json(&with_wait(
-            json!({
-                "revision": change.revision,
-                "keyId": change.key_id,
-                "enabled": enabled,
-                "key": change.key.as_ref().map(key_json),
-            }),
-            waited.as_ref(),
-        ));
-    } else {
-        let verb = if enabled { "Enabled" } else { "Disabled" };
-        println!("{verb} {} (revision {}).", change.key_id, change.revision);
-        print_wait_line(waited.as_ref());
-    }
-    waited.map_or(Ok(()), |waited| waited.outcome())
+    report_change(
+        json,
+        json!({
+            "revision": change.revision,
+            "keyId": change.key_id,
+            "enabled": enabled,
+            "key": change.key.as_ref().map(key_json),
+        }),
+        || {
+            let verb = if enabled { "Enabled" } else { "Disabled" };
+            println!("{verb} {} (revision {}).", change.key_id, change.revision);
+        },
+        waited,
+    )
 }
 
 async fn list(client: &mut AdminClient, args: ListKeysArgs, json: bool) -> Result<(), Failure> {

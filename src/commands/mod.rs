@@ -2,5 +2,11 @@
 //! object (`--json`) or short lines for a person.
 
 pub mod audit;
+pub mod enrollments;
 pub mod gateways;
 pub mod keys;
+pub mod passkeys;
+pub mod sessions;
+pub mod signing_keys;
+pub mod users;
+pub mod wait;

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::Failure;
 use crate::admin_client::{AdminClient, status_failure};
 use crate::args::WaitArgs;
-use crate::output::{gateway_json, millis_text};
+use crate::output::{gateway_json, millis_text, print_json};
 
 /// The control plane's answer to one wait.
 #[derive(Debug)]
@@ -110,8 +110,26 @@ impl Waited {
     }
 }
 
+/// Prints the result of a change — `output` as one JSON object (with a `"wait"` member when the
+/// command waited), or what `print_for_people` prints followed by the wait's line — and fails
+/// naming the gateways that did not apply the change when the wait timed out.
+pub fn report_change(
+    json: bool,
+    output: Value,
+    print_for_people: impl FnOnce(),
+    waited: Option<Waited>,
+) -> Result<(), Failure> {
+    if json {
+        print_json(&with_wait(output, waited.as_ref()));
+    } else {
+        print_for_people();
+        print_wait_line(waited.as_ref());
+    }
+    waited.map_or(Ok(()), |waited| waited.outcome())
+}
+
 /// `output` with a `"wait"` member when the command waited.
-pub fn with_wait(mut output: Value, waited: Option<&Waited>) -> Value {
+fn with_wait(mut output: Value, waited: Option<&Waited>) -> Value {
     if let (Some(waited), Some(object)) = (waited, output.as_object_mut()) {
         object.insert("wait".to_owned(), waited.json());
     }
@@ -119,7 +137,7 @@ pub fn with_wait(mut output: Value, waited: Option<&Waited>) -> Value {
 }
 
 /// Prints the wait's line when the command waited.
-pub fn print_wait_line(waited: Option<&Waited>) {
+fn print_wait_line(waited: Option<&Waited>) {
     if let Some(waited) = waited {
         println!("{}", waited.line());
     }

@@ -3,6 +3,9 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod fault;
+pub mod passkeys;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,7 +35,9 @@ pub struct Running<T> {
 }
 
 impl<T> Running<T> {
-    fn spawn<F>(serve: impl FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> F) -> Self
+    pub fn spawn<F>(
+        serve: impl FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> F,
+    ) -> Self
     where
         F: Future<Output = T> + Send + 'static,
         T: Send + 'static,
@@ -71,7 +76,11 @@ impl TestGateway {
     }
 }
 
+/// Changes the control plane's config before each start.
+pub type ConfigureControlPlane = Box<dyn Fn(&mut ControlPlaneConfig) + Send + Sync>;
+
 pub struct Cluster {
+    pub configure_control_plane: Option<ConfigureControlPlane>,
     pub data_dir: tempfile::TempDir,
     pub admin_token: String,
     pub gateway_token: String,
@@ -87,6 +96,14 @@ impl Cluster {
     /// A control plane, `gateways` gateways and an echo upstream; returns once every gateway
     /// holds a snapshot.
     pub async fn start(gateways: usize) -> Self {
+        Self::start_configured(gateways, None).await
+    }
+
+    /// Like [`Cluster::start`], with the control plane's config changed by `configure`.
+    pub async fn start_configured(
+        gateways: usize,
+        configure: Option<ConfigureControlPlane>,
+    ) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let admin_token = keygate::dev::random_token();
         let gateway_token = keygate::dev::random_token();
@@ -94,6 +111,7 @@ impl Cluster {
         let upstream_addr = upstream.addr().unwrap();
         let upstream = Running::spawn(|shutdown| upstream.serve(shutdown));
         let mut cluster = Self {
+            configure_control_plane: configure,
             data_dir,
             admin_token,
             gateway_token,
@@ -116,14 +134,18 @@ impl Cluster {
     }
 
     pub fn control_plane_config(&self) -> ControlPlaneConfig {
-        ControlPlaneConfig {
+        let mut config = ControlPlaneConfig {
             grpc_listen: self.grpc_addr,
             http_listen: self.http_addr,
             database: format!("sqlite://{}", self.database_path().display()),
             admin_token: self.admin_token.clone(),
             gateway_token: self.gateway_token.clone(),
             ..ControlPlaneConfig::default()
+        };
+        if let Some(configure) = &self.configure_control_plane {
+            configure(&mut config);
         }
+        config
     }
 
     /// Starts the control plane; after the first start it reuses the same ports and database.

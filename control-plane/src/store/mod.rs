@@ -7,10 +7,13 @@
 //! After the commit, and before the next write can start, the store hands the new events to its
 //! [`CommitObserver`], so observers see every event exactly once and in revision order.
 
+pub mod passkeys;
 pub mod sqlite;
 
 use async_trait::async_trait;
 use keygate_proto::{Event, KeyHash, KeyId, Meta, ReplicaKey, Revision};
+
+pub use passkeys::{PasskeyStore, SessionState};
 
 /// A key as the control plane keeps it: the replicated part plus what only operators see.
 /// Never the plaintext.
@@ -131,6 +134,8 @@ pub struct AuditEntry {
 pub struct Snapshot {
     pub revision: Revision,
     pub keys: Vec<ReplicaKey>,
+    /// Signing keys and the unpruned revocations, at the same revision.
+    pub sessions: SessionState,
 }
 
 /// What the event log still holds.
@@ -173,10 +178,15 @@ pub enum StoreError {
 }
 
 /// The control plane's durable state. Object-safe: the server holds an `Arc<dyn Store>`.
+/// The passkey half is [`PasskeyStore`].
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: PasskeyStore + Send + Sync + 'static {
     /// First retained and last committed revision of the event log.
     async fn log_bounds(&self) -> Result<LogBounds, StoreError>;
+
+    /// Drops the events committed before `before_unix_ms` and returns the new bounds. The head
+    /// never moves; a gateway that needs a dropped event gets a snapshot instead.
+    async fn compact(&self, before_unix_ms: i64) -> Result<LogBounds, StoreError>;
 
     /// Creates a key; appends one `KeyUpserted` event.
     async fn create_key(&self, key: NewKey, actor: &str) -> Result<KeyRecord, StoreError>;

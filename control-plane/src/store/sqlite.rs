@@ -3,14 +3,16 @@
 //! also what makes revisions contiguous: only one transaction at a time can take `head + 1`.
 //!
 //! SQLite calls block, so every operation runs on tokio's blocking pool; the async side only
-//! awaits the result.
+//! awaits the result. The passkey tables and operations are in the `passkeys` submodule.
+
+mod passkeys;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use keygate_proto::time::now_unix_ms;
-use keygate_proto::{Change, Event, KeyHash, KeyId, Meta, ReplicaKey, Revision};
+use keygate_proto::{Change, Event, KeyHash, KeyId, Meta, ReplicaKey, Revision, pb};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use serde_json::json;
 
@@ -66,6 +68,12 @@ const MIGRATIONS: &[&str] = &[
         oldest_retained INTEGER NOT NULL
     );
     INSERT INTO log_state (id, head, oldest_retained) VALUES (1, 0, 1);",
+    // 2: events that are not about keys (passkey, session, user, signing-key changes) are kept
+    // whole as an encoded keygate.v1 Event in `payload`, with kind 'encoded' and empty key
+    // columns.
+    "ALTER TABLE events ADD COLUMN payload BLOB;",
+    // 3: users, passkeys, enrollment links, sessions, signing keys, passkey revocations.
+    passkeys::MIGRATION,
 ];
 
 /// Idle read connections kept open for reuse.
@@ -258,35 +266,55 @@ impl Writer<'_> {
     /// Appends one event at the next revision.
     fn append(&mut self, change: Change) -> Result<Revision, StoreError> {
         let revision = self.head.next();
-        let (kind, id, hash, upserted) = match &change {
-            Change::KeyUpserted(key) => ("key_upserted", key.id, key.hash, Some(key)),
-            Change::KeyDeleted { id, hash } => ("key_deleted", *id, *hash, None),
+        let event = Event {
+            revision,
+            committed_unix_ms: self.now_unix_ms,
+            change,
+        };
+        let (kind, id, hash, upserted, payload) = match &event.change {
+            Change::KeyUpserted(key) => (
+                "key_upserted",
+                key.id.to_string(),
+                key.hash.0.to_vec(),
+                Some(key),
+                None,
+            ),
+            Change::KeyDeleted { id, hash } => {
+                ("key_deleted", id.to_string(), hash.0.to_vec(), None, None)
+            }
+            Change::PasskeyRevoked(_)
+            | Change::SessionRevoked(_)
+            | Change::UserState(_)
+            | Change::SigningKey(_) => (
+                "encoded",
+                String::new(),
+                Vec::new(),
+                None,
+                Some(prost::Message::encode_to_vec(&pb::Event::from(&event))),
+            ),
         };
         let meta_json = upserted.map(|key| meta_to_json(&key.meta)).transpose()?;
         self.tx
             .execute(
                 "INSERT INTO events (revision, committed_ms, kind, key_id, key_hash, owner,
-                    enabled, expires_ms, meta_json)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    enabled, expires_ms, meta_json, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     revision.0,
                     self.now_unix_ms,
                     kind,
-                    id.to_string(),
-                    &hash.0[..],
+                    id,
+                    hash,
                     upserted.map(|key| key.owner.as_str()),
                     upserted.map(|key| key.enabled),
                     upserted.and_then(|key| key.expires_unix_ms),
                     meta_json,
+                    payload,
                 ],
             )
             .map_err(backend)?;
         self.head = revision;
-        self.events.push(Event {
-            revision,
-            committed_unix_ms: self.now_unix_ms,
-            change,
-        });
+        self.events.push(event);
         Ok(revision)
     }
 
@@ -395,6 +423,12 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
 
 fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
     let kind: String = row.get(2)?;
+    if kind == "encoded" {
+        let payload: Vec<u8> = row.get(9)?;
+        let wire: pb::Event =
+            prost::Message::decode(payload.as_slice()).map_err(|_| corrupt("event payload"))?;
+        return Event::try_from(wire).map_err(|_| corrupt("event payload"));
+    }
     let id: String = row.get(3)?;
     let hash: Vec<u8> = row.get(4)?;
     let id: KeyId = id.parse().map_err(|_| corrupt("event key id"))?;
@@ -449,6 +483,30 @@ fn log_bounds(tx: &Transaction<'_>) -> Result<LogBounds, StoreError> {
 impl Store for SqliteStore {
     async fn log_bounds(&self) -> Result<LogBounds, StoreError> {
         self.read(log_bounds).await
+    }
+
+    async fn compact(&self, before_unix_ms: i64) -> Result<LogBounds, StoreError> {
+        // Through the writer, so no commit interleaves; it appends no event, so the head stays.
+        self.write(move |w| {
+            let last_dropped: Option<u64> =
+                w.tx.query_row(
+                    "SELECT MAX(revision) FROM events WHERE committed_ms < ?1",
+                    params![before_unix_ms],
+                    |row| row.get(0),
+                )
+                .map_err(backend)?;
+            if let Some(last) = last_dropped {
+                w.tx.execute("DELETE FROM events WHERE revision <= ?1", params![last])
+                    .map_err(backend)?;
+                w.tx.execute(
+                    "UPDATE log_state SET oldest_retained = MAX(oldest_retained, ?1) WHERE id = 1",
+                    params![last + 1],
+                )
+                .map_err(backend)?;
+            }
+            log_bounds(w.tx)
+        })
+        .await
     }
 
     async fn create_key(&self, key: NewKey, actor: &str) -> Result<KeyRecord, StoreError> {
@@ -657,7 +715,7 @@ impl Store for SqliteStore {
             let mut statement = tx
                 .prepare_cached(
                     "SELECT revision, committed_ms, kind, key_id, key_hash, owner, enabled,
-                        expires_ms, meta_json
+                        expires_ms, meta_json, payload
                      FROM events WHERE revision > ?1 ORDER BY revision LIMIT ?2",
                 )
                 .map_err(backend)?;
@@ -681,7 +739,12 @@ impl Store for SqliteStore {
                 .query_map([], |row| key_from_row(row).map(|key| key.replica()))
                 .map_err(backend)?;
             let keys = rows.collect::<Result<Vec<_>, _>>().map_err(backend)?;
-            Ok(Snapshot { revision, keys })
+            let sessions = passkeys::session_state(tx, now_unix_ms())?;
+            Ok(Snapshot {
+                revision,
+                keys,
+                sessions,
+            })
         })
         .await
     }
@@ -751,6 +814,30 @@ mod tests {
             keys,
             recorder,
         }
+    }
+
+    #[tokio::test]
+    async fn compaction_drops_old_events_but_never_the_head_or_the_keys() {
+        let f = fixture().await;
+        for _ in 0..3 {
+            f.keys.create(create("alice"), "test").await.unwrap();
+        }
+        let unchanged = f.store.compact(0).await.unwrap();
+        assert_eq!(unchanged.oldest_retained, Revision(1), "nothing that old");
+        let bounds = f.store.compact(now_unix_ms() + 1).await.unwrap();
+        assert_eq!(bounds.head, Revision(3));
+        assert_eq!(bounds.oldest_retained, Revision(4));
+        assert!(all_events(&f.store).await.is_empty());
+        // Compacting again, or with an older cutoff, never moves the bound back.
+        assert_eq!(f.store.compact(0).await.unwrap(), bounds);
+
+        f.keys.create(create("alice"), "test").await.unwrap();
+        let events = all_events(&f.store).await;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].revision, Revision(4));
+        let snapshot = f.store.snapshot().await.unwrap();
+        assert_eq!(snapshot.revision, Revision(4));
+        assert_eq!(snapshot.keys.len(), 4);
     }
 
     fn create(owner: &str) -> CreateKey {

@@ -18,7 +18,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use keygate_proto::pb::{self, control_message, gateway_message};
-use keygate_proto::{ApiKey, Change, Event, KeyHash, KeyId, KeyPrefix, Meta, ReplicaKey, Revision};
+use keygate_proto::session::{SessionClaims, SessionSigner};
+use keygate_proto::{
+    ApiKey, Change, Event, KeyHash, KeyId, KeyPrefix, Meta, PasskeyRevocation, ReplicaKey,
+    Revision, SessionRevocation, SessionVerifyingKey, UserState,
+};
 use keygate_proxy::{Gateway, GatewayStatus, ProxyConfig};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -55,6 +59,26 @@ pub fn new_key(owner: &str) -> (String, ReplicaKey) {
     (plaintext, key)
 }
 
+/// A signed session token with these ids, issued an hour ago and valid for another hour.
+pub fn session_token(
+    signer: &SessionSigner,
+    session_id: &str,
+    user_id: &str,
+    passkey_id: &str,
+) -> String {
+    let now = keygate_proto::time::now_unix_ms();
+    signer.sign(&SessionClaims {
+        session_id: session_id.into(),
+        user_id: user_id.into(),
+        passkey_id: passkey_id.into(),
+        issued_unix_ms: now - 3_600_000,
+        expires_unix_ms: now + 3_600_000,
+    })
+}
+
+/// A far-future prune instant for revocations in tests.
+pub const PRUNE_LATER: i64 = 4_102_444_800_000;
+
 /// Polls `condition` every 10 ms until it holds or `within` passes.
 pub async fn eventually(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + within;
@@ -81,6 +105,11 @@ enum Update {
 struct ControlState {
     log: Vec<Event>,
     keys: BTreeMap<KeyHash, (ReplicaKey, u64)>,
+    /// The session state a snapshot carries.
+    signing_keys: BTreeMap<String, SessionVerifyingKey>,
+    revoked_sessions: BTreeMap<String, SessionRevocation>,
+    revoked_passkeys: BTreeMap<String, PasskeyRevocation>,
+    users: BTreeMap<String, UserState>,
     head: u64,
     hellos: Vec<u64>,
     acks: Vec<u64>,
@@ -141,6 +170,22 @@ impl ControlPlane {
                 Change::KeyDeleted { hash, .. } => {
                     state.keys.remove(hash);
                 }
+                Change::SigningKey(key) => {
+                    state.signing_keys.insert(key.key_id.clone(), key.clone());
+                }
+                Change::SessionRevoked(revoked) => {
+                    state
+                        .revoked_sessions
+                        .insert(revoked.session_id.clone(), revoked.clone());
+                }
+                Change::PasskeyRevoked(revoked) => {
+                    state
+                        .revoked_passkeys
+                        .insert(revoked.passkey_id.clone(), revoked.clone());
+                }
+                Change::UserState(user) => {
+                    state.users.insert(user.user_id.clone(), user.clone());
+                }
             }
             let event = Event {
                 revision: Revision(revision),
@@ -171,6 +216,55 @@ impl ControlPlane {
             },
             true,
         )
+    }
+
+    /// Commits and streams any change; returns its revision.
+    pub fn commit_change(&self, change: Change) -> u64 {
+        self.commit(change, true)
+    }
+
+    /// Commits and streams a signing key (current, or retired with `verify_until_unix_ms`).
+    pub fn signing_key(&self, signer: &SessionSigner, verify_until_unix_ms: Option<i64>) -> u64 {
+        self.commit_change(Change::SigningKey(SessionVerifyingKey {
+            key_id: signer.key_id().to_owned(),
+            public_key: signer.public_key(),
+            created_unix_ms: 0,
+            verify_until_unix_ms,
+        }))
+    }
+
+    /// Commits and streams the revocation of one session.
+    pub fn revoke_session(&self, session_id: &str, user_id: &str) -> u64 {
+        self.commit_change(Change::SessionRevoked(SessionRevocation {
+            session_id: session_id.to_owned(),
+            user_id: user_id.to_owned(),
+            prune_after_unix_ms: PRUNE_LATER,
+        }))
+    }
+
+    /// Commits and streams the revocation of a passkey (and so of its sessions).
+    pub fn revoke_passkey(&self, user_id: &str, passkey_id: &str) -> u64 {
+        self.commit_change(Change::PasskeyRevoked(PasskeyRevocation {
+            user_id: user_id.to_owned(),
+            passkey_id: passkey_id.to_owned(),
+            revoked_unix_ms: keygate_proto::time::now_unix_ms(),
+            prune_after_unix_ms: PRUNE_LATER,
+        }))
+    }
+
+    /// Commits and streams a user's whole state.
+    pub fn user_state(
+        &self,
+        user_id: &str,
+        disabled: bool,
+        sessions_revoked_before_unix_ms: i64,
+    ) -> u64 {
+        self.commit_change(Change::UserState(UserState {
+            user_id: user_id.to_owned(),
+            disabled,
+            sessions_revoked_before_unix_ms,
+            prune_after_unix_ms: PRUNE_LATER,
+        }))
     }
 
     /// Commits an upsert whose event has not reached the stream yet (only lookups see it).
@@ -270,9 +364,34 @@ impl pb::sync_server::Sync for SyncService {
                         initial.push(control(control_message::Msg::SnapshotChunk(
                             pb::SnapshotChunk {
                                 keys: chunk.to_vec(),
+                                ..pb::SnapshotChunk::default()
                             },
                         )));
                     }
+                    // The session state in chunks of its own after the keys, split between
+                    // two, so a gateway must take it from whichever chunk it comes in.
+                    initial.push(control(control_message::Msg::SnapshotChunk(
+                        pb::SnapshotChunk {
+                            signing_keys: state.signing_keys.values().map(Into::into).collect(),
+                            revoked_sessions: state
+                                .revoked_sessions
+                                .values()
+                                .map(Into::into)
+                                .collect(),
+                            ..pb::SnapshotChunk::default()
+                        },
+                    )));
+                    initial.push(control(control_message::Msg::SnapshotChunk(
+                        pb::SnapshotChunk {
+                            revoked_passkeys: state
+                                .revoked_passkeys
+                                .values()
+                                .map(Into::into)
+                                .collect(),
+                            users: state.users.values().map(Into::into).collect(),
+                            ..pb::SnapshotChunk::default()
+                        },
+                    )));
                     initial.push(control(control_message::Msg::SnapshotEnd(
                         pb::SnapshotEnd { revision: head },
                     )));

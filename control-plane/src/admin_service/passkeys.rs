@@ -1,0 +1,176 @@
+//! The Admin service's user, passkey and session methods: wire messages to the operations of
+//! `users` and back. Each logs what it did (never a token or a link).
+
+use std::time::Duration;
+
+use keygate_proto::pb;
+use tonic::{Request, Response, Status};
+
+use crate::auth::admin_actor;
+use crate::http::device_type;
+use crate::store::passkeys::{PasskeyRecord, UserChanged, UserRecord};
+use crate::users::{UserError, Users};
+
+/// Maps refusals to statuses; store failures are logged and reported without detail.
+fn status(error: UserError) -> Status {
+    match error {
+        UserError::InvalidArgument(message) => Status::invalid_argument(message),
+        UserError::NotFound(message) => Status::not_found(message),
+        UserError::AlreadyExists(message) => Status::already_exists(message),
+        UserError::FailedPrecondition(message) => Status::failed_precondition(message),
+        UserError::Store(error) => {
+            tracing::error!(%error, "admin operation failed in the store");
+            Status::internal("internal store error; see the control plane's log")
+        }
+    }
+}
+
+fn user_message(user: &UserRecord) -> pb::User {
+    pb::User {
+        user_id: user.user_id.clone(),
+        created_unix_ms: user.created_unix_ms,
+        disabled: user.disabled,
+        sessions_revoked_before_unix_ms: user.sessions_revoked_before_unix_ms,
+    }
+}
+
+fn change_message(change: &UserChanged) -> pb::UserChange {
+    pb::UserChange {
+        revision: change.revision.0,
+        user: Some(user_message(&change.user)),
+        changed: change.changed,
+    }
+}
+
+fn passkey_message(passkey: &PasskeyRecord) -> pb::Passkey {
+    pb::Passkey {
+        passkey_id: passkey.passkey_id.clone(),
+        user_id: passkey.user_id.clone(),
+        name: passkey.name.clone(),
+        created_unix_ms: passkey.created_unix_ms,
+        last_used_unix_ms: passkey.last_used_unix_ms,
+        user_agent: passkey.user_agent.clone(),
+        backed_up: passkey.backed_up,
+        device_type: device_type(passkey.backup_eligible).to_owned(),
+    }
+}
+
+pub(super) async fn create_user(
+    users: &Users,
+    request: Request<pb::CreateUserRequest>,
+) -> Result<Response<pb::UserChange>, Status> {
+    let actor = admin_actor(request.metadata());
+    let user_id = request.into_inner().user_id;
+    let user = users.create(&user_id, &actor).await.map_err(status)?;
+    tracing::info!(%user_id, %actor, "user created");
+    Ok(Response::new(pb::UserChange {
+        // A new user changes nothing gateways hold.
+        revision: 0,
+        user: Some(user_message(&user)),
+        changed: true,
+    }))
+}
+
+pub(super) async fn set_user_enabled(
+    users: &Users,
+    request: Request<pb::SetUserEnabledRequest>,
+) -> Result<Response<pb::UserChange>, Status> {
+    let actor = admin_actor(request.metadata());
+    let request = request.into_inner();
+    let change = users
+        .set_enabled(&request.user_id, request.enabled, &actor)
+        .await
+        .map_err(status)?;
+    tracing::info!(user_id = %request.user_id, enabled = request.enabled, changed = change.changed, revision = %change.revision, %actor, "user enabled state set");
+    Ok(Response::new(change_message(&change)))
+}
+
+pub(super) async fn create_enrollment(
+    users: &Users,
+    request: Request<pb::CreateEnrollmentRequest>,
+) -> Result<Response<pb::Enrollment>, Status> {
+    let actor = admin_actor(request.metadata());
+    let request = request.into_inner();
+    let lifetime =
+        (request.expires_in_ms > 0).then(|| Duration::from_millis(request.expires_in_ms));
+    let issued = users
+        .create_enrollment(&request.user_id, lifetime, &actor)
+        .await
+        .map_err(status)?;
+    tracing::info!(user_id = %issued.user_id, enrollment_id = %issued.enrollment_id, expires_unix_ms = issued.expires_unix_ms, %actor, "enrollment link created");
+    Ok(Response::new(pb::Enrollment {
+        enrollment_id: issued.enrollment_id,
+        user_id: issued.user_id,
+        link: issued.link,
+        expires_unix_ms: issued.expires_unix_ms,
+    }))
+}
+
+pub(super) async fn list_passkeys(
+    users: &Users,
+    request: Request<pb::ListPasskeysRequest>,
+) -> Result<Response<pb::ListPasskeysResponse>, Status> {
+    let passkeys = users
+        .list_passkeys(&request.into_inner().user_id)
+        .await
+        .map_err(status)?;
+    Ok(Response::new(pb::ListPasskeysResponse {
+        passkeys: passkeys.iter().map(passkey_message).collect(),
+    }))
+}
+
+pub(super) async fn revoke_passkey(
+    users: &Users,
+    request: Request<pb::RevokePasskeyRequest>,
+) -> Result<Response<pb::RevokePasskeyResponse>, Status> {
+    let actor = admin_actor(request.metadata());
+    let request = request.into_inner();
+    let revision = users
+        .revoke_passkey(&request.user_id, &request.passkey_id, &actor)
+        .await
+        .map_err(status)?;
+    tracing::info!(user_id = %request.user_id, passkey_id = %request.passkey_id, %revision, %actor, "passkey revoked");
+    Ok(Response::new(pb::RevokePasskeyResponse {
+        revision: revision.0,
+        passkey_id: request.passkey_id,
+    }))
+}
+
+pub(super) async fn revoke_sessions(
+    users: &Users,
+    request: Request<pb::RevokeSessionsRequest>,
+) -> Result<Response<pb::RevokeSessionsResponse>, Status> {
+    let actor = admin_actor(request.metadata());
+    let user_id = request.into_inner().user_id;
+    let change = users
+        .revoke_sessions(&user_id, &actor)
+        .await
+        .map_err(status)?;
+    tracing::info!(%user_id, revision = %change.revision, %actor, "sessions revoked");
+    Ok(Response::new(pb::RevokeSessionsResponse {
+        revision: change.revision.0,
+        revoked_before_unix_ms: change.user.sessions_revoked_before_unix_ms,
+    }))
+}
+
+pub(super) async fn rotate_signing_key(
+    users: &Users,
+    request: Request<pb::RotateSigningKeyRequest>,
+) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
+    let actor = admin_actor(request.metadata());
+    let rotated = users.rotate_signing_key(&actor).await.map_err(status)?;
+    tracing::info!(key_id = %rotated.current.key_id, retired = ?rotated.retired.as_ref().map(|key| &key.key_id), revision = %rotated.revision, %actor, "session signing key rotated");
+    Ok(Response::new(pb::RotateSigningKeyResponse {
+        revision: rotated.revision.0,
+        key_id: rotated.current.key_id,
+        retired_key_id: rotated
+            .retired
+            .as_ref()
+            .map(|key| key.key_id.clone())
+            .unwrap_or_default(),
+        retired_verify_until_unix_ms: rotated
+            .retired
+            .and_then(|key| key.verify_until_unix_ms)
+            .unwrap_or_default(),
+    }))
+}

@@ -1,0 +1,226 @@
+//! The rules of the operator operations on users and their passkeys: create, disable and
+//! enable users, issue enrollment links, list and revoke passkeys, sign a user out everywhere,
+//! rotate the session signing key. The gRPC layer converts wire messages to the types here; the
+//! store makes each operation one transaction with its events and audit row.
+
+use std::time::Duration;
+
+use keygate_proto::Revision;
+use keygate_proto::time::now_unix_ms;
+
+use crate::ids;
+use crate::sessions::Sessions;
+use crate::store::passkeys::{
+    EnrollmentCreated, NewEnrollment, PasskeyRecord, PasskeyRemoval, PasskeyRemoved, Rotated,
+    UserChanged, UserCreated, UserRecord,
+};
+use crate::store::{Store, StoreError};
+
+/// Longest user id, in characters.
+pub const MAX_USER_ID_CHARS: usize = 256;
+/// Longest passkey device name, in characters.
+pub const MAX_PASSKEY_NAME_CHARS: usize = 64;
+/// How long an enrollment link works when the operator does not say.
+pub const DEFAULT_ENROLLMENT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Longest an enrollment link may work.
+pub const MAX_ENROLLMENT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Why an operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A user id is the operator's own external id: 1 to 256 characters, no control characters.
+pub fn check_user_id(user_id: &str) -> Result<(), UserError> {
+    let chars = user_id.chars().count();
+    if chars == 0 || chars > MAX_USER_ID_CHARS || user_id.chars().any(char::is_control) {
+        return Err(UserError::InvalidArgument(format!(
+            "a user id must be 1 to {MAX_USER_ID_CHARS} characters without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A device name: at most 64 characters, no control characters; surrounding space trimmed.
+pub fn clean_passkey_name(name: &str) -> Result<String, String> {
+    let name = name.trim();
+    if name.chars().count() > MAX_PASSKEY_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(format!(
+            "a passkey name must be at most {MAX_PASSKEY_NAME_CHARS} characters without control characters"
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// A freshly issued enrollment link: the only place its token appears.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IssuedEnrollment {
+    pub enrollment_id: String,
+    pub user_id: String,
+    /// `{rp_origin}/#enroll=TOKEN`
+    pub link: String,
+    pub expires_unix_ms: i64,
+}
+
+impl std::fmt::Debug for IssuedEnrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedEnrollment")
+            .field("enrollment_id", &self.enrollment_id)
+            .field("user_id", &self.user_id)
+            .field("expires_unix_ms", &self.expires_unix_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Operator operations on users, passkeys and sessions.
+#[derive(Clone)]
+pub struct Users {
+    store: std::sync::Arc<dyn Store>,
+    sessions: Sessions,
+    /// Where enrollment links point (the relying party's origin).
+    origin: String,
+}
+
+impl Users {
+    pub fn new(store: std::sync::Arc<dyn Store>, sessions: Sessions, origin: String) -> Self {
+        Self {
+            store,
+            sessions,
+            origin,
+        }
+    }
+
+    /// Creates a user. The first user also brings the first session signing key, so that
+    /// gateways hold it long before any session signed with it exists.
+    pub async fn create(&self, user_id: &str, actor: &str) -> Result<UserRecord, UserError> {
+        check_user_id(user_id)?;
+        self.sessions.ensure_signing_key().await?;
+        match self
+            .store
+            .create_user(user_id, rand::random(), actor)
+            .await?
+        {
+            UserCreated::Created(user) => Ok(user),
+            UserCreated::AlreadyExists => Err(UserError::AlreadyExists(format!(
+                "user {user_id:?} already exists"
+            ))),
+        }
+    }
+
+    /// Enables or disables a user; a disable revokes every session issued until now.
+    pub async fn set_enabled(
+        &self,
+        user_id: &str,
+        enabled: bool,
+        actor: &str,
+    ) -> Result<UserChanged, UserError> {
+        check_user_id(user_id)?;
+        self.store
+            .set_user_enabled(user_id, enabled, self.sessions.lifetime_ms(), actor)
+            .await?
+            .ok_or_else(|| unknown_user(user_id))
+    }
+
+    /// Issues a one-time enrollment link for the user, working for `lifetime` (None: 24 h).
+    pub async fn create_enrollment(
+        &self,
+        user_id: &str,
+        lifetime: Option<Duration>,
+        actor: &str,
+    ) -> Result<IssuedEnrollment, UserError> {
+        check_user_id(user_id)?;
+        let lifetime = lifetime.unwrap_or(DEFAULT_ENROLLMENT_LIFETIME);
+        if lifetime.is_zero() || lifetime > MAX_ENROLLMENT_LIFETIME {
+            return Err(UserError::InvalidArgument(format!(
+                "an enrollment link must expire within {} days",
+                MAX_ENROLLMENT_LIFETIME.as_secs() / 86_400
+            )));
+        }
+        let token = ids::enrollment_token();
+        let lifetime_ms = i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX);
+        let enrollment = NewEnrollment {
+            enrollment_id: ids::enrollment_id(),
+            token_hash: ids::token_hash(&token),
+            user_id: user_id.to_owned(),
+            expires_unix_ms: now_unix_ms().saturating_add(lifetime_ms),
+        };
+        match self.store.create_enrollment(enrollment, actor).await? {
+            EnrollmentCreated::Created(record) => Ok(IssuedEnrollment {
+                link: format!("{}/#enroll={token}", self.origin),
+                enrollment_id: record.enrollment_id,
+                user_id: record.user_id,
+                expires_unix_ms: record.expires_unix_ms,
+            }),
+            EnrollmentCreated::UnknownUser => Err(unknown_user(user_id)),
+            EnrollmentCreated::UserDisabled => Err(UserError::FailedPrecondition(format!(
+                "user {user_id:?} is disabled; enable them first"
+            ))),
+        }
+    }
+
+    /// The user's passkeys, oldest first.
+    pub async fn list_passkeys(&self, user_id: &str) -> Result<Vec<PasskeyRecord>, UserError> {
+        check_user_id(user_id)?;
+        if self.store.get_user(user_id).await?.is_none() {
+            return Err(unknown_user(user_id));
+        }
+        Ok(self.store.list_passkeys(user_id).await?)
+    }
+
+    /// Deletes one of the user's passkeys and revokes every session it minted (also the last
+    /// one: an operator may lock a user out, e.g. after a lost device).
+    pub async fn revoke_passkey(
+        &self,
+        user_id: &str,
+        passkey_id: &str,
+        actor: &str,
+    ) -> Result<Revision, UserError> {
+        check_user_id(user_id)?;
+        let removal = PasskeyRemoval {
+            user_id: user_id.to_owned(),
+            passkey_id: passkey_id.to_owned(),
+            prune_after_unix_ms: now_unix_ms().saturating_add(self.sessions.lifetime_ms()),
+            keep_last: false,
+            action: "passkey.revoke",
+        };
+        match self.store.remove_passkey(removal, actor).await? {
+            PasskeyRemoved::Removed { revision } => Ok(revision),
+            PasskeyRemoved::NotFound | PasskeyRemoved::LastPasskey => Err(UserError::NotFound(
+                format!("user {user_id:?} has no passkey {passkey_id:?}"),
+            )),
+        }
+    }
+
+    /// Revokes every session of the user issued until now ("sign out everywhere").
+    pub async fn revoke_sessions(
+        &self,
+        user_id: &str,
+        actor: &str,
+    ) -> Result<UserChanged, UserError> {
+        check_user_id(user_id)?;
+        self.store
+            .revoke_user_sessions(user_id, self.sessions.lifetime_ms(), actor)
+            .await?
+            .ok_or_else(|| unknown_user(user_id))
+    }
+
+    /// Makes a new session signing key current; the old one keeps verifying until its
+    /// tokens have expired.
+    pub async fn rotate_signing_key(&self, actor: &str) -> Result<Rotated, UserError> {
+        Ok(self.sessions.rotate(actor).await?)
+    }
+}
+
+fn unknown_user(user_id: &str) -> UserError {
+    UserError::NotFound(format!("user {user_id:?} not found"))
+}

@@ -1,0 +1,396 @@
+//! The WebAuthn relying party, over `webauthn-rs`: starting and finishing registration and
+//! authentication ceremonies, with the relying-party id and origin from the configuration.
+//!
+//! Passkeys only: user verification is required in both ceremonies (the library's passkey
+//! flows insist on it), the origin must be exactly the configured one (port included), and
+//! registration asks for a discoverable credential, so that a user can sign in without typing
+//! a user id. The library's serialised credential is what the store keeps; from it come the
+//! counter and the backup flags.
+
+use serde_json::Value;
+use webauthn_rs::prelude::{
+    Credential, DiscoverableAuthentication, Passkey, PasskeyAuthentication, PasskeyRegistration,
+    PublicKeyCredential, RegisterPublicKeyCredential, Url, Uuid, Webauthn, WebauthnBuilder,
+    WebauthnError,
+};
+
+use crate::store::passkeys::{PasskeyRecord, UpdatedCredential, UserRecord};
+
+/// The relying party's name, as authenticators show it.
+const RP_NAME: &str = "keygate";
+
+/// The relying party could not be configured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RelyingPartyError {
+    #[error("rp_origin {0:?} is not a URL")]
+    Origin(String),
+    #[error(
+        "rp_id {rp_id:?} must be the host of rp_origin {origin:?} or a parent domain of it (an IP address cannot be a WebAuthn relying party; use localhost)"
+    )]
+    Mismatch { rp_id: String, origin: String },
+}
+
+/// Why a ceremony failed, with the code the HTTP API answers with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CeremonyError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl CeremonyError {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Which ceremony an error came from, for its generic code.
+#[derive(Debug, Clone, Copy)]
+enum Ceremony {
+    Registration,
+    Authentication,
+}
+
+/// Maps the library's errors to stable codes: the ones a client can act on get their own.
+fn ceremony_error(error: &WebauthnError, ceremony: Ceremony) -> CeremonyError {
+    use WebauthnError as E;
+    match error {
+        E::InvalidRPOrigin | E::CredentialCrossOrigin => CeremonyError::new(
+            "ORIGIN_MISMATCH",
+            "the credential was made for another origin than this site",
+        ),
+        E::InvalidRPIDHash => CeremonyError::new(
+            "RP_ID_MISMATCH",
+            "the credential was made for another relying party",
+        ),
+        E::MismatchedChallenge | E::ChallengeNotFound => CeremonyError::new(
+            "CHALLENGE_MISMATCH",
+            "the credential answers another challenge than this ceremony's",
+        ),
+        E::InvalidClientDataType => CeremonyError::new(
+            "MALFORMED_CREDENTIAL",
+            "the credential is from the wrong kind of ceremony",
+        ),
+        E::UserNotVerified | E::UserNotPresent => CeremonyError::new(
+            "USER_NOT_VERIFIED",
+            "the authenticator did not verify the user (a PIN or biometric is required)",
+        ),
+        E::ParseCBORFailure(_)
+        | E::ParseJSONFailure(_)
+        | E::ParseNOMFailure
+        | E::ParseInsufficientBytesAvailable
+        | E::MissingAttestationCredentialData
+        | E::COSEKeyInvalidCBORValue
+        | E::COSEKeyInvalidType => CeremonyError::new(
+            "MALFORMED_CREDENTIAL",
+            "the credential could not be decoded",
+        ),
+        E::CredentialPossibleCompromise => CeremonyError::new(
+            "AUTHENTICATION_FAILED",
+            "the authenticator's counter went backwards; the passkey may have been cloned",
+        ),
+        other => match ceremony {
+            Ceremony::Registration => CeremonyError::new(
+                "REGISTRATION_FAILED",
+                format!("the passkey could not be registered: {other}"),
+            ),
+            Ceremony::Authentication => CeremonyError::new(
+                "AUTHENTICATION_FAILED",
+                "the passkey's signature does not verify",
+            ),
+        },
+    }
+}
+
+/// A passkey that passed registration, ready to store.
+#[derive(Debug, Clone)]
+pub struct VerifiedPasskey {
+    pub credential_id: Vec<u8>,
+    pub credential_json: String,
+    pub backup_eligible: bool,
+    pub backed_up: bool,
+}
+
+/// The state of an authentication ceremony between begin and finish.
+#[derive(Debug)]
+pub enum LoginState {
+    /// No user named: any of the site's discoverable credentials may answer.
+    Discoverable(DiscoverableAuthentication),
+    /// Only the named user's passkeys may answer.
+    ForUser(PasskeyAuthentication),
+}
+
+/// The relying party.
+pub struct RelyingParty {
+    webauthn: Webauthn,
+    rp_id: String,
+    origin: Url,
+}
+
+impl RelyingParty {
+    /// A relying party for `rp_id` on `origin` (scheme, host and port must match exactly).
+    pub fn new(rp_id: &str, origin: &str) -> Result<Self, RelyingPartyError> {
+        let url = Url::parse(origin).map_err(|_| RelyingPartyError::Origin(origin.to_owned()))?;
+        let mismatch = || RelyingPartyError::Mismatch {
+            rp_id: rp_id.to_owned(),
+            origin: origin.to_owned(),
+        };
+        let webauthn = WebauthnBuilder::new(rp_id, &url)
+            .map_err(|_| mismatch())?
+            .rp_name(RP_NAME)
+            .build()
+            .map_err(|_| mismatch())?;
+        Ok(Self {
+            webauthn,
+            rp_id: rp_id.to_owned(),
+            origin: url,
+        })
+    }
+
+    pub fn rp_id(&self) -> &str {
+        &self.rp_id
+    }
+
+    /// Whether the origin is `http://localhost` or `http://127.0.0.1` (any port): the only
+    /// plain-HTTP origins browsers allow passkeys on.
+    pub fn is_plain_http_localhost(&self) -> bool {
+        self.origin.scheme() == "http"
+            && matches!(self.origin.host_str(), Some("localhost" | "127.0.0.1"))
+    }
+
+    /// The origin, without a trailing slash (`http://localhost:7080`).
+    pub fn origin(&self) -> String {
+        self.origin.as_str().trim_end_matches('/').to_owned()
+    }
+
+    /// Starts registering a passkey for `user`, excluding the credentials it already has.
+    /// Returns the `publicKey` creation options for `navigator.credentials.create`.
+    pub fn start_registration(
+        &self,
+        user: &UserRecord,
+        existing: &[PasskeyRecord],
+    ) -> Result<(Value, PasskeyRegistration), CeremonyError> {
+        let exclude = existing
+            .iter()
+            .map(|passkey| passkey.credential_id.clone())
+            .collect::<Vec<_>>();
+        let (options, state) = self
+            .webauthn
+            .start_passkey_registration(
+                Uuid::from_bytes(user.handle),
+                &user.user_id,
+                &user.user_id,
+                (!exclude.is_empty()).then_some(exclude),
+            )
+            .map_err(|e| ceremony_error(&e, Ceremony::Registration))?;
+        let mut options = serde_json::to_value(&options).map_err(internal)?;
+        // Ask for a discoverable credential, so sign-in needs no user id. The library leaves
+        // this to the caller because some security keys have little room for them; passkey
+        // providers (platform, password managers) all keep them.
+        if let Some(selection) = options
+            .pointer_mut("/publicKey/authenticatorSelection")
+            .and_then(Value::as_object_mut)
+        {
+            selection.insert("residentKey".into(), "required".into());
+            selection.insert("requireResidentKey".into(), true.into());
+        }
+        Ok((take_public_key(options), state))
+    }
+
+    /// Checks a registration response against its ceremony.
+    pub fn finish_registration(
+        &self,
+        credential: &RegisterPublicKeyCredential,
+        state: &PasskeyRegistration,
+    ) -> Result<VerifiedPasskey, CeremonyError> {
+        let passkey = self
+            .webauthn
+            .finish_passkey_registration(credential, state)
+            .map_err(|e| ceremony_error(&e, Ceremony::Registration))?;
+        let credential_json = serde_json::to_string(&passkey).map_err(internal)?;
+        let inner = Credential::from(passkey);
+        Ok(VerifiedPasskey {
+            credential_id: inner.cred_id,
+            credential_json,
+            backup_eligible: inner.backup_eligible,
+            backed_up: inner.backup_state,
+        })
+    }
+
+    /// Starts an authentication: for the given user's passkeys, or (None) discoverable.
+    /// Returns the `publicKey` request options for `navigator.credentials.get`.
+    pub fn start_authentication(
+        &self,
+        passkeys: Option<&[PasskeyRecord]>,
+    ) -> Result<(Value, LoginState), CeremonyError> {
+        let (options, state) = match passkeys {
+            Some(passkeys) if !passkeys.is_empty() => {
+                let credentials = passkeys
+                    .iter()
+                    .map(stored_passkey)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let (options, state) = self
+                    .webauthn
+                    .start_passkey_authentication(&credentials)
+                    .map_err(|e| ceremony_error(&e, Ceremony::Authentication))?;
+                (
+                    serde_json::to_value(&options).map_err(internal)?,
+                    LoginState::ForUser(state),
+                )
+            }
+            _ => {
+                let (options, state) = self
+                    .webauthn
+                    .start_discoverable_authentication()
+                    .map_err(|e| ceremony_error(&e, Ceremony::Authentication))?;
+                (
+                    serde_json::to_value(&options).map_err(internal)?,
+                    LoginState::Discoverable(state),
+                )
+            }
+        };
+        Ok((take_public_key(options), state))
+    }
+
+    /// Which credential (and, for a discoverable one, which user handle) answered.
+    pub fn identify(&self, credential: &PublicKeyCredential) -> (Vec<u8>, Option<[u8; 16]>) {
+        let handle = credential
+            .get_user_unique_id()
+            .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok());
+        (credential.get_credential_id().to_vec(), handle)
+    }
+
+    /// Checks an authentication response against its ceremony and the stored passkey that the
+    /// response names. Returns the credential's new state when it changed (counter, flags).
+    pub fn finish_authentication(
+        &self,
+        credential: &PublicKeyCredential,
+        state: LoginState,
+        passkey: &PasskeyRecord,
+    ) -> Result<Option<UpdatedCredential>, CeremonyError> {
+        let mut stored = stored_passkey(passkey)?;
+        let result = match state {
+            LoginState::Discoverable(state) => self
+                .webauthn
+                .finish_discoverable_authentication_v2(credential, state, &stored),
+            LoginState::ForUser(state) => self
+                .webauthn
+                .finish_passkey_authentication(credential, &state),
+        }
+        .map_err(|e| ceremony_error(&e, Ceremony::Authentication))?;
+        if !result.user_verified() {
+            return Err(ceremony_error(
+                &WebauthnError::UserNotVerified,
+                Ceremony::Authentication,
+            ));
+        }
+        if result.cred_id().as_slice() != passkey.credential_id.as_slice() {
+            return Err(CeremonyError::new(
+                "AUTHENTICATION_FAILED",
+                "the credential is not the passkey it claims to be",
+            ));
+        }
+        if stored.update_credential(&result) != Some(true) {
+            return Ok(None);
+        }
+        let credential_json = serde_json::to_string(&stored).map_err(internal)?;
+        let inner = Credential::from(stored);
+        Ok(Some(UpdatedCredential {
+            credential_json,
+            backup_eligible: inner.backup_eligible,
+            backed_up: inner.backup_state,
+        }))
+    }
+}
+
+/// The library's options are `{"publicKey": {…}, …}`; the API answers with the inner object.
+fn take_public_key(mut options: Value) -> Value {
+    options
+        .get_mut("publicKey")
+        .map(Value::take)
+        .unwrap_or(Value::Null)
+}
+
+fn stored_passkey(passkey: &PasskeyRecord) -> Result<Passkey, CeremonyError> {
+    serde_json::from_str(&passkey.credential_json).map_err(|error| {
+        tracing::error!(passkey_id = %passkey.passkey_id, %error, "stored passkey does not decode");
+        CeremonyError::new("INTERNAL", "a stored passkey is unreadable")
+    })
+}
+
+fn internal(error: serde_json::Error) -> CeremonyError {
+    tracing::error!(%error, "WebAuthn options do not serialise");
+    CeremonyError::new("INTERNAL", "internal error")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn user() -> UserRecord {
+        UserRecord {
+            user_id: "alice".into(),
+            handle: [7; 16],
+            created_unix_ms: 0,
+            disabled: false,
+            sessions_revoked_before_unix_ms: 0,
+            state_prune_after_unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_relying_party_must_match_its_origin() {
+        assert!(RelyingParty::new("localhost", "http://localhost:7080").is_ok());
+        assert!(RelyingParty::new("example.com", "https://id.example.com").is_ok());
+        assert!(matches!(
+            RelyingParty::new("localhost", "http://127.0.0.1:7080"),
+            Err(RelyingPartyError::Mismatch { .. })
+        ));
+        assert!(matches!(
+            RelyingParty::new("example.com", "https://example.org"),
+            Err(RelyingPartyError::Mismatch { .. })
+        ));
+        assert!(matches!(
+            RelyingParty::new("localhost", "not a url"),
+            Err(RelyingPartyError::Origin(_))
+        ));
+    }
+
+    #[test]
+    fn registration_options_ask_for_a_verified_discoverable_passkey() {
+        let rp = RelyingParty::new("localhost", "http://localhost:7080").unwrap();
+        let (options, _state) = rp.start_registration(&user(), &[]).unwrap();
+        assert_eq!(options["rp"]["id"], "localhost");
+        assert_eq!(options["user"]["name"], "alice");
+        let selection = &options["authenticatorSelection"];
+        assert_eq!(selection["residentKey"], "required");
+        assert_eq!(selection["requireResidentKey"], true);
+        assert_eq!(selection["userVerification"], "required");
+        // Binary fields are base64url strings.
+        assert!(options["challenge"].as_str().is_some_and(|c| c.len() >= 43));
+        assert!(options["user"]["id"].is_string());
+        assert_eq!(rp.origin(), "http://localhost:7080");
+        assert!(rp.is_plain_http_localhost());
+        let public = RelyingParty::new("example.com", "https://id.example.com").unwrap();
+        assert!(!public.is_plain_http_localhost());
+        let lookalike = RelyingParty::new("localhost.example.com", "http://localhost.example.com");
+        assert!(!lookalike.unwrap().is_plain_http_localhost());
+    }
+
+    #[test]
+    fn authentication_options_require_user_verification() {
+        let rp = RelyingParty::new("localhost", "http://localhost:7080").unwrap();
+        let (options, state) = rp.start_authentication(None).unwrap();
+        assert!(matches!(state, LoginState::Discoverable(_)));
+        assert_eq!(options["userVerification"], "required");
+        assert_eq!(options["rpId"], "localhost");
+        let empty = options["allowCredentials"]
+            .as_array()
+            .is_none_or(Vec::is_empty);
+        assert!(empty, "discoverable: no allow list");
+    }
+}

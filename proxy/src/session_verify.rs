@@ -1,0 +1,561 @@
+//! The verdict on a session token (DESIGN.md, "Verification at the gateway" and "Passkeys and
+//! sessions"), in this order:
+//!
+//! 1. shape → MALFORMED: without the `v4.public.` header or over 2 KiB before any shared state
+//!    is read; anything else wrong with it (base64url, the footer and its key id) after one
+//!    read-only cache probe has missed, by the full parse;
+//! 2. the signing key named by the token's `kid` → MALFORMED when unknown, REVOKED when it was
+//!    retired and its `verify_until` has passed;
+//! 3. the Ed25519 signature → MALFORMED when it does not verify;
+//! 4. the expiry → EXPIRED from the instant `exp` on;
+//! 5. the revocation sets → REVOKED when the session, its passkey or its user is revoked.
+//!
+//! Step 3 (and the full parse) is skipped for a token verified before: a bounded cache holds
+//! the verified claims, with the key id and public key they were verified with. A hit still
+//! re-reads the signing key (so a retirement or a removed key applies at once) and runs steps 4
+//! and 5.
+//!
+//! The cache is keyed by a hash of the token's signature (its last 86 body characters: the one
+//! part of a token that makes it a credential, and that is never stored), and an entry keeps the
+//! rest of the token's text, which a hit must match byte for byte. So a hit is the very token
+//! that was verified. The hash is SipHash-1-3 under a key drawn at random per gateway
+//! ([`TokenHash`]), not blake3 of the whole token: blake3 of a ~350-byte token alone costs more
+//! than the 300 ns budget of a cached verification. Nobody outside knows the key, so nobody can
+//! aim at a cache key: passing for a cached token takes its exact text apart from the signature
+//! (a random session id among it) and then about 2^64 online guesses of a signature.
+//!
+//! **Invariant:** a session verdict is never cached: the cache holds only what a signature
+//! proves (the claims), and the revocation sets are consulted on every request.
+
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+use std::sync::Arc;
+
+use http::HeaderValue;
+use keygate_proto::session::{self, SessionClaims};
+use moka::sync::Cache;
+
+use crate::metrics::Metrics;
+use crate::replica::{IdentityHasher, Replica};
+use crate::sessions::{SessionIdentity, SessionView};
+use crate::verify::Code;
+
+/// Verified sessions remembered by default.
+pub const DEFAULT_CACHE_CAPACITY: u64 = 65_536;
+
+/// A keyed hash of a token's signature text: what the cache is keyed by.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct TokenHash(u64);
+
+impl TokenHash {
+    #[inline]
+    fn of(key: &RandomState, signature: &[u8]) -> Self {
+        Self(key.hash_one(signature))
+    }
+}
+
+impl Hash for TokenHash {
+    /// Already uniform: feed it to the pass-through hasher.
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0);
+    }
+}
+
+/// Base64url characters of a 64-byte Ed25519 signature.
+const SIGNATURE_TEXT_LEN: usize = 86;
+
+/// A token's text in three parts: before the signature (header and claims), the signature (the
+/// last [`SIGNATURE_TEXT_LEN`] characters of the body), and from the `.` before the footer on.
+/// Byte offsets, so any input splits without panicking; a token too short to hold a signature
+/// splits too, and then simply never matches a cached one.
+#[inline]
+fn split_signature(token: &[u8]) -> (&[u8], &[u8], &[u8]) {
+    let body_end = token
+        .iter()
+        .rposition(|&byte| byte == b'.')
+        .unwrap_or(token.len());
+    let signature_start = body_end.saturating_sub(SIGNATURE_TEXT_LEN);
+    (
+        &token[..signature_start],
+        &token[signature_start..body_end],
+        &token[body_end..],
+    )
+}
+
+type VerifiedCache = Cache<TokenHash, Arc<VerifiedSession>, BuildHasherDefault<IdentityHasher>>;
+
+/// A token whose signature verified: its claims and the key that proved them. This is what the
+/// cache holds; it says nothing about expiry or revocation.
+#[derive(Debug)]
+pub struct VerifiedSession {
+    /// The token's text without its signature (see [`split_signature`]).
+    unsigned_text: Box<[u8]>,
+    key_id: Box<str>,
+    public_key: [u8; 32],
+    claims: SessionClaims,
+    /// The ids as header values, built once per token rather than once per request.
+    user_id_header: HeaderValue,
+    session_id_header: HeaderValue,
+}
+
+impl VerifiedSession {
+    /// Whether a token whose text around the signature is `before` and `after` is this one.
+    #[inline]
+    fn is_token(&self, before: &[u8], after: &[u8]) -> bool {
+        let text = &*self.unsigned_text;
+        text.len() == before.len() + after.len()
+            && text[..before.len()] == *before
+            && text[before.len()..] == *after
+    }
+
+    fn identity(&self) -> SessionIdentity<'_> {
+        SessionIdentity {
+            session_id: &self.claims.session_id,
+            user_id: &self.claims.user_id,
+            passkey_id: &self.claims.passkey_id,
+            issued_unix_ms: self.claims.issued_unix_ms,
+        }
+    }
+}
+
+/// What a valid session grants: who it is, for the upstream headers and the verify endpoint.
+/// Cloning shares the verified claims (no allocation).
+#[derive(Debug, Clone)]
+pub struct SessionGrant(Arc<VerifiedSession>);
+
+impl SessionGrant {
+    /// The session's id.
+    pub fn session_id(&self) -> &str {
+        &self.0.claims.session_id
+    }
+
+    /// The signed-in user.
+    pub fn user_id(&self) -> &str {
+        &self.0.claims.user_id
+    }
+
+    /// The passkey the session was minted with.
+    pub fn passkey_id(&self) -> &str {
+        &self.0.claims.passkey_id
+    }
+
+    /// When the session was issued, Unix ms.
+    pub fn issued_unix_ms(&self) -> i64 {
+        self.0.claims.issued_unix_ms
+    }
+
+    /// When the session expires, Unix ms.
+    pub fn expires_unix_ms(&self) -> i64 {
+        self.0.claims.expires_unix_ms
+    }
+
+    /// `x-keygate-user-id`'s value.
+    pub(crate) fn user_id_header(&self) -> &HeaderValue {
+        &self.0.user_id_header
+    }
+
+    /// `x-keygate-session-id`'s value.
+    pub(crate) fn session_id_header(&self) -> &HeaderValue {
+        &self.0.session_id_header
+    }
+}
+
+/// Verifies session tokens against the replica's session state, with the signature cache.
+pub struct SessionVerifier {
+    replica: Arc<Replica>,
+    /// The secret key of [`TokenHash`], random per verifier.
+    hash_key: RandomState,
+    cache: VerifiedCache,
+    metrics: Option<Metrics>,
+}
+
+impl SessionVerifier {
+    /// A verifier remembering up to `cache_capacity` verified tokens (0: none).
+    pub(crate) fn new(
+        replica: Arc<Replica>,
+        cache_capacity: u64,
+        metrics: Option<Metrics>,
+    ) -> Self {
+        Self {
+            replica,
+            hash_key: RandomState::new(),
+            cache: Cache::builder()
+                .max_capacity(cache_capacity)
+                .build_with_hasher(BuildHasherDefault::default()),
+            metrics,
+        }
+    }
+
+    /// The verdict on `token` at `now_unix_ms`: the session, or the code refusing it.
+    pub fn verify(&self, token: &str, now_unix_ms: i64) -> Result<SessionGrant, Code> {
+        if !has_token_shape(token) {
+            return Err(Code::Malformed);
+        }
+        let (before, signature, after) = split_signature(token.as_bytes());
+        let hash = TokenHash::of(&self.hash_key, signature);
+        let view = self.replica.sessions().view();
+        let cached = self
+            .cache
+            .get(&hash)
+            .filter(|cached| cached.is_token(before, after));
+        let session = match cached {
+            Some(cached) => {
+                let public_key = accepted_key(&view, &cached.key_id, now_unix_ms)?;
+                if public_key == cached.public_key {
+                    self.count_cache(true);
+                    cached
+                } else {
+                    // The key id now names another key: what the cache proved no longer holds.
+                    self.cache.invalidate(&hash);
+                    self.count_cache(false);
+                    self.verify_signature(token, hash, &view, now_unix_ms)?
+                }
+            }
+            None => {
+                self.count_cache(false);
+                self.verify_signature(token, hash, &view, now_unix_ms)?
+            }
+        };
+        if now_unix_ms >= session.claims.expires_unix_ms {
+            return Err(Code::Expired);
+        }
+        if view.is_revoked(session.identity()) {
+            return Err(Code::Revoked);
+        }
+        Ok(SessionGrant(session))
+    }
+
+    /// Steps 1–3 in full for a token not in the cache; caches it when it verifies and has not
+    /// expired.
+    fn verify_signature(
+        &self,
+        token: &str,
+        hash: TokenHash,
+        view: &SessionView,
+        now_unix_ms: i64,
+    ) -> Result<Arc<VerifiedSession>, Code> {
+        let parsed = session::parse(token).map_err(|_| Code::Malformed)?;
+        let public_key = accepted_key(view, parsed.key_id(), now_unix_ms)?;
+        let claims = parsed.verify(&public_key).map_err(|_| Code::Malformed)?;
+        // Ids that cannot be header values cannot identify anyone to the upstream.
+        let (Ok(user_id_header), Ok(session_id_header)) = (
+            HeaderValue::from_str(&claims.user_id),
+            HeaderValue::from_str(&claims.session_id),
+        ) else {
+            return Err(Code::Malformed);
+        };
+        let (before, _, after) = split_signature(token.as_bytes());
+        let session = Arc::new(VerifiedSession {
+            unsigned_text: [before, after].concat().into_boxed_slice(),
+            key_id: parsed.key_id().into(),
+            public_key,
+            claims,
+            user_id_header,
+            session_id_header,
+        });
+        if now_unix_ms < session.claims.expires_unix_ms {
+            self.cache.insert(hash, Arc::clone(&session));
+        }
+        Ok(session)
+    }
+
+    fn count_cache(&self, hit: bool) {
+        if let Some(metrics) = &self.metrics {
+            metrics.session_cache_lookup(hit);
+        }
+    }
+
+    /// Verified tokens remembered right now (after pending cache maintenance).
+    pub fn cached_len(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+}
+
+/// The public key `key_id` names, if tokens signed with it are accepted at `now_unix_ms`.
+#[inline]
+fn accepted_key(view: &SessionView, key_id: &str, now_unix_ms: i64) -> Result<[u8; 32], Code> {
+    match view.signing_key(key_id) {
+        None => Err(Code::Malformed),
+        Some(key) if key.retired_at(now_unix_ms) => Err(Code::Revoked),
+        Some(key) => Ok(key.public_key),
+    }
+}
+
+/// Whether `token` can be a v4.public token at all: the header and at most
+/// [`session::MAX_TOKEN_LEN`] bytes. O(1) and reads no shared state. A byte-by-byte check of
+/// the rest would cost more than the rest of a cached verification; a token that fails it can
+/// only miss the cache, and [`session::parse`] then refuses it.
+#[inline]
+fn has_token_shape(token: &str) -> bool {
+    token.len() <= session::MAX_TOKEN_LEN && token.starts_with(session::HEADER)
+}
+
+#[cfg(test)]
+mod tests {
+    use keygate_proto::session::SessionSigner;
+
+    use super::*;
+    use crate::sessions::tests::{event, passkey_revoked, session_revoked, signing_key, user};
+
+    const NOW: i64 = 1_800_000_000_000;
+    const HOUR: i64 = 3_600_000;
+
+    struct Setup {
+        replica: Arc<Replica>,
+        verifier: SessionVerifier,
+        signer: SessionSigner,
+        revision: u64,
+    }
+
+    impl Setup {
+        fn new() -> Self {
+            let replica = Arc::new(Replica::new());
+            let verifier = SessionVerifier::new(Arc::clone(&replica), 1_000, None);
+            let signer = SessionSigner::generate("sk_1");
+            let mut setup = Self {
+                replica,
+                verifier,
+                signer,
+                revision: 0,
+            };
+            let key = signing_key("sk_1", setup.signer.public_key(), None);
+            setup.apply(key);
+            setup
+        }
+
+        fn apply(&mut self, change: keygate_proto::Change) {
+            self.revision += 1;
+            self.replica
+                .apply(&event(self.revision, change))
+                .expect("in order");
+        }
+
+        fn token(&self, session_id: &str, user_id: &str, passkey_id: &str) -> String {
+            sign(
+                &self.signer,
+                session_id,
+                user_id,
+                passkey_id,
+                NOW - HOUR,
+                NOW + HOUR,
+            )
+        }
+
+        fn code(&self, token: &str, now: i64) -> Code {
+            match self.verifier.verify(token, now) {
+                Ok(_) => Code::Valid,
+                Err(code) => code,
+            }
+        }
+    }
+
+    fn sign(
+        signer: &SessionSigner,
+        session_id: &str,
+        user_id: &str,
+        passkey_id: &str,
+        issued_unix_ms: i64,
+        expires_unix_ms: i64,
+    ) -> String {
+        signer.sign(&SessionClaims {
+            session_id: session_id.into(),
+            user_id: user_id.into(),
+            passkey_id: passkey_id.into(),
+            issued_unix_ms,
+            expires_unix_ms,
+        })
+    }
+
+    #[test]
+    fn a_valid_session_grants_its_identity_and_is_cached() {
+        let setup = Setup::new();
+        let token = setup.token("ses_1", "alice", "pk_1");
+        let grant = setup.verifier.verify(&token, NOW).expect("valid");
+        assert_eq!(grant.session_id(), "ses_1");
+        assert_eq!(grant.user_id(), "alice");
+        assert_eq!(grant.passkey_id(), "pk_1");
+        assert_eq!(grant.issued_unix_ms(), NOW - HOUR);
+        assert_eq!(grant.expires_unix_ms(), NOW + HOUR);
+        assert_eq!(grant.user_id_header(), "alice");
+        assert_eq!(grant.session_id_header(), "ses_1");
+        assert_eq!(setup.verifier.cached_len(), 1);
+        let again = setup.verifier.verify(&token, NOW).expect("valid");
+        assert!(Arc::ptr_eq(&grant.0, &again.0), "served from the cache");
+    }
+
+    #[test]
+    fn garbage_forgeries_and_unknown_keys_are_malformed() {
+        let setup = Setup::new();
+        let token = setup.token("ses_1", "alice", "pk_1");
+        for garbage in [
+            "",
+            "v4.public.",
+            "v4.public.abc",
+            "v4.public.a.b.c",
+            "v4.public.ab c.e30",
+            "v4.local.abc.e30",
+            "kg_notasession",
+            &format!("{token}x{}", "A".repeat(2048)),
+        ] {
+            assert_eq!(setup.code(garbage, NOW), Code::Malformed, "{garbage}");
+        }
+        // Signed by someone else under our key id.
+        let forger = SessionSigner::generate("sk_1");
+        let forged = sign(&forger, "ses_1", "alice", "pk_1", NOW - HOUR, NOW + HOUR);
+        assert_eq!(setup.code(&forged, NOW), Code::Malformed);
+        // A valid token with one character of its body changed.
+        let body_at = session::HEADER.len() + 10;
+        let mut tampered = token.clone().into_bytes();
+        tampered[body_at] = if tampered[body_at] == b'A' {
+            b'B'
+        } else {
+            b'A'
+        };
+        let tampered = String::from_utf8(tampered).expect("ascii");
+        assert_eq!(setup.code(&tampered, NOW), Code::Malformed);
+        // A key id the gateway has never heard of.
+        let stranger = SessionSigner::generate("sk_unknown");
+        let unknown = sign(&stranger, "ses_1", "alice", "pk_1", NOW - HOUR, NOW + HOUR);
+        assert_eq!(setup.code(&unknown, NOW), Code::Malformed);
+        assert_eq!(
+            setup.verifier.cached_len(),
+            0,
+            "nothing unverified is cached"
+        );
+        assert_eq!(setup.code(&token, NOW), Code::Valid);
+    }
+
+    #[test]
+    fn a_cached_signature_with_other_claims_is_not_a_hit() {
+        let setup = Setup::new();
+        let token = setup.token("ses_1", "alice", "pk_1");
+        assert_eq!(setup.code(&token, NOW), Code::Valid);
+        // The cached token's signature with its claims changed, or its footer swapped.
+        let body_at = session::HEADER.len() + 10;
+        let mut tampered = token.clone().into_bytes();
+        tampered[body_at] = if tampered[body_at] == b'A' {
+            b'B'
+        } else {
+            b'A'
+        };
+        let tampered = String::from_utf8(tampered).expect("ascii");
+        assert_eq!(setup.code(&tampered, NOW), Code::Malformed);
+        let (signed, _footer) = token.rsplit_once('.').expect("has a footer");
+        let other_footer = format!("{signed}.eyJraWQiOiJza18yIn0");
+        assert_eq!(setup.code(&other_footer, NOW), Code::Malformed);
+        assert_eq!(setup.code(&token, NOW), Code::Valid);
+        assert_eq!(setup.verifier.cached_len(), 1);
+    }
+
+    #[test]
+    fn expiry_is_exclusive() {
+        let setup = Setup::new();
+        let token = sign(&setup.signer, "ses_1", "alice", "pk_1", NOW - HOUR, NOW);
+        assert_eq!(setup.code(&token, NOW - 1), Code::Valid);
+        assert_eq!(setup.code(&token, NOW), Code::Expired);
+        let expired = sign(&setup.signer, "ses_2", "alice", "pk_1", NOW - HOUR, NOW - 1);
+        assert_eq!(setup.code(&expired, NOW), Code::Expired);
+    }
+
+    #[test]
+    fn each_revocation_kind_is_revoked_even_on_a_cache_hit() {
+        let mut setup = Setup::new();
+        let by_session = setup.token("ses_1", "alice", "pk_1");
+        let by_passkey = setup.token("ses_2", "bob", "pk_2");
+        let by_disable = setup.token("ses_3", "carol", "pk_3");
+        let by_sign_out = setup.token("ses_4", "dave", "pk_4");
+        let untouched = setup.token("ses_5", "erin", "pk_5");
+        let all = [
+            &by_session,
+            &by_passkey,
+            &by_disable,
+            &by_sign_out,
+            &untouched,
+        ];
+        // Every token verified once, so each is now a cache hit.
+        for token in all {
+            assert_eq!(setup.code(token, NOW), Code::Valid);
+        }
+        assert_eq!(setup.verifier.cached_len(), 5);
+
+        setup.apply(session_revoked("ses_1", NOW + HOUR));
+        setup.apply(passkey_revoked("pk_2", NOW + HOUR));
+        setup.apply(user("carol", true, 0, NOW + HOUR));
+        // Signed out everywhere after the token was issued.
+        setup.apply(user("dave", false, NOW - HOUR + 1, NOW + HOUR));
+        for token in [&by_session, &by_passkey, &by_disable, &by_sign_out] {
+            assert_eq!(setup.code(token, NOW), Code::Revoked);
+        }
+        assert_eq!(setup.code(&untouched, NOW), Code::Valid);
+        // A session issued after the sign-out is fine; enabling carol again (a new whole
+        // state, with the disable as her sign-out time) brings none of her old sessions back.
+        let after_sign_out = sign(&setup.signer, "ses_6", "dave", "pk_4", NOW, NOW + HOUR);
+        assert_eq!(setup.code(&after_sign_out, NOW), Code::Valid);
+        setup.apply(user("carol", false, NOW - HOUR + 1, NOW + HOUR));
+        assert_eq!(setup.code(&by_disable, NOW), Code::Revoked);
+        // Revoked tokens are still cached: the cache holds claims, not verdicts.
+        assert_eq!(setup.verifier.cached_len(), 6);
+    }
+
+    #[test]
+    fn rotation_old_key_verifies_until_its_deadline_then_is_revoked() {
+        let mut setup = Setup::new();
+        let old_token = setup.token("ses_old", "alice", "pk_1");
+        assert_eq!(setup.code(&old_token, NOW), Code::Valid);
+
+        let new_signer = SessionSigner::generate("sk_2");
+        setup.apply(signing_key("sk_2", new_signer.public_key(), None));
+        let old_key = setup.signer.public_key();
+        setup.apply(signing_key("sk_1", old_key, Some(NOW + 10)));
+        let new_token = sign(&new_signer, "ses_new", "alice", "pk_1", NOW, NOW + HOUR);
+
+        assert_eq!(setup.code(&new_token, NOW), Code::Valid);
+        assert_eq!(
+            setup.code(&old_token, NOW + 10),
+            Code::Valid,
+            "until, inclusive"
+        );
+        assert_eq!(setup.code(&old_token, NOW + 11), Code::Revoked, "cache hit");
+        // The same refusal without the cache.
+        let uncached = sign(&setup.signer, "ses_x", "alice", "pk_1", NOW, NOW + HOUR);
+        assert_eq!(setup.code(&uncached, NOW + 11), Code::Revoked);
+        assert_eq!(setup.code(&new_token, NOW + 11), Code::Valid);
+    }
+
+    #[test]
+    fn a_cache_hit_rechecks_the_signing_key() {
+        let mut setup = Setup::new();
+        let token = setup.token("ses_1", "alice", "pk_1");
+        assert_eq!(setup.code(&token, NOW), Code::Valid);
+        // The key id now names a different key (a snapshot without the old one, then reuse):
+        // the cached claims are no longer proven.
+        let other = SessionSigner::generate("sk_1");
+        setup.apply(signing_key("sk_1", other.public_key(), None));
+        assert_eq!(setup.code(&token, NOW), Code::Malformed);
+        // And a key that is gone entirely.
+        setup.apply(signing_key("sk_1", setup.signer.public_key(), None));
+        assert_eq!(setup.code(&token, NOW), Code::Valid);
+        setup
+            .replica
+            .install_snapshot(crate::replica::Snapshot::new(
+                keygate_proto::Revision(100),
+                0,
+            ));
+        assert_eq!(setup.code(&token, NOW), Code::Malformed);
+    }
+
+    #[test]
+    fn ids_that_cannot_be_headers_are_malformed() {
+        let setup = Setup::new();
+        let token = sign(
+            &setup.signer,
+            "ses_1",
+            "al\nice",
+            "pk_1",
+            NOW - HOUR,
+            NOW + HOUR,
+        );
+        assert_eq!(setup.code(&token, NOW), Code::Malformed);
+    }
+}
