@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source benches/lib.sh
 n=${1:-5000}
-bench_start 20000
+bench_start 12000
 valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$work/cg.out" \
   $bin/keygate proxy --config "$routes" --listen 127.0.0.1:28081 --admin-listen 127.0.0.1:29901 \
   --control-plane "$cp_url" --gateway-token "$gw" --gateway-id callgrind >/dev/null 2>"$work/valgrind.log" &

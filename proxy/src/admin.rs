@@ -1,7 +1,7 @@
 //! The admin listener: `/healthz` (the process answers), `/readyz` (synced, within the
 //! propagation bound, not draining) and `/metrics` (Prometheus text).
 
-use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::metrics::Metrics;
 use crate::response::{self, ProxyBody};
-use crate::server::Service;
+use crate::server::{Peer, Service};
 use crate::status::GatewayStatus;
 
 /// Serves the admin endpoints.
@@ -95,7 +95,7 @@ impl Admin {
 }
 
 impl Service for Admin {
-    async fn call(&self, request: Request<Incoming>, _remote: SocketAddr) -> Response<ProxyBody> {
+    async fn call(&self, request: Request<Incoming>, _peer: Arc<Peer>) -> Response<ProxyBody> {
         self.answer(request.uri().path())
     }
 }

@@ -8,7 +8,6 @@
 //! Bodies stream both ways and are never buffered whole. Upgrades (e.g. WebSocket) are not
 //! proxied: the `Upgrade` header is hop-by-hop and removed.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -26,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::replica::KEY_ID_TEXT_LEN;
 use crate::response::{self, ProxyBody, REQUEST_ID, codes};
 use crate::route::Route;
+use crate::server::Peer;
 use crate::verify::Grant;
 
 /// Header carrying the verified key's id to the upstream.
@@ -52,7 +52,7 @@ pub(crate) struct ForwardSettings {
 /// What the gateway knows about a request besides the request itself.
 pub(crate) struct Forwarding<'a> {
     pub route: &'a Route,
-    pub remote: SocketAddr,
+    pub peer: &'a Peer,
     pub request_id: &'a HeaderValue,
     /// The verified key or session, on routes that verify.
     pub grant: Option<&'a Grant>,
@@ -128,7 +128,7 @@ impl Forwarder {
         if !route.forward_credential {
             self.credentials.strip(headers);
         }
-        append_forwarded_for(headers, forwarding.remote);
+        append_forwarded_for(headers, forwarding.peer);
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
         if let Some(host) = original_host {
             headers.insert(X_FORWARDED_HOST.clone(), host);
@@ -210,6 +210,11 @@ fn add_grant_headers(headers: &mut HeaderMap, grant: &Grant) -> bool {
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those `Connection` names.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests carry none of them: one pass over the few names present is cheaper than
+    // seven hashed removals.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -220,17 +225,24 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::TRAILER,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+/// The hop-by-hop headers of RFC 9110 §7.6.1 (plus the legacy `Proxy-Connection`).
+const HOP_BY_HOP: [&HeaderName; 7] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::TRAILER,
+];
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name)
 }
 
 /// Removes every `x-keygate-*` header: only the gateway may set them.
@@ -245,19 +257,21 @@ fn remove_keygate_headers(headers: &mut HeaderMap) {
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, remote: SocketAddr) {
-    let client = remote.ip().to_string();
+fn append_forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
     let previous: Vec<&str> = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .collect();
-    let value = if previous.is_empty() {
-        client
-    } else {
-        format!("{}, {client}", previous.join(", "))
+    let value = match (&peer.forwarded_for, previous.is_empty()) {
+        // The common case: the connection's preformatted address, shared, no formatting.
+        (Some(client), true) => Some(client.clone()),
+        _ => {
+            let client = peer.addr.ip();
+            HeaderValue::from_str(&format!("{}, {client}", previous.join(", "))).ok()
+        }
     };
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    if let Some(value) = value {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
 }
@@ -295,7 +309,16 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
         headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
-        append_forwarded_for(&mut headers, "192.0.2.7:5000".parse().expect("addr"));
+        let peer = Peer::new("192.0.2.7:5000".parse().expect("addr"));
+        append_forwarded_for(&mut headers, &peer);
         assert_eq!(headers[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 192.0.2.7");
+        // Without earlier hops, the connection's preformatted address.
+        let mut headers = HeaderMap::new();
+        append_forwarded_for(&mut headers, &peer);
+        assert_eq!(headers[&X_FORWARDED_FOR], "192.0.2.7");
+        let v6 = Peer::new("[2001:db8::1]:443".parse().expect("addr"));
+        let mut headers = HeaderMap::new();
+        append_forwarded_for(&mut headers, &v6);
+        assert_eq!(headers[&X_FORWARDED_FOR], "2001:db8::1");
     }
 }

@@ -27,7 +27,7 @@ use crate::miss::{ControlPlaneSlot, MissLookup, MissSettings};
 use crate::replica::Replica;
 use crate::response::ProxyBody;
 use crate::route::RouteTable;
-use crate::server::{self, ServerLimits, Service};
+use crate::server::{self, Peer, ServerLimits, Service};
 use crate::sessions;
 use crate::status::{GatewayStatus, SyncState};
 use crate::sync::{SyncSettings, SyncTask};
@@ -253,7 +253,7 @@ impl Gateway {
 }
 
 impl Service for Handler {
-    async fn call(&self, request: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
-        self.handle(request, remote).await
+    async fn call(&self, request: Request<Incoming>, peer: Arc<Peer>) -> Response<ProxyBody> {
+        self.handle(request, &peer).await
     }
 }

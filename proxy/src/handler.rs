@@ -1,8 +1,6 @@
 //! The main listener's request pipeline: request id, route, verdict, then forward or refuse.
 //! `POST /_keygate/v1/verify` is answered here and never forwarded.
 
-use std::net::SocketAddr;
-
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -10,6 +8,7 @@ use crate::credential::CredentialHeaders;
 use crate::forward::{Forwarder, Forwarding};
 use crate::response::{self, ProxyBody, codes};
 use crate::route::RouteTable;
+use crate::server::Peer;
 use crate::verify::{Verdict, Verifier};
 use crate::verify_endpoint;
 
@@ -22,12 +21,8 @@ pub(crate) struct Handler {
 }
 
 impl Handler {
-    /// Answers one request from `remote`.
-    pub async fn handle(
-        &self,
-        request: Request<Incoming>,
-        remote: SocketAddr,
-    ) -> Response<ProxyBody> {
+    /// Answers one request from `peer`.
+    pub async fn handle(&self, request: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         let request_id = response::request_id(request.headers());
         if request.uri().path() == verify_endpoint::PATH {
             return verify_endpoint::answer(self, request, &request_id).await;
@@ -51,7 +46,7 @@ impl Handler {
         };
         let forwarding = Forwarding {
             route,
-            remote,
+            peer,
             request_id: &request_id,
             grant: grant.as_ref(),
         };

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -21,13 +21,31 @@ use tokio_util::sync::CancellationToken;
 
 use crate::response::ProxyBody;
 
+/// The client end of one connection. Its address is formatted for `X-Forwarded-For` once per
+/// connection, not once per request.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub addr: SocketAddr,
+    /// The client's IP as a header value.
+    pub forwarded_for: Option<HeaderValue>,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            forwarded_for: HeaderValue::from_str(&addr.ip().to_string()).ok(),
+        }
+    }
+}
+
 /// Something that answers requests.
 pub(crate) trait Service: Send + Sync + 'static {
-    /// Answers one request from `remote`.
+    /// Answers one request from `peer`.
     fn call(
         &self,
         request: Request<Incoming>,
-        remote: SocketAddr,
+        peer: Arc<Peer>,
     ) -> impl Future<Output = Response<ProxyBody>> + Send;
 }
 
@@ -89,9 +107,10 @@ pub(crate) async fn serve<S: Service>(
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
         let service = Arc::clone(&service);
+        let peer = Arc::new(Peer::new(remote));
         let hyper_service = service_fn(move |request| {
-            let service = Arc::clone(&service);
-            async move { Ok::<_, Infallible>(service.call(request, remote).await) }
+            let (service, peer) = (Arc::clone(&service), Arc::clone(&peer));
+            async move { Ok::<_, Infallible>(service.call(request, peer).await) }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), hyper_service)

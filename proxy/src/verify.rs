@@ -176,13 +176,15 @@ impl Verifier {
     /// A verifier over `replica` alone: never stale, misses are NOT_FOUND, no metrics, the
     /// default session cache. For benchmarks and embedding.
     pub fn new(replica: Arc<Replica>) -> Self {
+        Self::with_session_cache(replica, session_verify::DEFAULT_CACHE_CAPACITY)
+    }
+
+    /// Like [`Verifier::new`], with a session signature cache of at most `capacity` tokens
+    /// (0: none, so every session's signature is verified).
+    pub fn with_session_cache(replica: Arc<Replica>, capacity: u64) -> Self {
         let freshness = Freshness::new(std::time::Duration::MAX, StalePolicy::Serve);
         Self {
-            sessions: SessionVerifier::new(
-                Arc::clone(&replica),
-                session_verify::DEFAULT_CACHE_CAPACITY,
-                None,
-            ),
+            sessions: SessionVerifier::new(Arc::clone(&replica), capacity, None),
             replica,
             freshness: Arc::new(freshness),
             miss: None,
