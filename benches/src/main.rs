@@ -1,31 +1,31 @@
-//! `keygate-bench`: measurements through real, separately started gateways.
-//!
-//! - `disable-latency`: time from `keys disable` returning to every gateway answering 403
-//!   DISABLED, probed by requests (not by internal state), over many tries.
-//! - `rps`: closed-loop requests/s and latency percentiles against one URL, with or without a
-//!   key, so the key route and the no-auth route can be compared in one run.
-//!
-//! `benches/quick.sh` starts a control plane, two gateways and an echo upstream and runs both.
+//! `keygate-bench`: measurements through real, separately started gateways (and nginx and
+//! HAProxy beside them). Each subcommand is a thin wrapper over the `keygate_benches` library.
+//! `benches/side-by-side.sh`, `benches/scale.sh`, `benches/quick.sh` and
+//! `benches/callgrind-routes.sh` drive it; `BENCHMARKS.md` records what they measured.
 
 #![forbid(unsafe_code)]
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use clap::{Parser, Subcommand};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use keygate_proto::pb;
-
-type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use keygate_benches::keyset::{self, KeySetSpec, Malformation};
+use keygate_benches::load::{self, LoadSpec, Pace};
+use keygate_benches::mix::{Distribution, KeyMix, KeyMixSpec};
+use keygate_benches::synthetic_cp::SyntheticControlPlane;
+use keygate_benches::{
+    chart, cp_load, disable_latency, keyfile, ready_time, replica_memory, summary,
+};
 
 #[derive(Parser)]
 #[command(name = "keygate-bench")]
 struct Cli {
+    /// Async runtime threads [default: the CPUs this process may run on].
+    #[arg(long, global = true)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Bench,
 }
@@ -48,7 +48,7 @@ enum Bench {
         #[arg(long, default_value_t = 100)]
         tries: usize,
     },
-    /// Closed-loop load against one URL.
+    /// Closed-loop load against one URL with one key (or none); must answer 200.
     Rps {
         #[arg(long)]
         url: String,
@@ -65,221 +65,367 @@ enum Bench {
         #[arg(long)]
         requests: Option<u64>,
     },
+    /// The load generator: open loop at `--rate` or closed loop, with a key mix.
+    Load(Box<LoadArgs>),
+    /// Serve keygate.v1.Sync with a snapshot of N generated keys (see `synthetic_cp`).
+    SyntheticCp {
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: SocketAddr,
+        /// Gateways must send `authorization: Bearer <token>`; unset accepts any.
+        #[arg(long, env = "KEYGATE_GATEWAY_TOKEN")]
+        gateway_token: Option<String>,
+        /// Directory for valid.txt, disabled.txt, expired.txt, unknown.txt, malformed.txt.
+        #[arg(long)]
+        write_keys: Option<PathBuf>,
+        /// Well-formed keys outside the set written to unknown.txt.
+        #[arg(long, default_value_t = 10_000)]
+        unknown: usize,
+        #[arg(long, default_value_t = 0.02)]
+        disabled_share: f64,
+        #[arg(long, default_value_t = 0.01)]
+        expired_share: f64,
+    },
+    /// Start a gateway command and time until its `/readyz` answers 200.
+    ReadyTime {
+        /// The gateway's admin address.
+        #[arg(long)]
+        admin: SocketAddr,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// The command that starts the gateway.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Replica memory per key: RSS growth while building and installing N keys (no meta).
+    ReplicaMemory {
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Control-plane throughput: key creations/s and deletes/s over concurrent admin clients.
+    CpLoad {
+        #[arg(
+            long,
+            env = "KEYGATE_ENDPOINT",
+            default_value = "http://127.0.0.1:7070"
+        )]
+        endpoint: String,
+        #[arg(long, env = "KEYGATE_TOKEN")]
+        token: String,
+        #[arg(long, default_value_t = 2000)]
+        keys: usize,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Medians, ratios and target checks over a directory of side-by-side run reports.
+    Summarize {
+        dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Description of the machine, for the report.
+        #[arg(long, default_value = "")]
+        machine: String,
+    },
+    /// Draw a summary (from `summarize`) as SVG.
+    Chart { summary: PathBuf, out: PathBuf },
 }
 
-#[tokio::main]
-async fn main() {
-    let result = match Cli::parse().command {
+#[derive(Args)]
+struct LoadArgs {
+    #[arg(long)]
+    url: String,
+    /// Name of what is measured, in the report.
+    #[arg(long, default_value = "load")]
+    label: String,
+    /// Open loop at this many requests per second; without it, closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Closed loop: stop after this many requests (no warm-up).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// One key for every request (instead of key files).
+    #[arg(long, conflicts_with = "keys")]
+    key: Option<String>,
+    /// Valid keys, one per line.
+    #[arg(long)]
+    keys: Option<PathBuf>,
+    /// Use only the first N valid keys of the file.
+    #[arg(long)]
+    key_limit: Option<usize>,
+    #[arg(long)]
+    disabled_keys: Option<PathBuf>,
+    #[arg(long)]
+    unknown_keys: Option<PathBuf>,
+    /// Malformed keys; without it they are derived from the valid ones.
+    #[arg(long)]
+    malformed_keys: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.0)]
+    malformed_share: f64,
+    #[arg(long, default_value_t = 0.0)]
+    disabled_share: f64,
+    #[arg(long, default_value_t = 0.0)]
+    unknown_share: f64,
+    /// `uniform`, `zipf` or `zipf:S` over the valid keys.
+    #[arg(long, default_value = "uniform")]
+    distribution: Distribution,
+    /// Processes whose CPU time to report per request (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    cpu_pid: Vec<u32>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = cli.threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    let result = runtime
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|runtime| runtime.block_on(run(cli.command)));
+    if let Err(error) = result {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(command: Bench) -> anyhow::Result<()> {
+    match command {
         Bench::DisableLatency {
             gateways,
             endpoint,
             token,
             tries,
-        } => disable_latency(&gateways, &endpoint, &token, tries).await,
+        } => disable_latency::run(&gateways, &endpoint, &token, tries)
+            .await
+            .map_err(anyhow::Error::msg),
         Bench::Rps {
             url,
             key,
             duration,
             connections,
             requests,
-        } => rps(&url, key, duration, connections, requests).await,
+        } => {
+            let spec = LoadSpec {
+                label: format!(
+                    "{url} ({})",
+                    if key.is_some() { "key sent" } else { "no key" }
+                ),
+                url,
+                pace: Pace::Closed,
+                connections,
+                duration,
+                warmup: Duration::ZERO,
+                requests,
+                cpu_pids: Vec::new(),
+                seed: 1,
+            };
+            let report = load::run(&spec, Arc::new(KeyMix::single(key.as_deref())?)).await?;
+            println!("{}", report.line());
+            let refused: Vec<&String> = report.codes.keys().filter(|code| *code != "200").collect();
+            anyhow::ensure!(
+                refused.is_empty() && report.requests > 0,
+                "{} answered {refused:?}, not only 200: check the key and route",
+                spec.url
+            );
+            Ok(())
+        }
+        Bench::Load(args) => run_load(*args).await,
+        Bench::SyntheticCp {
+            keys,
+            seed,
+            listen,
+            gateway_token,
+            write_keys,
+            unknown,
+            disabled_share,
+            expired_share,
+        } => {
+            let spec = KeySetSpec {
+                disabled_share,
+                expired_share,
+                ..KeySetSpec::standard(keys, seed)
+            };
+            let started = std::time::Instant::now();
+            let (server, files) =
+                SyntheticControlPlane::generate(spec, unknown, gateway_token.as_deref());
+            if let Some(dir) = write_keys {
+                files.write(&dir)?;
+            }
+            drop(files);
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot bind {listen}"))?;
+            println!(
+                "synthetic control plane listening on {} ({keys} keys at revision {}, generated in {:.1} s)",
+                listener.local_addr()?,
+                server.revision(),
+                started.elapsed().as_secs_f64()
+            );
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            server.serve(listener, shutdown).await
+        }
+        Bench::ReadyTime {
+            admin,
+            timeout,
+            command,
+        } => {
+            let elapsed = ready_time::measure(&command, admin, timeout).await?;
+            println!("ready after {:.0} ms", elapsed.as_secs_f64() * 1000.0);
+            Ok(())
+        }
+        Bench::ReplicaMemory { keys, seed, json } => {
+            let measured =
+                tokio::task::spawn_blocking(move || replica_memory::measure(keys, seed)).await??;
+            println!(
+                "replica of {} keys ({} owners, no meta): RSS {:.1} MiB -> {:.1} MiB, {:.1} bytes/key; snapshot build {:.2} s (+ install {:.3} s)",
+                measured.keys,
+                measured.owners,
+                measured.rss_before_bytes as f64 / 1048576.0,
+                measured.rss_after_bytes as f64 / 1048576.0,
+                measured.bytes_per_key,
+                measured.build_seconds,
+                measured.install_seconds,
+            );
+            write_json(json.as_deref(), &measured)
+        }
+        Bench::CpLoad {
+            endpoint,
+            token,
+            keys,
+            clients,
+            json,
+        } => {
+            let report = cp_load::run(&endpoint, &token, keys, clients).await?;
+            println!(
+                "control plane, {clients} clients: {} creates at {:.0}/s (p50 {:.2} ms, p99 {:.2} ms); {} deletes at {:.0}/s (p50 {:.2} ms, p99 {:.2} ms); all {} gateways acked the last delete {} after it returned ({} revocations/s enforced everywhere)",
+                report.creates.operations,
+                report.creates.per_second,
+                report.creates.latency.p50 / 1000.0,
+                report.creates.latency.p99 / 1000.0,
+                report.deletes.operations,
+                report.deletes.per_second,
+                report.deletes.latency.p50 / 1000.0,
+                report.deletes.latency.p99 / 1000.0,
+                report.gateways_acked,
+                report
+                    .all_gateways_acked_ms
+                    .map(|ms| format!("{ms} ms"))
+                    .unwrap_or_else(|| "NOT".into()),
+                report
+                    .enforced_per_second
+                    .map(|rate| format!("{rate:.0}"))
+                    .unwrap_or_else(|| "-".into()),
+            );
+            write_json(json.as_deref(), &report)
+        }
+        Bench::Summarize { dir, out, machine } => {
+            let summary = summary::summarize(&dir, machine)?;
+            for check in &summary.targets {
+                println!(
+                    "{} {}: {:.3} ({}; limit {:.3})",
+                    if check.met { "MET   " } else { "MISSED" },
+                    check.target,
+                    check.measured,
+                    check.unit,
+                    check.limit
+                );
+            }
+            write_json(Some(&out), &summary)
+        }
+        Bench::Chart { summary, out } => {
+            let text = std::fs::read_to_string(&summary)
+                .with_context(|| format!("cannot read {}", summary.display()))?;
+            let summary: summary::Summary = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a summary", summary.display()))?;
+            std::fs::write(&out, chart::render(&summary))
+                .with_context(|| format!("cannot write {}", out.display()))
+        }
+    }
+}
+
+async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
+    let read = |path: &Option<PathBuf>| -> anyhow::Result<Vec<String>> {
+        path.as_deref().map(keyfile::read).unwrap_or(Ok(Vec::new()))
     };
-    if let Err(message) = result {
-        eprintln!("error: {message}");
-        std::process::exit(1);
+    let mut valid = match (&args.key, &args.keys) {
+        (Some(key), _) => vec![key.clone()],
+        (None, keys) => read(keys)?,
+    };
+    if let Some(limit) = args.key_limit {
+        valid.truncate(limit);
     }
+    let malformed = if args.malformed_keys.is_some() {
+        read(&args.malformed_keys)?
+    } else {
+        let kinds = [
+            Malformation::WrongChecksum,
+            Malformation::Truncated,
+            Malformation::BadCharacter,
+        ];
+        valid
+            .iter()
+            .take(3000)
+            .enumerate()
+            .map(|(index, key)| keyset::malformed(key, kinds[index % 3]))
+            .collect()
+    };
+    let mix = KeyMix::new(
+        KeyMixSpec {
+            valid,
+            malformed,
+            disabled: read(&args.disabled_keys)?,
+            unknown: read(&args.unknown_keys)?,
+            malformed_share: args.malformed_share,
+            disabled_share: args.disabled_share,
+            unknown_share: args.unknown_share,
+        },
+        args.distribution,
+    )?;
+    let spec = LoadSpec {
+        label: args.label,
+        url: args.url,
+        pace: match args.rate {
+            Some(rate) => Pace::Open { rate },
+            None => Pace::Closed,
+        },
+        connections: args.connections,
+        duration: args.duration,
+        warmup: args.warmup,
+        requests: args.requests,
+        cpu_pids: args.cpu_pid,
+        seed: args.seed,
+    };
+    let report = load::run(&spec, Arc::new(mix)).await?;
+    println!("{}", report.line());
+    write_json(args.json.as_deref(), &report)
 }
 
-fn client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(1024)
-        .build(connector)
-}
-
-async fn status_of(client: &HttpClient, url: &str, key: Option<&str>) -> Result<u16, String> {
-    let mut request = http::Request::get(url);
-    if let Some(key) = key {
-        request = request.header("authorization", format!("Bearer {key}"));
-    }
-    let request = request.body(Empty::new()).map_err(|e| e.to_string())?;
-    let response = client.request(request).await.map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(status)
-}
-
-/// Polls every gateway until each answers `status` for `key`; returns when the last one does.
-async fn until_all(
-    client: &HttpClient,
-    gateways: &[String],
-    key: &str,
-    status: u16,
-) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut pending: Vec<&String> = gateways.iter().collect();
-    while !pending.is_empty() {
-        let mut still = Vec::new();
-        for gateway in pending {
-            if status_of(client, gateway, Some(key)).await? != status {
-                still.push(gateway);
-            }
-        }
-        pending = still;
-        if Instant::now() > deadline {
-            return Err(format!(
-                "gateways {pending:?} did not answer {status} within 10 s"
-            ));
-        }
-    }
-    Ok(())
-}
-
-async fn disable_latency(
-    gateways: &[String],
-    endpoint: &str,
-    token: &str,
-    tries: usize,
-) -> Result<(), String> {
-    let mut admin = keygate::admin_client::connect(endpoint, Some(token))
-        .await
-        .map_err(|e| e.to_string())?;
-    let http = client();
-    let issued = admin
-        .create_key(pb::CreateKeyRequest {
-            owner: "bench".into(),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .into_inner();
-    let mut samples = Vec::with_capacity(tries);
-    for _ in 0..tries {
-        admin
-            .set_key_enabled(pb::SetKeyEnabledRequest {
-                key_id: issued.key_id.clone(),
-                enabled: true,
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        until_all(&http, gateways, &issued.key, 200).await?;
-        admin
-            .set_key_enabled(pb::SetKeyEnabledRequest {
-                key_id: issued.key_id.clone(),
-                enabled: false,
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let returned = Instant::now();
-        until_all(&http, gateways, &issued.key, 403).await?;
-        samples.push(returned.elapsed());
-    }
-    admin
-        .delete_key(pb::DeleteKeyRequest {
-            key_id: issued.key_id,
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    let summary = percentiles(&mut samples);
-    println!(
-        "disable -> 403 DISABLED at all {} gateways, {tries} tries: p50 {} p90 {} p99 {} max {}",
-        gateways.len(),
-        ms(summary[0]),
-        ms(summary[1]),
-        ms(summary[2]),
-        ms(summary[3])
-    );
-    Ok(())
-}
-
-async fn rps(
-    url: &str,
-    key: Option<String>,
-    duration: Duration,
-    connections: usize,
-    requests: Option<u64>,
-) -> Result<(), String> {
-    let http = client();
-    let expected = status_of(&http, url, key.as_deref()).await?;
-    if expected != 200 {
-        return Err(format!(
-            "{url} answers {expected}, not 200: check the key and route"
-        ));
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(AtomicU64::new(0));
-    // Requests still to send when counting; unlimited otherwise.
-    let budget = Arc::new(AtomicU64::new(requests.unwrap_or(u64::MAX)));
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..connections {
-        let (http, url, key, stop, errors) = (
-            http.clone(),
-            url.to_owned(),
-            key.clone(),
-            stop.clone(),
-            errors.clone(),
-        );
-        let budget = budget.clone();
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let take_one = |left: u64| left.checked_sub(1);
-            while !stop.load(Ordering::Relaxed)
-                && budget
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, take_one)
-                    .is_ok()
-            {
-                let sent = Instant::now();
-                match status_of(&http, &url, key.as_deref()).await {
-                    Ok(200) => latencies.push(sent.elapsed()),
-                    _ => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            latencies
-        }));
-    }
-    if requests.is_none() {
-        tokio::time::sleep(duration).await;
-        stop.store(true, Ordering::Relaxed);
-    }
-    let mut latencies = Vec::new();
-    for worker in workers {
-        latencies.extend(worker.await.map_err(|e| e.to_string())?);
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let count = latencies.len();
-    let summary = percentiles(&mut latencies);
-    println!(
-        "{url} ({}): {:.0} req/s over {:.1} s, {connections} in flight, {} errors; latency p50 {} p90 {} p99 {} max {}",
-        if key.is_some() { "key sent" } else { "no key" },
-        count as f64 / elapsed,
-        elapsed,
-        errors.load(Ordering::Relaxed),
-        ms(summary[0]),
-        ms(summary[1]),
-        ms(summary[2]),
-        ms(summary[3])
-    );
-    Ok(())
-}
-
-/// p50, p90, p99, max.
-fn percentiles(samples: &mut [Duration]) -> [Duration; 4] {
-    if samples.is_empty() {
-        return [Duration::ZERO; 4];
-    }
-    samples.sort_unstable();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    [at(0.5), at(0.9), at(0.99), samples[samples.len() - 1]]
-}
-
-fn ms(duration: Duration) -> String {
-    format!("{:.2} ms", duration.as_secs_f64() * 1000.0)
+fn write_json(path: Option<&Path>, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
 }

@@ -1,0 +1,262 @@
+#!/usr/bin/env bash
+# keygate side by side with nginx and HAProxy (DESIGN.md, "Performance targets"), in one run:
+# the fixed-response upstream, a synthetic control plane holding N keys (default 1M), and in
+# interleaved rounds the same load against
+#   upstream        the upstream directly (the limit of the load generator's core)
+#   keygate-noauth  keygate's no-auth route (same request, Authorization ignored)
+#   keygate-key     keygate verifying the key against its 1M-key replica
+#   nginx           nginx with the same keys in a `map` on the Authorization header
+#   haproxy         HAProxy with the same keys in a map file
+# Mode "pinned": every proxy on core 1 with one worker (nginx worker_processes 1, HAProxy
+# nbthread 1, keygate TOKIO_WORKER_THREADS=1 — keygate has no worker flag), load generator,
+# upstream and control plane on core 0. Mode "unpinned-2w": two workers each, nothing pinned.
+# Phases per round: saturation (closed loop), fixed-rate (open loop at --rate, proxy CPU time
+# per request from /proc), half-peak (open loop at half of keygate-key's saturation rate of the
+# round; latency from the intended send time). Medians over rounds, ratios and target checks go
+# to OUT.json, the chart to OUT.svg.
+#
+# Usage: benches/side-by-side.sh [--quick] [--rounds N] [--duration D] [--warmup D]
+#          [--keys N] [--rate R] [--connections C] [--out PREFIX]
+# Defaults: 3 rounds of 8 s (+2 s warm-up) per measurement, 1M keys, 8000 req/s: ~13 minutes.
+# --quick: 1 round of 2 s, 20k keys, pinned only (a smoke run, a minute or two).
+# Longer: e.g. --rounds 5 --duration 20s (~45 minutes).
+# Needs root for apt-get (nginx-light, haproxy) when they are missing. KEYGATE_BIN=DIR skips the
+# release build and uses the binaries in DIR; KEEP=1 keeps the work directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0 rounds=3 duration=8s warmup=2s keys=1000000 rate=8000 connections=32
+out=benches/results/side-by-side-$(date -u +%F)
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) quick=1 rounds=1 duration=2s warmup=1s keys=20000 ;;
+    --rounds) rounds=$2; shift ;;
+    --duration) duration=$2; shift ;;
+    --warmup) warmup=$2; shift ;;
+    --keys) keys=$2; shift ;;
+    --rate) rate=$2; shift ;;
+    --connections) connections=$2; shift ;;
+    --out) out=$2; shift ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ "$quick" = 1 ] && [ "$out" = "benches/results/side-by-side-$(date -u +%F)" ] && out=$(mktemp -d)/quick
+
+if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
+  echo "installing nginx and haproxy from Debian packages" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq nginx-light haproxy >&2 || apt-get install -y -qq nginx haproxy >&2
+fi
+# KEYGATE_BIN=DIR uses prebuilt release binaries (keygate, keygate-bench) instead of building.
+if [ -n "${KEYGATE_BIN:-}" ]; then
+  bin=$KEYGATE_BIN
+else
+  cargo build --release -p keygate -p keygate-benches --bins >&2
+  bin=$PWD/target/release
+fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -n "${KEEP:-}" ] && echo "kept $work" >&2 || rm -rf "$work"
+}
+trap cleanup EXIT
+export KEYGATE_LOG=warn
+gw=$(head -c 24 /dev/urandom | base64 | tr -dc A-Za-z0-9)
+# Ports below the ephemeral range (32768+), where the load generator's own connections live.
+upstream=127.0.0.1:21000 cp=127.0.0.1:21070
+kg=127.0.0.1:21080 kg_admin=127.0.0.1:21901 ng=127.0.0.1:21081 ha=127.0.0.1:21082
+
+taskset -c 0 "$bin/keygate" echo-upstream --fixed --listen "$upstream" >/dev/null &
+upstream_pid=$!; pids+=("$upstream_pid")
+taskset -c 0 "$bin/keygate-bench" synthetic-cp --keys "$keys" --listen "$cp" --gateway-token "$gw" \
+  --write-keys "$work/keys" >"$work/cp.log" 2>&1 &
+pids+=("$!")
+for _ in $(seq 1200); do grep -q listening "$work/cp.log" && break; sleep 0.1; done
+grep listening "$work/cp.log" >&2
+
+# The same keys for nginx and HAProxy: valid → 1, disabled → 2 (403), anything else 401.
+awk '{printf "\"Bearer %s\" 1;\n", $0}' "$work/keys/valid.txt" >"$work/nginx.map"
+awk '{printf "\"Bearer %s\" 2;\n", $0}' "$work/keys/disabled.txt" >>"$work/nginx.map"
+# HAProxy map keys end at the first space, so its map holds the bare keys and the lookup skips
+# "Bearer " after checking it is there.
+awk '{printf "%s 1\n", $0}' "$work/keys/valid.txt" >"$work/haproxy.map"
+awk '{printf "%s 2\n", $0}' "$work/keys/disabled.txt" >>"$work/haproxy.map"
+cat >"$work/routes.toml" <<TOML
+[[route]]
+path_prefix = "/"
+upstream = "http://$upstream"
+[[route]]
+path_prefix = "/public/"
+upstream = "http://$upstream"
+auth = "none"
+TOML
+
+wait_http() {  # URL EXPECTED_STATUS: up to 120 s
+  for _ in $(seq 1200); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = "$2" ] && return 0
+    sleep 0.1
+  done
+  echo "$1 never answered $2" >&2
+  return 1
+}
+
+start_proxies() {  # WORKERS PIN ("taskset -c 1" or "")
+  local workers=$1 pin=$2
+  mkdir -p "$work/nginx"
+  cat >"$work/nginx.conf" <<NGINX
+worker_processes $workers;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fastcgi;
+  uwsgi_temp_path $work/nginx/uwsgi;
+  scgi_temp_path $work/nginx/scgi;
+  keepalive_requests 10000000;
+  map_hash_max_size 4194304;
+  map_hash_bucket_size 128;
+  map \$http_authorization \$kg_ok {
+    default 0;
+    include $work/nginx.map;
+  }
+  upstream fixed {
+    server $upstream;
+    keepalive 64;
+    keepalive_requests 10000000;
+  }
+  server {
+    listen $ng;
+    location / {
+      if (\$kg_ok = 0) { return 401; }
+      if (\$kg_ok = 2) { return 403; }
+      proxy_pass http://fixed;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+NGINX
+  cat >"$work/haproxy.cfg" <<HAPROXY
+global
+  nbthread $workers
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend keys
+  bind $ha
+  acl bearer req.fhdr(authorization) -m beg "Bearer "
+  http-request set-var(txn.kg) req.fhdr(authorization),bytes(7),map($work/haproxy.map,0)
+  http-request deny deny_status 401 unless bearer
+  http-request deny deny_status 401 if { var(txn.kg) -m str 0 }
+  http-request deny deny_status 403 if { var(txn.kg) -m str 2 }
+  default_backend fixed
+backend fixed
+  server up $upstream
+HAPROXY
+  TOKIO_WORKER_THREADS=$workers $pin "$bin/keygate" proxy --config "$work/routes.toml" \
+    --listen "$kg" --admin-listen "$kg_admin" --control-plane "http://$cp" --gateway-token "$gw" \
+    --gateway-id side-by-side >/dev/null &
+  kg_pid=$!; pids+=("$kg_pid")
+  $pin nginx -e stderr -p "$work/nginx" -c "$work/nginx.conf" &
+  ng_pid=$!; pids+=("$ng_pid")
+  $pin haproxy -db -f "$work/haproxy.cfg" >/dev/null &
+  ha_pid=$!; pids+=("$ha_pid")
+  local key; key=$(head -1 "$work/keys/valid.txt")
+  wait_http "http://$kg_admin/readyz" 200
+  for proxy in "$ng_pid http://$ng/x" "$ha_pid http://$ha/x"; do
+    for _ in $(seq 1200); do
+      kill -0 "${proxy%% *}" 2>/dev/null || { echo "${proxy#* } exited" >&2; exit 1; }
+      [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $key" "${proxy#* }" || true)" = 200 ] && break
+      sleep 0.1
+    done
+  done
+  for url in "http://$kg/x" "http://$ng/x" "http://$ha/x"; do
+    local ok bad
+    ok=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $key" "$url")
+    bad=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $(head -1 "$work/keys/unknown.txt")" "$url")
+    [ "$ok" = 200 ] && [ "$bad" = 401 ] || { echo "$url answers $ok/$bad, not 200/401" >&2; exit 1; }
+  done
+  ng_workers=$(pgrep -P "$ng_pid" | paste -sd, -)
+  echo "proxies up ($workers worker(s), ${pin:-unpinned}): keygate threads $(ls /proc/$kg_pid/task | wc -l), nginx workers $ng_workers, haproxy $ha_pid" >&2
+}
+
+stop_proxies() {
+  kill "$kg_pid" "$ng_pid" "$ha_pid" 2>/dev/null || true
+  wait "$kg_pid" "$ng_pid" "$ha_pid" 2>/dev/null || true
+}
+
+targets=(upstream keygate-noauth keygate-key nginx haproxy)
+url_of() {
+  case $1 in
+    upstream) echo "http://$upstream/x" ;; keygate-noauth) echo "http://$kg/public/x" ;;
+    keygate-key) echo "http://$kg/x" ;; nginx) echo "http://$ng/x" ;; haproxy) echo "http://$ha/x" ;;
+  esac
+}
+pid_of() {
+  case $1 in
+    upstream) echo "$upstream_pid" ;; keygate-*) echo "$kg_pid" ;;
+    nginx) echo "$ng_workers" ;; haproxy) echo "$ha_pid" ;;
+  esac
+}
+
+measure() {  # MODE PHASE TARGET ROUND [RATE]
+  local mode=$1 phase=$2 target=$3 round=$4 rate_arg=()
+  [ -n "${5:-}" ] && rate_arg=(--rate "$5")
+  $loadpin "$bin/keygate-bench" --threads "$load_threads" load --label "$target" \
+    --url "$(url_of "$target")" --keys "$work/keys/valid.txt" --connections "$connections" \
+    --duration "$duration" --warmup "$warmup" --cpu-pid "$(pid_of "$target")" "${rate_arg[@]}" \
+    --json "$out/$mode-$phase-$target-r$round.json" | sed "s/^/[$mode r$round $phase] /"
+}
+
+rotated() {  # ROUND: the targets, starting at a different one each round
+  local i n=${#targets[@]}
+  for i in $(seq 0 $((n - 1))); do echo "${targets[$(( (i + $1) % n ))]}"; done
+}
+
+run_mode() {  # MODE WORKERS PIN PHASES...
+  local mode=$1 workers=$2 pin=$3; shift 3
+  local phases=("$@")
+  start_proxies "$workers" "$pin"
+  for round in $(seq "$rounds"); do
+    for phase in "${phases[@]}"; do
+      local phase_rate=""
+      [ "$phase" = fixed-rate ] && phase_rate=$rate
+      if [ "$phase" = half-peak ]; then
+        phase_rate=$(python3 -c "import json; print(round(json.load(open('$out/$mode-saturation-keygate-key-r$round.json'))['rps'] / 2))")
+      fi
+      for target in $(rotated "$round"); do
+        measure "$mode" "$phase" "$target" "$round" "$phase_rate"
+      done
+    done
+  done
+  stop_proxies
+}
+
+rm -rf "$out"; mkdir -p "$out"
+machine="$(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), $(uname -r), $(date -u +%F)"
+echo "machine: $machine; $keys keys; rounds $rounds × $duration (+$warmup warm-up); fixed rate $rate/s" >&2
+started=$(date +%s)
+loadpin="taskset -c 0" load_threads=1
+run_mode pinned 1 "taskset -c 1" saturation fixed-rate half-peak
+if [ "$quick" = 0 ]; then
+  loadpin="" load_threads=2
+  run_mode unpinned-2w 2 "" saturation
+fi
+echo "measured in $(( $(date +%s) - started )) s" >&2
+"$bin/keygate-bench" summarize "$out" --out "$out.json" --machine "$machine"
+"$bin/keygate-bench" chart "$out.json" "$out.svg"
+echo "results: $out.json, chart: $out.svg, runs: $out/" >&2

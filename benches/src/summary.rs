@@ -1,0 +1,379 @@
+//! The side-by-side summary: reads every run report of `benches/side-by-side.sh` (one JSON file
+//! per mode, phase, target and round, named `MODE-PHASE-TARGET-rROUND.json`), takes medians over
+//! rounds, computes the ratios the contract's targets are stated in, and says for each target
+//! whether it is met.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::report::LoadReport;
+
+/// Phases of a side-by-side round.
+pub const SATURATION: &str = "saturation";
+pub const FIXED_RATE: &str = "fixed-rate";
+pub const HALF_PEAK: &str = "half-peak";
+
+/// Targets every proxy is compared with.
+pub const UPSTREAM: &str = "upstream";
+pub const KEYGATE_KEY: &str = "keygate-key";
+pub const KEYGATE_NO_AUTH: &str = "keygate-noauth";
+pub const NGINX: &str = "nginx";
+pub const HAPROXY: &str = "haproxy";
+
+/// Medians over rounds of one (mode, phase, target).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Group {
+    pub mode: String,
+    pub phase: String,
+    pub target: String,
+    pub rounds: usize,
+    pub offered_rps: Option<f64>,
+    pub rps: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    pub cpu_us_per_request: Option<f64>,
+    /// Share of a core the watched process used.
+    pub cpu_utilisation: Option<f64>,
+    /// Share of the watched process's CPU time spent in the kernel.
+    pub cpu_system_share: Option<f64>,
+    /// Share of a core the load generator used.
+    pub generator_utilisation: f64,
+    pub errors: u64,
+    pub unsent: u64,
+    /// Responses by status/code, summed over rounds.
+    pub codes: BTreeMap<String, u64>,
+    /// Per-round values, in round order: rps, p99 µs, CPU µs/request.
+    pub per_round: Vec<[f64; 3]>,
+    /// `[percentile, µs]`, each the median over rounds.
+    pub curve: Vec<[f64; 2]>,
+}
+
+/// One contract target and how this run did against it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetCheck {
+    pub target: String,
+    /// What was measured, in the target's own unit.
+    pub measured: f64,
+    pub limit: f64,
+    pub unit: String,
+    pub met: bool,
+    /// How the measured value was obtained.
+    pub how: String,
+}
+
+/// The whole summary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub machine: String,
+    pub groups: Vec<Group>,
+    pub targets: Vec<TargetCheck>,
+    /// Round-by-round ratios keygate-key / other, median: `{mode: {"rps/nginx": x, …}}`.
+    pub ratios: BTreeMap<String, BTreeMap<String, f64>>,
+}
+
+/// Median of `values` (mean of the middle two for an even count); NaN when empty.
+pub fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[middle]
+    } else {
+        (values[middle - 1] + values[middle]) / 2.0
+    }
+}
+
+struct Run {
+    mode: String,
+    phase: String,
+    target: String,
+    round: u32,
+    report: LoadReport,
+}
+
+/// `MODE-PHASE-TARGET-rN` → its parts; modes and targets may contain `-`, phases are known.
+fn parse_name(stem: &str) -> Option<(String, String, String, u32)> {
+    let (rest, round) = stem.rsplit_once("-r")?;
+    let round = round.parse().ok()?;
+    for phase in [SATURATION, FIXED_RATE, HALF_PEAK] {
+        if let Some(at) = rest.find(&format!("-{phase}-")) {
+            let mode = &rest[..at];
+            let target = &rest[at + phase.len() + 2..];
+            return Some((mode.to_owned(), phase.to_owned(), target.to_owned(), round));
+        }
+    }
+    None
+}
+
+fn read_runs(dir: &Path) -> anyhow::Result<Vec<Run>> {
+    let mut runs = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let Some((mode, phase, target, round)) = path
+            .file_stem()
+            .and_then(|stem| stem.to_str())
+            .and_then(parse_name)
+        else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path)?;
+        let report: LoadReport = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a load report", path.display()))?;
+        runs.push(Run {
+            mode,
+            phase,
+            target,
+            round,
+            report,
+        });
+    }
+    runs.sort_by_key(|run| run.round);
+    Ok(runs)
+}
+
+fn group(runs: &[&Run]) -> Option<Group> {
+    let first = runs.first()?;
+    let values = |pick: &dyn Fn(&LoadReport) -> f64| -> f64 {
+        let mut values: Vec<f64> = runs.iter().map(|run| pick(&run.report)).collect();
+        median(&mut values)
+    };
+    let cpu = runs
+        .iter()
+        .all(|run| run.report.cpu_us_per_request().is_some())
+        .then(|| values(&|report| report.cpu_us_per_request().unwrap_or(f64::NAN)));
+    let utilisation = cpu.map(|_| values(&|report| report.cpu.iter().map(|c| c.utilisation).sum()));
+    let mut codes = BTreeMap::new();
+    for run in runs {
+        for (code, count) in &run.report.codes {
+            *codes.entry(code.clone()).or_insert(0) += count;
+        }
+    }
+    let points = first.report.curve.len();
+    let curve = (0..points)
+        .map(|index| {
+            let mut at: Vec<f64> = runs
+                .iter()
+                .filter_map(|run| run.report.curve.get(index).map(|point| point[1]))
+                .collect();
+            [first.report.curve[index][0], median(&mut at)]
+        })
+        .collect();
+    Some(Group {
+        mode: first.mode.clone(),
+        phase: first.phase.clone(),
+        target: first.target.clone(),
+        rounds: runs.len(),
+        offered_rps: first
+            .report
+            .offered_rps
+            .map(|_| values(&|report| report.offered_rps.unwrap_or(0.0))),
+        rps: values(&|report| report.rps),
+        p50_us: values(&|report| report.latency.p50),
+        p90_us: values(&|report| report.latency.p90),
+        p99_us: values(&|report| report.latency.p99),
+        p999_us: values(&|report| report.latency.p999),
+        max_us: values(&|report| report.latency.max),
+        cpu_us_per_request: cpu,
+        cpu_utilisation: utilisation,
+        cpu_system_share: cpu.map(|_| {
+            values(&|report| {
+                report.cpu.iter().map(|c| c.system_share).sum::<f64>()
+                    / report.cpu.len().max(1) as f64
+            })
+        }),
+        generator_utilisation: values(&|report| report.generator_utilisation),
+        errors: runs.iter().map(|run| run.report.errors).sum(),
+        unsent: runs.iter().map(|run| run.report.unsent).sum(),
+        codes,
+        per_round: runs
+            .iter()
+            .map(|run| {
+                [
+                    run.report.rps,
+                    run.report.latency.p99,
+                    run.report.cpu_us_per_request().unwrap_or(f64::NAN),
+                ]
+            })
+            .collect(),
+        curve,
+    })
+}
+
+/// Median over rounds of `keygate-key`'s value divided by `other`'s value in the same round.
+fn round_ratio(
+    runs: &[Run],
+    mode: &str,
+    phase: &str,
+    other: &str,
+    pick: impl Fn(&LoadReport) -> Option<f64>,
+) -> Option<f64> {
+    let find = |target: &str, round: u32| {
+        runs.iter()
+            .find(|run| {
+                run.mode == mode && run.phase == phase && run.target == target && run.round == round
+            })
+            .and_then(|run| pick(&run.report))
+    };
+    let mut ratios: Vec<f64> = runs
+        .iter()
+        .filter(|run| run.mode == mode && run.phase == phase && run.target == KEYGATE_KEY)
+        .filter_map(|run| Some(pick(&run.report)? / find(other, run.round)?))
+        .collect();
+    (!ratios.is_empty()).then(|| median(&mut ratios))
+}
+
+/// Median over rounds of `target`'s p99 minus the upstream's p99 in the same round, µs.
+fn added_p99(runs: &[Run], mode: &str, target: &str) -> Option<f64> {
+    let mut added: Vec<f64> = runs
+        .iter()
+        .filter(|run| run.mode == mode && run.phase == HALF_PEAK && run.target == target)
+        .filter_map(|run| {
+            let direct = runs.iter().find(|other| {
+                other.mode == mode
+                    && other.phase == HALF_PEAK
+                    && other.target == UPSTREAM
+                    && other.round == run.round
+            })?;
+            Some(run.report.latency.p99 - direct.report.latency.p99)
+        })
+        .collect();
+    (!added.is_empty()).then(|| median(&mut added))
+}
+
+/// Summarises the run reports in `dir`.
+pub fn summarize(dir: &Path, machine: String) -> anyhow::Result<Summary> {
+    let runs = read_runs(dir)?;
+    anyhow::ensure!(!runs.is_empty(), "no run reports in {}", dir.display());
+    let mut keys: Vec<(String, String, String)> = runs
+        .iter()
+        .map(|run| (run.mode.clone(), run.phase.clone(), run.target.clone()))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let groups: Vec<Group> = keys
+        .iter()
+        .filter_map(|(mode, phase, target)| {
+            let members: Vec<&Run> = runs
+                .iter()
+                .filter(|run| &run.mode == mode && &run.phase == phase && &run.target == target)
+                .collect();
+            group(&members)
+        })
+        .collect();
+
+    let mut ratios = BTreeMap::new();
+    let modes: Vec<String> = {
+        let mut modes: Vec<String> = runs.iter().map(|run| run.mode.clone()).collect();
+        modes.dedup();
+        modes.sort();
+        modes.dedup();
+        modes
+    };
+    let rps = |report: &LoadReport| Some(report.rps);
+    let cpu = |report: &LoadReport| report.cpu_us_per_request();
+    for mode in &modes {
+        let mut of_mode = BTreeMap::new();
+        for other in [NGINX, HAPROXY, KEYGATE_NO_AUTH, UPSTREAM] {
+            if let Some(ratio) = round_ratio(&runs, mode, SATURATION, other, rps) {
+                of_mode.insert(format!("rps key/{other}"), ratio);
+            }
+            if let Some(ratio) = round_ratio(&runs, mode, FIXED_RATE, other, cpu) {
+                of_mode.insert(format!("cpu key/{other}"), ratio);
+            }
+        }
+        for target in [KEYGATE_KEY, KEYGATE_NO_AUTH, NGINX, HAPROXY] {
+            if let Some(added) = added_p99(&runs, mode, target) {
+                of_mode.insert(format!("added p99 µs {target}"), added);
+            }
+        }
+        ratios.insert(mode.clone(), of_mode);
+    }
+
+    let mut targets = Vec::new();
+    let pinned = "pinned";
+    if let Some(ratio) = round_ratio(&runs, pinned, FIXED_RATE, NGINX, cpu) {
+        targets.push(TargetCheck {
+            target: "proxy CPU per request with key verification ≤ nginx's ÷ 1.3".into(),
+            measured: ratio,
+            limit: 1.0 / 1.3,
+            unit: "keygate-key CPU / nginx CPU".into(),
+            met: ratio <= 1.0 / 1.3,
+            how: "pinned, fixed-rate phase; median over rounds of the per-round ratio".into(),
+        });
+    }
+    if let Some(ratio) = round_ratio(&runs, pinned, FIXED_RATE, KEYGATE_NO_AUTH, cpu) {
+        targets.push(TargetCheck {
+            target: "proxy CPU per request with key verification ≤ 1.03 × no-auth route".into(),
+            measured: ratio,
+            limit: 1.03,
+            unit: "keygate-key CPU / keygate-noauth CPU".into(),
+            met: ratio <= 1.03,
+            how: "pinned, fixed-rate phase; median over rounds of the per-round ratio".into(),
+        });
+    }
+    for other in [NGINX, HAPROXY] {
+        if let Some(ratio) = round_ratio(&runs, pinned, SATURATION, other, rps) {
+            targets.push(TargetCheck {
+                target: format!("requests/s at saturation ≥ {other}'s"),
+                measured: ratio,
+                limit: 1.0,
+                unit: format!("keygate-key rps / {other} rps"),
+                met: ratio >= 1.0,
+                how: "pinned, closed loop; median over rounds of the per-round ratio".into(),
+            });
+        }
+    }
+    if let Some(added) = added_p99(&runs, pinned, KEYGATE_KEY) {
+        targets.push(TargetCheck {
+            target: "added p99 latency at half of peak rate ≤ 1 ms".into(),
+            measured: added / 1000.0,
+            limit: 1.0,
+            unit: "ms (keygate-key p99 − direct upstream p99)".into(),
+            met: added <= 1000.0,
+            how: "pinned, open loop at half of keygate-key's saturation rate of the same round; \
+                  latency from the intended send time"
+                .into(),
+        });
+    }
+    Ok(Summary {
+        machine,
+        groups,
+        targets,
+        ratios,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_medians() {
+        assert_eq!(
+            parse_name("pinned-half-peak-keygate-key-r3"),
+            Some(("pinned".into(), HALF_PEAK.into(), KEYGATE_KEY.into(), 3))
+        );
+        assert_eq!(
+            parse_name("unpinned-2w-saturation-nginx-r1"),
+            Some(("unpinned-2w".into(), SATURATION.into(), NGINX.into(), 1))
+        );
+        assert_eq!(parse_name("notes"), None);
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&mut []).is_nan());
+    }
+}
