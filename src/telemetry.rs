@@ -1,6 +1,7 @@
 //! Logging (tracing to stderr) and the process-wide Prometheus recorder.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tracing_subscriber::EnvFilter;
@@ -17,8 +18,15 @@ pub fn init_logging(server: bool) {
         .try_init();
 }
 
+/// How often histogram samples are folded into their buckets when nobody scrapes `/metrics`.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// The handle that renders `/metrics`. The recorder is installed once per process; the control
 /// plane and gateways of `keygate dev` (and of in-process tests) share it.
+///
+/// The exporter keeps every histogram sample until it is drained into buckets, which a scrape
+/// does; a gateway nobody scrapes would grow by 16 bytes per request. A background thread
+/// drains them every few seconds, whatever runtime (if any) is running.
 pub fn metrics() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -27,6 +35,18 @@ pub fn metrics() -> PrometheusHandle {
             let builder = keygate_proxy::metrics::prometheus_builder();
             let recorder = keygate_control_plane::metrics::with_buckets(builder).build_recorder();
             let handle = recorder.handle();
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new()
+                .name("keygate-metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_INTERVAL);
+                        upkeep.run_upkeep();
+                    }
+                });
+            if let Err(error) = spawned {
+                tracing::warn!(%error, "cannot start the metrics upkeep thread; histogram samples are drained only when /metrics is scraped");
+            }
             // Fails only if another recorder was installed first; metrics then go there and
             // this handle renders an empty page, which is visible rather than fatal.
             let _ = metrics::set_global_recorder(recorder);
