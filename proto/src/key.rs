@@ -103,14 +103,14 @@ impl<'a> ApiKey<'a> {
         if bytes[separator] != b'_' {
             return Err(KeyFormatError::BadSeparator);
         }
-        // Prefix, body and checksum all draw from [A-Za-z0-9].
-        let alnum = |b: &u8| b.is_ascii_alphanumeric();
-        if !bytes[..separator].iter().all(alnum) || !bytes[separator + 1..].iter().all(alnum) {
+        // Prefix, body and checksum all draw from [A-Za-z0-9], i.e. the base62 digits.
+        if !base62::all_digits(&bytes[..separator]) || !base62::all_digits(&bytes[separator + 1..])
+        {
             return Err(KeyFormatError::BadCharacter);
         }
         let (signed, crc_digits) = bytes.split_at(len - CRC_LEN);
-        let expected = u128::from(crc32fast::hash(signed));
-        if base62::decode_fixed(crc_digits) != Some(expected) {
+        // Six digits checked above: at most 62^6 - 1, no overflow in u64.
+        if base62::decode_short(crc_digits) != u64::from(crc32fast::hash(signed)) {
             return Err(KeyFormatError::BadChecksum);
         }
         Ok(Self { text })
