@@ -11,13 +11,10 @@
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::credential::CredentialHeaders;
 use crate::error::error_chain;
@@ -42,13 +39,6 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Timeouts of upstream calls.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ForwardSettings {
-    pub connect_timeout: Duration,
-    pub response_timeout: Duration,
-}
-
 /// What the gateway knows about a request besides the request itself.
 pub(crate) struct Forwarding<'a> {
     pub route: &'a Route,
@@ -58,31 +48,22 @@ pub(crate) struct Forwarding<'a> {
     pub grant: Option<&'a Grant>,
 }
 
-/// A pooled HTTP/1.1 client to the upstreams.
+/// Sends requests to their route's upstream over its pool of keep-alive connections.
 pub(crate) struct Forwarder {
-    client: Client<HttpConnector, Incoming>,
     response_timeout: Duration,
     credentials: CredentialHeaders,
     metrics: Metrics,
 }
 
 impl Forwarder {
+    /// `response_timeout` bounds each call from sending the request to the response head.
     pub fn new(
-        settings: ForwardSettings,
+        response_timeout: Duration,
         credentials: CredentialHeaders,
         metrics: Metrics,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
         Self {
-            client,
-            response_timeout: settings.response_timeout,
+            response_timeout,
             credentials,
             metrics,
         }
@@ -102,14 +83,13 @@ impl Forwarder {
                 .authority()
                 .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
         });
+        // Origin form (`/path?query`): the connection already goes to the upstream.
         let path = request
             .uri()
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut parts = Uri::from_static("/").into_parts();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(route.upstream.clone());
         parts.path_and_query = Some(path);
         let Ok(uri) = Uri::from_parts(parts) else {
             return response::error(
@@ -149,8 +129,7 @@ impl Forwarder {
         }
 
         let started = Instant::now();
-        let outcome =
-            tokio::time::timeout(self.response_timeout, self.client.request(request)).await;
+        let outcome = tokio::time::timeout(self.response_timeout, route.pool.send(request)).await;
         self.metrics.upstream_duration.record(started.elapsed());
         match outcome {
             Ok(Ok(upstream)) => {

@@ -19,7 +19,7 @@ use crate::admin::Admin;
 use crate::config::ProxyConfig;
 use crate::credential::CredentialHeaders;
 use crate::error::{ConfigError, ProxyError};
-use crate::forward::{ForwardSettings, Forwarder};
+use crate::forward::Forwarder;
 use crate::freshness::Freshness;
 use crate::handler::Handler;
 use crate::metrics::Metrics;
@@ -64,7 +64,7 @@ impl Gateway {
         metrics: PrometheusHandle,
     ) -> Result<Gateway, ProxyError> {
         config.validate()?;
-        let routes = RouteTable::new(config.resolved_routes()?);
+        let routes = RouteTable::new(config.resolved_routes()?, config.upstream_connect_timeout);
         let credentials = CredentialHeaders::from_config(&config)?;
         let mut authorization: MetadataValue<Ascii> =
             format!("Bearer {}", config.gateway_token.expose())
@@ -104,10 +104,7 @@ impl Gateway {
             handles.clone(),
         );
         let forwarder = Forwarder::new(
-            ForwardSettings {
-                connect_timeout: config.upstream_connect_timeout,
-                response_timeout: config.upstream_timeout,
-            },
+            config.upstream_timeout,
             credentials.clone(),
             handles.clone(),
         );

@@ -38,6 +38,7 @@ pub mod session_verify;
 pub mod sessions;
 mod status;
 mod sync;
+mod upstream;
 pub mod verify;
 mod verify_endpoint;
 

@@ -8,13 +8,13 @@ use http::header::{
 };
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use serde::Serialize;
 
+use crate::upstream::PooledBody;
 use crate::verify::Code;
 
 /// Body of every response the gateway sends: streamed from an upstream, or written here.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
 
 /// The request-id header, read from clients and sent to upstreams and back.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -2,10 +2,14 @@
 //! are plain string prefixes (`/api` also matches `/apis`), as in nginx's and Envoy's prefix
 //! matching.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use http::HeaderValue;
 use http::uri::Authority;
 
 use crate::config::{AuthMode, ResolvedRoute};
+use crate::upstream::UpstreamPool;
 
 /// One route, ready for requests.
 #[derive(Debug, Clone)]
@@ -20,6 +24,8 @@ pub struct Route {
     pub auth: AuthMode,
     /// Whether the credential is forwarded to the upstream.
     pub forward_credential: bool,
+    /// Keep-alive connections to the upstream, shared by every route that names it.
+    pub(crate) pool: Arc<UpstreamPool>,
 }
 
 /// The routes, longest prefix first.
@@ -29,18 +35,33 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub(crate) fn new(resolved: Vec<ResolvedRoute>) -> Self {
+    /// The routes, with one connection pool per distinct upstream.
+    pub(crate) fn new(resolved: Vec<ResolvedRoute>, connect_timeout: Duration) -> Self {
+        let mut pools: Vec<Arc<UpstreamPool>> = Vec::new();
         let mut routes: Vec<Route> = resolved
             .into_iter()
             .filter_map(|route| {
                 // An `Authority` is always a valid header value; `filter_map` keeps this total.
                 let upstream_host = HeaderValue::from_str(route.upstream.as_str()).ok()?;
+                let pool = match pools
+                    .iter()
+                    .find(|pool| *pool.authority() == route.upstream)
+                {
+                    Some(pool) => Arc::clone(pool),
+                    None => {
+                        let pool =
+                            Arc::new(UpstreamPool::new(route.upstream.clone(), connect_timeout));
+                        pools.push(Arc::clone(&pool));
+                        pool
+                    }
+                };
                 Some(Route {
                     path_prefix: route.path_prefix,
                     upstream: route.upstream,
                     upstream_host,
                     auth: route.auth,
                     forward_credential: route.forward_credential,
+                    pool,
                 })
             })
             .collect();
@@ -71,11 +92,15 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins() {
-        let table = RouteTable::new(vec![
-            route("/", "root:1", AuthMode::KeyOrSession),
-            route("/api/public", "public:1", AuthMode::None),
-            route("/api", "api:1", AuthMode::Key),
-        ]);
+        let table = RouteTable::new(
+            vec![
+                route("/", "root:1", AuthMode::KeyOrSession),
+                route("/api/public", "public:1", AuthMode::None),
+                route("/api", "api:1", AuthMode::Key),
+                route("/v2", "api:1", AuthMode::Key),
+            ],
+            Duration::from_secs(1),
+        );
         let upstream = |path: &str| table.find(path).map(|route| route.upstream.to_string());
         assert_eq!(upstream("/api/public/x").as_deref(), Some("public:1"));
         assert_eq!(upstream("/api/users").as_deref(), Some("api:1"));
@@ -85,7 +110,20 @@ mod tests {
             Some(AuthMode::Key)
         );
 
-        let no_root = RouteTable::new(vec![route("/api", "api:1", AuthMode::Key)]);
+        // Routes to one upstream share its connections.
+        let pool = |path: &str| table.find(path).map(|route| Arc::clone(&route.pool));
+        let (api, v2, root) = (pool("/api/x"), pool("/v2/x"), pool("/x"));
+        assert!(api.zip(v2).is_some_and(|(api, v2)| Arc::ptr_eq(&api, &v2)));
+        assert!(
+            pool("/api/x")
+                .zip(root)
+                .is_some_and(|(api, root)| !Arc::ptr_eq(&api, &root))
+        );
+
+        let no_root = RouteTable::new(
+            vec![route("/api", "api:1", AuthMode::Key)],
+            Duration::from_secs(1),
+        );
         assert!(no_root.find("/else").is_none());
     }
 }

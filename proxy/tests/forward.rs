@@ -137,6 +137,59 @@ async fn a_valid_key_is_forwarded_with_clean_headers() {
     gateway.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_alive_and_chunked_bodies_stream_through() {
+    let Setup {
+        gateway,
+        upstream,
+        client,
+        key,
+        ..
+    } = setup(|_, _| {}).await;
+    let connections = || {
+        upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    for index in 0..20 {
+        let reply = get_with(
+            &client,
+            &gateway.url(&format!("/seq/{index}")),
+            &[("x-api-key", &key)],
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json()["uri"], format!("/seq/{index}"), "origin form");
+    }
+    assert_eq!(connections(), 1, "one reused upstream connection");
+
+    // An upstream that closes after answering: the next request goes on a new connection.
+    let reply = get_with(&client, &gateway.url("/close"), &[("x-api-key", &key)]).await;
+    assert_eq!(reply.status, 200);
+    let reply = get_with(
+        &client,
+        &gateway.url("/after-close"),
+        &[("x-api-key", &key)],
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(connections(), 2);
+
+    // A chunked request body (no Content-Length) is streamed to the upstream.
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nConnection: close\r\n\
+         Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""body":"hello world""#), "{answer}");
+    gateway.stop().await;
+}
+
 #[tokio::test]
 async fn refusals_carry_the_contract_codes_and_challenges() {
     let Setup {

@@ -484,9 +484,12 @@ impl pb::sync_server::Sync for SyncService {
 // Upstreams
 
 /// An upstream that answers every request with JSON describing what it received. Paths
-/// starting with `/hang` never answer; `/hop` answers with hop-by-hop headers set.
+/// starting with `/hang` never answer; `/hop` answers with hop-by-hop headers set; `/close`
+/// answers with `Connection: close` and closes the connection.
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     /// Notified when a request to `/held` arrives; such requests answer once `release` is
     /// notified.
     pub arrived: Arc<Notify>,
@@ -500,11 +503,14 @@ impl Upstream {
         let arrived = Arc::new(Notify::new());
         let release = Arc::new(Notify::new());
         let (held_arrived, held_release) = (Arc::clone(&arrived), Arc::clone(&release));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = Arc::clone(&connections);
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (arrived, release) = (Arc::clone(&held_arrived), Arc::clone(&held_release));
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                     let (arrived, release) = (Arc::clone(&arrived), Arc::clone(&release));
@@ -518,6 +524,7 @@ impl Upstream {
         });
         Self {
             addr,
+            connections,
             arrived,
             release,
         }
@@ -576,6 +583,11 @@ async fn echo(
         headers.insert("x-upstream-hop", "1".parse().unwrap());
         headers.insert("keep-alive", "timeout=5".parse().unwrap());
         headers.insert("x-upstream-end", "kept".parse().unwrap());
+    }
+    if path.starts_with("/close") {
+        response
+            .headers_mut()
+            .insert("connection", "close".parse().unwrap());
     }
     response
 }

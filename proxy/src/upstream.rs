@@ -1,0 +1,368 @@
+//! Keep-alive HTTP/1.1 connections to one upstream.
+//!
+//! One pool per distinct upstream authority, shared by the routes that name it. A request takes
+//! the most recently returned idle connection that is ready (LIFO keeps the warm ones warm and
+//! lets the others reach the upstream's idle timeout), or opens a new one. The connection goes
+//! back to the pool when the response body has been read to its end and dropped; a response
+//! dropped early (the client went away) closes it instead, as HTTP/1.1 has no way to abandon
+//! one response and keep the connection.
+//!
+//! This replaces hyper-util's general-purpose pooled client on the hot path: no pool key to
+//! hash, no per-request task to wait for readiness, one mutex held for a few instructions.
+//!
+//! A request an idle connection could not take (the upstream had closed it; hyper hands the
+//! unsent request back) is retried on the next connection. A request that was written and then
+//! lost is not retried: its body may have been consumed, and the method may not be idempotent.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Idle connections kept per upstream; more are closed when they come back.
+const MAX_IDLE: usize = 512;
+
+/// Why a request could not be sent or answered.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    #[error("cannot connect to {target}: {source}")]
+    Connect {
+        target: String,
+        source: std::io::Error,
+    },
+    #[error("connecting to {target} timed out after {timeout:?}")]
+    ConnectTimeout { target: String, timeout: Duration },
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+/// The keep-alive connections to one upstream.
+pub(crate) struct UpstreamPool {
+    authority: Authority,
+    /// What to connect to: `host:port`, port 80 when the authority names none.
+    target: String,
+    connect_timeout: Duration,
+    idle: Mutex<Vec<SendRequest<Incoming>>>,
+}
+
+impl std::fmt::Debug for UpstreamPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamPool")
+            .field("authority", &self.authority)
+            .field("idle", &self.lock().len())
+            .finish()
+    }
+}
+
+impl UpstreamPool {
+    pub fn new(authority: Authority, connect_timeout: Duration) -> Self {
+        let target = format!(
+            "{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(80)
+        );
+        Self {
+            authority,
+            target,
+            connect_timeout,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The upstream this pool connects to.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// Idle connections right now.
+    #[cfg(test)]
+    pub fn idle_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Sends `request` (origin-form URI, `Host` set) on an idle connection when one is ready,
+    /// else on a new one. The response body returns the connection to the pool when it is done.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut request: Request<Incoming>,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        while let Some(mut sender) = self.checkout() {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(self.wrap(response, sender)),
+                Err(mut error) => match error.take_message() {
+                    // Never written: the connection had closed. Try the next one.
+                    Some(unsent) => request = unsent,
+                    None => return Err(error.into_error().into()),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok(self.wrap(response, sender)),
+            Err(error) => Err(error.into_error().into()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SendRequest<Incoming>>> {
+        // The vector is valid whatever a panicking holder was doing.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently returned connection that can take a request now. Closed ones are
+    /// dropped; one still finishing its previous exchange stays for the next request.
+    fn checkout(&self) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.lock();
+        let mut index = idle.len();
+        while index > 0 {
+            index -= 1;
+            if idle[index].is_closed() {
+                idle.swap_remove(index);
+            } else if idle[index].is_ready() {
+                return Some(idle.swap_remove(index));
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: SendRequest<Incoming>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push(sender);
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Incoming>, UpstreamError> {
+        let stream = match tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect(&self.target),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => {
+                return Err(UpstreamError::Connect {
+                    target: self.target.clone(),
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(UpstreamError::ConnectTimeout {
+                    target: self.target.clone(),
+                    timeout: self.connect_timeout,
+                });
+            }
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on an upstream connection");
+        }
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        let target = self.target.clone();
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(upstream = %target, %error, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn wrap(
+        self: &Arc<Self>,
+        response: Response<Incoming>,
+        sender: SendRequest<Incoming>,
+    ) -> Response<PooledBody> {
+        response.map(|body| PooledBody {
+            body,
+            finished: false,
+            connection: Some((sender, Arc::clone(self))),
+        })
+    }
+}
+
+/// An upstream response body that gives its connection back to the pool once it has been
+/// read to the end.
+pub struct PooledBody {
+    body: Incoming,
+    finished: bool,
+    connection: Option<(SendRequest<Incoming>, Arc<UpstreamPool>)>,
+}
+
+impl std::fmt::Debug for PooledBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledBody")
+            .field("finished", &self.finished)
+            .finish()
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.finished = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        if let Some((sender, pool)) = self.connection.take()
+            && (self.finished || self.body.is_end_stream())
+        {
+            pool.checkin(sender);
+        }
+        // Otherwise the sender drops here and hyper closes the half-read connection.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An upstream that answers `count` connections, each with keep-alive, and reports the
+    /// number of connections it accepted.
+    async fn upstream() -> (Authority, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = service_fn(|request: Request<Incoming>| async move {
+                        let path = request.uri().path().to_owned();
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(path))))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (addr.to_string().parse().expect("authority"), accepted)
+    }
+
+    /// A request with an `Incoming` body, as the gateway forwards them: taken from a real
+    /// server connection on loopback.
+    async fn incoming_requests(paths: &[&str]) -> Vec<Request<Incoming>> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (sent, mut received) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let service = service_fn(move |request: Request<Incoming>| {
+                let sent = sent.clone();
+                async move {
+                    let (parts, body) = request.into_parts();
+                    let mut request = Request::from_parts(parts, body);
+                    *request.uri_mut() = request.uri().path().parse().expect("origin form");
+                    let _ = sent.send(request);
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (mut client, connection) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        let mut requests = Vec::new();
+        for path in paths {
+            let request = Request::get(*path)
+                .header("host", "test")
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            client.send_request(request).await.expect("sent");
+            requests.push(received.recv().await.expect("received"));
+        }
+        requests
+    }
+
+    #[tokio::test]
+    async fn a_finished_response_gives_its_connection_back_and_it_is_reused() {
+        let (authority, accepted) = upstream().await;
+        let pool = Arc::new(UpstreamPool::new(authority, Duration::from_secs(5)));
+        for request in incoming_requests(&["/a", "/b", "/c"]).await {
+            let path = request.uri().path().to_owned();
+            let response = pool.send(request).await.expect("answered");
+            let body = response.into_body().collect().await.expect("body");
+            assert_eq!(body.to_bytes(), Bytes::from(path));
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_response_dropped_unread_closes_its_connection() {
+        let (authority, accepted) = upstream().await;
+        let pool = Arc::new(UpstreamPool::new(authority, Duration::from_secs(5)));
+        let mut requests = incoming_requests(&["/a", "/b"]).await.into_iter();
+        let first = pool
+            .send(requests.next().expect("first"))
+            .await
+            .expect("answered");
+        drop(first);
+        assert_eq!(pool.idle_count(), 0);
+        let second = pool
+            .send(requests.next().expect("second"))
+            .await
+            .expect("answered");
+        let body = second.into_body().collect().await.expect("body");
+        assert_eq!(body.to_bytes(), Bytes::from("/b"));
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_upstream_is_a_connect_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let authority: Authority = listener
+            .local_addr()
+            .expect("addr")
+            .to_string()
+            .parse()
+            .expect("authority");
+        drop(listener);
+        let pool = Arc::new(UpstreamPool::new(authority, Duration::from_secs(5)));
+        let request = incoming_requests(&["/a"]).await.pop().expect("request");
+        assert!(matches!(
+            pool.send(request).await,
+            Err(UpstreamError::Connect { .. })
+        ));
+    }
+}
