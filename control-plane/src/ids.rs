@@ -55,9 +55,7 @@ pub fn token_hash(token: &str) -> [u8; 32] {
 pub fn is_valid(prefix: &str, id: &str) -> bool {
     id.strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix('_'))
-        .is_some_and(|digits| {
-            digits.len() == ID_DIGITS && digits.bytes().all(|b| base62::digit_value(b).is_some())
-        })
+        .is_some_and(|digits| digits.len() == ID_DIGITS && base62::all_digits(digits.as_bytes()))
 }
 
 #[cfg(test)]

@@ -16,10 +16,10 @@ pub const fn digit_value(byte: u8) -> Option<u8> {
 }
 
 /// Marks a byte that is not a base62 digit in [`DIGIT_VALUES`].
-pub const NOT_A_DIGIT: u8 = 0x80;
+const NOT_A_DIGIT: u8 = 0x80;
 
-/// Every byte's digit value, or [`NOT_A_DIGIT`].
-pub static DIGIT_VALUES: [u8; 256] = {
+/// Every byte's digit value, or [`NOT_A_DIGIT`]: one load per digit in [`decode_short`].
+static DIGIT_VALUES: [u8; 256] = {
     let mut table = [NOT_A_DIGIT; 256];
     let mut byte = 0;
     while byte < 256 {
