@@ -124,10 +124,12 @@ impl UpstreamPool {
         let mut index = idle.len();
         while index > 0 {
             index -= 1;
+            // `remove`, not `swap_remove`: the rest stays in most-recent-last order. The common
+            // case is the last entry, where both are a pop.
             if idle[index].is_closed() {
-                idle.swap_remove(index);
+                idle.remove(index);
             } else if idle[index].is_ready() {
-                return Some(idle.swap_remove(index));
+                return Some(idle.remove(index));
             }
         }
         None
