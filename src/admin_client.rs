@@ -1,7 +1,11 @@
 //! The operator's gRPC client of the control plane's Admin service: attaches the admin token
 //! and the caller's name, and turns gRPC statuses into one-line messages.
 
+use std::path::Path;
 use std::time::Duration;
+
+use keygate_proto::error_chain;
+use keygate_transport::Trust;
 
 use keygate_proto::pb::admin_client::AdminClient as PbAdminClient;
 use tonic::metadata::AsciiMetadataValue;
@@ -10,6 +14,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::Failure;
+use crate::args::ClientArgs;
 
 /// Adds `authorization: Bearer <token>` and `x-keygate-actor` to every call.
 #[derive(Clone)]
@@ -35,9 +40,19 @@ impl Interceptor for Credentials {
 /// A connected Admin client.
 pub type AdminClient = PbAdminClient<InterceptedService<Channel, Credentials>>;
 
-/// Connects to `endpoint` with `token`. The actor recorded in the audit log is the local user
-/// name, when there is one.
-pub async fn connect(endpoint: &str, token: Option<&str>) -> Result<AdminClient, Failure> {
+/// Connects as the command line says: `--endpoint`, `--token`, `--ca`.
+pub async fn connect_as(args: &ClientArgs) -> Result<AdminClient, Failure> {
+    connect(&args.endpoint, args.token.as_deref(), args.ca.as_deref()).await
+}
+
+/// Connects to `endpoint` with `token`; an `https://` endpoint is verified against `ca` (else
+/// the system's roots). The actor recorded in the audit log is the local user name, when there
+/// is one.
+pub async fn connect(
+    endpoint: &str,
+    token: Option<&str>,
+    ca: Option<&Path>,
+) -> Result<AdminClient, Failure> {
     let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
         Failure::Config("no admin token: pass --token or set KEYGATE_TOKEN".into())
     })?;
@@ -49,18 +64,50 @@ pub async fn connect(endpoint: &str, token: Option<&str>) -> Result<AdminClient,
     let actor = std::env::var("USER")
         .ok()
         .and_then(|user| user.parse::<AsciiMetadataValue>().ok());
-    let channel = Channel::from_shared(endpoint.to_owned())
+    let mut channel = Channel::from_shared(endpoint.to_owned())
         .map_err(|error| Failure::Config(format!("invalid endpoint {endpoint:?}: {error}")))?
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(60))
-        .connect()
-        .await
-        .map_err(|error| {
-            Failure::Runtime(format!(
-                "cannot reach the control plane at {endpoint}: {}",
-                source_chain(&error)
-            ))
-        })?;
+        .timeout(Duration::from_secs(60));
+    let uri = channel.uri().clone();
+    match uri.scheme_str() {
+        Some("https") => {
+            let host = uri.host().unwrap_or_default();
+            let host = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host);
+            let tls =
+                keygate_transport::client::grpc_client_tls(&Trust::from_ca_file(ca), None, host)
+                    .map_err(|error| Failure::Config(format!("--ca / KEYGATE_CA: {error}")))?;
+            channel = channel.tls_config(tls).map_err(|error| {
+                Failure::Config(format!(
+                    "TLS settings for {endpoint}: {}",
+                    error_chain(&error)
+                ))
+            })?;
+        }
+        Some("http") if ca.is_some() => {
+            return Err(Failure::Config(format!(
+                "--ca / KEYGATE_CA is set but the endpoint {endpoint} is not https://"
+            )));
+        }
+        _ => {}
+    }
+    let channel = channel.connect().await.map_err(|error| {
+        let chain = error_chain(&error);
+        let advice = if chain.contains("invalid peer certificate") {
+            if ca.is_some() {
+                "; the control plane's certificate does not chain to the CA in --ca / KEYGATE_CA, or names another host"
+            } else {
+                "; the control plane's certificate is not trusted by the system roots: pass --ca FILE or set KEYGATE_CA to the CA that signed it"
+            }
+        } else {
+            ""
+        };
+        Failure::Runtime(format!(
+            "cannot reach the control plane at {endpoint}: {chain}{advice}"
+        ))
+    })?;
     Ok(PbAdminClient::with_interceptor(
         channel,
         Credentials {
@@ -85,15 +132,4 @@ pub fn status_failure(status: tonic::Status) -> Failure {
         }
         code => Failure::Runtime(format!("{code:?}: {message}")),
     }
-}
-
-fn source_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -31,6 +31,10 @@ pub struct ClientArgs {
     /// Admin token (printed by `keygate dev`).
     #[arg(long, global = true, env = "KEYGATE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate (PEM) that an https:// endpoint's certificate must chain to
+    /// [default: the system's roots].
+    #[arg(long, global = true, env = "KEYGATE_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     /// Print exactly one JSON object on stdout.
     #[arg(long, global = true)]
     pub json: bool,
@@ -105,6 +109,10 @@ pub struct DevArgs {
     /// Control plane HTTP listener.
     #[arg(long, default_value = "127.0.0.1:7080")]
     pub http_listen: SocketAddr,
+    /// Every link over TLS, with a throwaway CA and certificates made in <data-dir>/tls/
+    /// (mutual TLS between gateway and control plane).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -133,6 +141,16 @@ pub struct ControlPlaneArgs {
     /// WebAuthn relying party origin [default: the HTTP listener's URL].
     #[arg(long, env = "KEYGATE_RP_ORIGIN")]
     pub rp_origin: Option<String>,
+    /// PEM certificate chain: serve gRPC and HTTP over TLS (with --tls-key).
+    #[arg(long, env = "KEYGATE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "KEYGATE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that gateways' client certificates must chain to (mutual TLS); a gateway's id
+    /// is then its certificate's first DNS or URI SAN.
+    #[arg(long, env = "KEYGATE_CLIENT_CA", value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// What a gateway does when it cannot prove it is within the propagation bound.
@@ -180,6 +198,27 @@ pub struct ProxyArgs {
     /// What to do past the bound.
     #[arg(long, env = "KEYGATE_STALE_POLICY", value_enum)]
     pub stale_policy: Option<StalePolicyArg>,
+    /// PEM certificate chain: the main listener serves HTTPS (with --tls-key).
+    #[arg(long, env = "KEYGATE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "KEYGATE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificate chain: the admin listener serves HTTPS (with --admin-tls-key).
+    #[arg(long, env = "KEYGATE_ADMIN_TLS_CERT", value_name = "FILE")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// PEM private key of --admin-tls-cert.
+    #[arg(long, env = "KEYGATE_ADMIN_TLS_KEY", value_name = "FILE")]
+    pub admin_tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) that https:// control planes must chain to [default: system roots].
+    #[arg(long, env = "KEYGATE_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate for https:// control planes (mutual TLS).
+    #[arg(long, env = "KEYGATE_CLIENT_CERT", value_name = "FILE")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, env = "KEYGATE_CLIENT_KEY", value_name = "FILE")]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

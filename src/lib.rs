@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config_file;
 pub mod dev;
 pub mod echo;
+pub mod local_ca;
 pub mod output;
 pub mod serve;
 pub mod shutdown;

@@ -1,8 +1,8 @@
 //! `keygate control-plane` and `keygate proxy`: load the config file, lay flags and environment
 //! over it, validate once, bind, print one line per listener, serve until a signal.
 
-use keygate_control_plane::{ControlPlane, ControlPlaneConfig};
-use keygate_proxy::{Gateway, ProxyConfig, StalePolicy};
+use keygate_control_plane::{ControlPlane, ControlPlaneConfig, ControlPlaneError};
+use keygate_proxy::{Gateway, ProxyConfig, ProxyError, StalePolicy};
 
 use crate::args::{ControlPlaneArgs, ProxyArgs, StalePolicyArg};
 use crate::{Failure, config_file, shutdown, telemetry};
@@ -30,6 +30,15 @@ pub fn control_plane_config(flags: &ControlPlaneArgs) -> Result<ControlPlaneConf
     }
     if flags.rp_origin.is_some() {
         config.rp_origin.clone_from(&flags.rp_origin);
+    }
+    for (flag, setting) in [
+        (&flags.tls_cert, &mut config.tls_cert),
+        (&flags.tls_key, &mut config.tls_key),
+        (&flags.client_ca, &mut config.client_ca),
+    ] {
+        if flag.is_some() {
+            setting.clone_from(flag);
+        }
     }
     config
         .validate()
@@ -64,6 +73,19 @@ pub fn proxy_config(flags: &ProxyArgs) -> Result<ProxyConfig, Failure> {
     if let Some(bound) = flags.propagation_bound {
         config.propagation_bound = bound;
     }
+    for (flag, setting) in [
+        (&flags.tls_cert, &mut config.tls_cert),
+        (&flags.tls_key, &mut config.tls_key),
+        (&flags.admin_tls_cert, &mut config.admin_tls_cert),
+        (&flags.admin_tls_key, &mut config.admin_tls_key),
+        (&flags.ca, &mut config.ca),
+        (&flags.client_cert, &mut config.client_cert),
+        (&flags.client_key, &mut config.client_key),
+    ] {
+        if flag.is_some() {
+            setting.clone_from(flag);
+        }
+    }
     if let Some(policy) = flags.stale_policy {
         config.stale_policy = match policy {
             StalePolicyArg::FailClosed => StalePolicy::FailClosed,
@@ -81,7 +103,10 @@ pub async fn control_plane(flags: ControlPlaneArgs) -> Result<(), Failure> {
     let config = control_plane_config(&flags)?;
     let server = ControlPlane::bind(config, telemetry::metrics())
         .await
-        .map_err(|error| Failure::Runtime(error.to_string()))?;
+        .map_err(|error| match error {
+            ControlPlaneError::Config(_) => Failure::Config(error.to_string()),
+            _ => Failure::Runtime(error.to_string()),
+        })?;
     println!(
         "keygate control-plane listening on {} (http {})",
         server.grpc_addr(),
@@ -96,9 +121,13 @@ pub async fn control_plane(flags: ControlPlaneArgs) -> Result<(), Failure> {
 /// Runs `keygate proxy`.
 pub async fn proxy(flags: ProxyArgs) -> Result<(), Failure> {
     let config = proxy_config(&flags)?;
-    let gateway = Gateway::bind(config, telemetry::metrics())
-        .await
-        .map_err(|error| Failure::Runtime(error.to_string()))?;
+    let gateway =
+        Gateway::bind(config, telemetry::metrics())
+            .await
+            .map_err(|error| match error {
+                ProxyError::Config(_) => Failure::Config(error.to_string()),
+                _ => Failure::Runtime(error.to_string()),
+            })?;
     println!(
         "keygate proxy listening on {} (admin {})",
         gateway.addr(),

@@ -151,3 +151,80 @@ async fn separate_processes_sync_serve_and_stop_on_sigterm() {
     upstream.terminate();
     control_plane.terminate();
 }
+
+/// `kill -HUP` the process.
+fn hangup(process: &Process) {
+    let status = Command::new("kill")
+        .args(["-HUP", &process.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The value of the Prometheus sample whose line starts with `series` at `url`.
+async fn sample(url: &str, series: &str) -> Option<f64> {
+    let page = support::send("GET", url, &[], b"").await;
+    String::from_utf8_lossy(&page.body)
+        .lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_certificates_and_never_stops_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = support::tls::Pki::new("sighup CA");
+    let (cert, key) = pki.server("gateway", None);
+    let database = format!("sqlite://{}", dir.path().join("keygate.db").display());
+    let gateway_token = keygate::dev::random_token();
+    let (control_plane, line) = start(&[
+        "control-plane",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--database",
+        &database,
+        "--admin-token",
+        &keygate::dev::random_token(),
+        "--gateway-token",
+        &gateway_token,
+    ]);
+    let grpc = format!("http://{}", addr_after(&line, "listening on "));
+    let health = format!("http://{}/healthz", addr_after(&line, "(http "));
+    let (gateway, line) = start(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--control-plane",
+        &grpc,
+        "--gateway-token",
+        &gateway_token,
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let metrics = format!("http://{}/metrics", addr_after(&line, "(admin "));
+    let reloads = r#"keygate_tls_reloads_total{listener="main"}"#;
+    assert_eq!(sample(&metrics, reloads).await, Some(0.0));
+
+    // SIGHUP re-reads the certificate even though the files did not change.
+    hangup(&gateway);
+    support::eventually("SIGHUP reloads the certificate", || {
+        let metrics = metrics.clone();
+        async move { sample(&metrics, reloads).await == Some(1.0) }
+    })
+    .await;
+
+    // A server without any certificate takes SIGHUP too (`systemctl reload`), and keeps serving.
+    hangup(&control_plane);
+    let reply = support::send("GET", &health, &[], b"").await;
+    assert_eq!(reply.status, 200);
+    gateway.terminate();
+    control_plane.terminate();
+}

@@ -52,7 +52,7 @@ pub async fn run(
     let mut connections = Vec::with_capacity(clients);
     for _ in 0..clients {
         connections.push(
-            keygate::admin_client::connect(endpoint, Some(token))
+            keygate::admin_client::connect(endpoint, Some(token), None)
                 .await
                 .map_err(|failure| anyhow::anyhow!("{failure}"))?,
         );

@@ -69,7 +69,7 @@ pub async fn run(
     token: &str,
     tries: usize,
 ) -> Result<(), String> {
-    let mut admin = keygate::admin_client::connect(endpoint, Some(token))
+    let mut admin = keygate::admin_client::connect(endpoint, Some(token), None)
         .await
         .map_err(|e| e.to_string())?;
     let http = client();

@@ -168,7 +168,7 @@ fn create_key(owner: &str) -> pb::CreateKeyRequest {
 
 /// Runs the measurement.
 pub async fn run(args: &PropagationArgs) -> Result<PropagationReport, String> {
-    let mut admin = keygate::admin_client::connect(&args.endpoint, Some(&args.token))
+    let mut admin = keygate::admin_client::connect(&args.endpoint, Some(&args.token), None)
         .await
         .map_err(|e| e.to_string())?;
     let http = probe::client();

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -42,7 +42,8 @@ pub struct ControlPlaneConfig {
     pub rp_id: Option<String>,
     /// WebAuthn relying-party origin (`https://id.example.com`), where the passkey page is
     /// served; its host must be `rp_id` or a subdomain of it. Default
-    /// `http://localhost:<HTTP listener port>`. Enrollment links point here.
+    /// `http://localhost:<HTTP listener port>` (`https://` with `tls_cert`). Enrollment links
+    /// point here.
     pub rp_origin: Option<String>,
     /// How long a passkey session lasts from sign-in; also how long a revocation must be
     /// remembered, and how long a retired signing key keeps verifying. Default 12 hours, at
@@ -66,6 +67,17 @@ pub struct ControlPlaneConfig {
     /// snapshot on every reconnect). Same duration syntax as `gateway_timeout`.
     #[serde(deserialize_with = "duration::deserialize")]
     pub event_retention: Duration,
+    /// PEM certificate chain (leaf first) for both listeners. With `tls_key`, gRPC (Admin and
+    /// Sync) and HTTP (the passkey page and API, health, metrics) are served over TLS 1.2/1.3
+    /// only. Re-read on SIGHUP and when the file changes. Default none: plain text.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`. Default none.
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that gateways' client certificates must chain to (mutual TLS,
+    /// needs `tls_cert`). The Sync service then refuses a gateway without one, and takes the
+    /// gateway's id from its certificate's first DNS or URI SAN. Operators need none. Default
+    /// none.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for ControlPlaneConfig {
@@ -83,6 +95,9 @@ impl Default for ControlPlaneConfig {
             passkey_rate_per_user: 30,
             gateway_timeout: Duration::from_secs(5 * 60),
             event_retention: Duration::from_secs(24 * 60 * 60),
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
         }
     }
 }
@@ -110,6 +125,9 @@ impl fmt::Debug for ControlPlaneConfig {
             .field("passkey_rate_per_user", &self.passkey_rate_per_user)
             .field("gateway_timeout", &self.gateway_timeout)
             .field("event_retention", &self.event_retention)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("client_ca", &self.client_ca)
             .finish()
     }
 }
@@ -169,6 +187,12 @@ pub enum ConfigError {
     SessionLifetime,
     #[error("invalid WebAuthn relying party: {0}")]
     RelyingParty(String),
+    #[error("tls_cert and tls_key go together: set both or neither")]
+    TlsPair,
+    #[error("client_ca needs tls_cert and tls_key: client certificates are only seen over TLS")]
+    ClientCaWithoutTls,
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ControlPlaneConfig {
@@ -199,7 +223,18 @@ impl ControlPlaneConfig {
         {
             return Err(ConfigError::SessionLifetime);
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::TlsPair);
+        }
+        if self.client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(ConfigError::ClientCaWithoutTls);
+        }
         Ok(())
+    }
+
+    /// The certificate and key files, when the listeners serve TLS.
+    pub fn tls_files(&self) -> Option<(&Path, &Path)> {
+        self.tls_cert.as_deref().zip(self.tls_key.as_deref())
     }
 }
 
@@ -210,11 +245,16 @@ impl ControlPlaneConfig {
     }
 
     /// The relying-party origin: `rp_origin` (without a trailing slash), or
-    /// `http://localhost:<port of the bound HTTP listener>`.
+    /// `http://localhost:<port of the bound HTTP listener>` (`https://` with TLS).
     pub fn relying_party_origin(&self, http_addr: SocketAddr) -> String {
+        let scheme = if self.tls_files().is_some() {
+            "https"
+        } else {
+            "http"
+        };
         match &self.rp_origin {
             Some(origin) => origin.trim_end_matches('/').to_owned(),
-            None => format!("http://localhost:{}", http_addr.port()),
+            None => format!("{scheme}://localhost:{}", http_addr.port()),
         }
     }
 }

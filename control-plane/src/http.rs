@@ -1,8 +1,9 @@
 //! The HTTP listener: `GET /healthz`, `GET /metrics`, and the passkey API and page
 //! (`passkey_api`).
 //!
-//! HTTP/1.1 only, with bounded headers, a header read timeout and a cap on open connections, so
-//! that slow or hostile clients cannot exhaust the process.
+//! HTTP/1.1 only (over TLS when the control plane has a certificate), with bounded headers, a
+//! header read timeout and a cap on open connections (the shared accept loop's), so that slow
+//! or hostile clients cannot exhaust the process.
 
 mod passkey_api;
 
@@ -16,11 +17,10 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use keygate_transport::{AcceptSettings, Accepted, Connections, ServerTls, accept_loop};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
@@ -45,55 +45,47 @@ pub struct HttpState {
     pub passkeys: Arc<PasskeyApi>,
 }
 
-/// Serves HTTP on `listener` until `shutdown` is cancelled, then lets open requests finish.
-pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: CancellationToken) {
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let graceful = GracefulShutdown::new();
+/// Serves HTTP (HTTPS with `tls`) on `listener` until `shutdown` is cancelled, then lets
+/// open requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<ServerTls>,
+    state: Arc<HttpState>,
+    shutdown: CancellationToken,
+) {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_headers(MAX_HEADERS)
         .max_buf_size(MAX_BUF_BYTES);
-    loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = Arc::clone(&connections).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Usually EMFILE: keep serving the connections we have.
-                    tracing::warn!(%error, "HTTP accept failed");
-                    continue;
-                }
-            },
-        };
+    let connections = Connections::new();
+    let serving = connections.clone();
+    let settings = AcceptSettings {
+        name: "http",
+        max_connections: MAX_CONNECTIONS,
+        handshake_timeout: HEADER_READ_TIMEOUT,
+    };
+    accept_loop(listener, settings, tls, shutdown, move |accepted| {
+        let Accepted {
+            stream,
+            remote,
+            permit,
+        } = accepted;
         let state = Arc::clone(&state);
-        let client = peer.ip();
+        let client = remote.ip();
         let service = hyper::service::service_fn(move |request| {
             let state = Arc::clone(&state);
             async move { Ok::<_, Infallible>(route(&state, request, client).await) }
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "HTTP connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("HTTP connections still open after the drain timeout; closing them");
-    }
+        serving.spawn(
+            builder.serve_connection(TokioIo::new(stream), service),
+            remote,
+            permit,
+        );
+    })
+    .await;
+    connections.drain("http", DRAIN_TIMEOUT).await;
 }
 
 async fn route(

@@ -42,18 +42,22 @@ use std::time::Duration;
 
 use keygate_proto::pb::admin_server::AdminServer;
 use keygate_proto::pb::sync_server::SyncServer;
+use keygate_transport::server::{ALPN_H2, ALPN_HTTP1};
+use keygate_transport::{AcceptSettings, Accepted, ReloadingCert, ServerTls, accept_loop};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 pub use config::ControlPlaneConfig;
 pub use error::ControlPlaneError;
 
 use crate::admin_service::AdminService;
 use crate::auth::TokenCheck;
-use crate::config::DatabaseUrl;
+use crate::config::{ConfigError, DatabaseUrl};
 use crate::event_log::{DEFAULT_RING_CAPACITY, EventLog};
 use crate::keys::Keys;
 use crate::passkeys::Passkeys;
@@ -66,6 +70,37 @@ use crate::sync_service::{SyncService, SyncSettings};
 const GRPC_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keepalive pings on idle HTTP/2 connections, so a vanished gateway is noticed.
 const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
+/// Most gRPC connections (gateways and operators) open at once.
+const GRPC_MAX_CONNECTIONS: usize = 10_000;
+/// Longest TLS handshake on either listener.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS of both listeners: one certificate; client certificates requested on gRPC only.
+struct ListenerTls {
+    grpc: ServerTls,
+    http: ServerTls,
+}
+
+impl ListenerTls {
+    fn load(config: &ControlPlaneConfig) -> Result<Option<Self>, ControlPlaneError> {
+        let Some((cert, key)) = config.tls_files() else {
+            return Ok(None);
+        };
+        let tls = |error: keygate_transport::TlsError| {
+            ControlPlaneError::Config(ConfigError::Tls(error.to_string()))
+        };
+        let certificate = ReloadingCert::load("control-plane", cert, key).map_err(tls)?;
+        Ok(Some(Self {
+            grpc: ServerTls::new(
+                Arc::clone(&certificate),
+                ALPN_H2,
+                config.client_ca.as_deref(),
+            )
+            .map_err(tls)?,
+            http: ServerTls::new(certificate, ALPN_HTTP1, None).map_err(tls)?,
+        }))
+    }
+}
 
 /// A control plane with its store open and both listeners bound, ready to serve.
 pub struct ControlPlane {
@@ -78,6 +113,7 @@ pub struct ControlPlane {
     http_listener: TcpListener,
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
+    tls: Option<ListenerTls>,
     metrics: PrometheusHandle,
 }
 
@@ -89,6 +125,7 @@ impl ControlPlane {
         metrics: PrometheusHandle,
     ) -> Result<ControlPlane, ControlPlaneError> {
         config.validate()?;
+        let tls = ListenerTls::load(&config)?;
         let path = match DatabaseUrl::parse(&config.database)? {
             DatabaseUrl::Sqlite(path) => path,
             DatabaseUrl::Postgres => return Err(ControlPlaneError::PostgresUnsupported),
@@ -133,6 +170,7 @@ impl ControlPlane {
             http_listener,
             grpc_addr,
             http_addr,
+            tls,
             metrics,
         })
     }
@@ -172,9 +210,40 @@ impl ControlPlane {
             Arc::clone(&self.event_log),
             Arc::clone(&self.registry),
             stop.clone(),
-            SyncSettings::default(),
+            SyncSettings {
+                require_client_certificate: self.config.client_ca.is_some(),
+                ..SyncSettings::default()
+            },
         );
-        let incoming = TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true));
+        let (grpc_tls, http_tls) = match self.tls {
+            Some(tls) => (Some(tls.grpc), Some(tls.http)),
+            None => (None, None),
+        };
+        let certificate_watch = keygate_transport::watch_certificates(
+            grpc_tls
+                .iter()
+                .map(|tls| Arc::clone(tls.certificate()))
+                .collect(),
+            keygate_transport::reload::WATCH_INTERVAL,
+            stop.clone(),
+        );
+        // Connections reach tonic through a channel; the accept loop bounds how many exist.
+        let (connections, accepted) = mpsc::unbounded_channel::<Accepted>();
+        let grpc_accept = accept_loop(
+            self.grpc_listener,
+            AcceptSettings {
+                name: "grpc",
+                max_connections: GRPC_MAX_CONNECTIONS,
+                handshake_timeout: HANDSHAKE_TIMEOUT,
+            },
+            grpc_tls,
+            stop.clone(),
+            move |connection| {
+                // Fails only once the server has stopped taking connections.
+                let _ = connections.send(connection);
+            },
+        );
+        let incoming = UnboundedReceiverStream::new(accepted).map(Ok::<_, std::io::Error>);
         let grpc = Server::builder()
             .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
             .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE))
@@ -188,6 +257,10 @@ impl ControlPlane {
             ))
             .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
         let grpc = async {
+            let grpc = async {
+                let (result, ()) = tokio::join!(grpc, grpc_accept);
+                result
+            };
             let drained = async {
                 stop.cancelled().await;
                 tokio::time::sleep(GRPC_DRAIN_TIMEOUT).await;
@@ -213,7 +286,7 @@ impl ControlPlane {
             passkeys: Arc::clone(&self.passkeys.api),
         });
         let http = async {
-            http::serve(self.http_listener, state, stop.clone()).await;
+            http::serve(self.http_listener, http_tls, state, stop.clone()).await;
             stop.cancel();
         };
 
@@ -239,7 +312,14 @@ impl ControlPlane {
         tracing::info!(grpc = %self.grpc_addr, http = %self.http_addr, "control plane serving");
         let session_pruner = self.passkeys.maintain(stop.clone());
 
-        let (result, (), (), (), ()) = tokio::join!(grpc, http, pruner, compactor, session_pruner);
+        let (result, (), (), (), (), ()) = tokio::join!(
+            grpc,
+            http,
+            pruner,
+            compactor,
+            session_pruner,
+            certificate_watch
+        );
         signal.abort();
         tracing::info!("control plane stopped");
         result

@@ -17,6 +17,7 @@ use std::time::Duration;
 use keygate_proto::pb::control_message::Msg as ControlMsg;
 use keygate_proto::pb::gateway_message::Msg as GatewayMsg;
 use keygate_proto::{Event, KeyHash, Revision, pb};
+use keygate_transport::ConnectInfo;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::SendTimeoutError;
@@ -52,6 +53,9 @@ pub struct SyncSettings {
     pub send_timeout: Duration,
     /// Outbound messages buffered per stream.
     pub channel_capacity: usize,
+    /// Whether gateways must present a client certificate (the listener has a client CA). The
+    /// gateway's id is then its certificate's, and a Hello claiming another is refused.
+    pub require_client_certificate: bool,
 }
 
 impl Default for SyncSettings {
@@ -60,6 +64,7 @@ impl Default for SyncSettings {
             hello_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(5),
             channel_capacity: 256,
+            require_client_certificate: false,
         }
     }
 }
@@ -109,10 +114,18 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         request: Request<Streaming<pb::GatewayMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let remote = request.remote_addr();
+        let connection = request.extensions().get::<ConnectInfo>();
+        let remote = connection.and_then(|info| info.remote);
+        let certified_id = self.shared.certified_gateway(connection, remote)?;
         let (tx, rx) = mpsc::channel(self.shared.settings.channel_capacity.max(1));
         let shared = Arc::clone(&self.shared);
-        tokio::spawn(run_stream(shared, request.into_inner(), tx, remote));
+        tokio::spawn(run_stream(
+            shared,
+            request.into_inner(),
+            tx,
+            remote,
+            certified_id,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -120,6 +133,9 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         request: Request<pb::LookupKeyRequest>,
     ) -> Result<Response<pb::LookupKeyResponse>, Status> {
+        let connection = request.extensions().get::<ConnectInfo>();
+        self.shared
+            .certified_gateway(connection, connection.and_then(|info| info.remote))?;
         let bytes = request.into_inner().key_hash;
         let hash = KeyHash::from_slice(&bytes).ok_or_else(|| {
             Status::invalid_argument(format!("key_hash must be 32 bytes, got {}", bytes.len()))
@@ -134,6 +150,43 @@ impl pb::sync_server::Sync for SyncService {
             key: key.map(|key| pb::ReplicaKey::from(&key.replica())),
             head_revision: head.0,
         }))
+    }
+}
+
+impl Shared {
+    /// The gateway id the connection's client certificate names, when this control plane
+    /// requires one (mutual TLS); `None` when it does not. A connection without a verified
+    /// certificate, or with one naming no DNS or URI SAN, is refused.
+    fn certified_gateway(
+        &self,
+        connection: Option<&ConnectInfo>,
+        remote: Option<std::net::SocketAddr>,
+    ) -> Result<Option<String>, Status> {
+        if !self.settings.require_client_certificate {
+            return Ok(None);
+        }
+        let Some(chain) = connection.and_then(|info| info.peer_certificates.as_ref()) else {
+            tracing::warn!(remote = ?remote, "sync refused: no client certificate");
+            ::metrics::counter!("keygate_sync_refused_total", "reason" => "no_client_certificate")
+                .increment(1);
+            return Err(Status::unauthenticated(
+                "this control plane requires a client certificate (mutual TLS): set the gateway's client_cert and client_key",
+            ));
+        };
+        match chain
+            .first()
+            .and_then(keygate_transport::identity::first_san)
+        {
+            Some(id) => Ok(Some(id)),
+            None => {
+                tracing::warn!(remote = ?remote, "sync refused: the client certificate names no DNS or URI SAN");
+                ::metrics::counter!("keygate_sync_refused_total", "reason" => "certificate_without_name")
+                    .increment(1);
+                Err(Status::unauthenticated(
+                    "the client certificate names no DNS or URI subject alternative name to identify the gateway",
+                ))
+            }
+        }
     }
 }
 
@@ -154,6 +207,7 @@ async fn run_stream(
     mut inbound: Streaming<pb::GatewayMessage>,
     tx: Outbound,
     remote: Option<std::net::SocketAddr>,
+    certified_id: Option<String>,
 ) {
     let hello = match tokio::time::timeout(shared.settings.hello_timeout, inbound.next()).await {
         Err(_) => {
@@ -182,6 +236,24 @@ async fn run_stream(
             return;
         }
     };
+    if let Some(certified) = certified_id
+        && certified != hello.id
+    {
+        tracing::warn!(
+            certificate = %certified,
+            claimed = %hello.id,
+            remote = ?remote,
+            "sync refused: the Hello claims another gateway id than the client certificate names"
+        );
+        ::metrics::counter!("keygate_sync_refused_total", "reason" => "identity_mismatch")
+            .increment(1);
+        let status = Status::permission_denied(format!(
+            "the client certificate identifies gateway {certified:?}, but the Hello claims {:?}",
+            hello.id
+        ));
+        let _ = tx.try_send(Err(status));
+        return;
+    }
     let applied = hello.applied;
     let session = shared.registry.connect(hello.clone(), &shared.shutdown);
     let _registered = Registered {
@@ -626,6 +698,7 @@ mod tests {
                 hello_timeout: Duration::from_secs(10),
                 send_timeout: Duration::from_millis(50),
                 channel_capacity: 2,
+                require_client_certificate: false,
             },
         });
         let keys = Keys::new(store);

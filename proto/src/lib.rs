@@ -9,6 +9,7 @@
 
 pub mod base62;
 pub mod convert;
+pub mod error_chain;
 pub mod ids;
 pub mod key;
 pub mod model;
@@ -21,6 +22,7 @@ pub mod pb {
     tonic::include_proto!("keygate.v1");
 }
 
+pub use error_chain::error_chain;
 pub use ids::KeyId;
 pub use key::{ApiKey, KeyFormatError, KeyHash, KeyPrefix};
 pub use model::{

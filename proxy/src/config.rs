@@ -6,10 +6,12 @@
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::HeaderName;
 use http::uri::{Authority, Uri};
+use keygate_transport::{ClientIdentity, Trust};
 use serde::Deserialize;
 
 use crate::error::ConfigError;
@@ -91,6 +93,25 @@ pub struct ProxyConfig {
     /// How long shutdown waits for in-flight requests before closing them. Default 30 s.
     #[serde(with = "humantime_duration")]
     pub shutdown_grace: Duration,
+    /// PEM certificate chain (leaf first) of the main listener. With `tls_key` the listener
+    /// speaks HTTPS only: TLS 1.2 and 1.3, ALPN h2 and http/1.1. Re-read on SIGHUP and when the
+    /// file changes. Default none: plain HTTP (behind a TLS-terminating load balancer).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`. Default none.
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificate chain of the admin listener; with `admin_tls_key` it speaks HTTPS.
+    /// Default none: plain HTTP.
+    pub admin_tls_cert: Option<PathBuf>,
+    /// PEM private key of `admin_tls_cert`. Default none.
+    pub admin_tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for `https://` control-plane URLs, instead of the system's
+    /// roots. Default none: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate presented to `https://` control planes (mutual TLS). Its first
+    /// DNS or URI SAN is the gateway's id there. Default none.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`. Default none.
+    pub client_key: Option<PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -121,6 +142,13 @@ impl Default for ProxyConfig {
             max_concurrent_lookups: 64,
             ping_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(30),
+            tls_cert: None,
+            tls_key: None,
+            admin_tls_cert: None,
+            admin_tls_key: None,
+            ca: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 }
@@ -175,6 +203,10 @@ pub struct RouteConfig {
     /// Forward the credential to the upstream instead of removing it. Default false.
     #[serde(default)]
     pub forward_credential: bool,
+    /// CA certificates (PEM) trusted for an `https://` upstream, instead of the system's
+    /// roots. Default none.
+    #[serde(default)]
+    pub upstream_ca: Option<PathBuf>,
 }
 
 /// Which credentials a route accepts. On `key_or_session` routes a Bearer token starting with
@@ -228,6 +260,8 @@ impl StalePolicy {
 pub(crate) struct ResolvedRoute {
     pub path_prefix: String,
     pub upstream: Authority,
+    /// `None` for `http://`; for `https://`, whom to trust.
+    pub upstream_tls: Option<Trust>,
     pub auth: AuthMode,
     pub forward_credential: bool,
 }
@@ -240,8 +274,23 @@ impl ProxyConfig {
         if self.control_plane.is_empty() {
             return Err(ConfigError::NoControlPlane);
         }
+        let mut any_https = false;
         for url in &self.control_plane {
-            control_plane_url(url)?;
+            any_https |= control_plane_url(url)?;
+        }
+        self.listener_tls()?;
+        self.admin_tls()?;
+        let client = self.client_identity()?;
+        if !any_https {
+            for (field, set) in [("ca", self.ca.is_some()), ("client_cert", client.is_some())] {
+                if set {
+                    return Err(ConfigError::Invalid {
+                        field,
+                        reason: "is only used with https:// control-plane URLs, and none is"
+                            .to_owned(),
+                    });
+                }
+            }
         }
         if self.gateway_token.expose().trim().is_empty() {
             return Err(ConfigError::NoGatewayToken);
@@ -316,6 +365,31 @@ impl ProxyConfig {
         Ok(())
     }
 
+    /// The main listener's certificate and key files, when it serves HTTPS.
+    pub(crate) fn listener_tls(&self) -> Result<Option<(&Path, &Path)>, ConfigError> {
+        pem_pair(("tls_cert", &self.tls_cert), ("tls_key", &self.tls_key))
+    }
+
+    /// The admin listener's certificate and key files, when it serves HTTPS.
+    pub(crate) fn admin_tls(&self) -> Result<Option<(&Path, &Path)>, ConfigError> {
+        pem_pair(
+            ("admin_tls_cert", &self.admin_tls_cert),
+            ("admin_tls_key", &self.admin_tls_key),
+        )
+    }
+
+    /// The client certificate for `https://` control planes, if any.
+    pub(crate) fn client_identity(&self) -> Result<Option<ClientIdentity>, ConfigError> {
+        Ok(pem_pair(
+            ("client_cert", &self.client_cert),
+            ("client_key", &self.client_key),
+        )?
+        .map(|(cert, key)| ClientIdentity {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        }))
+    }
+
     /// The gateway id to report: the configured one, else `<hostname>-<pid>`.
     pub fn effective_gateway_id(&self) -> String {
         match &self.gateway_id {
@@ -332,6 +406,7 @@ impl ProxyConfig {
             upstream: upstream.clone(),
             auth: AuthMode::default(),
             forward_credential: false,
+            upstream_ca: None,
         });
         for route in self.routes.iter().chain(shorthand.as_ref()) {
             if !route.path_prefix.starts_with('/') {
@@ -343,9 +418,21 @@ impl ProxyConfig {
             {
                 return Err(ConfigError::DuplicateRoute(route.path_prefix.clone()));
             }
+            let (upstream, https) = upstream_authority(&route.upstream)?;
+            let upstream_tls = match (https, &route.upstream_ca) {
+                (true, ca) => Some(Trust::from_ca_file(ca.as_deref())),
+                (false, None) => None,
+                (false, Some(_)) => {
+                    return Err(ConfigError::BadUpstream {
+                        url: route.upstream.clone(),
+                        reason: "upstream_ca is set but the upstream is not https://".to_owned(),
+                    });
+                }
+            };
             routes.push(ResolvedRoute {
                 path_prefix: route.path_prefix.clone(),
-                upstream: upstream_authority(&route.upstream)?,
+                upstream,
+                upstream_tls,
                 auth: route.auth,
                 forward_credential: route.forward_credential,
             });
@@ -375,17 +462,18 @@ pub(crate) fn parse_header_name(
     header_name(field, name)
 }
 
-fn upstream_authority(url: &str) -> Result<Authority, ConfigError> {
+/// The upstream's authority, and whether it is `https://`.
+fn upstream_authority(url: &str) -> Result<(Authority, bool), ConfigError> {
     let bad = |reason: &str| ConfigError::BadUpstream {
         url: url.to_owned(),
         reason: reason.to_owned(),
     };
     let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(bad("https upstreams are not supported yet; use http://")),
-        _ => return Err(bad("expected http://host[:port]")),
-    }
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(bad("expected http://host[:port] or https://host[:port]")),
+    };
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(bad(
             "upstream URLs take no path or query; requests keep their own path",
@@ -398,29 +486,45 @@ fn upstream_authority(url: &str) -> Result<Authority, ConfigError> {
     if authority.as_str().contains('@') {
         return Err(bad("credentials in upstream URLs are not supported"));
     }
-    Ok(authority)
+    Ok((authority, https))
 }
 
-/// Checks a control-plane URL.
-pub(crate) fn control_plane_url(url: &str) -> Result<(), ConfigError> {
+/// Checks a control-plane URL; true when it is `https://`.
+pub(crate) fn control_plane_url(url: &str) -> Result<bool, ConfigError> {
     let bad = |reason: &str| ConfigError::BadControlPlane {
         url: url.to_owned(),
         reason: reason.to_owned(),
     };
     let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(bad(
-                "TLS to the control plane is not supported yet; use http://",
-            ));
-        }
-        _ => return Err(bad("expected http://host:port")),
-    }
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(bad("expected http://host:port or https://host:port")),
+    };
     if uri.authority().is_none() {
         return Err(bad("missing host"));
     }
-    Ok(())
+    Ok(https)
+}
+
+/// `Some((cert, key))` when both are set, `None` when neither is, an error naming the missing
+/// one otherwise.
+fn pem_pair<'a>(
+    cert: (&'static str, &'a Option<PathBuf>),
+    key: (&'static str, &'a Option<PathBuf>),
+) -> Result<Option<(&'a Path, &'a Path)>, ConfigError> {
+    match (cert.1, key.1) {
+        (Some(cert), Some(key)) => Ok(Some((cert, key))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::Invalid {
+            field: key.0,
+            reason: format!("{} is set, so {} must be too", cert.0, key.0),
+        }),
+        (None, Some(_)) => Err(ConfigError::Invalid {
+            field: cert.0,
+            reason: format!("{} is set, so {} must be too", key.0, cert.0),
+        }),
+    }
 }
 
 fn hostname() -> String {
@@ -585,7 +689,7 @@ mod tests {
                         path_prefix: "/".into(),
                         upstream: "http://y".into(),
                         auth: AuthMode::Key,
-                        forward_credential: false,
+                        ..RouteConfig::default()
                     }],
                     ..valid()
                 },

@@ -25,6 +25,8 @@ pub enum ConfigError {
     NoGatewayToken,
     #[error("invalid {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error("TLS settings of the {what}: {reason}")]
+    Tls { what: &'static str, reason: String },
 }
 
 /// Why a gateway could not start or stopped abnormally.
@@ -43,14 +45,4 @@ pub enum ProxyError {
     Io(#[from] std::io::Error),
 }
 
-/// An error and its sources on one line (`outer: cause: root cause`), for logs and messages.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use keygate_proto::error_chain;

@@ -109,7 +109,10 @@ impl Forwarder {
             self.credentials.strip(headers);
         }
         append_forwarded_for(headers, forwarding.peer);
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            forwarding.peer.forwarded_proto.clone(),
+        );
         if let Some(host) = original_host {
             headers.insert(X_FORWARDED_HOST.clone(), host);
         }
@@ -288,14 +291,14 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
         headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
-        let peer = Peer::new("192.0.2.7:5000".parse().expect("addr"));
+        let peer = Peer::new("192.0.2.7:5000".parse().expect("addr"), false);
         append_forwarded_for(&mut headers, &peer);
         assert_eq!(headers[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 192.0.2.7");
         // Without earlier hops, the connection's preformatted address.
         let mut headers = HeaderMap::new();
         append_forwarded_for(&mut headers, &peer);
         assert_eq!(headers[&X_FORWARDED_FOR], "192.0.2.7");
-        let v6 = Peer::new("[2001:db8::1]:443".parse().expect("addr"));
+        let v6 = Peer::new("[2001:db8::1]:443".parse().expect("addr"), true);
         let mut headers = HeaderMap::new();
         append_forwarded_for(&mut headers, &v6);
         assert_eq!(headers[&X_FORWARDED_FOR], "2001:db8::1");

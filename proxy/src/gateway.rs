@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use keygate_transport::server::ALPN_H2_HTTP1;
+use keygate_transport::{ReloadingCert, ServerTls, Trust};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +32,7 @@ use crate::route::RouteTable;
 use crate::server::{self, Peer, ServerLimits, Service};
 use crate::sessions;
 use crate::status::{GatewayStatus, SyncState};
-use crate::sync::{SyncSettings, SyncTask};
+use crate::sync::{ControlPlaneTls, SyncSettings, SyncTask};
 use crate::verify::Verifier;
 
 /// Connections the admin listener serves at once.
@@ -44,6 +46,9 @@ const ADMIN_GRACE: Duration = Duration::from_secs(1);
 pub struct Gateway {
     listener: TcpListener,
     admin_listener: TcpListener,
+    /// TLS of the main and admin listeners, when configured.
+    tls: Option<ServerTls>,
+    admin_tls: Option<ServerTls>,
     addr: SocketAddr,
     admin_addr: SocketAddr,
     status: GatewayStatus,
@@ -64,7 +69,36 @@ impl Gateway {
         metrics: PrometheusHandle,
     ) -> Result<Gateway, ProxyError> {
         config.validate()?;
-        let routes = RouteTable::new(config.resolved_routes()?, config.upstream_connect_timeout);
+        let routes = RouteTable::new(config.resolved_routes()?, config.upstream_connect_timeout)?;
+        let tls = listener_tls(
+            "main listener",
+            "main",
+            config.listener_tls()?,
+            ALPN_H2_HTTP1,
+        )?;
+        let admin_tls = listener_tls(
+            "admin listener",
+            "admin",
+            config.admin_tls()?,
+            ALPN_H2_HTTP1,
+        )?;
+        let control_plane_tls = ControlPlaneTls {
+            trust: Trust::from_ca_file(config.ca.as_deref()),
+            identity: config.client_identity()?,
+        };
+        // Read now, so a bad file stops the gateway before it binds rather than on first connect.
+        if let Some(url) = config
+            .control_plane
+            .iter()
+            .find(|url| url.starts_with("https://"))
+        {
+            control_plane_tls
+                .for_url(url)
+                .map_err(|reason| ConfigError::Tls {
+                    what: "control-plane connection",
+                    reason,
+                })?;
+        }
         let credentials = CredentialHeaders::from_config(&config)?;
         let mut authorization: MetadataValue<Ascii> =
             format!("Bearer {}", config.gateway_token.expose())
@@ -137,11 +171,12 @@ impl Gateway {
             SyncSettings {
                 urls: config.control_plane.clone(),
                 authorization,
-                gateway_id: config.effective_gateway_id(),
+                gateway_id: gateway_id(&config)?,
                 region: config.region.clone(),
                 address: addr.to_string(),
                 ping_interval: config.ping_interval,
                 connect_timeout: CONTROL_PLANE_CONNECT_TIMEOUT,
+                tls: control_plane_tls,
             },
             replica,
             freshness,
@@ -152,6 +187,8 @@ impl Gateway {
         Ok(Gateway {
             listener,
             admin_listener,
+            tls,
+            admin_tls,
             addr,
             admin_addr,
             status: status.clone(),
@@ -222,16 +259,36 @@ impl Gateway {
             shutdown_grace: ADMIN_GRACE,
             ..self.limits
         };
+        let certificates = self
+            .tls
+            .iter()
+            .chain(&self.admin_tls)
+            .map(|tls| Arc::clone(tls.certificate()))
+            .collect();
+        let certificate_watch = tokio::spawn(keygate_transport::watch_certificates(
+            certificates,
+            keygate_transport::reload::WATCH_INTERVAL,
+            stop_background.clone(),
+        ));
         let admin = tokio::spawn(server::serve(
             "admin",
             self.admin_listener,
+            self.admin_tls,
             self.admin,
             admin_limits,
             stop_background.clone(),
         ));
         tracing::info!(addr = %self.addr, admin = %self.admin_addr, "keygate proxy serving");
 
-        server::serve("main", self.listener, self.handler, self.limits, stop_main).await;
+        server::serve(
+            "main",
+            self.listener,
+            self.tls,
+            self.handler,
+            self.limits,
+            stop_main,
+        )
+        .await;
 
         stop_background.cancel();
         watcher.abort();
@@ -244,9 +301,63 @@ impl Gateway {
         if let Err(error) = admin.await {
             tracing::error!(%error, "admin listener failed");
         }
+        if let Err(error) = certificate_watch.await {
+            tracing::error!(%error, "certificate watcher failed");
+        }
         tracing::info!("keygate proxy stopped");
         Ok(())
     }
+}
+
+/// The id to register under. With a client certificate it is the certificate's first DNS or
+/// URI SAN (what a control plane requiring mutual TLS takes it to be): `gateway_id` may be left
+/// unset, and one that names someone else is refused here rather than by the control plane.
+fn gateway_id(config: &ProxyConfig) -> Result<String, ConfigError> {
+    let Some(identity) = config.client_identity()? else {
+        return Ok(config.effective_gateway_id());
+    };
+    let chain =
+        keygate_transport::pem::certificates(&identity.cert).map_err(|error| ConfigError::Tls {
+            what: "control-plane connection",
+            reason: error.to_string(),
+        })?;
+    let certified = chain
+        .first()
+        .and_then(keygate_transport::identity::first_san);
+    match (certified, config.gateway_id.as_deref()) {
+        (Some(certified), Some(configured))
+            if !configured.is_empty() && configured != certified =>
+        {
+            Err(ConfigError::Invalid {
+                field: "gateway_id",
+                reason: format!(
+                    "is {configured:?}, but the client certificate names {certified:?}; a control plane requiring mutual TLS would refuse it"
+                ),
+            })
+        }
+        (Some(certified), _) => Ok(certified),
+        (None, _) => Ok(config.effective_gateway_id()),
+    }
+}
+
+/// The TLS settings of a listener from its certificate and key files, if it has them.
+fn listener_tls(
+    what: &'static str,
+    name: &'static str,
+    files: Option<(&std::path::Path, &std::path::Path)>,
+    alpn: &[&[u8]],
+) -> Result<Option<ServerTls>, ConfigError> {
+    let Some((cert, key)) = files else {
+        return Ok(None);
+    };
+    let tls_error = |error: keygate_transport::TlsError| ConfigError::Tls {
+        what,
+        reason: error.to_string(),
+    };
+    let certificate = ReloadingCert::load(name, cert, key).map_err(tls_error)?;
+    ServerTls::new(certificate, alpn, None)
+        .map(Some)
+        .map_err(tls_error)
 }
 
 impl Service for Handler {

@@ -8,8 +8,30 @@ use std::time::Duration;
 use http::HeaderValue;
 use http::uri::Authority;
 
+use keygate_transport::Trust;
+
 use crate::config::{AuthMode, ResolvedRoute};
-use crate::upstream::UpstreamPool;
+use crate::error::ConfigError;
+use crate::upstream::{UpstreamPool, UpstreamTls};
+
+/// The client settings for `trust`, built once per distinct trust (system roots are read once).
+fn tls_config(
+    built: &mut Vec<(Trust, Arc<rustls::ClientConfig>)>,
+    trust: &Trust,
+) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+    if let Some((_, config)) = built.iter().find(|(seen, _)| seen == trust) {
+        return Ok(Arc::clone(config));
+    }
+    // The pool speaks HTTP/1.1 to upstreams.
+    let config = keygate_transport::client_config(trust, None, &[b"http/1.1"])
+        .map(Arc::new)
+        .map_err(|error| ConfigError::Tls {
+            what: "upstreams",
+            reason: error.to_string(),
+        })?;
+    built.push((trust.clone(), Arc::clone(&config)));
+    Ok(config)
+}
 
 /// One route, ready for requests.
 #[derive(Debug, Clone)]
@@ -35,38 +57,54 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// The routes, with one connection pool per distinct upstream.
-    pub(crate) fn new(resolved: Vec<ResolvedRoute>, connect_timeout: Duration) -> Self {
+    /// The routes, with one connection pool per distinct upstream (authority and TLS trust).
+    /// Fails when an https upstream's trust anchors cannot be loaded.
+    pub(crate) fn new(
+        resolved: Vec<ResolvedRoute>,
+        connect_timeout: Duration,
+    ) -> Result<Self, ConfigError> {
         let mut pools: Vec<Arc<UpstreamPool>> = Vec::new();
-        let mut routes: Vec<Route> = resolved
-            .into_iter()
-            .filter_map(|route| {
-                // An `Authority` is always a valid header value; `filter_map` keeps this total.
-                let upstream_host = HeaderValue::from_str(route.upstream.as_str()).ok()?;
-                let pool = match pools
-                    .iter()
-                    .find(|pool| *pool.authority() == route.upstream)
-                {
-                    Some(pool) => Arc::clone(pool),
-                    None => {
-                        let pool =
-                            Arc::new(UpstreamPool::new(route.upstream.clone(), connect_timeout));
-                        pools.push(Arc::clone(&pool));
-                        pool
-                    }
-                };
-                Some(Route {
-                    path_prefix: route.path_prefix,
-                    upstream: route.upstream,
-                    upstream_host,
-                    auth: route.auth,
-                    forward_credential: route.forward_credential,
-                    pool,
-                })
-            })
-            .collect();
+        let mut tls_configs: Vec<(Trust, Arc<rustls::ClientConfig>)> = Vec::new();
+        let mut routes: Vec<Route> = Vec::with_capacity(resolved.len());
+        for route in resolved {
+            // An `Authority` is always a valid header value.
+            let Ok(upstream_host) = HeaderValue::from_str(route.upstream.as_str()) else {
+                continue;
+            };
+            let existing = pools.iter().find(|pool| {
+                *pool.authority() == route.upstream && pool.trust() == route.upstream_tls.as_ref()
+            });
+            let pool = match existing {
+                Some(pool) => Arc::clone(pool),
+                None => {
+                    let tls = match &route.upstream_tls {
+                        None => None,
+                        Some(trust) => Some(UpstreamTls::new(
+                            trust.clone(),
+                            tls_config(&mut tls_configs, trust)?,
+                            &route.upstream,
+                        )?),
+                    };
+                    let pool = Arc::new(UpstreamPool::new(
+                        route.upstream.clone(),
+                        tls,
+                        connect_timeout,
+                    ));
+                    pools.push(Arc::clone(&pool));
+                    pool
+                }
+            };
+            routes.push(Route {
+                path_prefix: route.path_prefix,
+                upstream: route.upstream,
+                upstream_host,
+                auth: route.auth,
+                forward_credential: route.forward_credential,
+                pool,
+            });
+        }
         routes.sort_by_key(|route| std::cmp::Reverse(route.path_prefix.len()));
-        Self { routes }
+        Ok(Self { routes })
     }
 
     /// The route for `path`, if any.
@@ -85,6 +123,7 @@ mod tests {
         ResolvedRoute {
             path_prefix: prefix.into(),
             upstream: upstream.parse().expect("authority"),
+            upstream_tls: None,
             auth,
             forward_credential: false,
         }
@@ -100,7 +139,8 @@ mod tests {
                 route("/v2", "api:1", AuthMode::Key),
             ],
             Duration::from_secs(1),
-        );
+        )
+        .expect("routes");
         let upstream = |path: &str| table.find(path).map(|route| route.upstream.to_string());
         assert_eq!(upstream("/api/public/x").as_deref(), Some("public:1"));
         assert_eq!(upstream("/api/users").as_deref(), Some("api:1"));
@@ -123,7 +163,8 @@ mod tests {
         let no_root = RouteTable::new(
             vec![route("/api", "api:1", AuthMode::Key)],
             Duration::from_secs(1),
-        );
+        )
+        .expect("routes");
         assert!(no_root.find("/else").is_none());
     }
 }

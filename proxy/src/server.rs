@@ -1,7 +1,8 @@
-//! Accepting connections and serving HTTP/1.1 and h2c on them, for the main and the admin
-//! listener alike: a semaphore caps open connections, HTTP/1 header reads are bounded in time
-//! and size (an oversized head gets 431 from hyper), and shutdown stops accepting, lets
-//! in-flight requests finish for up to the grace period, then closes what is left.
+//! Serving HTTP/1.1 and h2 (h2c in plain text) on accepted connections, for the main and the
+//! admin listener alike. Accepting, the connection cap and TLS termination are
+//! `keygate_transport::accept_loop`'s; here HTTP/1 header reads are bounded in time and size
+//! (an oversized head gets 431 from hyper), and shutdown stops accepting, lets in-flight
+//! requests finish for up to the grace period, then closes what is left.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,9 +15,11 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use keygate_transport::{
+    AcceptSettings, Accepted, Connections, ServerStream, ServerTls, accept_loop,
+};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::response::ProxyBody;
@@ -28,13 +31,16 @@ pub(crate) struct Peer {
     pub addr: SocketAddr,
     /// The client's IP as a header value.
     pub forwarded_for: Option<HeaderValue>,
+    /// `X-Forwarded-Proto`: `https` when the client connected over TLS.
+    pub forwarded_proto: HeaderValue,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr) -> Self {
+    pub fn new(addr: SocketAddr, tls: bool) -> Self {
         Self {
             addr,
             forwarded_for: HeaderValue::from_str(&addr.ip().to_string()).ok(),
+            forwarded_proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
         }
     }
 }
@@ -58,10 +64,13 @@ pub(crate) struct ServerLimits {
     pub shutdown_grace: Duration,
 }
 
-/// Serves `listener` until `shutdown` is cancelled, then drains.
+/// Serves `listener` until `shutdown` is cancelled, then drains. With `tls`, connections are
+/// HTTPS (the handshake runs in the connection's task, under `header_read_timeout`); the
+/// HTTP code that follows is the same for both.
 pub(crate) async fn serve<S: Service>(
     name: &'static str,
     listener: TcpListener,
+    tls: Option<ServerTls>,
     service: Arc<S>,
     limits: ServerLimits,
     shutdown: CancellationToken,
@@ -76,63 +85,62 @@ pub(crate) async fn serve<S: Service>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    // Cancelled when the grace period ends: connections still open are then dropped.
-    let force_close = CancellationToken::new();
+    let connections = Connections::new();
+    let listener_state = Listener {
+        builder,
+        service,
+        connections: connections.clone(),
+    };
+    let settings = AcceptSettings {
+        name,
+        max_connections: limits.max_connections,
+        handshake_timeout: limits.header_read_timeout,
+    };
+    accept_loop(listener, settings, tls, shutdown, move |accepted| {
+        listener_state.serve(accepted);
+    })
+    .await;
+    if connections.drain(name, limits.shutdown_grace).await {
+        tracing::debug!(listener = name, "drained");
+    }
+}
 
-    loop {
-        let permit = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            permit = Arc::clone(&connections).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let (stream, remote) = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Usually out of file descriptors: back off briefly instead of spinning.
-                    tracing::warn!(listener = name, %error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
+/// What every connection of one listener shares.
+struct Listener<S> {
+    builder: auto::Builder<TokioExecutor>,
+    service: Arc<S>,
+    connections: Connections,
+}
+
+impl<S: Service> Listener<S> {
+    fn serve(&self, accepted: Accepted) {
+        let Accepted {
+            stream,
+            remote,
+            permit,
+        } = accepted;
+        let peer = Arc::new(Peer::new(remote, stream.is_tls()));
+        // One monomorphic connection per transport: the plain path has no TLS branch in it.
+        match stream {
+            ServerStream::Plain(tcp) => self.serve_on(TokioIo::new(tcp), peer, permit),
+            ServerStream::Tls(tls) => self.serve_on(TokioIo::new(tls), peer, permit),
         }
-        let service = Arc::clone(&service);
-        let peer = Arc::new(Peer::new(remote));
+    }
+
+    fn serve_on<I>(&self, io: I, peer: Arc<Peer>, permit: OwnedSemaphorePermit)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let service = Arc::clone(&self.service);
+        let remote = peer.addr;
         let hyper_service = service_fn(move |request| {
             let (service, peer) = (Arc::clone(&service), Arc::clone(&peer));
             async move { Ok::<_, Infallible>(service.call(request, peer).await) }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), hyper_service)
+        let connection = self
+            .builder
+            .serve_connection(io, hyper_service)
             .into_owned();
-        let connection = graceful.watch(connection);
-        let force_close = force_close.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                result = connection => if let Err(error) = result {
-                    tracing::debug!(%remote, %error, "connection ended with an error");
-                },
-                () = force_close.cancelled() => {}
-            }
-            drop(permit);
-        });
+        self.connections.spawn(connection, remote, permit);
     }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => tracing::debug!(listener = name, "drained"),
-        () = tokio::time::sleep(limits.shutdown_grace) => {
-            tracing::warn!(listener = name, grace = ?limits.shutdown_grace, "shutdown grace elapsed; closing remaining connections");
-        }
-    }
-    force_close.cancel();
 }

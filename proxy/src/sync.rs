@@ -19,13 +19,14 @@ use std::time::Duration;
 
 use keygate_proto::pb::{self, control_message, gateway_message};
 use keygate_proto::{Event, ReplicaKey, Revision};
+use keygate_transport::{ClientIdentity, Trust};
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use crate::error::error_chain;
 use crate::freshness::{Freshness, PendingProofs};
@@ -53,6 +54,35 @@ pub(crate) struct SyncSettings {
     pub address: String,
     pub ping_interval: Duration,
     pub connect_timeout: Duration,
+    pub tls: ControlPlaneTls,
+}
+
+/// How to speak TLS to `https://` control planes.
+#[derive(Debug, Clone)]
+pub(crate) struct ControlPlaneTls {
+    /// Whom to trust (`ca`, else the system's roots).
+    pub trust: Trust,
+    /// The client certificate, for control planes that require one.
+    pub identity: Option<ClientIdentity>,
+}
+
+impl ControlPlaneTls {
+    /// tonic's TLS settings for `url` (`None` for `http://`), read from the files now, so a
+    /// renewed client certificate is presented from the next connection on.
+    pub fn for_url(&self, url: &str) -> Result<Option<ClientTlsConfig>, String> {
+        let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+        if uri.scheme_str() != Some("https") {
+            return Ok(None);
+        }
+        let host = uri.host().unwrap_or_default();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        keygate_transport::client::grpc_client_tls(&self.trust, self.identity.as_ref(), host)
+            .map(Some)
+            .map_err(|error| error.to_string())
+    }
 }
 
 /// Why a connection ended.
@@ -148,10 +178,18 @@ impl SyncTask {
     /// One connection, from connect to whatever ends it.
     async fn session(&mut self, url: &str) -> SyncError {
         let timeout = self.settings.connect_timeout;
-        let endpoint = match Endpoint::from_shared(url.to_owned()) {
+        let mut endpoint = match Endpoint::from_shared(url.to_owned()) {
             Ok(endpoint) => endpoint.connect_timeout(timeout).tcp_nodelay(true),
             Err(error) => return SyncError::Connect(error.to_string()),
         };
+        match self.settings.tls.for_url(url) {
+            Ok(None) => {}
+            Ok(Some(tls)) => match endpoint.tls_config(tls) {
+                Ok(with_tls) => endpoint = with_tls,
+                Err(error) => return SyncError::Connect(error_chain(&error)),
+            },
+            Err(reason) => return SyncError::Connect(reason),
+        }
         let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
             Ok(Ok(channel)) => channel,
             Ok(Err(error)) => return SyncError::Connect(error_chain(&error)),

@@ -26,7 +26,12 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use keygate_transport::Trust;
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::error::ConfigError;
 
 /// Idle connections kept per upstream; more are closed when they come back.
 const MAX_IDLE: usize = 512;
@@ -41,15 +46,55 @@ pub(crate) enum UpstreamError {
     },
     #[error("connecting to {target} timed out after {timeout:?}")]
     ConnectTimeout { target: String, timeout: Duration },
+    #[error("TLS handshake with {target} failed: {source}")]
+    Tls {
+        target: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Http(#[from] hyper::Error),
+}
+
+/// How to speak TLS to an `https://` upstream: whom to trust, and the name its certificate
+/// must carry (SNI and verification both use the URL's host).
+pub(crate) struct UpstreamTls {
+    trust: Trust,
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+impl UpstreamTls {
+    pub fn new(
+        trust: Trust,
+        config: Arc<rustls::ClientConfig>,
+        authority: &Authority,
+    ) -> Result<Self, ConfigError> {
+        let host = authority.host();
+        // An IPv6 literal comes bracketed in an authority.
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let server_name =
+            ServerName::try_from(host.to_owned()).map_err(|error| ConfigError::BadUpstream {
+                url: format!("https://{authority}"),
+                reason: format!("{host:?} cannot be verified as a TLS server name: {error}"),
+            })?;
+        Ok(Self {
+            trust,
+            connector: TlsConnector::from(config),
+            server_name,
+        })
+    }
 }
 
 /// The keep-alive connections to one upstream.
 pub(crate) struct UpstreamPool {
     authority: Authority,
-    /// What to connect to: `host:port`, port 80 when the authority names none.
+    /// What to connect to: `host:port`, port 80 (443 for https) when the authority names none.
     target: String,
+    /// `Some` for an `https://` upstream.
+    tls: Option<UpstreamTls>,
     connect_timeout: Duration,
     idle: Mutex<Vec<SendRequest<Incoming>>>,
 }
@@ -64,15 +109,17 @@ impl std::fmt::Debug for UpstreamPool {
 }
 
 impl UpstreamPool {
-    pub fn new(authority: Authority, connect_timeout: Duration) -> Self {
+    pub fn new(authority: Authority, tls: Option<UpstreamTls>, connect_timeout: Duration) -> Self {
+        let default_port = if tls.is_some() { 443 } else { 80 };
         let target = format!(
             "{}:{}",
             authority.host(),
-            authority.port_u16().unwrap_or(80)
+            authority.port_u16().unwrap_or(default_port)
         );
         Self {
             authority,
             target,
+            tls,
             connect_timeout,
             idle: Mutex::new(Vec::new()),
         }
@@ -81,6 +128,11 @@ impl UpstreamPool {
     /// The upstream this pool connects to.
     pub fn authority(&self) -> &Authority {
         &self.authority
+    }
+
+    /// Whom this pool trusts, for an https upstream.
+    pub fn trust(&self) -> Option<&Trust> {
+        self.tls.as_ref().map(|tls| &tls.trust)
     }
 
     /// Idle connections right now.
@@ -145,12 +197,11 @@ impl UpstreamPool {
         }
     }
 
+    /// A new connection: TCP, then TLS for an https upstream (both within `connect_timeout`),
+    /// then the HTTP/1.1 handshake.
     async fn connect(&self) -> Result<SendRequest<Incoming>, UpstreamError> {
-        let stream = match tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect(&self.target),
-        )
-        .await
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(&self.target)).await
         {
             Ok(Ok(stream)) => stream,
             Ok(Err(source)) => {
@@ -169,7 +220,29 @@ impl UpstreamPool {
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY on an upstream connection");
         }
-        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        let Some(tls) = &self.tls else {
+            return self.handshake(TokioIo::new(stream)).await;
+        };
+        let handshake = tls.connector.connect(tls.server_name.clone(), stream);
+        match tokio::time::timeout_at(deadline, handshake).await {
+            Ok(Ok(stream)) => self.handshake(TokioIo::new(stream)).await,
+            Ok(Err(source)) => Err(UpstreamError::Tls {
+                target: self.target.clone(),
+                source,
+            }),
+            Err(_) => Err(UpstreamError::ConnectTimeout {
+                target: self.target.clone(),
+                timeout: self.connect_timeout,
+            }),
+        }
+    }
+
+    /// The HTTP/1.1 client handshake on a connected stream; the connection runs in its own task.
+    async fn handshake<I>(&self, io: I) -> Result<SendRequest<Incoming>, UpstreamError>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (sender, connection) = http1::handshake(io).await?;
         let target = self.target.clone();
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -319,7 +392,7 @@ mod tests {
     #[tokio::test]
     async fn a_finished_response_gives_its_connection_back_and_it_is_reused() {
         let (authority, accepted) = upstream().await;
-        let pool = Arc::new(UpstreamPool::new(authority, Duration::from_secs(5)));
+        let pool = Arc::new(UpstreamPool::new(authority, None, Duration::from_secs(5)));
         for request in incoming_requests(&["/a", "/b", "/c"]).await {
             let path = request.uri().path().to_owned();
             let response = pool.send(request).await.expect("answered");
@@ -333,7 +406,7 @@ mod tests {
     #[tokio::test]
     async fn a_response_dropped_unread_closes_its_connection() {
         let (authority, accepted) = upstream().await;
-        let pool = Arc::new(UpstreamPool::new(authority, Duration::from_secs(5)));
+        let pool = Arc::new(UpstreamPool::new(authority, None, Duration::from_secs(5)));
         let mut requests = incoming_requests(&["/a", "/b"]).await.into_iter();
         let first = pool
             .send(requests.next().expect("first"))
@@ -360,11 +433,96 @@ mod tests {
             .parse()
             .expect("authority");
         drop(listener);
-        let pool = Arc::new(UpstreamPool::new(authority, Duration::from_secs(5)));
+        let pool = Arc::new(UpstreamPool::new(authority, None, Duration::from_secs(5)));
         let request = incoming_requests(&["/a"]).await.pop().expect("request");
         assert!(matches!(
             pool.send(request).await,
             Err(UpstreamError::Connect { .. })
         ));
+    }
+
+    /// A self-signed certificate for `localhost`, as PEM files in `dir`.
+    fn self_signed(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate");
+        let (cert_path, key_path) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&cert_path, cert.pem()).expect("write");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write");
+        (cert_path, key_path)
+    }
+
+    #[tokio::test]
+    async fn an_https_upstream_that_does_not_verify_is_a_tls_error_that_says_why() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (cert, key) = self_signed(dir.path(), "upstream");
+        let (stranger, _) = self_signed(dir.path(), "stranger");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let tls = keygate_transport::ServerTls::new(
+            keygate_transport::ReloadingCert::load("upstream", &cert, &key).expect("cert"),
+            keygate_transport::server::ALPN_HTTP1,
+            None,
+        )
+        .expect("tls");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let settings = keygate_transport::AcceptSettings {
+            name: "upstream",
+            max_connections: 8,
+            handshake_timeout: Duration::from_secs(5),
+        };
+        tokio::spawn(keygate_transport::accept_loop(
+            listener,
+            settings,
+            Some(tls),
+            stop.clone(),
+            |accepted| {
+                tokio::spawn(async move {
+                    let service = service_fn(|_: Request<Incoming>| async {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("secret"))))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(accepted.stream), service)
+                        .await;
+                });
+            },
+        ));
+        let authority: Authority = format!("localhost:{port}").parse().expect("authority");
+        let pool = |trusted: &std::path::Path| {
+            let trust = Trust::Ca(trusted.to_path_buf());
+            let config =
+                keygate_transport::client_config(&trust, None, &[b"http/1.1"]).expect("config");
+            let tls = UpstreamTls::new(trust, Arc::new(config), &authority).expect("tls");
+            Arc::new(UpstreamPool::new(
+                authority.clone(),
+                Some(tls),
+                Duration::from_secs(5),
+            ))
+        };
+
+        // Trusting the upstream's own certificate: answered over TLS.
+        let mut requests = incoming_requests(&["/a", "/b"]).await.into_iter();
+        let response = pool(&cert)
+            .send(requests.next().expect("a"))
+            .await
+            .expect("answered");
+        let body = response.into_body().collect().await.expect("body");
+        assert_eq!(body.to_bytes(), Bytes::from("secret"));
+
+        // Trusting someone else: refused, and the error (what the gateway logs) says why.
+        let error = pool(&stranger)
+            .send(requests.next().expect("b"))
+            .await
+            .expect_err("an unverifiable upstream is refused");
+        assert!(matches!(error, UpstreamError::Tls { .. }), "{error:?}");
+        let logged = crate::error::error_chain(&error);
+        assert!(logged.contains("TLS handshake with localhost:"), "{logged}");
+        assert!(logged.contains("invalid peer certificate"), "{logged}");
+        stop.cancel();
     }
 }

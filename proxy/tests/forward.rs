@@ -29,6 +29,7 @@ fn route(prefix: &str, upstream: String, auth: AuthMode, forward_credential: boo
         upstream,
         auth,
         forward_credential,
+        ..RouteConfig::default()
     }
 }
 

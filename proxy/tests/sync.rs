@@ -228,12 +228,14 @@ async fn a_stale_gateway_fails_closed_on_auth_routes_and_recovers() {
                 upstream: upstream.url(),
                 auth: AuthMode::Key,
                 forward_credential: false,
+                ..RouteConfig::default()
             },
             RouteConfig {
                 path_prefix: "/open".into(),
                 upstream: upstream.url(),
                 auth: AuthMode::None,
                 forward_credential: false,
+                ..RouteConfig::default()
             },
         ],
         propagation_bound: Duration::from_millis(400),

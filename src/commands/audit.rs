@@ -11,8 +11,7 @@ use crate::output::{audit_json, print_json, rfc3339};
 /// Prints the newest audit entries.
 pub async fn run(client_args: &ClientArgs, command: AuditCommand) -> Result<(), Failure> {
     let AuditCommand::List { limit } = command;
-    let mut client =
-        admin_client::connect(&client_args.endpoint, client_args.token.as_deref()).await?;
+    let mut client = admin_client::connect_as(client_args).await?;
     let list = client
         .list_audit(pb::ListAuditRequest { limit })
         .await

@@ -15,8 +15,7 @@ pub async fn run(client_args: &ClientArgs, command: EnrollmentsCommand) -> Resul
     if expires.is_zero() {
         return Err(Failure::Config("--expires must be longer than 0".into()));
     }
-    let mut client =
-        admin_client::connect(&client_args.endpoint, client_args.token.as_deref()).await?;
+    let mut client = admin_client::connect_as(client_args).await?;
     let enrollment = client
         .create_enrollment(pb::CreateEnrollmentRequest {
             user_id: user,

@@ -10,8 +10,7 @@ use crate::output::{gateway_json, millis_text, print_json, rfc3339};
 
 /// Lists every gateway the control plane knows.
 pub async fn run(client_args: &ClientArgs) -> Result<(), Failure> {
-    let mut client =
-        admin_client::connect(&client_args.endpoint, client_args.token.as_deref()).await?;
+    let mut client = admin_client::connect_as(client_args).await?;
     let list = client
         .list_gateways(pb::ListGatewaysRequest {})
         .await

@@ -18,8 +18,7 @@ pub async fn run(client_args: &ClientArgs, command: KeysCommand) -> Result<(), F
         KeysCommand::Create(args) => Some(create_request(args)?),
         _ => None,
     };
-    let mut client =
-        admin_client::connect(&client_args.endpoint, client_args.token.as_deref()).await?;
+    let mut client = admin_client::connect_as(client_args).await?;
     let json = client_args.json;
     match command {
         KeysCommand::Create(_) => {

@@ -11,8 +11,7 @@ use crate::output::{passkey_json, passkey_line, print_json};
 
 /// Runs one `passkeys` subcommand.
 pub async fn run(client_args: &ClientArgs, command: PasskeysCommand) -> Result<(), Failure> {
-    let mut client =
-        admin_client::connect(&client_args.endpoint, client_args.token.as_deref()).await?;
+    let mut client = admin_client::connect_as(client_args).await?;
     let json = client_args.json;
     match command {
         PasskeysCommand::List { user } => {

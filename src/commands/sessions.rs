@@ -12,8 +12,7 @@ use crate::output::rfc3339;
 /// Runs one `sessions` subcommand.
 pub async fn run(client_args: &ClientArgs, command: SessionsCommand) -> Result<(), Failure> {
     let SessionsCommand::Revoke { user, wait } = command;
-    let mut client =
-        admin_client::connect(&client_args.endpoint, client_args.token.as_deref()).await?;
+    let mut client = admin_client::connect_as(client_args).await?;
     let revoked = client
         .revoke_sessions(pb::RevokeSessionsRequest {
             user_id: user.clone(),

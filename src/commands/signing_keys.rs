@@ -12,8 +12,7 @@ use crate::output::{print_json, rfc3339};
 /// Runs one `signing-keys` subcommand.
 pub async fn run(client_args: &ClientArgs, command: SigningKeysCommand) -> Result<(), Failure> {
     let SigningKeysCommand::Rotate = command;
-    let mut client =
-        admin_client::connect(&client_args.endpoint, client_args.token.as_deref()).await?;
+    let mut client = admin_client::connect_as(client_args).await?;
     let rotated = client
         .rotate_signing_key(pb::RotateSigningKeyRequest {})
         .await

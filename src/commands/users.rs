@@ -11,8 +11,7 @@ use crate::output::{print_json, user_json};
 
 /// Runs one `users` subcommand.
 pub async fn run(client_args: &ClientArgs, command: UsersCommand) -> Result<(), Failure> {
-    let mut client =
-        admin_client::connect(&client_args.endpoint, client_args.token.as_deref()).await?;
+    let mut client = admin_client::connect_as(client_args).await?;
     let json = client_args.json;
     match command {
         UsersCommand::Create { user_id } => {

@@ -5,6 +5,7 @@
 
 pub mod fault;
 pub mod passkeys;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -226,6 +227,7 @@ impl Cluster {
         admin_client::connect(
             &format!("http://{}", self.grpc_addr),
             Some(&self.admin_token),
+            None,
         )
         .await
         .expect("admin client connects")
@@ -355,3 +357,6 @@ pub async fn expect_verdict(url: &str, key: &str, status: u16, code: Option<&str
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+#[allow(unused_imports)]
+pub use keygate_proto::error_chain;

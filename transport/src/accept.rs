@@ -1,0 +1,269 @@
+//! The one accept loop behind every keygate listener (the gateway's main and admin listeners,
+//! the control plane's gRPC and HTTP listeners).
+//!
+//! - A connection slot (a semaphore permit) is taken *before* `accept`, so at most
+//!   `max_connections` are open; further clients wait in the kernel's backlog. The permit
+//!   travels with the connection and is released when whoever serves it drops it.
+//! - When `accept` fails because the process or system is out of file descriptors or memory,
+//!   the loop backs off (10 ms doubling to 1 s) instead of spinning; errors that concern one
+//!   connection only (reset before accept) are skipped at once.
+//! - With TLS, the handshake runs in the new connection's own task under `handshake_timeout`,
+//!   so a client that connects and says nothing costs one slot until the deadline, never the
+//!   loop's attention.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::server::{ServerStream, ServerTls};
+
+/// Shortest and longest pause after an `accept` that failed for lack of resources.
+const BACKOFF_START: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Bounds of one listener.
+#[derive(Debug, Clone)]
+pub struct AcceptSettings {
+    /// Name in logs and metric labels (`main`, `admin`, `grpc`, `http`).
+    pub name: &'static str,
+    /// Connections open at once, handshakes included.
+    pub max_connections: usize,
+    /// Longest TLS handshake; a client slower than this is disconnected.
+    pub handshake_timeout: Duration,
+}
+
+/// A connection ready for the protocol: accepted, and through its TLS handshake if any.
+#[derive(Debug)]
+pub struct Accepted {
+    pub stream: ServerStream,
+    pub remote: SocketAddr,
+    /// The connection's slot; drop it when the connection ends.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// Accepts connections on `listener` until `shutdown`, handing each ready one to `serve`
+/// (called in the accept loop for plain connections, in the handshake's task for TLS ones).
+/// Returns when `shutdown` is cancelled; the listener is closed then.
+pub async fn accept_loop<F>(
+    listener: TcpListener,
+    settings: AcceptSettings,
+    tls: Option<ServerTls>,
+    shutdown: CancellationToken,
+    serve: F,
+) where
+    F: Fn(Accepted) + Send + Sync + 'static,
+{
+    let serve = Arc::new(serve);
+    let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    let mut backoff = BACKOFF_START;
+    metrics::counter!("keygate_tls_handshake_failures_total", "listener" => settings.name)
+        .increment(0);
+    loop {
+        let permit = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (stream, remote) = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => {
+                    backoff = BACKOFF_START;
+                    accepted
+                }
+                Err(error) if lacks_resources(&error) => {
+                    tracing::warn!(listener = settings.name, %error, pause = ?backoff, "accept failed; backing off");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+                Err(error) => {
+                    tracing::debug!(listener = settings.name, %error, "accept failed for one connection");
+                    continue;
+                }
+            },
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        match &tls {
+            None => serve(Accepted {
+                stream: ServerStream::Plain(stream),
+                remote,
+                permit,
+            }),
+            Some(tls) => {
+                let handshake = tls.acceptor().accept(stream);
+                tokio::spawn(handshake_then_serve(
+                    handshake,
+                    settings.clone(),
+                    remote,
+                    permit,
+                    Arc::clone(&serve),
+                ));
+            }
+        }
+    }
+}
+
+/// An `Accepted` is itself the connection, so a server that takes ownership of the stream
+/// (tonic) holds the connection's slot for exactly as long as it keeps the stream.
+impl tokio::io::AsyncRead for Accepted {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Accepted {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Accepted {
+    type ConnectInfo = crate::server::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        crate::server::ConnectInfo {
+            remote: Some(self.remote),
+            peer_certificates: self.stream.peer_certificates(),
+        }
+    }
+}
+
+async fn handshake_then_serve<F>(
+    handshake: impl Future<
+        Output = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    >,
+    settings: AcceptSettings,
+    remote: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    serve: Arc<F>,
+) where
+    F: Fn(Accepted) + Send + Sync + 'static,
+{
+    let failure = match tokio::time::timeout(settings.handshake_timeout, handshake).await {
+        Ok(Ok(stream)) => {
+            serve(Accepted {
+                stream: ServerStream::Tls(Box::new(stream)),
+                remote,
+                permit,
+            });
+            return;
+        }
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => format!("no handshake within {:?}", settings.handshake_timeout),
+    };
+    metrics::counter!("keygate_tls_handshake_failures_total", "listener" => settings.name)
+        .increment(1);
+    tracing::debug!(listener = settings.name, %remote, reason = %failure, "TLS handshake failed");
+}
+
+/// Whether an accept error means the process or system is short of descriptors or memory,
+/// which retrying at once cannot fix.
+fn lacks_resources(error: &std::io::Error) -> bool {
+    // EMFILE 24, ENFILE 23, ENOBUFS 105, ENOMEM 12 on Linux.
+    matches!(error.raw_os_error(), Some(24 | 23 | 105 | 12))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_wait_until_a_slot_frees() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let settings = AcceptSettings {
+            name: "test",
+            max_connections: 1,
+            handshake_timeout: Duration::from_secs(5),
+        };
+        let server = tokio::spawn(accept_loop(
+            listener,
+            settings,
+            None,
+            shutdown.clone(),
+            move |accepted| {
+                let _ = tx.send(accepted);
+            },
+        ));
+        let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut accepted = rx.recv().await.unwrap();
+        let _second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The second waits in the backlog while the first holds the only slot.
+        first.write_all(b"x").await.unwrap();
+        let mut byte = [0u8; 1];
+        let ServerStream::Plain(stream) = &mut accepted.stream else {
+            panic!("plain listener")
+        };
+        stream.read_exact(&mut byte).await.unwrap();
+        assert!(rx.try_recv().is_err());
+        drop(accepted);
+        assert!(
+            rx.recv().await.is_some(),
+            "the freed slot goes to the waiting client"
+        );
+        shutdown.cancel();
+        server.await.unwrap();
+    }
+
+    #[test]
+    fn only_resource_errors_back_off() {
+        for code in [24, 23, 105, 12] {
+            assert!(lacks_resources(&std::io::Error::from_raw_os_error(code)));
+        }
+        // ECONNABORTED concerns one connection.
+        assert!(!lacks_resources(&std::io::Error::from_raw_os_error(103)));
+    }
+}
