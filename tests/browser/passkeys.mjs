@@ -3,16 +3,24 @@
 // the device's screen lock. Run by tests/browser.rs against an in-process control plane, gateway
 // and echo upstream; it can also be run by hand against `keygate dev` with the same variables.
 //
-//   KEYGATE_ENROLL_URL   the enrollment link, http://localhost:<cp port>/#enroll=TOKEN (required)
+//   KEYGATE_ENROLL_URL   the enrollment link, http(s)://localhost:<cp port>/#enroll=TOKEN (required)
 //   KEYGATE_USER_ID      the user the link enrolls (required)
 //   KEYGATE_GATEWAY_URL  a gateway URL on a route that allows sessions (required)
 //   KEYGATE_SCREENSHOT   where to save the PNG of the passkey page (required)
 //   KEYGATE_CP_URL       the page's origin (default: the enrollment link's origin)
 //   KEYGATE_CHROMIUM     the browser (default /usr/bin/chromium)
+//   KEYGATE_TRUST_CERTS  for https: the servers' certificates (PEM files, separated by `:`)
+//                        that Chromium is to accept, e.g. from a test or `keygate dev --tls` CA
 //
 // Every URL uses `localhost`: the WebAuthn RP id is `localhost`, and the `keygate_session` cookie
-// is host-scoped, so the gateway on another port of the same host receives it. Exits 0 when every
-// step passed, 1 with the failed step and what the page showed otherwise.
+// is host-scoped, so the gateway on another port of the same host receives it. The page and the
+// gateway are both http or both https; over https the session cookie must be Secure. Chromium
+// keeps verifying certificates: it accepts only the KEYGATE_TRUST_CERTS certificates, pinned by
+// the SHA-256 of their public keys (--ignore-certificate-errors-spki-list), so WebAuthn sees a
+// secure https origin. Exits 0 when every step passed, 1 with the failed step and what the page
+// showed otherwise.
+import { createHash, X509Certificate } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
 
 const STEP_TIMEOUT_MS = 10_000;
@@ -37,6 +45,28 @@ const cpUrl = process.env.KEYGATE_CP_URL || new URL(enrollUrl).origin + "/";
 const executablePath = process.env.KEYGATE_CHROMIUM || "/usr/bin/chromium";
 for (const url of [enrollUrl, cpUrl, gatewayUrl]) {
   if (new URL(url).hostname !== "localhost") fail(`${url}: use localhost (the RP id and the cookie's host)`);
+}
+// "http:" or "https:", the same for the page and the gateway (a Secure cookie never goes to http).
+const protocol = new URL(cpUrl).protocol;
+for (const url of [enrollUrl, gatewayUrl]) {
+  if (new URL(url).protocol !== protocol) fail(`${url}: use ${protocol} like ${cpUrl}`);
+}
+const https = protocol === "https:";
+
+/** base64(SHA-256(SubjectPublicKeyInfo DER)) of a PEM certificate: Chromium's SPKI pin. */
+function spkiPin(path) {
+  let certificate;
+  try {
+    certificate = new X509Certificate(readFileSync(path));
+  } catch (error) {
+    fail(`KEYGATE_TRUST_CERTS: ${path}: ${error.message}`);
+  }
+  const spki = certificate.publicKey.export({ type: "spki", format: "der" });
+  return createHash("sha256").update(spki).digest("base64");
+}
+const trustedPins = (process.env.KEYGATE_TRUST_CERTS || "").split(":").filter(Boolean).map(spkiPin);
+if (https && trustedPins.length === 0) {
+  fail("KEYGATE_TRUST_CERTS is not set: over https Chromium must be told which certificates to accept");
 }
 
 // A hung browser must not hang the test run.
@@ -119,11 +149,21 @@ async function expectSignedInAs(user) {
   check(shown === user, `account shows "${shown}", wanted "${user}"`);
 }
 
+/** The TLS version and certificate a response came with; null when it came without TLS. */
+async function tlsDetails(response) {
+  // Chromium gives `{}` (not null) for a response over plain http.
+  const details = await response.securityDetails();
+  return details && details.protocol ? details : null;
+}
+
 /** The echo upstream's description of a request the gateway let through. */
 async function gatewayEcho() {
   const response = await page.goto(gatewayUrl);
   const body = await response.text();
   check(response.status() === 200, `gateway answered ${response.status()}: ${body}`);
+  check(new URL(response.url()).protocol === protocol, `the gateway answered from ${response.url()}`);
+  const tls = await tlsDetails(response);
+  check(https === (tls !== null), `gateway TLS details ${JSON.stringify(tls)} over ${protocol}`);
   return JSON.parse(body);
 }
 
@@ -141,6 +181,9 @@ const browser = await chromium
       "--disable-background-networking",
       "--disable-component-update",
       "--disable-sync",
+      // Only these certificates are accepted despite their unknown CA; any other certificate
+      // error still fails the page load. (Needs --user-data-dir, which playwright passes.)
+      ...(trustedPins.length ? [`--ignore-certificate-errors-spki-list=${trustedPins.join(",")}`] : []),
     ],
   })
   .catch((error) => fail(`cannot start ${executablePath} (run tests/browser/setup.sh): ${error.message}`));
@@ -183,7 +226,18 @@ try {
     (await cdp.send("WebAuthn.getCredentials", { authenticatorId })).credentials;
 
   await step("enroll via the link with a device name and get signed in", async () => {
-    await page.goto(enrollUrl);
+    const response = await page.goto(enrollUrl);
+    // WebAuthn needs a secure context: localhost over http, or https with a certificate the
+    // browser accepts.
+    const served = await page.evaluate(() => ({ protocol: location.protocol, secure: window.isSecureContext }));
+    check(served.protocol === protocol, `the page was served over ${served.protocol}, wanted ${protocol}`);
+    check(served.secure, "the page is not a secure context");
+    const tls = await tlsDetails(response);
+    check(https === (tls !== null), `TLS details ${JSON.stringify(tls)} for a page served over ${protocol}`);
+    console.log(
+      `    page served over ${served.protocol} ${new URL(cpUrl).origin} (secure context` +
+        (tls ? `, ${tls.protocol}, certificate for ${tls.subjectName} from "${tls.issuer}")` : ")"),
+    );
     await expectView("view-enroll");
     await page.getByTestId("enroll-name").fill("Work laptop");
     await page.getByTestId("enroll-button").click();
@@ -272,6 +326,9 @@ try {
     const cookie = (await context.cookies(cpUrl)).find((c) => c.name === "keygate_session");
     check(cookie, "no keygate_session cookie after sign-in");
     check(cookie.httpOnly && cookie.sameSite === "Lax", `cookie is ${JSON.stringify({ ...cookie, value: "…" })}`);
+    // Secure over https; over http on localhost it could not be (a Secure cookie is not sent
+    // over http).
+    check(cookie.secure === https, `cookie is ${JSON.stringify({ ...cookie, value: "…" })} over ${protocol}`);
   });
 
   await step("call the API through the gateway with the cookie", async () => {
@@ -280,6 +337,8 @@ try {
     check(headers["x-keygate-user-id"] === userId, `upstream saw x-keygate-user-id ${JSON.stringify(headers["x-keygate-user-id"])}`);
     check(/\S/.test(headers["x-keygate-session-id"] || ""), "upstream saw no x-keygate-session-id");
     check(!String(headers.cookie || "").includes("keygate_session"), "the session cookie reached the upstream");
+    const proto = protocol.slice(0, -1);
+    check(headers["x-forwarded-proto"] === proto, `upstream saw x-forwarded-proto ${JSON.stringify(headers["x-forwarded-proto"])}, wanted ${proto}`);
   });
 
   console.log(`passkeys.mjs: all steps passed in ${Date.now() - started} ms; screenshot ${screenshotPath}`);
