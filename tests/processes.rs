@@ -57,6 +57,27 @@ fn start(args: &[&str]) -> (Process, String) {
     (Process(child), line.trim().to_owned())
 }
 
+/// `keygate control-plane` on free ports with `database` and the two tokens.
+fn start_control_plane(
+    database: &str,
+    admin_token: &str,
+    gateway_token: &str,
+) -> (Process, String) {
+    start(&[
+        "control-plane",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--database",
+        database,
+        "--admin-token",
+        admin_token,
+        "--gateway-token",
+        gateway_token,
+    ])
+}
+
 /// The address after `marker` in a "listening on" line.
 fn addr_after<'a>(line: &'a str, marker: &str) -> &'a str {
     let rest = &line[line
@@ -73,19 +94,7 @@ async fn separate_processes_sync_serve_and_stop_on_sigterm() {
     let admin_token = keygate::dev::random_token();
     let gateway_token = keygate::dev::random_token();
 
-    let (control_plane, line) = start(&[
-        "control-plane",
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--database",
-        &database,
-        "--admin-token",
-        &admin_token,
-        "--gateway-token",
-        &gateway_token,
-    ]);
+    let (control_plane, line) = start_control_plane(&database, &admin_token, &gateway_token);
     assert!(
         line.starts_with("keygate control-plane listening on 127.0.0.1:"),
         "{line}"
@@ -177,19 +186,8 @@ async fn sighup_reloads_certificates_and_never_stops_a_server() {
     let (cert, key) = pki.server("gateway", None);
     let database = format!("sqlite://{}", dir.path().join("keygate.db").display());
     let gateway_token = keygate::dev::random_token();
-    let (control_plane, line) = start(&[
-        "control-plane",
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--database",
-        &database,
-        "--admin-token",
-        &keygate::dev::random_token(),
-        "--gateway-token",
-        &gateway_token,
-    ]);
+    let (control_plane, line) =
+        start_control_plane(&database, &keygate::dev::random_token(), &gateway_token);
     let grpc = format!("http://{}", addr_after(&line, "listening on "));
     let health = format!("http://{}/healthz", addr_after(&line, "(http "));
     let (gateway, line) = start(&[
