@@ -1,4 +1,4 @@
-# Shared setup of the benchmark scripts (sourced, not run): a release build (or KEYGATE_BIN), a control plane
+# Shared setup of the benchmark scripts (sourced, not run). bench_*: a release build (or KEYGATE_BIN), a control plane
 # on SQLite in a temp dir and a fixed-response upstream, on ports derived from one base so
 # several scripts can run side by side. After `bench_start BASE [CONTROL_PLANE_TOML]`:
 #   $bin, $work, $admin, $gw, $routes (a [[route]] file: "/" key or session auth, "/public/"
@@ -60,4 +60,161 @@ bench_wait_ready() {
 # bench_create_key: creates a key for owner "bench" and prints its plaintext.
 bench_create_key() {
   $bin/keygate keys create --owner bench --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'
+}
+
+# --- Side by side with other proxies (benches/side-by-side.sh, benches/tls-side-by-side.sh) ---
+# These use the caller's globals: $work, $bin, the array pids (every process started, killed on
+# exit), $keys (number of keys), $gw (gateway token), $upstream and $cp (host:port).
+
+# sbs_need COMMAND PACKAGE...: installs the Debian packages when COMMAND is missing.
+sbs_need() {
+  local command=$1; shift
+  command -v "$command" >/dev/null && return 0
+  echo "installing $* from Debian packages" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq "$@" >&2
+}
+
+# sbs_binaries: sets $bin — KEYGATE_BIN=DIR uses prebuilt release binaries (keygate,
+# keygate-bench) instead of building them.
+sbs_binaries() {
+  if [ -n "${KEYGATE_BIN:-}" ]; then
+    bin=$KEYGATE_BIN
+  else
+    cargo build --release -p keygate -p keygate-benches --bins >&2
+    bin=$PWD/target/release
+  fi
+}
+
+# sbs_init: the work directory, the process list and its cleanup on exit, the gateway token.
+sbs_init() {
+  work=$(mktemp -d)
+  pids=()
+  trap sbs_cleanup EXIT
+  export KEYGATE_LOG=warn
+  gw=$(head -c 24 /dev/urandom | base64 | tr -dc A-Za-z0-9)
+}
+
+sbs_cleanup() {  # the proxies first (started last), so none logs its control plane going away
+  local i
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[$i]}" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ -n "${KEEP:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
+}
+
+# sbs_start_backends: on core 0, the fixed-response upstream ($upstream_pid) and the synthetic
+# control plane with $keys keys, written to $work/keys/{valid,disabled,unknown,…}.txt; then the
+# same keys as nginx `map` entries in $work/nginx.map (valid → 1, disabled → 2, anything else
+# 401), and $work/routes.toml for keygate ("/" verifies the key, "/public/" does not).
+sbs_start_backends() {
+  taskset -c 0 "$bin/keygate" echo-upstream --fixed --listen "$upstream" >/dev/null &
+  upstream_pid=$!; pids+=("$upstream_pid")
+  taskset -c 0 "$bin/keygate-bench" synthetic-cp --keys "$keys" --listen "$cp" --gateway-token "$gw" \
+    --write-keys "$work/keys" >"$work/cp.log" 2>&1 &
+  pids+=("$!")
+  for _ in $(seq 1200); do grep -q listening "$work/cp.log" 2>/dev/null && break; sleep 0.1; done
+  grep listening "$work/cp.log" >&2
+  awk '{printf "\"Bearer %s\" 1;\n", $0}' "$work/keys/valid.txt" >"$work/nginx.map"
+  awk '{printf "\"Bearer %s\" 2;\n", $0}' "$work/keys/disabled.txt" >>"$work/nginx.map"
+  cat >"$work/routes.toml" <<TOML
+[[route]]
+path_prefix = "/"
+upstream = "http://$upstream"
+[[route]]
+path_prefix = "/public/"
+upstream = "http://$upstream"
+auth = "none"
+TOML
+}
+
+# sbs_nginx_conf WORKERS SERVER...: writes $work/nginx.conf, nginx doing the key check with the
+# `map` of $work/nginx.map in front of the upstream (keep-alive pool of 64); one `server` per
+# SERVER argument, which holds its `listen` (and e.g. ssl_*) directives.
+sbs_nginx_conf() {
+  local workers=$1 server; shift
+  mkdir -p "$work/nginx"
+  {
+    cat <<NGINX
+worker_processes $workers;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fastcgi;
+  uwsgi_temp_path $work/nginx/uwsgi;
+  scgi_temp_path $work/nginx/scgi;
+  keepalive_requests 10000000;
+  map_hash_max_size 4194304;
+  map_hash_bucket_size 128;
+  map \$http_authorization \$kg_ok {
+    default 0;
+    include $work/nginx.map;
+  }
+  upstream fixed {
+    server $upstream;
+    keepalive 64;
+    keepalive_requests 10000000;
+  }
+NGINX
+    for server in "$@"; do
+      cat <<NGINX
+  server {
+    $server
+    location / {
+      if (\$kg_ok = 0) { return 401; }
+      if (\$kg_ok = 2) { return 403; }
+      proxy_pass http://fixed;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+NGINX
+    done
+    echo "}"
+  } >"$work/nginx.conf"
+}
+
+# bench_wait_http URL EXPECTED_STATUS [CURL_ARG...]: up to 120 s.
+bench_wait_http() {
+  local url=$1 expected=$2; shift 2
+  for _ in $(seq 1200); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$@" "$url" || true)" = "$expected" ] && return 0
+    sleep 0.1
+  done
+  echo "$url never answered $expected" >&2
+  return 1
+}
+
+# sbs_wait_serving PID URL [CURL_ARG...]: waits (up to 120 s) until URL answers a valid key
+# with 200 while PID lives, then checks that it answers an unknown key with 401.
+sbs_wait_serving() {
+  local pid=$1 url=$2; shift 2
+  local key unknown ok bad
+  key=$(head -1 "$work/keys/valid.txt")
+  unknown=$(head -1 "$work/keys/unknown.txt")
+  for _ in $(seq 1200); do
+    kill -0 "$pid" 2>/dev/null || { echo "$url: its process exited" >&2; exit 1; }
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$@" -H "Authorization: Bearer $key" "$url" || true)" = 200 ] && break
+    sleep 0.1
+  done
+  ok=$(curl -s -o /dev/null -w '%{http_code}' "$@" -H "Authorization: Bearer $key" "$url" || true)
+  bad=$(curl -s -o /dev/null -w '%{http_code}' "$@" -H "Authorization: Bearer $unknown" "$url" || true)
+  [ "$ok" = 200 ] && [ "$bad" = 401 ] || { echo "$url answers $ok/$bad, not 200/401" >&2; exit 1; }
+}
+
+# sbs_rotated ROUND NAME...: the names, starting at a different one each round.
+sbs_rotated() {
+  local round=$1; shift
+  local names=("$@") i n=$#
+  for i in $(seq 0 $((n - 1))); do echo "${names[$(( (i + round) % n ))]}"; done
+}
+
+# sbs_machine: one line describing the machine, for the reports.
+sbs_machine() {
+  echo "$(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), $(uname -r), $(date -u +%F)"
 }

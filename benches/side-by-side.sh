@@ -24,6 +24,7 @@
 # release build and uses the binaries in DIR; KEEP=1 keeps the work directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 
 quick=0 rounds=3 duration=8s warmup=2s keys=1000000 rate=8000 connections=32
 out=benches/results/side-by-side-$(date -u +%F)
@@ -43,108 +44,25 @@ while [ $# -gt 0 ]; do
 done
 [ "$quick" = 1 ] && [ "$out" = "benches/results/side-by-side-$(date -u +%F)" ] && out=$(mktemp -d)/quick
 
-if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
-  echo "installing nginx and haproxy from Debian packages" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2
-  apt-get install -y -qq nginx-light haproxy >&2 || apt-get install -y -qq nginx haproxy >&2
-fi
-# KEYGATE_BIN=DIR uses prebuilt release binaries (keygate, keygate-bench) instead of building.
-if [ -n "${KEYGATE_BIN:-}" ]; then
-  bin=$KEYGATE_BIN
-else
-  cargo build --release -p keygate -p keygate-benches --bins >&2
-  bin=$PWD/target/release
-fi
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ -n "${KEEP:-}" ] && echo "kept $work" >&2 || rm -rf "$work"
-}
-trap cleanup EXIT
-export KEYGATE_LOG=warn
-gw=$(head -c 24 /dev/urandom | base64 | tr -dc A-Za-z0-9)
+sbs_need nginx nginx-light || sbs_need nginx nginx
+sbs_need haproxy haproxy
+sbs_binaries
+sbs_init
 # Ports below the ephemeral range (32768+), where the load generator's own connections live.
 upstream=127.0.0.1:21000 cp=127.0.0.1:21070
 kg=127.0.0.1:21080 kg_admin=127.0.0.1:21901 ng=127.0.0.1:21081 ha=127.0.0.1:21082
 
-taskset -c 0 "$bin/keygate" echo-upstream --fixed --listen "$upstream" >/dev/null &
-upstream_pid=$!; pids+=("$upstream_pid")
-taskset -c 0 "$bin/keygate-bench" synthetic-cp --keys "$keys" --listen "$cp" --gateway-token "$gw" \
-  --write-keys "$work/keys" >"$work/cp.log" 2>&1 &
-pids+=("$!")
-for _ in $(seq 1200); do grep -q listening "$work/cp.log" && break; sleep 0.1; done
-grep listening "$work/cp.log" >&2
-
-# The same keys for nginx and HAProxy: valid → 1, disabled → 2 (403), anything else 401.
-awk '{printf "\"Bearer %s\" 1;\n", $0}' "$work/keys/valid.txt" >"$work/nginx.map"
-awk '{printf "\"Bearer %s\" 2;\n", $0}' "$work/keys/disabled.txt" >>"$work/nginx.map"
+# The same keys for keygate, nginx (sbs_start_backends writes its map) and HAProxy: valid → 1,
+# disabled → 2 (403), anything else 401.
+sbs_start_backends
 # HAProxy map keys end at the first space, so its map holds the bare keys and the lookup skips
 # "Bearer " after checking it is there.
 awk '{printf "%s 1\n", $0}' "$work/keys/valid.txt" >"$work/haproxy.map"
 awk '{printf "%s 2\n", $0}' "$work/keys/disabled.txt" >>"$work/haproxy.map"
-cat >"$work/routes.toml" <<TOML
-[[route]]
-path_prefix = "/"
-upstream = "http://$upstream"
-[[route]]
-path_prefix = "/public/"
-upstream = "http://$upstream"
-auth = "none"
-TOML
-
-wait_http() {  # URL EXPECTED_STATUS: up to 120 s
-  for _ in $(seq 1200); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = "$2" ] && return 0
-    sleep 0.1
-  done
-  echo "$1 never answered $2" >&2
-  return 1
-}
 
 start_proxies() {  # WORKERS PIN ("taskset -c 1" or "")
   local workers=$1 pin=$2
-  mkdir -p "$work/nginx"
-  cat >"$work/nginx.conf" <<NGINX
-worker_processes $workers;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx/body;
-  proxy_temp_path $work/nginx/proxy;
-  fastcgi_temp_path $work/nginx/fastcgi;
-  uwsgi_temp_path $work/nginx/uwsgi;
-  scgi_temp_path $work/nginx/scgi;
-  keepalive_requests 10000000;
-  map_hash_max_size 4194304;
-  map_hash_bucket_size 128;
-  map \$http_authorization \$kg_ok {
-    default 0;
-    include $work/nginx.map;
-  }
-  upstream fixed {
-    server $upstream;
-    keepalive 64;
-    keepalive_requests 10000000;
-  }
-  server {
-    listen $ng;
-    location / {
-      if (\$kg_ok = 0) { return 401; }
-      if (\$kg_ok = 2) { return 403; }
-      proxy_pass http://fixed;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-NGINX
+  sbs_nginx_conf "$workers" "listen $ng;"
   cat >"$work/haproxy.cfg" <<HAPROXY
 global
   nbthread $workers
@@ -175,21 +93,10 @@ HAPROXY
   ng_pid=$!; pids+=("$ng_pid")
   $pin haproxy -db -f "$work/haproxy.cfg" >/dev/null &
   ha_pid=$!; pids+=("$ha_pid")
-  local key; key=$(head -1 "$work/keys/valid.txt")
-  wait_http "http://$kg_admin/readyz" 200
-  for proxy in "$ng_pid http://$ng/x" "$ha_pid http://$ha/x"; do
-    for _ in $(seq 1200); do
-      kill -0 "${proxy%% *}" 2>/dev/null || { echo "${proxy#* } exited" >&2; exit 1; }
-      [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $key" "${proxy#* }" || true)" = 200 ] && break
-      sleep 0.1
-    done
-  done
-  for url in "http://$kg/x" "http://$ng/x" "http://$ha/x"; do
-    local ok bad
-    ok=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $key" "$url")
-    bad=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $(head -1 "$work/keys/unknown.txt")" "$url")
-    [ "$ok" = 200 ] && [ "$bad" = 401 ] || { echo "$url answers $ok/$bad, not 200/401" >&2; exit 1; }
-  done
+  bench_wait_http "http://$kg_admin/readyz" 200
+  sbs_wait_serving "$kg_pid" "http://$kg/x"
+  sbs_wait_serving "$ng_pid" "http://$ng/x"
+  sbs_wait_serving "$ha_pid" "http://$ha/x"
   ng_workers=$(pgrep -P "$ng_pid" | paste -sd, -)
   echo "proxies up ($workers worker(s), ${pin:-unpinned}): keygate threads $(ls /proc/$kg_pid/task | wc -l), nginx workers $ng_workers, haproxy $ha_pid" >&2
 }
@@ -222,11 +129,6 @@ measure() {  # MODE PHASE TARGET ROUND [RATE]
     --json "$out/$mode-$phase-$target-r$round.json" | sed "s/^/[$mode r$round $phase] /"
 }
 
-rotated() {  # ROUND: the targets, starting at a different one each round
-  local i n=${#targets[@]}
-  for i in $(seq 0 $((n - 1))); do echo "${targets[$(( (i + $1) % n ))]}"; done
-}
-
 run_mode() {  # MODE WORKERS PIN PHASES...
   local mode=$1 workers=$2 pin=$3; shift 3
   local phases=("$@")
@@ -238,7 +140,7 @@ run_mode() {  # MODE WORKERS PIN PHASES...
       if [ "$phase" = half-peak ]; then
         phase_rate=$(python3 -c "import json; print(round(json.load(open('$out/$mode-saturation-keygate-key-r$round.json'))['rps'] / 2))")
       fi
-      for target in $(rotated "$round"); do
+      for target in $(sbs_rotated "$round" "${targets[@]}"); do
         measure "$mode" "$phase" "$target" "$round" "$phase_rate"
       done
     done
@@ -247,7 +149,7 @@ run_mode() {  # MODE WORKERS PIN PHASES...
 }
 
 rm -rf "$out"; mkdir -p "$out"
-machine="$(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), $(uname -r), $(date -u +%F)"
+machine=$(sbs_machine)
 echo "machine: $machine; $keys keys; rounds $rounds × $duration (+$warmup warm-up); fixed rate $rate/s" >&2
 started=$(date +%s)
 loadpin="taskset -c 0" load_threads=1

@@ -55,6 +55,48 @@ impl CpuSample {
     }
 }
 
+/// (busy, total) ticks of every core since boot, from the `cpuN` lines of `/proc/stat`: to see
+/// how busy each core was during a window, whoever kept it busy (another process on the proxy's
+/// core shows up as busy time the proxy did not use).
+pub fn core_ticks() -> anyhow::Result<Vec<(u64, u64)>> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    Ok(stat
+        .lines()
+        .filter(|line| {
+            line.strip_prefix("cpu")
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .map(|line| {
+            // user nice system idle iowait irq softirq steal (guest time is inside user).
+            let ticks: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .take(8)
+                .map(|field| field.parse().unwrap_or(0))
+                .collect();
+            let total: u64 = ticks.iter().sum();
+            let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+            (total - idle, total)
+        })
+        .collect())
+}
+
+/// Share of each core that was busy between two [`core_ticks`] readings.
+pub fn core_busy_since(before: &[(u64, u64)], after: &[(u64, u64)]) -> Vec<f64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(&(busy0, total0), &(busy1, total1))| {
+            let total = total1.saturating_sub(total0);
+            if total == 0 {
+                0.0
+            } else {
+                busy1.saturating_sub(busy0) as f64 / total as f64
+            }
+        })
+        .collect()
+}
+
 fn on_cpu_ns(process: &Path) -> anyhow::Result<u64> {
     let mut total = 0u64;
     for task in std::fs::read_dir(process.join("task"))? {
@@ -107,5 +149,15 @@ mod tests {
         std::hint::black_box(x);
         let after = CpuSample::read(pid).expect("own /proc entry");
         assert!(after.on_cpu_ns > before.on_cpu_ns);
+    }
+
+    #[test]
+    fn reads_every_core() {
+        let before = core_ticks().expect("/proc/stat");
+        assert!(!before.is_empty());
+        let after = core_ticks().expect("/proc/stat");
+        let busy = core_busy_since(&before, &after);
+        assert_eq!(busy.len(), before.len());
+        assert!(busy.iter().all(|share| (0.0..=1.0).contains(share)));
     }
 }

@@ -2,8 +2,9 @@
 //! the CI smoke test can drive the same code in-process.
 //!
 //! - [`load`]: the load generator (open loop with coordinated-omission-corrected latency, or
-//!   closed loop), fed by a [`mix`] of credentials read from [`keyfile`]s; results as a
-//!   [`report::LoadReport`], with the CPU of the proxy under test read by [`cpu`].
+//!   closed loop, keep-alive or one request per connection, plain or over [`tls`]), fed by a
+//!   [`mix`] of credentials read from [`keyfile`]s; results as a [`report::LoadReport`], with
+//!   the CPU of the proxy under test read by [`cpu`].
 //! - [`synthetic_cp`]: a control plane that serves a fixed snapshot of N generated keys
 //!   ([`keyset`]), so real gateways can hold millions of keys.
 //! - [`summary`] and [`chart`]: the side-by-side comparison's medians, target checks and SVG.
@@ -33,4 +34,5 @@ pub mod replica_memory;
 pub mod report;
 pub mod summary;
 pub mod synthetic_cp;
+pub mod tls;
 pub mod zipf;

@@ -15,6 +15,11 @@
 //! A warm-up precedes the measured window; only requests intended inside the window count. CPU
 //! of watched processes (the proxy under test) and of the generator itself is read at the
 //! window's edges.
+//!
+//! `https://` URLs go over TLS ([`crate::tls`]: rustls, TLS 1.3, ALPN `http/1.1`, no session
+//! resumption). Connections are kept alive, or with [`LoadSpec::new_connection_per_request`]
+//! each request gets a connection of its own (`Connection: close`), so over TLS every request
+//! is a full handshake; its service time then includes the connect and the handshake.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,7 +30,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http::header::{AUTHORIZATION, HOST};
+use http::header::{AUTHORIZATION, CONNECTION, HOST};
 use http::{HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -35,9 +40,10 @@ use rand::rngs::StdRng;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::cpu::CpuSample;
+use crate::cpu::{self, CpuSample};
 use crate::mix::KeyMix;
-use crate::report::{self, CpuUse, LatencySummary, LoadReport};
+use crate::report::{self, CpuUse, LatencySummary, LoadReport, TlsReport};
+use crate::tls::{self, TlsClient, TlsOptions};
 
 /// Longest wait for one response before it counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,6 +78,11 @@ pub struct LoadSpec {
     /// Processes whose CPU time is read at the window's edges.
     pub cpu_pids: Vec<u32>,
     pub seed: u64,
+    /// Required for `https://` URLs.
+    pub tls: Option<TlsOptions>,
+    /// One request per connection (`Connection: close`, a new connect for each request)
+    /// instead of keep-alive.
+    pub new_connection_per_request: bool,
 }
 
 /// Where requests go.
@@ -79,21 +90,32 @@ struct Target {
     addr: SocketAddr,
     authority: HeaderValue,
     path: Uri,
+    /// `https://`: the client that wraps each connection.
+    tls: Option<TlsClient>,
 }
 
 impl Target {
-    async fn resolve(url: &str) -> anyhow::Result<Self> {
+    async fn resolve(url: &str, tls: Option<&TlsOptions>) -> anyhow::Result<Self> {
         let uri: Uri = url
             .parse()
             .with_context(|| format!("invalid URL {url:?}"))?;
-        anyhow::ensure!(
-            uri.scheme_str() == Some("http"),
-            "only http:// URLs are supported, got {url:?}"
-        );
+        let secure = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => anyhow::bail!("only http:// and https:// URLs are supported, got {url:?}"),
+        };
         let authority = uri
             .authority()
             .ok_or_else(|| anyhow::anyhow!("{url:?} has no host"))?;
-        let port = authority.port_u16().unwrap_or(80);
+        let tls = match (secure, tls) {
+            (false, None) => None,
+            (false, Some(_)) => anyhow::bail!("TLS options given for the plain URL {url:?}"),
+            (true, None) => anyhow::bail!("{url:?} needs a CA file (--tls-ca)"),
+            (true, Some(options)) => Some(TlsClient::new(options, authority.host())?),
+        };
+        let port = authority
+            .port_u16()
+            .unwrap_or(if secure { 443 } else { 80 });
         let addr = tokio::net::lookup_host((authority.host(), port))
             .await
             .with_context(|| format!("cannot resolve {}", authority.host()))?
@@ -109,6 +131,7 @@ impl Target {
             addr,
             authority: HeaderValue::from_str(authority.as_str()).context("invalid host")?,
             path,
+            tls,
         })
     }
 }
@@ -150,6 +173,11 @@ struct Shared {
     /// Open loop: slots of the window never reached before the run ended.
     unsent: AtomicU64,
     seed: u64,
+    fresh_connections: bool,
+    /// Connections opened (successfully), warm-up included.
+    connects: AtomicU64,
+    /// TLS handshakes by kind: full, full after a HelloRetryRequest, resumed, unknown.
+    handshakes: [AtomicU64; 4],
 }
 
 impl Shared {
@@ -192,9 +220,9 @@ pub async fn run(spec: &LoadSpec, mix: Arc<KeyMix>) -> anyhow::Result<LoadReport
             "the rate must be positive, got {rate}"
         );
     }
-    let target = Target::resolve(&spec.url).await?;
-    // Fail fast on a target that is not there.
-    connect(target.addr)
+    let target = Target::resolve(&spec.url, spec.tls.as_ref()).await?;
+    // Fail fast on a target that is not there (or whose certificate does not verify).
+    let described = probe(&target)
         .await
         .with_context(|| format!("cannot connect to {}", spec.url))?;
 
@@ -230,6 +258,9 @@ pub async fn run(spec: &LoadSpec, mix: Arc<KeyMix>) -> anyhow::Result<LoadReport
         errors: AtomicU64::new(0),
         unsent: AtomicU64::new(0),
         seed: spec.seed,
+        fresh_connections: spec.new_connection_per_request,
+        connects: AtomicU64::new(0),
+        handshakes: Default::default(),
     });
 
     // The generator's own CPU is read too (last), to show it was not the bottleneck.
@@ -240,6 +271,7 @@ pub async fn run(spec: &LoadSpec, mix: Arc<KeyMix>) -> anyhow::Result<LoadReport
         measure_from,
         (!counting).then_some(measure_until),
     ));
+    let cores_watch = (!counting).then(|| tokio::spawn(watch_cores(measure_from, measure_until)));
     let workers: Vec<_> = (0..spec.connections)
         .map(|index| tokio::spawn(connection(Arc::clone(&shared), index)))
         .collect();
@@ -258,6 +290,11 @@ pub async fn run(spec: &LoadSpec, mix: Arc<KeyMix>) -> anyhow::Result<LoadReport
     } else {
         let (before, after) = cpu_watch.await.context("CPU watcher panicked")??;
         (before, after.unwrap_or_default())
+    };
+
+    let core_busy = match cores_watch {
+        Some(watch) => watch.await.context("core watcher panicked")??,
+        None => Vec::new(),
     };
 
     let recorder = shared.lock();
@@ -324,6 +361,18 @@ pub async fn run(spec: &LoadSpec, mix: Arc<KeyMix>) -> anyhow::Result<LoadReport
         codes,
         cpu,
         generator_utilisation,
+        core_busy,
+        connects: shared.connects.load(Ordering::Relaxed),
+        new_connection_per_request: spec.new_connection_per_request,
+        tls: described.map(|description| {
+            let count = |kind: usize| shared.handshakes[kind].load(Ordering::Relaxed);
+            TlsReport {
+                description,
+                full: count(0),
+                full_hello_retry: count(1),
+                resumed: count(2),
+            }
+        }),
     })
 }
 
@@ -342,6 +391,15 @@ async fn watch_cpu(
     };
     tokio::time::sleep_until(until).await;
     Ok((before, Some(read_cpu(&pids)?)))
+}
+
+/// Share of each core that was busy (by anyone) between `from` and `until`.
+async fn watch_cores(from: Instant, until: Instant) -> anyhow::Result<Vec<f64>> {
+    tokio::time::sleep_until(from).await;
+    let before = cpu::core_ticks().context("cannot read /proc/stat")?;
+    tokio::time::sleep_until(until).await;
+    let after = cpu::core_ticks().context("cannot read /proc/stat")?;
+    Ok(cpu::core_busy_since(&before, &after))
 }
 
 fn read_cpu(pids: &[u32]) -> anyhow::Result<CpuSamples> {
@@ -386,11 +444,18 @@ async fn connection(shared: Arc<Shared>, index: usize) {
                 Instant::now()
             }
         };
+        // One request per connection: the connect (and handshake) is part of its service time.
+        let connect_started = if shared.fresh_connections {
+            sender = None;
+            Some(Instant::now())
+        } else {
+            None
+        };
         let ready = match sender.as_mut() {
             Some(open) if !open.is_closed() => open,
-            _ => match connect(shared.target.addr).await {
-                Ok(open) => sender.insert(open),
-                Err(_) => {
+            _ => match tokio::time::timeout(REQUEST_TIMEOUT, connect(&shared)).await {
+                Ok(Ok(open)) => sender.insert(open),
+                Ok(Err(_)) | Err(_) => {
                     shared.errors.fetch_add(1, Ordering::Relaxed);
                     sender = None;
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -408,7 +473,12 @@ async fn connection(shared: Arc<Shared>, index: usize) {
                 .headers_mut()
                 .insert(AUTHORIZATION, credential.clone());
         }
-        let sent = Instant::now();
+        if connect_started.is_some() {
+            request
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        let sent = connect_started.unwrap_or_else(Instant::now);
         let outcome = tokio::time::timeout(REQUEST_TIMEOUT, exchange(ready, request)).await;
         let done = Instant::now();
         let measured = intended >= shared.measure_from && intended < shared.measure_until;
@@ -440,14 +510,54 @@ fn nanos(duration: Duration) -> u64 {
         .min(MAX_LATENCY_NS)
 }
 
-async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
-    let stream = TcpStream::connect(addr).await?;
+/// Opens one connection of the run and counts it (and its handshake's kind).
+async fn connect(shared: &Shared) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
+    let stream = TcpStream::connect(shared.target.addr).await?;
     stream.set_nodelay(true)?;
-    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let sender = match &shared.target.tls {
+        None => {
+            let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            sender
+        }
+        Some(client) => {
+            let stream = client
+                .connector
+                .connect(client.server_name.clone(), stream)
+                .await?;
+            let kind = match stream.get_ref().1.handshake_kind() {
+                Some(rustls::HandshakeKind::Full) => 0,
+                Some(rustls::HandshakeKind::FullWithHelloRetryRequest) => 1,
+                Some(rustls::HandshakeKind::Resumed) => 2,
+                None => 3,
+            };
+            shared.handshakes[kind].fetch_add(1, Ordering::Relaxed);
+            let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            sender
+        }
+    };
+    shared.connects.fetch_add(1, Ordering::Relaxed);
     Ok(sender)
+}
+
+/// Connects once before the run: an error if the target is not there; over TLS, what the
+/// handshake negotiated.
+async fn probe(target: &Target) -> anyhow::Result<Option<String>> {
+    let stream = TcpStream::connect(target.addr).await?;
+    let Some(client) = &target.tls else {
+        return Ok(None);
+    };
+    let stream = client
+        .connector
+        .connect(client.server_name.clone(), stream)
+        .await
+        .context("TLS handshake failed")?;
+    Ok(Some(tls::describe(stream.get_ref().1)))
 }
 
 /// Sends one request and reads the whole response: (status, keygate error code if any).

@@ -1,7 +1,7 @@
 //! `keygate-bench`: measurements through real, separately started gateways (and nginx and
 //! HAProxy beside them). Each subcommand is a thin wrapper over the `keygate_benches` library.
-//! `benches/side-by-side.sh`, `benches/scale.sh`, `benches/quick.sh` and
-//! `benches/callgrind-routes.sh` drive it; `BENCHMARKS.md` records what they measured.
+//! `benches/side-by-side.sh`, `benches/tls-side-by-side.sh`, `benches/scale.sh`,
+//! `benches/quick.sh` and `benches/callgrind-routes.sh` drive it; `BENCHMARKS.md` records what they measured.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +16,7 @@ use keygate_benches::keyset::{self, KeySetSpec, Malformation};
 use keygate_benches::load::{self, LoadSpec, Pace};
 use keygate_benches::mix::{Distribution, KeyMix, KeyMixSpec};
 use keygate_benches::synthetic_cp::SyntheticControlPlane;
+use keygate_benches::tls::{TlsOptions, Verification};
 use keygate_benches::{
     chart, cp_load, disable_latency, keyfile, ready_time, replica_memory, summary,
 };
@@ -137,6 +138,12 @@ enum Bench {
     },
     /// Draw a summary (from `summarize`) as SVG.
     Chart { summary: PathBuf, out: PathBuf },
+    /// Render a summary (from `summarize`) as text tables; to stdout, or to `--out`.
+    Table {
+        summary: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -191,6 +198,20 @@ struct LoadArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// For `https://` URLs: PEM file of the CA the server's certificate must chain to.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Name sent as SNI and verified in the certificate [default: the URL's host].
+    #[arg(long, requires = "tls_ca")]
+    tls_server_name: Option<String>,
+    /// Verify the server's chain on every handshake, not once per distinct chain (the handshake
+    /// signature is verified every time either way).
+    #[arg(long, requires = "tls_ca")]
+    tls_verify_every_handshake: bool,
+    /// One request per connection (`Connection: close`, a new connect — over TLS a new full
+    /// handshake — for every request) instead of keep-alive.
+    #[arg(long)]
+    new_connection_per_request: bool,
 }
 
 fn main() {
@@ -240,6 +261,8 @@ async fn run(command: Bench) -> anyhow::Result<()> {
                 requests,
                 cpu_pids: Vec::new(),
                 seed: 1,
+                tls: None,
+                new_connection_per_request: false,
             };
             let report = load::run(&spec, Arc::new(KeyMix::single(key.as_deref())?)).await?;
             println!("{}", report.line());
@@ -364,6 +387,21 @@ async fn run(command: Bench) -> anyhow::Result<()> {
             std::fs::write(&out, chart::render(&summary))
                 .with_context(|| format!("cannot write {}", out.display()))
         }
+        Bench::Table { summary, out } => {
+            let text = std::fs::read_to_string(&summary)
+                .with_context(|| format!("cannot read {}", summary.display()))?;
+            let summary: summary::Summary = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a summary", summary.display()))?;
+            let table = summary::table(&summary);
+            match out {
+                Some(out) => std::fs::write(&out, table)
+                    .with_context(|| format!("cannot write {}", out.display())),
+                None => {
+                    print!("{table}");
+                    Ok(())
+                }
+            }
+        }
     }
 }
 
@@ -418,6 +456,16 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         requests: args.requests,
         cpu_pids: args.cpu_pid,
         seed: args.seed,
+        tls: args.tls_ca.map(|ca_file| TlsOptions {
+            ca_file,
+            server_name: args.tls_server_name,
+            verification: if args.tls_verify_every_handshake {
+                Verification::EveryHandshake
+            } else {
+                Verification::OncePerChain
+            },
+        }),
+        new_connection_per_request: args.new_connection_per_request,
     };
     let report = load::run(&spec, Arc::new(mix)).await?;
     println!("{}", report.line());

@@ -48,6 +48,34 @@ pub struct LoadReport {
     /// Cores the load generator itself kept busy during the window.
     #[serde(default)]
     pub generator_utilisation: f64,
+    /// Share of each core (cpu0, cpu1, …) busy during the window, by any process: the proxy's
+    /// core busier than the proxy itself means something else ran there (not measured in
+    /// closed-loop runs that count requests).
+    #[serde(default)]
+    pub core_busy: Vec<f64>,
+    /// Connections opened over the whole run (warm-up included).
+    #[serde(default)]
+    pub connects: u64,
+    /// Whether every request had a connection of its own.
+    #[serde(default)]
+    pub new_connection_per_request: bool,
+    /// Over TLS: what was negotiated, and the handshakes by kind (whole run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsReport>,
+}
+
+/// The TLS side of a run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsReport {
+    /// Version, cipher suite, key exchange group, ALPN of the first handshake.
+    pub description: String,
+    /// Full handshakes.
+    pub full: u64,
+    /// Full handshakes that needed a HelloRetryRequest (the server wanted another key share).
+    pub full_hello_retry: u64,
+    /// Resumed handshakes (should be 0: the client keeps no sessions).
+    pub resumed: u64,
 }
 
 /// Latency percentiles, µs.
@@ -121,6 +149,19 @@ impl LoadReport {
         (!self.cpu.is_empty()).then(|| self.cpu.iter().map(|cpu| cpu.us_per_request).sum())
     }
 
+    /// CPU µs per request summed over the watched processes, split into (user, kernel) by each
+    /// process's share of `stime` in its `utime + stime`.
+    pub fn cpu_split_us_per_request(&self) -> Option<(f64, f64)> {
+        (!self.cpu.is_empty()).then(|| {
+            self.cpu.iter().fold((0.0, 0.0), |(user, kernel), cpu| {
+                (
+                    user + cpu.us_per_request * (1.0 - cpu.system_share),
+                    kernel + cpu.us_per_request * cpu.system_share,
+                )
+            })
+        })
+    }
+
     /// One line of text.
     pub fn line(&self) -> String {
         let ms = |us: f64| format!("{:.3} ms", us / 1000.0);
@@ -149,16 +190,34 @@ impl LoadReport {
         if self.errors > 0 || self.unsent > 0 {
             text.push_str(&format!("; errors {} unsent {}", self.errors, self.unsent));
         }
+        if let Some(tls) = &self.tls {
+            text.push_str(&format!(
+                "; {}, handshakes full {} (+{} after HRR), resumed {}",
+                tls.description, tls.full, tls.full_hello_retry, tls.resumed
+            ));
+        }
+        if self.new_connection_per_request {
+            text.push_str(&format!("; {} connections", self.connects));
+        }
         text.push_str(&format!(
             "; generator {:.0} % of a core",
             self.generator_utilisation * 100.0
         ));
+        if !self.core_busy.is_empty() {
+            let cores: Vec<String> = self
+                .core_busy
+                .iter()
+                .map(|busy| format!("{:.0}", busy * 100.0))
+                .collect();
+            text.push_str(&format!("; cores busy {} %", cores.join("/")));
+        }
         if let Some(cpu) = self.cpu_us_per_request() {
             let utilisation: f64 = self.cpu.iter().map(|cpu| cpu.utilisation).sum();
             let system =
                 self.cpu.iter().map(|cpu| cpu.system_share).sum::<f64>() / self.cpu.len() as f64;
+            let (user, kernel) = self.cpu_split_us_per_request().unwrap_or_default();
             text.push_str(&format!(
-                "; proxy CPU {cpu:.2} µs/req ({:.0} % of a core, {:.0} % in the kernel)",
+                "; proxy CPU {cpu:.2} µs/req (user {user:.2}, kernel {kernel:.2}; {:.0} % of a core, {:.0} % in the kernel)",
                 utilisation * 100.0,
                 system * 100.0
             ));

@@ -1,7 +1,8 @@
-//! The side-by-side summary: reads every run report of `benches/side-by-side.sh` (one JSON file
-//! per mode, phase, target and round, named `MODE-PHASE-TARGET-rROUND.json`), takes medians over
-//! rounds, computes the ratios the contract's targets are stated in, and says for each target
-//! whether it is met.
+//! The side-by-side summary: reads every run report of `benches/side-by-side.sh` and
+//! `benches/tls-side-by-side.sh` (one JSON file per mode, phase, target and round, named
+//! `MODE-PHASE-TARGET-rROUND.json`), takes medians over rounds, computes the ratios the
+//! contract's targets are stated in, and says for each target whether it is met; [`table`]
+//! renders a summary as text.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,6 +16,13 @@ use crate::report::LoadReport;
 pub const SATURATION: &str = "saturation";
 pub const FIXED_RATE: &str = "fixed-rate";
 pub const HALF_PEAK: &str = "half-peak";
+/// Closed loop, one request per new connection (over TLS: one full handshake each).
+pub const NEW_CONNECTION: &str = "new-conn";
+/// Every phase, in the order reports list them.
+pub const PHASES: [&str; 4] = [SATURATION, FIXED_RATE, HALF_PEAK, NEW_CONNECTION];
+
+/// The mode of `benches/tls-side-by-side.sh`'s HTTPS measurements (pinned as `pinned`).
+pub const PINNED_TLS: &str = "pinned-tls";
 
 /// Targets every proxy is compared with.
 pub const UPSTREAM: &str = "upstream";
@@ -43,8 +51,26 @@ pub struct Group {
     pub cpu_utilisation: Option<f64>,
     /// Share of the watched process's CPU time spent in the kernel.
     pub cpu_system_share: Option<f64>,
+    /// CPU per request in user space and in the kernel (the total split by the share of
+    /// `utime` and `stime` in `/proc/PID/stat`), each the median over rounds.
+    #[serde(default)]
+    pub cpu_user_us_per_request: Option<f64>,
+    #[serde(default)]
+    pub cpu_kernel_us_per_request: Option<f64>,
+    /// Connections opened, summed over rounds (warm-ups included).
+    #[serde(default)]
+    pub connects: u64,
+    /// Over TLS: what the first handshake of the first round negotiated.
+    #[serde(default)]
+    pub tls: Option<String>,
+    /// Over TLS: resumed handshakes, summed over rounds (0 when every handshake was full).
+    #[serde(default)]
+    pub tls_resumed: u64,
     /// Share of a core the load generator used.
     pub generator_utilisation: f64,
+    /// Share of each core busy during the window, by anyone (median over rounds per core).
+    #[serde(default)]
+    pub core_busy: Vec<f64>,
     pub errors: u64,
     pub unsent: u64,
     /// Responses by status/code, summed over rounds.
@@ -106,7 +132,7 @@ struct Run {
 fn parse_name(stem: &str) -> Option<(String, String, String, u32)> {
     let (rest, round) = stem.rsplit_once("-r")?;
     let round = round.parse().ok()?;
-    for phase in [SATURATION, FIXED_RATE, HALF_PEAK] {
+    for phase in PHASES {
         if let Some(at) = rest.find(&format!("-{phase}-")) {
             let mode = &rest[..at];
             let target = &rest[at + phase.len() + 2..];
@@ -195,7 +221,21 @@ fn group(runs: &[&Run]) -> Option<Group> {
                     / report.cpu.len().max(1) as f64
             })
         }),
+        cpu_user_us_per_request: cpu
+            .map(|_| values(&|report| report.cpu_split_us_per_request().map_or(f64::NAN, |s| s.0))),
+        cpu_kernel_us_per_request: cpu
+            .map(|_| values(&|report| report.cpu_split_us_per_request().map_or(f64::NAN, |s| s.1))),
+        connects: runs.iter().map(|run| run.report.connects).sum(),
+        tls: first.report.tls.as_ref().map(|tls| tls.description.clone()),
+        tls_resumed: runs
+            .iter()
+            .filter_map(|run| run.report.tls.as_ref())
+            .map(|tls| tls.resumed)
+            .sum(),
         generator_utilisation: values(&|report| report.generator_utilisation),
+        core_busy: (0..first.report.core_busy.len())
+            .map(|core| values(&|report| report.core_busy.get(core).copied().unwrap_or(f64::NAN)))
+            .collect(),
         errors: runs.iter().map(|run| run.report.errors).sum(),
         unsent: runs.iter().map(|run| run.report.unsent).sum(),
         codes,
@@ -285,6 +325,8 @@ pub fn summarize(dir: &Path, machine: String) -> anyhow::Result<Summary> {
     };
     let rps = |report: &LoadReport| Some(report.rps);
     let cpu = |report: &LoadReport| report.cpu_us_per_request();
+    let user = |report: &LoadReport| report.cpu_split_us_per_request().map(|split| split.0);
+    let kernel = |report: &LoadReport| report.cpu_split_us_per_request().map(|split| split.1);
     for mode in &modes {
         let mut of_mode = BTreeMap::new();
         for other in [NGINX, HAPROXY, KEYGATE_NO_AUTH, UPSTREAM] {
@@ -293,6 +335,18 @@ pub fn summarize(dir: &Path, machine: String) -> anyhow::Result<Summary> {
             }
             if let Some(ratio) = round_ratio(&runs, mode, FIXED_RATE, other, cpu) {
                 of_mode.insert(format!("cpu key/{other}"), ratio);
+            }
+            if let Some(ratio) = round_ratio(&runs, mode, FIXED_RATE, other, user) {
+                of_mode.insert(format!("user cpu key/{other}"), ratio);
+            }
+            if let Some(ratio) = round_ratio(&runs, mode, FIXED_RATE, other, kernel) {
+                of_mode.insert(format!("kernel cpu key/{other}"), ratio);
+            }
+            if let Some(ratio) = round_ratio(&runs, mode, NEW_CONNECTION, other, rps) {
+                of_mode.insert(format!("new conn/s key/{other}"), ratio);
+            }
+            if let Some(ratio) = round_ratio(&runs, mode, NEW_CONNECTION, other, cpu) {
+                of_mode.insert(format!("cpu/new conn key/{other}"), ratio);
             }
         }
         for target in [KEYGATE_KEY, KEYGATE_NO_AUTH, NGINX, HAPROXY] {
@@ -349,12 +403,153 @@ pub fn summarize(dir: &Path, machine: String) -> anyhow::Result<Summary> {
                 .into(),
         });
     }
+    if let Some(ratio) = round_ratio(&runs, PINNED_TLS, FIXED_RATE, NGINX, cpu) {
+        targets.push(TargetCheck {
+            target: "TLS: proxy CPU per request over keep-alive HTTPS with key verification ≤ \
+                     nginx's"
+                .into(),
+            measured: ratio,
+            limit: 1.0,
+            unit: "keygate-key CPU / nginx CPU".into(),
+            met: ratio <= 1.0,
+            how: "pinned, TLS 1.3, fixed-rate phase; median over rounds of the per-round ratio"
+                .into(),
+        });
+    }
+    if let Some(ratio) = round_ratio(&runs, PINNED_TLS, NEW_CONNECTION, NGINX, rps) {
+        targets.push(TargetCheck {
+            target: "TLS: new handshakes per second ≥ nginx's".into(),
+            measured: ratio,
+            limit: 1.0,
+            unit: "keygate-key handshakes/s / nginx handshakes/s".into(),
+            met: ratio >= 1.0,
+            how: "pinned, closed loop, one request per new connection, full TLS 1.3 handshakes; \
+                  median over rounds of the per-round ratio"
+                .into(),
+        });
+    }
     Ok(Summary {
         machine,
         groups,
         targets,
         ratios,
     })
+}
+
+/// The summary as text: per mode and phase a table of the targets (medians over rounds), then
+/// the ratios and the target checks.
+pub fn table(summary: &Summary) -> String {
+    let mut text = String::new();
+    if !summary.machine.is_empty() {
+        text.push_str(&format!("machine: {}\n", summary.machine));
+    }
+    let mut modes: Vec<&str> = summary.groups.iter().map(|g| g.mode.as_str()).collect();
+    modes.sort();
+    modes.dedup();
+    let number = |value: Option<f64>, decimals: usize| match value {
+        Some(value) if value.is_finite() => format!("{value:.decimals$}"),
+        _ => "-".into(),
+    };
+    for mode in &modes {
+        for phase in PHASES {
+            let groups: Vec<&Group> = summary
+                .groups
+                .iter()
+                .filter(|g| g.mode == *mode && g.phase == phase)
+                .collect();
+            if groups.is_empty() {
+                continue;
+            }
+            let per = if phase == NEW_CONNECTION {
+                "connection"
+            } else {
+                "req"
+            };
+            text.push_str(&format!(
+                "\n{mode}, {phase} (medians over {} round(s))\n",
+                groups.iter().map(|g| g.rounds).max().unwrap_or(0)
+            ));
+            text.push_str(&format!(
+                "| target | offered/s | done/s | p50 ms | p99 ms | proxy CPU µs/{per} | user | kernel | proxy core | generator core | cores busy | CPU µs/{per} by round | errors/unsent | connections |\n"
+            ));
+            text.push_str(
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+            );
+            for group in groups {
+                let rounds: Vec<String> = group
+                    .per_round
+                    .iter()
+                    .map(|round| number(Some(round[2]), 1))
+                    .collect();
+                text.push_str(&format!(
+                    "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {:.0} % | {} | {} | {}/{} | {} |\n",
+                    group.target,
+                    number(group.offered_rps, 0),
+                    group.rps,
+                    group.p50_us / 1000.0,
+                    group.p99_us / 1000.0,
+                    number(group.cpu_us_per_request, 1),
+                    number(group.cpu_user_us_per_request, 1),
+                    number(group.cpu_kernel_us_per_request, 1),
+                    group
+                        .cpu_utilisation
+                        .map_or("-".into(), |u| format!("{:.0} %", u * 100.0)),
+                    group.generator_utilisation * 100.0,
+                    if group.core_busy.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        group
+                            .core_busy
+                            .iter()
+                            .map(|busy| format!("{:.0}", busy * 100.0))
+                            .collect::<Vec<_>>()
+                            .join("/")
+                            + " %"
+                    },
+                    rounds.join("/"),
+                    group.errors,
+                    group.unsent,
+                    group.connects,
+                ));
+            }
+            let tls: Vec<String> = summary
+                .groups
+                .iter()
+                .filter(|g| g.mode == *mode && g.phase == phase)
+                .filter_map(|g| {
+                    g.tls
+                        .as_ref()
+                        .map(|tls| format!("{}: {tls}, resumed {}", g.target, g.tls_resumed))
+                })
+                .collect();
+            for line in tls {
+                text.push_str(&format!("  {line}\n"));
+            }
+        }
+    }
+    for (mode, ratios) in &summary.ratios {
+        if ratios.is_empty() {
+            continue;
+        }
+        text.push_str(&format!("\nratios, {mode} (median of per-round ratios)\n"));
+        for (name, value) in ratios {
+            text.push_str(&format!("  {name}: {value:.3}\n"));
+        }
+    }
+    if !summary.targets.is_empty() {
+        text.push_str("\ntargets\n");
+        for check in &summary.targets {
+            text.push_str(&format!(
+                "  {} {}: {:.3} ({}; limit {:.3})\n",
+                if check.met { "MET   " } else { "MISSED" },
+                check.target,
+                check.measured,
+                check.unit,
+                check.limit
+            ));
+        }
+    }
+    text
 }
 
 #[cfg(test)]
@@ -370,6 +565,15 @@ mod tests {
         assert_eq!(
             parse_name("unpinned-2w-saturation-nginx-r1"),
             Some(("unpinned-2w".into(), SATURATION.into(), NGINX.into(), 1))
+        );
+        assert_eq!(
+            parse_name("pinned-tls-new-conn-keygate-key-r2"),
+            Some((
+                PINNED_TLS.into(),
+                NEW_CONNECTION.into(),
+                KEYGATE_KEY.into(),
+                2
+            ))
         );
         assert_eq!(parse_name("notes"), None);
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);

@@ -110,6 +110,8 @@ async fn load_tool_against_a_gateway_fed_by_the_synthetic_control_plane() {
         requests: Some(400),
         cpu_pids: vec![std::process::id()],
         seed: 3,
+        tls: None,
+        new_connection_per_request: false,
     };
     let report = load::run(&closed, Arc::clone(&mix)).await.unwrap();
     assert_eq!(report.requests, 400, "{}", report.line());
@@ -139,6 +141,8 @@ async fn load_tool_against_a_gateway_fed_by_the_synthetic_control_plane() {
         requests: None,
         cpu_pids: Vec::new(),
         seed: 4,
+        tls: None,
+        new_connection_per_request: false,
     };
     let open_report = load::run(&open, mix).await.unwrap();
     assert!(open_report.requests > 100, "{}", open_report.line());
