@@ -72,6 +72,17 @@ const GRPC_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
 /// Most gRPC connections (gateways and operators) open at once.
 const GRPC_MAX_CONNECTIONS: usize = 10_000;
+/// Streams one gRPC connection may have open at once (a gateway uses one sync stream and a few
+/// lookups; an operator one call).
+const GRPC_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// HTTP/2 reset limits on the gRPC listener: streams a client may reset before they are
+/// accepted (the rapid-reset attack, CVE-2023-44487) and streams the server may reset for a
+/// client's errors, before the connection is closed. tonic passes "no limit" unless told, which
+/// turns h2's own protection off.
+const GRPC_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+const GRPC_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+/// Largest request header block on the gRPC listener.
+const GRPC_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 /// Longest TLS handshake on either listener.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -247,6 +258,10 @@ impl ControlPlane {
         let grpc = Server::builder()
             .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
             .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE))
+            .max_concurrent_streams(Some(GRPC_MAX_CONCURRENT_STREAMS))
+            .http2_max_pending_accept_reset_streams(Some(GRPC_MAX_PENDING_ACCEPT_RESET_STREAMS))
+            .http2_max_local_error_reset_streams(Some(GRPC_MAX_LOCAL_ERROR_RESET_STREAMS))
+            .http2_max_header_list_size(Some(GRPC_MAX_HEADER_LIST_BYTES))
             .add_service(AdminServer::with_interceptor(
                 admin,
                 TokenCheck::admin(&self.config.admin_token),

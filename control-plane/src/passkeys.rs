@@ -1,6 +1,14 @@
 //! Wiring of the passkey side: from the configuration and the bound HTTP address to the
 //! relying party, the session signer (with its first key created on first start), the
-//! operator operations and the HTTP API, plus the background pruning of expired state.
+//! operator operations, the self-service rules and the HTTP API over them, plus the background
+//! pruning of expired state.
+//!
+//! - `self_service` — the rules behind the passkey page (ceremonies, rate limits, flows),
+//!   returning domain outcomes;
+//! - `refusal` — why a self-service step was refused, with its stable code.
+
+pub mod refusal;
+pub mod self_service;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,12 +17,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, ControlPlaneConfig};
 use crate::error::ControlPlaneError;
-use crate::http::{ApiSettings, PasskeyApi};
+use crate::http::PasskeyApi;
 use crate::rate_limit::Rate;
 use crate::sessions::Sessions;
 use crate::store::Store;
 use crate::users::Users;
 use crate::webauthn::RelyingParty;
+
+use self::self_service::{Limits, SelfService};
 
 /// The passkey side of one control plane.
 pub struct Passkeys {
@@ -39,7 +49,7 @@ impl Passkeys {
             })?;
         let sessions = Sessions::new(Arc::clone(&store), config.session_lifetime);
         let users = Users::new(Arc::clone(&store), sessions.clone(), relying_party.origin());
-        let settings = ApiSettings {
+        let limits = Limits {
             per_address: Rate {
                 per_minute: config.passkey_rate_per_address,
             },
@@ -48,12 +58,8 @@ impl Passkeys {
             },
         };
         tracing::info!(rp_id = %relying_party.rp_id(), origin = %origin, "passkey relying party ready");
-        let api = Arc::new(PasskeyApi::new(
-            store,
-            relying_party,
-            sessions.clone(),
-            &settings,
-        ));
+        let rules = SelfService::new(store, relying_party, sessions.clone(), &limits);
+        let api = Arc::new(PasskeyApi::new(rules));
         Ok(Self {
             users,
             sessions,

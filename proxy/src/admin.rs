@@ -1,8 +1,6 @@
 //! The admin listener: `/healthz` (the process answers), `/readyz` (synced, within the
 //! propagation bound, not draining) and `/metrics` (Prometheus text).
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -95,7 +93,7 @@ impl Admin {
 }
 
 impl Service for Admin {
-    async fn call(&self, request: Request<Incoming>, _peer: Arc<Peer>) -> Response<ProxyBody> {
+    async fn call(&self, request: Request<Incoming>, _peer: &Peer) -> Response<ProxyBody> {
         self.answer(request.uri().path())
     }
 }

@@ -33,6 +33,12 @@ pub struct ProxyConfig {
     /// Default none.
     #[serde(rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// What `%2F`, `%5C` (any case) and a literal `\` in a request path do: `reject` answers 400
+    /// `INVALID_PATH`; `keep` leaves them encoded (`\` becomes `%5C`) as data, never a path
+    /// separator, which is safe only when no upstream decodes them into separators either.
+    /// Paths are otherwise always normalised before a route is chosen (see `path.rs`). Default
+    /// `reject`.
+    pub escaped_slashes: EscapedSlashes,
     /// Control-plane gRPC URLs (`http://host:port`), tried in this order when (re)connecting.
     /// Default none; at least one is required.
     pub control_plane: Vec<String>,
@@ -61,12 +67,39 @@ pub struct ProxyConfig {
     /// Longest wait for an upstream's response headers before answering 504. Default 30 s.
     #[serde(with = "humantime_duration")]
     pub upstream_timeout: Duration,
-    /// Longest wait for a TCP connection to an upstream before answering 502. Default 5 s.
+    /// Longest wait for a TCP connection (and TLS handshake) to an upstream before answering
+    /// 502. Default 5 s.
     #[serde(with = "humantime_duration")]
     pub upstream_connect_timeout: Duration,
-    /// Longest time a client may take to send a request's headers (HTTP/1). Default 10 s.
+    /// Connections open at once to one upstream (busy and idle). Default 1024.
+    pub max_upstream_connections: usize,
+    /// How long a request waits for an upstream connection when all `max_upstream_connections`
+    /// are busy, before answering 503 `UPSTREAM_BUSY`. Default 5 s.
+    #[serde(with = "humantime_duration")]
+    pub upstream_queue_timeout: Duration,
+    /// How long an upstream's response body may send nothing before it is abandoned (the
+    /// client's response is cut off). Default 60 s.
+    #[serde(with = "humantime_duration")]
+    pub upstream_body_timeout: Duration,
+    /// Longest time a client may take to send a request's headers: from accept (TLS handshake
+    /// and protocol detection included) to the first request's head, and for each later
+    /// HTTP/1 head. Default 10 s.
     #[serde(with = "humantime_duration")]
     pub header_read_timeout: Duration,
+    /// Longest wait for a request body the gateway reads itself (the verify endpoint's, at
+    /// most 8 KiB); then 408 `BODY_TIMEOUT`. Default 30 s.
+    #[serde(with = "humantime_duration")]
+    pub request_body_timeout: Duration,
+    /// A client connection with no request in flight for this long is closed (keep-alive
+    /// idle; HTTP/1 and HTTP/2 alike). Default 60 s.
+    #[serde(with = "humantime_duration")]
+    pub idle_timeout: Duration,
+    /// Streams one client HTTP/2 connection may have open at once. Default 256.
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 keepalive: a PING after this much silence on a client connection, which is closed
+    /// when the PING is not answered within the same time. Default 20 s.
+    #[serde(with = "humantime_duration")]
+    pub http2_keepalive_interval: Duration,
     /// Largest request head a client may send, in bytes; larger gets 431. Default 65 536
     /// (64 KiB); at least 8 192.
     pub max_header_bytes: usize,
@@ -121,6 +154,7 @@ impl Default for ProxyConfig {
             admin_listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9901)),
             upstream: None,
             routes: Vec::new(),
+            escaped_slashes: EscapedSlashes::Reject,
             control_plane: Vec::new(),
             gateway_token: Secret::default(),
             gateway_id: None,
@@ -133,7 +167,14 @@ impl Default for ProxyConfig {
             session_cache_capacity: crate::session_verify::DEFAULT_CACHE_CAPACITY,
             upstream_timeout: Duration::from_secs(30),
             upstream_connect_timeout: Duration::from_secs(5),
+            max_upstream_connections: 1024,
+            upstream_queue_timeout: Duration::from_secs(5),
+            upstream_body_timeout: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(10),
+            request_body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            http2_max_concurrent_streams: 256,
+            http2_keepalive_interval: Duration::from_secs(20),
             max_header_bytes: 64 * 1024,
             max_connections: 10_000,
             negative_cache_ttl: Duration::from_secs(2),
@@ -207,6 +248,13 @@ pub struct RouteConfig {
     /// roots. Default none.
     #[serde(default)]
     pub upstream_ca: Option<PathBuf>,
+    /// Origins (`scheme://host[:port]`, exactly as a browser sends `Origin`) whose pages may
+    /// send unsafe requests (any method but GET, HEAD, OPTIONS and TRACE) that carry only the
+    /// session cookie; such a request from anywhere else gets 403 `FORBIDDEN_ORIGIN` unless it
+    /// says `Sec-Fetch-Site: same-origin` (CSRF protection). Requests with a Bearer token or an
+    /// API key are not affected. Only for routes that take sessions. Default none.
+    #[serde(default)]
+    pub session_origins: Vec<String>,
 }
 
 /// Which credentials a route accepts. On `key_or_session` routes a Bearer token starting with
@@ -245,6 +293,18 @@ pub enum StalePolicy {
     Serve,
 }
 
+/// What an encoded slash or backslash (`%2F`, `%5C`) or a literal `\` in a request path does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// 400 `INVALID_PATH`: an upstream that decodes them after the route was chosen could
+    /// serve another route's path.
+    #[default]
+    Reject,
+    /// Forwarded encoded (`\` as `%5C`), as data inside a path segment.
+    Keep,
+}
+
 impl StalePolicy {
     /// The name used in config files and flags.
     pub fn as_str(self) -> &'static str {
@@ -264,6 +324,15 @@ pub(crate) struct ResolvedRoute {
     pub upstream_tls: Option<Trust>,
     pub auth: AuthMode,
     pub forward_credential: bool,
+    /// Lowercase, without a default port (a browser's serialisation of an origin).
+    pub session_origins: Vec<String>,
+}
+
+/// The route table's settings: its routes, and how paths are normalised before one is chosen.
+#[derive(Debug, Clone)]
+pub(crate) struct ResolvedRoutes {
+    pub routes: Vec<ResolvedRoute>,
+    pub escaped_slashes: EscapedSlashes,
 }
 
 impl ProxyConfig {
@@ -324,7 +393,12 @@ impl ProxyConfig {
             ("ping_interval", self.ping_interval),
             ("upstream_timeout", self.upstream_timeout),
             ("upstream_connect_timeout", self.upstream_connect_timeout),
+            ("upstream_queue_timeout", self.upstream_queue_timeout),
+            ("upstream_body_timeout", self.upstream_body_timeout),
             ("header_read_timeout", self.header_read_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("request_body_timeout", self.request_body_timeout),
+            ("http2_keepalive_interval", self.http2_keepalive_interval),
             ("lookup_timeout", self.lookup_timeout),
         ] {
             if value.is_zero() {
@@ -354,6 +428,18 @@ impl ProxyConfig {
             return Err(ConfigError::Invalid {
                 field: "max_header_bytes",
                 reason: "too large".to_owned(),
+            });
+        }
+        if self.max_upstream_connections == 0 {
+            return Err(ConfigError::Invalid {
+                field: "max_upstream_connections",
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        if self.http2_max_concurrent_streams == 0 {
+            return Err(ConfigError::Invalid {
+                field: "http2_max_concurrent_streams",
+                reason: "must be at least 1".to_owned(),
             });
         }
         if self.max_connections == 0 {
@@ -399,7 +485,7 @@ impl ProxyConfig {
     }
 
     /// The routes to serve, the `upstream` shorthand included, with their upstreams parsed.
-    pub(crate) fn resolved_routes(&self) -> Result<Vec<ResolvedRoute>, ConfigError> {
+    pub(crate) fn resolved_routes(&self) -> Result<ResolvedRoutes, ConfigError> {
         let mut routes: Vec<ResolvedRoute> = Vec::with_capacity(self.routes.len() + 1);
         let shorthand = self.upstream.as_ref().map(|upstream| RouteConfig {
             path_prefix: "/".to_owned(),
@@ -407,6 +493,7 @@ impl ProxyConfig {
             auth: AuthMode::default(),
             forward_credential: false,
             upstream_ca: None,
+            session_origins: Vec::new(),
         });
         for route in self.routes.iter().chain(shorthand.as_ref()) {
             if !route.path_prefix.starts_with('/') {
@@ -429,19 +516,73 @@ impl ProxyConfig {
                     });
                 }
             };
+            let session_origins = route
+                .session_origins
+                .iter()
+                .map(|origin| session_origin(route, origin))
+                .collect::<Result<Vec<String>, ConfigError>>()?;
+            if !session_origins.is_empty()
+                && !matches!(route.auth, AuthMode::Session | AuthMode::KeyOrSession)
+            {
+                return Err(ConfigError::Invalid {
+                    field: "session_origins",
+                    reason: format!(
+                        "route {:?} takes no sessions (auth = {:?}), so it reads no session cookie to protect",
+                        route.path_prefix, route.auth
+                    ),
+                });
+            }
             routes.push(ResolvedRoute {
                 path_prefix: route.path_prefix.clone(),
                 upstream,
                 upstream_tls,
                 auth: route.auth,
                 forward_credential: route.forward_credential,
+                session_origins,
             });
         }
         if routes.is_empty() {
             return Err(ConfigError::NoRoutes);
         }
-        Ok(routes)
+        Ok(ResolvedRoutes {
+            routes,
+            escaped_slashes: self.escaped_slashes,
+        })
     }
+}
+
+/// One of a route's `session_origins`, as a browser serialises an origin in `Origin`:
+/// `scheme://host[:port]` with `http` or `https`, lowercase, no default port, no path.
+fn session_origin(route: &RouteConfig, origin: &str) -> Result<String, ConfigError> {
+    let bad = |reason: &str| ConfigError::Invalid {
+        field: "session_origins",
+        reason: format!(
+            "{origin:?} of route {:?} {reason}; expected scheme://host[:port], e.g. \"https://app.example.com\"",
+            route.path_prefix
+        ),
+    };
+    let lower = origin.to_ascii_lowercase();
+    let (scheme, authority) = lower
+        .split_once("://")
+        .ok_or_else(|| bad("is not an origin"))?;
+    let default_port = match scheme {
+        "https" => 443,
+        "http" => 80,
+        _ => return Err(bad("is not an http:// or https:// origin")),
+    };
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        return Err(bad("has a path, query, user or no host"));
+    }
+    let parsed: Authority = authority.parse().map_err(|_| bad("has no valid host"))?;
+    if parsed.host().is_empty()
+        || (authority.contains(':') && !authority.ends_with(']') && parsed.port_u16().is_none())
+    {
+        return Err(bad("has no valid host or port"));
+    }
+    Ok(match parsed.port_u16() {
+        Some(port) if port == default_port => format!("{scheme}://{}", parsed.host()),
+        _ => format!("{scheme}://{authority}"),
+    })
 }
 
 /// hyper refuses smaller HTTP/1 read buffers.
@@ -703,6 +844,77 @@ mod tests {
                 "{message:?} does not mention {needle:?}"
             );
         }
+    }
+
+    #[test]
+    fn escaped_slashes_and_session_origins_load_and_are_checked() {
+        let config: ProxyConfig = toml::from_str(
+            r#"
+            control_plane = ["http://cp:7070"]
+            gateway_token = "t"
+            escaped_slashes = "keep"
+
+            [[route]]
+            path_prefix = "/"
+            upstream = "http://127.0.0.1:3000"
+            session_origins = ["https://App.Example.com:443", "http://localhost:5173", "https://[::1]:8443"]
+            "#,
+        )
+        .expect("parses");
+        assert_eq!(config.escaped_slashes, EscapedSlashes::Keep);
+        let resolved = config.resolved_routes().expect("valid");
+        assert_eq!(resolved.escaped_slashes, EscapedSlashes::Keep);
+        assert_eq!(
+            resolved.routes[0].session_origins,
+            [
+                "https://app.example.com",
+                "http://localhost:5173",
+                "https://[::1]:8443"
+            ]
+        );
+        assert_eq!(
+            ProxyConfig::default().escaped_slashes,
+            EscapedSlashes::Reject
+        );
+        assert!(toml::from_str::<ProxyConfig>("escaped_slashes = \"decode\"").is_err());
+
+        let with_origins = |auth: AuthMode, origins: &[&str]| ProxyConfig {
+            routes: vec![RouteConfig {
+                path_prefix: "/app/".into(),
+                upstream: "http://y".into(),
+                auth,
+                session_origins: origins.iter().map(|origin| (*origin).to_owned()).collect(),
+                ..RouteConfig::default()
+            }],
+            ..valid()
+        };
+        for origin in [
+            "app.example.com",
+            "https://app.example.com/",
+            "https://app.example.com/path",
+            "https://user@app.example.com",
+            "ftp://app.example.com",
+            "https://",
+            "https://app.example.com:port",
+            "null",
+        ] {
+            let message = with_origins(AuthMode::Session, &[origin])
+                .validate()
+                .expect_err(origin)
+                .to_string();
+            assert!(
+                message.contains("session_origins") && message.contains(origin),
+                "{message}"
+            );
+        }
+        let message = with_origins(AuthMode::Key, &["https://app.example.com"])
+            .validate()
+            .expect_err("a key route reads no cookie")
+            .to_string();
+        assert!(message.contains("takes no sessions"), "{message}");
+        with_origins(AuthMode::KeyOrSession, &["https://app.example.com"])
+            .validate()
+            .expect("valid");
     }
 
     #[test]

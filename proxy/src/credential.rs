@@ -2,10 +2,17 @@
 //! removing it before the request is forwarded.
 //!
 //! Looked for in this order: `Authorization: Bearer <token>`, then `X-API-Key: <key>`, then the
-//! `keygate_session` cookie; which of them count depends on the route's [`AuthMode`]. An
+//! `keygate_session` cookie; which of them count depends on the route's [`AuthMode`]. A lone
 //! `Authorization` header with another scheme (e.g. `Basic`) is not ours and is left alone. A
 //! Bearer token is a session on `session` routes, an API key on `key` routes, and on
 //! `key_or_session` routes a session when it starts with `v4.public.` (keys never do).
+//!
+//! One credential per request (DESIGN.md, "Hostile traffic"): more than one `Authorization`
+//! value, whatever the schemes, or header values that name different tokens (Bearer and
+//! `X-API-Key`, or two `X-API-Key`s), are [`Credential::Ambiguous`], which is MALFORMED.
+//! Otherwise the gateway would verify one value and forward another that it never checked.
+//! The cookie is read only when no header carries a credential, and [`Carrier`] says so, for
+//! the CSRF check.
 
 use http::header::{COOKIE, HeaderMap, HeaderName, HeaderValue};
 
@@ -23,6 +30,21 @@ pub enum Credential<'a> {
     Session(&'a str),
     /// A credential header whose value is not readable text (e.g. not UTF-8): MALFORMED.
     Unreadable,
+    /// More than one `Authorization` value, or header values naming different tokens:
+    /// MALFORMED.
+    Ambiguous,
+}
+
+/// Where a request's credential was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrier {
+    /// Nowhere: the credential is [`Credential::Missing`].
+    Nothing,
+    /// `Authorization` or the API-key header, which a browser sends only when the page's own
+    /// code adds them.
+    Header,
+    /// The session cookie, which a browser attaches to requests from any site.
+    Cookie,
 }
 
 impl<'a> Credential<'a> {
@@ -67,51 +89,90 @@ impl CredentialHeaders {
 
     /// The credential for a route with `mode`.
     pub fn extract<'a>(&self, headers: &'a HeaderMap, mode: AuthMode) -> Credential<'a> {
+        self.find(headers, mode).0
+    }
+
+    /// The credential for a route with `mode`, and where it was found.
+    pub fn find<'a>(&self, headers: &'a HeaderMap, mode: AuthMode) -> (Credential<'a>, Carrier) {
         let (keys, sessions) = match mode {
-            AuthMode::None => return Credential::Missing,
+            AuthMode::None => return (Credential::Missing, Carrier::Nothing),
             AuthMode::Key => (true, false),
             AuthMode::Session => (false, true),
             AuthMode::KeyOrSession => (true, true),
         };
-        if let Some(value) = headers.get(&self.authorization) {
-            match bearer_token(value) {
-                Bearer::Token(token) if keys && sessions => {
-                    return Credential::key_or_session(token);
+        let header = |credential| (credential, Carrier::Header);
+        let mut authorization = headers.get_all(&self.authorization).iter();
+        let bearer = match (authorization.next(), authorization.next()) {
+            (None, _) => None,
+            // `Basic x` + `Bearer y`: whichever one is checked, the other would be forwarded.
+            (Some(_), Some(_)) => return header(Credential::Ambiguous),
+            (Some(value), None) => match bearer_token(value) {
+                Bearer::Token(token) => Some(token),
+                Bearer::Unreadable => return header(Credential::Unreadable),
+                Bearer::OtherScheme => None,
+            },
+        };
+        // Session routes take no API key, so they do not read its header.
+        let mut api_key = None;
+        if keys {
+            for value in headers.get_all(&self.api_key) {
+                let Ok(key) = value.to_str() else {
+                    return header(Credential::Unreadable);
+                };
+                let key = key.trim();
+                if bearer.is_some_and(|token| token != key) || api_key.is_some_and(|k| k != key) {
+                    return header(Credential::Ambiguous);
                 }
-                Bearer::Token(token) if keys => return Credential::ApiKey(token),
-                Bearer::Token(token) => return Credential::Session(token),
-                Bearer::Unreadable => return Credential::Unreadable,
-                Bearer::OtherScheme => {}
+                api_key = Some(key);
             }
         }
-        if keys && let Some(value) = headers.get(&self.api_key) {
-            return match value.to_str() {
-                Ok(key) => Credential::ApiKey(key.trim()),
-                Err(_) => Credential::Unreadable,
-            };
+        match (bearer, api_key) {
+            (Some(token), _) if keys && sessions => {
+                return header(Credential::key_or_session(token));
+            }
+            (Some(token), _) if keys => return header(Credential::ApiKey(token)),
+            (Some(token), _) => return header(Credential::Session(token)),
+            (None, Some(key)) => return header(Credential::ApiKey(key)),
+            (None, None) => {}
         }
         if sessions {
             for value in headers.get_all(COOKIE) {
                 if let Some(cookie) = cookie_value(value.as_bytes(), self.session_cookie.as_bytes())
                 {
-                    return match std::str::from_utf8(cookie) {
+                    let credential = match std::str::from_utf8(cookie) {
                         Ok(token) => Credential::Session(token),
                         Err(_) => Credential::Unreadable,
                     };
+                    return (credential, Carrier::Cookie);
                 }
             }
         }
-        Credential::Missing
+        (Credential::Missing, Carrier::Nothing)
     }
 
-    /// Removes every credential the gateway consumes: a Bearer `Authorization`, the API-key
-    /// header and the session cookie (other cookies stay).
+    /// Removes every credential the gateway consumes: every Bearer `Authorization` value (other
+    /// schemes stay), every API-key header and every session cookie pair (other cookies stay).
     pub fn strip(&self, headers: &mut HeaderMap) {
-        if headers
-            .get(&self.authorization)
-            .is_some_and(|value| !matches!(bearer_token(value), Bearer::OtherScheme))
-        {
-            headers.remove(&self.authorization);
+        let mut authorization = headers.get_all(&self.authorization).iter();
+        match (authorization.next(), authorization.next()) {
+            (None, _) => {}
+            (Some(value), None) => {
+                if is_bearer(value.as_bytes()) {
+                    headers.remove(&self.authorization);
+                }
+            }
+            (Some(_), Some(_)) => {
+                let kept: Vec<HeaderValue> = headers
+                    .get_all(&self.authorization)
+                    .iter()
+                    .filter(|value| !is_bearer(value.as_bytes()))
+                    .cloned()
+                    .collect();
+                headers.remove(&self.authorization);
+                for value in kept {
+                    headers.append(&self.authorization, value);
+                }
+            }
         }
         headers.remove(&self.api_key);
         let name = self.session_cookie.as_bytes();
@@ -145,13 +206,25 @@ enum Bearer<'a> {
 
 fn bearer_token(value: &HeaderValue) -> Bearer<'_> {
     let bytes = value.as_bytes();
-    if bytes.len() < 7 || !bytes[..7].eq_ignore_ascii_case(b"bearer ") {
+    if !is_bearer(bytes) {
         return Bearer::OtherScheme;
     }
-    match std::str::from_utf8(&bytes[7..]) {
+    match std::str::from_utf8(&bytes[BEARER.len()..]) {
         Ok(token) => Bearer::Token(token.trim()),
         Err(_) => Bearer::Unreadable,
     }
+}
+
+const BEARER: &[u8] = b"bearer";
+
+/// Whether an `Authorization` value has the Bearer scheme: its first word, compared without
+/// case. `Bearer x`, `bearer\tx` and a bare `Bearer` (an empty token: MALFORMED) all are, so no
+/// spelling of Bearer passes for another scheme and reaches the upstream unverified. Reads only
+/// the scheme, so stripping costs nothing per byte of the token.
+fn is_bearer(value: &[u8]) -> bool {
+    value.len() >= BEARER.len()
+        && value[..BEARER.len()].eq_ignore_ascii_case(BEARER)
+        && matches!(value.get(BEARER.len()), None | Some(b' ' | b'\t'))
 }
 
 /// The value of cookie `name` in one `Cookie` header (`a=1; b=2`).
@@ -201,12 +274,12 @@ mod tests {
         let names = CredentialHeaders::default();
         let all = headers(&[
             ("authorization", b"Bearer kg_one"),
-            ("x-api-key", b"kg_two"),
+            ("x-api-key", b"kg_one"),
             ("cookie", b"theme=dark; keygate_session=sess"),
         ]);
         assert_eq!(
-            names.extract(&all, AuthMode::KeyOrSession),
-            Credential::ApiKey("kg_one")
+            names.find(&all, AuthMode::KeyOrSession),
+            (Credential::ApiKey("kg_one"), Carrier::Header)
         );
         assert_eq!(
             names.extract(&all, AuthMode::Session),
@@ -226,12 +299,12 @@ mod tests {
         );
         let cookie_only = headers(&[("cookie", b"a=b"), ("cookie", b"keygate_session=sess")]);
         assert_eq!(
-            names.extract(&cookie_only, AuthMode::KeyOrSession),
-            Credential::Session("sess")
+            names.find(&cookie_only, AuthMode::KeyOrSession),
+            (Credential::Session("sess"), Carrier::Cookie)
         );
         assert_eq!(
-            names.extract(&cookie_only, AuthMode::Key),
-            Credential::Missing
+            names.find(&cookie_only, AuthMode::Key),
+            (Credential::Missing, Carrier::Nothing)
         );
         assert_eq!(names.extract(&all, AuthMode::None), Credential::Missing);
         assert_eq!(
@@ -266,15 +339,92 @@ mod tests {
         let names = CredentialHeaders::default();
         let basic = headers(&[("authorization", b"Basic dXNlcjpwYXNz")]);
         assert_eq!(names.extract(&basic, AuthMode::Key), Credential::Missing);
+        let basic_and_key = headers(&[("authorization", b"Basic abc"), ("x-api-key", b"kg_k")]);
+        assert_eq!(
+            names.extract(&basic_and_key, AuthMode::Key),
+            Credential::ApiKey("kg_k")
+        );
         let lower = headers(&[("authorization", b"bearer   kg_x  ")]);
         assert_eq!(
             names.extract(&lower, AuthMode::Key),
             Credential::ApiKey("kg_x")
         );
+        // No spelling of Bearer passes for another scheme.
+        let tab = headers(&[("authorization", b"BEARER\tkg_t")]);
+        assert_eq!(
+            names.extract(&tab, AuthMode::Key),
+            Credential::ApiKey("kg_t")
+        );
+        let bare = headers(&[("authorization", b"Bearer")]);
+        assert_eq!(names.extract(&bare, AuthMode::Key), Credential::ApiKey(""));
+        let bearers = headers(&[("authorization", b"Bearers kg_x")]);
+        assert_eq!(names.extract(&bearers, AuthMode::Key), Credential::Missing);
         let similar_cookie = headers(&[("cookie", b"keygate_session_old=1")]);
         assert_eq!(
             names.extract(&similar_cookie, AuthMode::Session),
             Credential::Missing
+        );
+    }
+
+    #[test]
+    fn one_credential_per_request() {
+        let names = CredentialHeaders::default();
+        let ambiguous: [&[(&str, &[u8])]; 6] = [
+            &[
+                ("authorization", b"Basic x"),
+                ("authorization", b"Bearer kg_a"),
+            ],
+            &[
+                ("authorization", b"Bearer kg_a"),
+                ("authorization", b"Bearer kg_a"),
+            ],
+            &[("authorization", b"Basic x"), ("authorization", b"Basic y")],
+            &[("authorization", b"Bearer kg_a"), ("x-api-key", b"kg_b")],
+            &[("x-api-key", b"kg_a"), ("x-api-key", b"kg_b")],
+            &[
+                ("authorization", b"Bearer v4.public.s"),
+                ("x-api-key", b"kg_a"),
+            ],
+        ];
+        for pairs in ambiguous {
+            let map = headers(pairs);
+            for mode in [AuthMode::Key, AuthMode::KeyOrSession] {
+                assert_eq!(
+                    names.find(&map, mode),
+                    (Credential::Ambiguous, Carrier::Header),
+                    "{pairs:?} {mode:?}"
+                );
+            }
+        }
+        // The same key twice is one credential.
+        let same = headers(&[
+            ("authorization", b"Bearer kg_a"),
+            ("x-api-key", b" kg_a"),
+            ("x-api-key", b"kg_a"),
+        ]);
+        assert_eq!(
+            names.extract(&same, AuthMode::Key),
+            Credential::ApiKey("kg_a")
+        );
+        // Two Authorization values are ambiguous on session routes too; the API-key header is
+        // not read there.
+        let two = headers(&[
+            ("authorization", b"Basic x"),
+            ("authorization", b"Bearer s"),
+        ]);
+        assert_eq!(
+            names.extract(&two, AuthMode::Session),
+            Credential::Ambiguous
+        );
+        let session_and_key = headers(&[("authorization", b"Bearer s"), ("x-api-key", b"kg_a")]);
+        assert_eq!(
+            names.extract(&session_and_key, AuthMode::Session),
+            Credential::Session("s")
+        );
+        // No credential at all on `none` routes: nothing is verified there.
+        assert_eq!(
+            names.find(&two, AuthMode::None),
+            (Credential::Missing, Carrier::Nothing)
         );
     }
 
@@ -322,6 +472,24 @@ mod tests {
         let mut basic = headers(&[("authorization", b"Basic abc")]);
         names.strip(&mut basic);
         assert!(basic.get("authorization").is_some(), "not our credential");
+
+        // Every value is looked at, not only the first.
+        let mut several = headers(&[
+            ("authorization", b"Basic abc"),
+            ("authorization", b"Bearer unverified"),
+            ("authorization", b"bearer\tother"),
+            ("authorization", b"Digest d"),
+            ("x-api-key", b"kg_1"),
+            ("x-api-key", b"kg_2"),
+        ]);
+        names.strip(&mut several);
+        let left: Vec<&[u8]> = several
+            .get_all("authorization")
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        assert_eq!(left, vec![&b"Basic abc"[..], &b"Digest d"[..]]);
+        assert!(several.get("x-api-key").is_none());
     }
 
     #[test]

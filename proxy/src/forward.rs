@@ -4,13 +4,17 @@
 //! and every header it names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`,
 //! `Upgrade`, `Trailer`). Towards the upstream, additionally: every inbound `x-keygate-*` header
 //! is removed (no spoofing) before the gateway adds its own, the credential is removed unless
-//! the route forwards it, `X-Forwarded-*` are set and `Host` becomes the upstream's authority.
+//! the route forwards it, the `Cookie` fields of an HTTP/2 request are joined into the one
+//! line HTTP/1.1 allows (RFC 9113 §8.2.3), `X-Forwarded-*` are set, `Forwarded` (RFC 7239)
+//! gets this hop appended like `X-Forwarded-For`, and `Host` becomes the upstream's authority.
+//! The path is the one the handler normalised and routed by; it is not changed here.
 //! Bodies stream both ways and are never buffered whole. Upgrades (e.g. WebSocket) are not
 //! proxied: the `Upgrade` header is hop-by-hop and removed.
 
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use bytes::BytesMut;
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
@@ -23,6 +27,7 @@ use crate::replica::KEY_ID_TEXT_LEN;
 use crate::response::{self, ProxyBody, REQUEST_ID, codes};
 use crate::route::Route;
 use crate::server::Peer;
+use crate::upstream::UpstreamError;
 use crate::verify::Grant;
 
 /// Header carrying the verified key's id to the upstream.
@@ -108,7 +113,9 @@ impl Forwarder {
         if !route.forward_credential {
             self.credentials.strip(headers);
         }
+        join_cookie_fragments(headers);
         append_forwarded_for(headers, forwarding.peer);
+        append_forwarded(headers, forwarding.peer);
         headers.insert(
             X_FORWARDED_PROTO.clone(),
             forwarding.peer.forwarded_proto.clone(),
@@ -141,6 +148,19 @@ impl Forwarder {
                 response
                     .headers_mut()
                     .insert(REQUEST_ID.clone(), forwarding.request_id.clone());
+                response
+            }
+            Ok(Err(error @ UpstreamError::Busy { .. })) => {
+                tracing::warn!(upstream = %route.upstream, error = %error, "upstream busy");
+                let mut response = response::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    codes::UPSTREAM_BUSY,
+                    "every connection to the upstream is busy",
+                    forwarding.request_id,
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 response
             }
             Ok(Err(error)) => {
@@ -258,6 +278,74 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
     }
 }
 
+/// Joins several `Cookie` fields into one with `"; "`: HTTP/2 clients may split the cookies
+/// into one field each (RFC 9113 §8.2.3), and an HTTP/1.1 upstream expects one line (RFC 6265
+/// §5.4). Empty fields are dropped.
+fn join_cookie_fragments(headers: &mut HeaderMap) {
+    // Two counters: when no name has a second value, there is nothing to join (the usual case,
+    // and then no lookup is needed).
+    if headers.len() == headers.keys_len() {
+        return;
+    }
+    let mut fields = headers.get_all(header::COOKIE).iter();
+    if fields.next().is_none() || fields.next().is_none() {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for field in headers.get_all(header::COOKIE) {
+        let field = field.as_bytes().trim_ascii();
+        if field.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(field);
+    }
+    // The bytes all came from valid header values, so this cannot fail; if it somehow did,
+    // the fields are dropped rather than forwarded unjoined.
+    match HeaderValue::from_bytes(&joined) {
+        Ok(cookie) if !joined.is_empty() => {
+            headers.insert(header::COOKIE, cookie);
+        }
+        _ => {
+            headers.remove(header::COOKIE);
+        }
+    }
+}
+
+/// Appends this hop to `Forwarded` (RFC 7239): `for=<client>;proto=<http|https>`, the address
+/// quoted and bracketed when it is IPv6 (`for="[2001:db8::1]"`). Earlier elements are kept,
+/// as with `X-Forwarded-For`: only the last one is the gateway's, and the upstream must not
+/// trust the ones before it more than it trusts the client.
+fn append_forwarded(headers: &mut HeaderMap, peer: &Peer) {
+    let element = peer.forwarded.clone();
+    match headers.entry(header::FORWARDED) {
+        Entry::Vacant(slot) => {
+            slot.insert(element);
+        }
+        Entry::Occupied(mut slot) => {
+            let mut joined = BytesMut::new();
+            for previous in slot.iter() {
+                joined.extend_from_slice(previous.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(element.as_bytes());
+            match HeaderValue::from_maybe_shared(joined.freeze()) {
+                // Replaces every earlier field with the one joined line.
+                Ok(value) => {
+                    slot.insert(value);
+                }
+                // Earlier values are valid header values, so this does not happen; never
+                // forward the client's elements without the gateway's own after them.
+                Err(_) => {
+                    slot.remove();
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,5 +390,58 @@ mod tests {
         let mut headers = HeaderMap::new();
         append_forwarded_for(&mut headers, &v6);
         assert_eq!(headers[&X_FORWARDED_FOR], "2001:db8::1");
+    }
+
+    #[test]
+    fn forwarded_gets_this_hop_appended() {
+        let v4 = Peer::new("192.0.2.7:5000".parse().expect("addr"), false);
+        let mut headers = HeaderMap::new();
+        append_forwarded(&mut headers, &v4);
+        assert_eq!(headers[header::FORWARDED], "for=192.0.2.7;proto=http");
+
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::FORWARDED,
+            HeaderValue::from_static("for=198.51.100.1;proto=https"),
+        );
+        headers.append(header::FORWARDED, HeaderValue::from_static("for=unknown"));
+        let v6 = Peer::new("[2001:db8::1]:443".parse().expect("addr"), true);
+        append_forwarded(&mut headers, &v6);
+        let values: Vec<&HeaderValue> = headers.get_all(header::FORWARDED).iter().collect();
+        assert_eq!(
+            values,
+            vec!["for=198.51.100.1;proto=https, for=unknown, for=\"[2001:db8::1]\";proto=https"]
+        );
+
+        let v4_tls = Peer::new("192.0.2.7:5001".parse().expect("addr"), true);
+        let mut headers = HeaderMap::new();
+        append_forwarded(&mut headers, &v4_tls);
+        assert_eq!(headers[header::FORWARDED], "for=192.0.2.7;proto=https");
+    }
+
+    #[test]
+    fn http2_cookie_fields_become_one_line() {
+        let mut headers = HeaderMap::new();
+        for cookie in ["a=1", "b=2", " ", "c=3; d=4"] {
+            headers.append(header::COOKIE, HeaderValue::from_static(cookie));
+        }
+        join_cookie_fragments(&mut headers);
+        let cookies: Vec<&HeaderValue> = headers.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, vec!["a=1; b=2; c=3; d=4"]);
+
+        // One field, or none, is left as it is.
+        let mut one = HeaderMap::new();
+        one.insert(header::COOKIE, HeaderValue::from_static("a=1;b=2"));
+        join_cookie_fragments(&mut one);
+        assert_eq!(one[header::COOKIE], "a=1;b=2");
+        // Also when another header has several values.
+        one.append(header::ACCEPT, HeaderValue::from_static("text/plain"));
+        one.append(header::ACCEPT, HeaderValue::from_static("text/html"));
+        join_cookie_fragments(&mut one);
+        assert_eq!(one.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(one[header::COOKIE], "a=1;b=2");
+        let mut none = HeaderMap::new();
+        join_cookie_fragments(&mut none);
+        assert!(none.is_empty());
     }
 }

@@ -33,6 +33,7 @@ use crate::server::{self, Peer, ServerLimits, Service};
 use crate::sessions;
 use crate::status::{GatewayStatus, SyncState};
 use crate::sync::{ControlPlaneTls, SyncSettings, SyncTask};
+use crate::upstream::UpstreamLimits;
 use crate::verify::Verifier;
 
 /// Connections the admin listener serves at once.
@@ -69,7 +70,15 @@ impl Gateway {
         metrics: PrometheusHandle,
     ) -> Result<Gateway, ProxyError> {
         config.validate()?;
-        let routes = RouteTable::new(config.resolved_routes()?, config.upstream_connect_timeout)?;
+        let routes = RouteTable::new(
+            config.resolved_routes()?,
+            UpstreamLimits {
+                connect_timeout: config.upstream_connect_timeout,
+                max_connections: config.max_upstream_connections,
+                queue_timeout: config.upstream_queue_timeout,
+                body_idle_timeout: config.upstream_body_timeout,
+            },
+        )?;
         let tls = listener_tls(
             "main listener",
             "main",
@@ -198,6 +207,7 @@ impl Gateway {
                 verifier,
                 forwarder,
                 credentials,
+                request_body_timeout: config.request_body_timeout,
             }),
             admin: Arc::new(Admin {
                 status,
@@ -208,8 +218,11 @@ impl Gateway {
             replica: pruned_replica,
             limits: ServerLimits {
                 header_read_timeout: config.header_read_timeout,
+                idle_timeout: config.idle_timeout,
                 max_header_bytes: config.max_header_bytes,
                 max_connections: config.max_connections,
+                http2_max_concurrent_streams: config.http2_max_concurrent_streams,
+                http2_keepalive_interval: config.http2_keepalive_interval,
                 shutdown_grace: config.shutdown_grace,
             },
         })
@@ -361,7 +374,7 @@ fn listener_tls(
 }
 
 impl Service for Handler {
-    async fn call(&self, request: Request<Incoming>, peer: Arc<Peer>) -> Response<ProxyBody> {
-        self.handle(request, &peer).await
+    async fn call(&self, request: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+        self.handle(request, peer).await
     }
 }

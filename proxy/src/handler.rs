@@ -1,15 +1,16 @@
-//! The main listener's request pipeline: request id, route, verdict, then forward or refuse.
-//! `POST /_keygate/v1/verify` is answered here and never forwarded.
+//! The main listener's request pipeline: request id, path normalisation, route, CSRF check
+//! for cookie sessions, verdict, then forward or refuse. `POST /_keygate/v1/verify` is
+//! answered here and never forwarded.
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::credential::CredentialHeaders;
+use crate::credential::{Carrier, CredentialHeaders};
 use crate::forward::{Forwarder, Forwarding};
 use crate::response::{self, ProxyBody, codes};
 use crate::route::RouteTable;
 use crate::server::Peer;
-use crate::verify::{Verdict, Verifier};
+use crate::verify::{Code, Verdict, Verifier};
 use crate::verify_endpoint;
 
 /// Everything a request needs, shared by all connections.
@@ -18,12 +19,28 @@ pub(crate) struct Handler {
     pub verifier: Verifier,
     pub forwarder: Forwarder,
     pub credentials: CredentialHeaders,
+    /// Longest wait for a request body the gateway reads itself (the verify endpoint's).
+    pub request_body_timeout: std::time::Duration,
 }
 
 impl Handler {
     /// Answers one request from `peer`.
-    pub async fn handle(&self, request: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+    pub async fn handle(&self, mut request: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         let request_id = response::request_id(request.headers());
+        // From here on the request carries its normalised path: the route is chosen by it and
+        // the upstream receives it, so what was authorised is what is served.
+        match self.routes.normalize(request.uri()) {
+            Ok(None) => {}
+            Ok(Some(normalised)) => *request.uri_mut() = normalised,
+            Err(error) => {
+                return response::error(
+                    StatusCode::BAD_REQUEST,
+                    codes::INVALID_PATH,
+                    error.message(),
+                    &request_id,
+                );
+            }
+        }
         if request.uri().path() == verify_endpoint::PATH {
             return verify_endpoint::answer(self, request, &request_id).await;
         }
@@ -36,7 +53,15 @@ impl Handler {
             );
         };
         let grant = if route.auth.verifies() {
-            let credential = self.credentials.extract(request.headers(), route.auth);
+            let (credential, carrier) = self.credentials.find(request.headers(), route.auth);
+            // CSRF: a browser attaches the cookie to any site's form post; a Bearer token or
+            // an API key it attaches only when the page's own code says so.
+            if carrier == Carrier::Cookie
+                && !route.accepts_cookie_session(request.method(), request.headers())
+            {
+                self.verifier.refused(Code::ForbiddenOrigin);
+                return response::denied(Code::ForbiddenOrigin, &request_id);
+            }
             match self.verifier.verify(credential).await {
                 Verdict::Valid(grant) => Some(grant),
                 Verdict::Denied(code) => return response::denied(code, &request_id),

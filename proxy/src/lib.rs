@@ -7,7 +7,8 @@
 //! found), [`replica`] (the key set), [`verify`] (verdicts; the hot path), [`miss`] (lookups of
 //! keys not replicated yet), [`sessions`] (signing keys and revocation sets) and
 //! [`session_verify`] (session verdicts, the signature cache), [`freshness`] (the staleness
-//! bound), `sync` (the replication stream), `route`/`forward` (upstreams),
+//! bound), `sync` (the replication stream), [`path`] (request paths made canonical before
+//! routing), `route`/`forward` (upstreams),
 //! `server`/`handler`/`verify_endpoint`/`admin` (HTTP), [`metrics`], `response` (JSON errors)
 //! and `gateway` (wiring, bind and serve).
 //!
@@ -17,6 +18,9 @@
 //!
 //! **Invariant:** a session verdict is never cached: the signature cache holds verified claims
 //! only, and the revocation sets are consulted on every request.
+//!
+//! **Invariant:** the upstream receives the path that was authorised: the route is chosen by
+//! the normalised path ([`path`]), and that path, not the client's, is what is forwarded.
 
 #![forbid(unsafe_code)]
 
@@ -30,6 +34,7 @@ mod gateway;
 mod handler;
 pub mod metrics;
 pub mod miss;
+pub mod path;
 pub mod replica;
 mod response;
 pub mod route;
@@ -42,7 +47,7 @@ mod upstream;
 pub mod verify;
 mod verify_endpoint;
 
-pub use config::{AuthMode, ProxyConfig, RouteConfig, Secret, StalePolicy};
+pub use config::{AuthMode, EscapedSlashes, ProxyConfig, RouteConfig, Secret, StalePolicy};
 pub use error::{ConfigError, ProxyError};
 pub use gateway::Gateway;
 pub use replica::{Replica, Snapshot};

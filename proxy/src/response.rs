@@ -26,11 +26,16 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 pub(crate) mod codes {
     pub const UPSTREAM_UNAVAILABLE: &str = "UPSTREAM_UNAVAILABLE";
     pub const UPSTREAM_TIMEOUT: &str = "UPSTREAM_TIMEOUT";
+    pub const UPSTREAM_BUSY: &str = "UPSTREAM_BUSY";
+    pub const BODY_TIMEOUT: &str = "BODY_TIMEOUT";
     pub const NO_ROUTE: &str = "NO_ROUTE";
     pub const BAD_REQUEST: &str = "BAD_REQUEST";
     pub const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
     pub const METHOD_NOT_ALLOWED: &str = "METHOD_NOT_ALLOWED";
     pub const INTERNAL: &str = "INTERNAL";
+    /// 400: the path has an encoded slash or backslash (`escaped_slashes = "reject"`) or a
+    /// broken percent-encoding; see `path.rs`.
+    pub const INVALID_PATH: &str = "INVALID_PATH";
 }
 
 /// The inbound `x-request-id` if it is 1–128 visible ASCII characters, else a fresh one.
@@ -118,7 +123,7 @@ fn message(code: Code) -> &'static str {
             "no credential: send Authorization: Bearer <key or session>, X-API-Key: <key>, or the session cookie"
         }
         Code::Malformed => {
-            "the credential is not a well-formed API key, or not a session token signed by a known key"
+            "the credential is not a well-formed API key, or not a session token signed by a known key, or the request carries more than one credential"
         }
         Code::NotFound => "unknown API key",
         Code::Disabled => "this API key is disabled",
@@ -128,6 +133,9 @@ fn message(code: Code) -> &'static str {
         }
         Code::Stale => {
             "this gateway cannot prove its key data is current; retry on another gateway"
+        }
+        Code::ForbiddenOrigin => {
+            "this method needs an allowed Origin when the session comes from the cookie; send the session as Authorization: Bearer instead"
         }
     }
 }
@@ -202,5 +210,9 @@ mod tests {
         let stale = denied(Code::Stale, &id);
         assert_eq!(stale.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body_json(stale).await["error"]["code"], "STALE");
+        let origin = denied(Code::ForbiddenOrigin, &id);
+        assert_eq!(origin.status(), StatusCode::FORBIDDEN);
+        assert!(origin.headers().get(WWW_AUTHENTICATE).is_none());
+        assert_eq!(body_json(origin).await["error"]["code"], "FORBIDDEN_ORIGIN");
     }
 }

@@ -16,10 +16,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use keygate_transport::{
-    AcceptSettings, Accepted, Connections, ServerStream, ServerTls, accept_loop,
+    AcceptSettings, Accepted, Activity, Connections, IdleLimits, ServerStream, ServerTls,
+    accept_loop,
 };
 use tokio::net::TcpListener;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::response::ProxyBody;
@@ -33,14 +35,34 @@ pub(crate) struct Peer {
     pub forwarded_for: Option<HeaderValue>,
     /// `X-Forwarded-Proto`: `https` when the client connected over TLS.
     pub forwarded_proto: HeaderValue,
+    /// This hop's `Forwarded` element (RFC 7239): `for=<client>;proto=<http|https>`, the
+    /// address quoted and bracketed when it is IPv6.
+    pub forwarded: HeaderValue,
+    /// Requests started and answered, for the idle deadlines.
+    pub activity: Activity,
+}
+
+impl AsRef<Activity> for Peer {
+    fn as_ref(&self) -> &Activity {
+        &self.activity
+    }
 }
 
 impl Peer {
     pub fn new(addr: SocketAddr, tls: bool) -> Self {
+        let (ip, proto) = (addr.ip(), if tls { "https" } else { "http" });
+        let element = match ip {
+            std::net::IpAddr::V4(ip) => format!("for={ip};proto={proto}"),
+            std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto={proto}"),
+        };
         Self {
             addr,
-            forwarded_for: HeaderValue::from_str(&addr.ip().to_string()).ok(),
-            forwarded_proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+            forwarded_for: HeaderValue::from_str(&ip.to_string()).ok(),
+            forwarded_proto: HeaderValue::from_static(proto),
+            // An IP address and `http`/`https` are always valid header text.
+            forwarded: HeaderValue::from_str(&element)
+                .unwrap_or_else(|_| HeaderValue::from_static("for=unknown")),
+            activity: Activity::default(),
         }
     }
 }
@@ -51,18 +73,33 @@ pub(crate) trait Service: Send + Sync + 'static {
     fn call(
         &self,
         request: Request<Incoming>,
-        peer: Arc<Peer>,
+        peer: &Peer,
     ) -> impl Future<Output = Response<ProxyBody>> + Send;
 }
 
 /// Bounds of one listener.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ServerLimits {
+    /// TLS handshake, and from accept to the first request's head; each later HTTP/1 head.
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight this long is closed (keep-alive idle).
+    pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    /// Streams one HTTP/2 connection may have open at once.
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 keepalive: a PING after this much silence, and the connection closed when it is
+    /// not answered within the same time.
+    pub http2_keepalive_interval: Duration,
     pub shutdown_grace: Duration,
 }
+
+/// Streams a client may reset before the server has accepted them (the HTTP/2 rapid-reset
+/// attack, CVE-2023-44487), and streams the server may have to reset for a client's protocol
+/// errors, before the connection is closed with GOAWAY. The values are the h2 crate's defaults,
+/// set here so that no upgrade can quietly change them.
+const HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+const HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
 /// Serves `listener` until `shutdown` is cancelled, then drains. With `tls`, connections are
 /// HTTPS (the handshake runs in the connection's task, under `header_read_timeout`); the
@@ -84,12 +121,21 @@ pub(crate) async fn serve<S: Service>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS)
+        .keep_alive_interval(limits.http2_keepalive_interval)
+        .keep_alive_timeout(limits.http2_keepalive_interval);
     let connections = Connections::new();
     let listener_state = Listener {
         builder,
         service,
         connections: connections.clone(),
+        idle: IdleLimits {
+            first_request: limits.header_read_timeout,
+            idle: limits.idle_timeout,
+        },
     };
     let settings = AcceptSettings {
         name,
@@ -110,6 +156,7 @@ struct Listener<S> {
     builder: auto::Builder<TokioExecutor>,
     service: Arc<S>,
     connections: Connections,
+    idle: IdleLimits,
 }
 
 impl<S: Service> Listener<S> {
@@ -117,30 +164,38 @@ impl<S: Service> Listener<S> {
         let Accepted {
             stream,
             remote,
+            at,
             permit,
         } = accepted;
         let peer = Arc::new(Peer::new(remote, stream.is_tls()));
         // One monomorphic connection per transport: the plain path has no TLS branch in it.
         match stream {
-            ServerStream::Plain(tcp) => self.serve_on(TokioIo::new(tcp), peer, permit),
-            ServerStream::Tls(tls) => self.serve_on(TokioIo::new(tls), peer, permit),
+            ServerStream::Plain(tcp) => self.serve_on(TokioIo::new(tcp), peer, at, permit),
+            ServerStream::Tls(tls) => self.serve_on(TokioIo::new(tls), peer, at, permit),
         }
     }
 
-    fn serve_on<I>(&self, io: I, peer: Arc<Peer>, permit: OwnedSemaphorePermit)
+    fn serve_on<I>(&self, io: I, peer: Arc<Peer>, at: Instant, permit: OwnedSemaphorePermit)
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let service = Arc::clone(&self.service);
         let remote = peer.addr;
+        let watched = Arc::clone(&peer);
         let hyper_service = service_fn(move |request| {
             let (service, peer) = (Arc::clone(&service), Arc::clone(&peer));
-            async move { Ok::<_, Infallible>(service.call(request, peer).await) }
+            peer.activity.started();
+            async move {
+                let response = service.call(request, &peer).await;
+                peer.activity.finished();
+                Ok::<_, Infallible>(response)
+            }
         });
         let connection = self
             .builder
             .serve_connection(io, hyper_service)
             .into_owned();
-        self.connections.spawn(connection, remote, permit);
+        self.connections
+            .spawn_watched(connection, remote, permit, Some((watched, self.idle, at)));
     }
 }

@@ -14,6 +14,7 @@
 //! unsent request back) is retried on the next connection. A request that was written and then
 //! lost is not retried: its body may have been consumed, and the method may not be idempotent.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -29,6 +30,7 @@ use hyper_util::rt::TokioIo;
 use keygate_transport::Trust;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsConnector;
 
 use crate::error::ConfigError;
@@ -50,6 +52,12 @@ pub(crate) enum UpstreamError {
     Tls {
         target: String,
         source: std::io::Error,
+    },
+    #[error("all {max} connections to {target} stayed busy for {waited:?}")]
+    Busy {
+        target: String,
+        max: usize,
+        waited: Duration,
     },
     #[error(transparent)]
     Http(#[from] hyper::Error),
@@ -88,6 +96,19 @@ impl UpstreamTls {
     }
 }
 
+/// Bounds on the connections to one upstream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UpstreamLimits {
+    /// TCP connect plus TLS handshake.
+    pub connect_timeout: Duration,
+    /// Connections open at once (busy and idle).
+    pub max_connections: usize,
+    /// How long a request waits for a connection when all are busy; then 503.
+    pub queue_timeout: Duration,
+    /// How long a response body may deliver nothing before it is abandoned.
+    pub body_idle_timeout: Duration,
+}
+
 /// The keep-alive connections to one upstream.
 pub(crate) struct UpstreamPool {
     authority: Authority,
@@ -95,7 +116,11 @@ pub(crate) struct UpstreamPool {
     target: String,
     /// `Some` for an `https://` upstream.
     tls: Option<UpstreamTls>,
-    connect_timeout: Duration,
+    limits: UpstreamLimits,
+    /// One permit per open connection, held by the connection's task.
+    slots: Arc<Semaphore>,
+    /// Signalled when a connection comes back idle, for requests waiting on a full pool.
+    returned: Notify,
     idle: Mutex<Vec<SendRequest<Incoming>>>,
 }
 
@@ -109,7 +134,7 @@ impl std::fmt::Debug for UpstreamPool {
 }
 
 impl UpstreamPool {
-    pub fn new(authority: Authority, tls: Option<UpstreamTls>, connect_timeout: Duration) -> Self {
+    pub fn new(authority: Authority, tls: Option<UpstreamTls>, limits: UpstreamLimits) -> Self {
         let default_port = if tls.is_some() { 443 } else { 80 };
         let target = format!(
             "{}:{}",
@@ -120,7 +145,9 @@ impl UpstreamPool {
             authority,
             target,
             tls,
-            connect_timeout,
+            limits,
+            slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            returned: Notify::new(),
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -142,25 +169,55 @@ impl UpstreamPool {
     }
 
     /// Sends `request` (origin-form URI, `Host` set) on an idle connection when one is ready,
-    /// else on a new one. The response body returns the connection to the pool when it is done.
+    /// else on a new one while fewer than `max_connections` are open, else waits up to
+    /// `queue_timeout` for either. The response body returns the connection to the pool when it
+    /// is done.
     pub async fn send(
         self: &Arc<Self>,
         mut request: Request<Incoming>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        while let Some(mut sender) = self.checkout() {
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.wrap(response, sender)),
-                Err(mut error) => match error.take_message() {
-                    // Never written: the connection had closed. Try the next one.
-                    Some(unsent) => request = unsent,
-                    None => return Err(error.into_error().into()),
-                },
+        let mut deadline = None;
+        loop {
+            while let Some(mut sender) = self.checkout() {
+                match sender.try_send_request(request).await {
+                    Ok(response) => return Ok(self.wrap(response, sender)),
+                    Err(mut error) => match error.take_message() {
+                        // Never written: the connection had closed. Try the next one.
+                        Some(unsent) => request = unsent,
+                        None => return Err(error.into_error().into()),
+                    },
+                }
             }
+            let slot = match Arc::clone(&self.slots).try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    // Every connection is busy: wait for one to come back or to close.
+                    let deadline = *deadline.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + self.limits.queue_timeout
+                    });
+                    tokio::select! {
+                        slot = Arc::clone(&self.slots).acquire_owned() => match slot {
+                            Ok(slot) => slot,
+                            Err(_) => return Err(self.busy()),
+                        },
+                        () = self.returned.notified() => continue,
+                        () = tokio::time::sleep_until(deadline) => return Err(self.busy()),
+                    }
+                }
+            };
+            let mut sender = self.connect(slot).await?;
+            return match sender.try_send_request(request).await {
+                Ok(response) => Ok(self.wrap(response, sender)),
+                Err(error) => Err(error.into_error().into()),
+            };
         }
-        let mut sender = self.connect().await?;
-        match sender.try_send_request(request).await {
-            Ok(response) => Ok(self.wrap(response, sender)),
-            Err(error) => Err(error.into_error().into()),
+    }
+
+    fn busy(&self) -> UpstreamError {
+        UpstreamError::Busy {
+            target: self.target.clone(),
+            max: self.limits.max_connections,
+            waited: self.limits.queue_timeout,
         }
     }
 
@@ -194,13 +251,18 @@ impl UpstreamPool {
         let mut idle = self.lock();
         if idle.len() < MAX_IDLE {
             idle.push(sender);
+            drop(idle);
+            self.returned.notify_one();
         }
     }
 
     /// A new connection: TCP, then TLS for an https upstream (both within `connect_timeout`),
     /// then the HTTP/1.1 handshake.
-    async fn connect(&self) -> Result<SendRequest<Incoming>, UpstreamError> {
-        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+    async fn connect(
+        &self,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<SendRequest<Incoming>, UpstreamError> {
+        let deadline = tokio::time::Instant::now() + self.limits.connect_timeout;
         let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(&self.target)).await
         {
             Ok(Ok(stream)) => stream,
@@ -213,7 +275,7 @@ impl UpstreamPool {
             Err(_) => {
                 return Err(UpstreamError::ConnectTimeout {
                     target: self.target.clone(),
-                    timeout: self.connect_timeout,
+                    timeout: self.limits.connect_timeout,
                 });
             }
         };
@@ -221,24 +283,29 @@ impl UpstreamPool {
             tracing::debug!(%error, "cannot set TCP_NODELAY on an upstream connection");
         }
         let Some(tls) = &self.tls else {
-            return self.handshake(TokioIo::new(stream)).await;
+            return self.handshake(TokioIo::new(stream), slot).await;
         };
         let handshake = tls.connector.connect(tls.server_name.clone(), stream);
         match tokio::time::timeout_at(deadline, handshake).await {
-            Ok(Ok(stream)) => self.handshake(TokioIo::new(stream)).await,
+            Ok(Ok(stream)) => self.handshake(TokioIo::new(stream), slot).await,
             Ok(Err(source)) => Err(UpstreamError::Tls {
                 target: self.target.clone(),
                 source,
             }),
             Err(_) => Err(UpstreamError::ConnectTimeout {
                 target: self.target.clone(),
-                timeout: self.connect_timeout,
+                timeout: self.limits.connect_timeout,
             }),
         }
     }
 
-    /// The HTTP/1.1 client handshake on a connected stream; the connection runs in its own task.
-    async fn handshake<I>(&self, io: I) -> Result<SendRequest<Incoming>, UpstreamError>
+    /// The HTTP/1.1 client handshake on a connected stream; the connection runs in its own task,
+    /// which holds the connection's slot until it ends.
+    async fn handshake<I>(
+        &self,
+        io: I,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<SendRequest<Incoming>, UpstreamError>
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -248,6 +315,7 @@ impl UpstreamPool {
             if let Err(error) = connection.await {
                 tracing::debug!(upstream = %target, %error, "upstream connection ended with an error");
             }
+            drop(slot);
         });
         Ok(sender)
     }
@@ -259,6 +327,8 @@ impl UpstreamPool {
     ) -> Response<PooledBody> {
         response.map(|body| PooledBody {
             body,
+            idle_timeout: self.limits.body_idle_timeout,
+            deadline: None,
             finished: false,
             connection: Some((sender, Arc::clone(self))),
         })
@@ -266,9 +336,13 @@ impl UpstreamPool {
 }
 
 /// An upstream response body that gives its connection back to the pool once it has been
-/// read to the end.
+/// read to the end, and fails when the upstream sends nothing for `idle_timeout` (the client's
+/// response is then cut off, and the connection closed). The timer exists only once the body
+/// has had to wait: a response that arrives whole costs none.
 pub struct PooledBody {
     body: Incoming,
+    idle_timeout: Duration,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     finished: bool,
     connection: Option<(SendRequest<Incoming>, Arc<UpstreamPool>)>,
 }
@@ -281,19 +355,48 @@ impl std::fmt::Debug for PooledBody {
     }
 }
 
+/// Why an upstream response body ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Upstream(#[from] hyper::Error),
+    #[error("the upstream sent nothing of the response body for {0:?}")]
+    Idle(Duration),
+}
+
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.finished = true;
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(polled) => {
+                if polled.is_none() {
+                    this.finished = true;
+                }
+                if let Some(deadline) = &mut this.deadline {
+                    deadline
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + this.idle_timeout);
+                }
+                Poll::Ready(polled.map(|frame| frame.map_err(BodyError::from)))
+            }
+            Poll::Pending => {
+                let idle = this.idle_timeout;
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if deadline.as_mut().poll(cx).is_ready() {
+                    tracing::warn!(idle = ?idle, "upstream response body stalled; abandoning it");
+                    return Poll::Ready(Some(Err(BodyError::Idle(idle))));
+                }
+                Poll::Pending
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -325,6 +428,13 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+
+    const TEST_LIMITS: UpstreamLimits = UpstreamLimits {
+        connect_timeout: Duration::from_secs(5),
+        max_connections: 64,
+        queue_timeout: Duration::from_secs(5),
+        body_idle_timeout: Duration::from_secs(60),
+    };
 
     /// An upstream that answers `count` connections, each with keep-alive, and reports the
     /// number of connections it accepted.
@@ -392,7 +502,7 @@ mod tests {
     #[tokio::test]
     async fn a_finished_response_gives_its_connection_back_and_it_is_reused() {
         let (authority, accepted) = upstream().await;
-        let pool = Arc::new(UpstreamPool::new(authority, None, Duration::from_secs(5)));
+        let pool = Arc::new(UpstreamPool::new(authority, None, TEST_LIMITS));
         for request in incoming_requests(&["/a", "/b", "/c"]).await {
             let path = request.uri().path().to_owned();
             let response = pool.send(request).await.expect("answered");
@@ -406,7 +516,7 @@ mod tests {
     #[tokio::test]
     async fn a_response_dropped_unread_closes_its_connection() {
         let (authority, accepted) = upstream().await;
-        let pool = Arc::new(UpstreamPool::new(authority, None, Duration::from_secs(5)));
+        let pool = Arc::new(UpstreamPool::new(authority, None, TEST_LIMITS));
         let mut requests = incoming_requests(&["/a", "/b"]).await.into_iter();
         let first = pool
             .send(requests.next().expect("first"))
@@ -433,7 +543,7 @@ mod tests {
             .parse()
             .expect("authority");
         drop(listener);
-        let pool = Arc::new(UpstreamPool::new(authority, None, Duration::from_secs(5)));
+        let pool = Arc::new(UpstreamPool::new(authority, None, TEST_LIMITS));
         let request = incoming_requests(&["/a"]).await.pop().expect("request");
         assert!(matches!(
             pool.send(request).await,
@@ -498,11 +608,7 @@ mod tests {
             let config =
                 keygate_transport::client_config(&trust, None, &[b"http/1.1"]).expect("config");
             let tls = UpstreamTls::new(trust, Arc::new(config), &authority).expect("tls");
-            Arc::new(UpstreamPool::new(
-                authority.clone(),
-                Some(tls),
-                Duration::from_secs(5),
-            ))
+            Arc::new(UpstreamPool::new(authority.clone(), Some(tls), TEST_LIMITS))
         };
 
         // Trusting the upstream's own certificate: answered over TLS.

@@ -38,11 +38,14 @@ pub enum Code {
     Revoked,
     /// The gateway cannot prove it is within the propagation bound (503).
     Stale,
+    /// An unsafe method carried only by the session cookie, from an origin the route does not
+    /// allow (403). Decided from the request, before the credential is verified.
+    ForbiddenOrigin,
 }
 
 impl Code {
     /// Every code, in declaration order (`code as usize` indexes it).
-    pub const ALL: [Code; 8] = [
+    pub const ALL: [Code; 9] = [
         Code::Valid,
         Code::Missing,
         Code::Malformed,
@@ -51,6 +54,7 @@ impl Code {
         Code::Expired,
         Code::Revoked,
         Code::Stale,
+        Code::ForbiddenOrigin,
     ];
 
     /// The wire name, e.g. `NOT_FOUND`.
@@ -64,6 +68,7 @@ impl Code {
             Code::Expired => "EXPIRED",
             Code::Revoked => "REVOKED",
             Code::Stale => "STALE",
+            Code::ForbiddenOrigin => "FORBIDDEN_ORIGIN",
         }
     }
 
@@ -74,7 +79,7 @@ impl Code {
             Code::Missing | Code::Malformed | Code::NotFound | Code::Expired | Code::Revoked => {
                 Some(StatusCode::UNAUTHORIZED)
             }
-            Code::Disabled => Some(StatusCode::FORBIDDEN),
+            Code::Disabled | Code::ForbiddenOrigin => Some(StatusCode::FORBIDDEN),
             Code::Stale => Some(StatusCode::SERVICE_UNAVAILABLE),
         }
     }
@@ -277,6 +282,14 @@ impl Verifier {
         verdict
     }
 
+    /// Counts a refusal decided before any credential was verified (FORBIDDEN_ORIGIN), so that
+    /// `keygate_verifications_total` has every code the gateway answers with.
+    pub(crate) fn refused(&self, code: Code) {
+        if let Some(metrics) = &self.metrics {
+            metrics.verified(code);
+        }
+    }
+
     async fn decide(&self, credential: Credential<'_>) -> Verdict {
         if self.freshness.refuses_requests() {
             return Verdict::Denied(Code::Stale);
@@ -284,7 +297,9 @@ impl Verifier {
         let now = keygate_proto::time::now_unix_ms();
         let key = match credential {
             Credential::Missing => return Verdict::Denied(Code::Missing),
-            Credential::Unreadable => return Verdict::Denied(Code::Malformed),
+            Credential::Unreadable | Credential::Ambiguous => {
+                return Verdict::Denied(Code::Malformed);
+            }
             Credential::Session(token) => return self.verify_session(token, now),
             Credential::ApiKey(key) => key,
         };
@@ -419,6 +434,10 @@ mod tests {
         );
         assert_eq!(
             verifier.verify(Credential::Unreadable).await.code(),
+            Code::Malformed
+        );
+        assert_eq!(
+            verifier.verify(Credential::Ambiguous).await.code(),
             Code::Malformed
         );
         assert_eq!(

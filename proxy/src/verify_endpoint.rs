@@ -75,7 +75,22 @@ pub(crate) async fn answer(
         return response;
     }
     let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+    let collected = tokio::time::timeout(
+        handler.request_body_timeout,
+        Limited::new(body, MAX_BODY_BYTES).collect(),
+    )
+    .await;
+    let Ok(collected) = collected else {
+        // A Content-Length with no body, or a trickle: answer, and hyper closes the connection
+        // since the body was not read to its end.
+        return response::error(
+            StatusCode::REQUEST_TIMEOUT,
+            codes::BODY_TIMEOUT,
+            "the request body did not arrive in time",
+            request_id,
+        );
+    };
+    let body = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             return response::error(

@@ -42,6 +42,8 @@ pub struct AcceptSettings {
 pub struct Accepted {
     pub stream: ServerStream,
     pub remote: SocketAddr,
+    /// When the connection was accepted (deadlines run from here, handshake included).
+    pub at: tokio::time::Instant,
     /// The connection's slot; drop it when the connection ends.
     pub permit: OwnedSemaphorePermit,
 }
@@ -95,6 +97,7 @@ pub async fn accept_loop<F>(
                 }
             },
         };
+        let at = tokio::time::Instant::now();
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
@@ -102,6 +105,7 @@ pub async fn accept_loop<F>(
             None => serve(Accepted {
                 stream: ServerStream::Plain(stream),
                 remote,
+                at,
                 permit,
             }),
             Some(tls) => {
@@ -110,6 +114,7 @@ pub async fn accept_loop<F>(
                     handshake,
                     settings.clone(),
                     remote,
+                    at,
                     permit,
                     Arc::clone(&serve),
                 ));
@@ -183,6 +188,7 @@ async fn handshake_then_serve<F>(
     >,
     settings: AcceptSettings,
     remote: SocketAddr,
+    at: tokio::time::Instant,
     permit: OwnedSemaphorePermit,
     serve: Arc<F>,
 ) where
@@ -193,6 +199,7 @@ async fn handshake_then_serve<F>(
             serve(Accepted {
                 stream: ServerStream::Tls(Box::new(stream)),
                 remote,
+                at,
                 permit,
             });
             return;

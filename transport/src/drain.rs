@@ -5,12 +5,15 @@
 
 use std::fmt::Display;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::activity::{Activity, IdleLimits, Verdict, Watchdog};
 
 /// The open connections of one listener.
 #[derive(Debug, Clone, Default)]
@@ -34,16 +37,66 @@ impl Connections {
         C: GracefulConnection + Send + 'static,
         C::Error: Display + Send,
     {
+        self.spawn_watched::<C, Activity>(connection, remote, permit, None);
+    }
+
+    /// Like [`Connections::spawn`], and with `watch`, closes the connection when the service
+    /// reports no first request within `first_request` of `since` (the accept: dropped) or no
+    /// request for `idle` (closed gracefully, so a response still streaming finishes).
+    /// `A` is whatever per-connection state the service keeps its [`Activity`] in.
+    pub fn spawn_watched<C, A>(
+        &self,
+        connection: C,
+        remote: SocketAddr,
+        permit: OwnedSemaphorePermit,
+        watch: Option<(Arc<A>, IdleLimits, tokio::time::Instant)>,
+    ) where
+        C: GracefulConnection + Send + 'static,
+        C::Error: Display + Send,
+        A: AsRef<Activity> + Send + Sync + 'static,
+    {
         let (drain, close) = (self.drain.clone(), self.close.clone());
         self.tasks.spawn(async move {
             let mut connection = std::pin::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => Some(result),
-                () = drain.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        result = connection.as_mut() => Some(result),
-                        () = close.cancelled() => None,
+            let mut watchdog = Watchdog::new();
+            let mut next_check = watch
+                .as_ref()
+                .map(|(_, limits, since)| *since + limits.first_request);
+            let result = loop {
+                let check = async {
+                    match next_check {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    result = connection.as_mut() => break Some(result),
+                    () = drain.cancelled() => {
+                        connection.as_mut().graceful_shutdown();
+                        break tokio::select! {
+                            result = connection.as_mut() => Some(result),
+                            () = close.cancelled() => None,
+                        };
+                    }
+                    () = check => {
+                        let Some((activity, limits, _)) = &watch else { continue };
+                        match watchdog.check(activity.as_ref().as_ref()) {
+                            Verdict::Busy => {
+                                next_check = Some(tokio::time::Instant::now() + limits.idle);
+                            }
+                            Verdict::NeverSpoke => {
+                                tracing::debug!(%remote, deadline = ?limits.first_request, "no request in time; closing");
+                                break None;
+                            }
+                            Verdict::Idle => {
+                                tracing::debug!(%remote, idle = ?limits.idle, "idle; closing");
+                                connection.as_mut().graceful_shutdown();
+                                break tokio::select! {
+                                    result = connection.as_mut() => Some(result),
+                                    () = close.cancelled() => None,
+                                };
+                            }
+                        }
                     }
                 }
             };

@@ -5,6 +5,7 @@
 //!   `accept`, back-off when the process is out of file descriptors, and a TLS handshake (when
 //!   configured) that runs in the connection's own task under a deadline, so a silent client
 //!   never holds up the others;
+//! - [`activity`]: deadlines for connections that never send a request or sit idle;
 //! - [`drain`]: serving accepted connections so that shutdown lets in-flight requests finish
 //!   within a grace period, then closes the rest;
 //! - [`pem`]: reading certificates, keys and trust anchors from PEM files, with errors that name
@@ -23,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod activity;
 pub mod client;
 pub mod drain;
 pub mod identity;
@@ -33,6 +35,7 @@ pub mod server;
 use std::sync::Arc;
 
 pub use accept::{AcceptSettings, Accepted, accept_loop};
+pub use activity::{Activity, IdleLimits};
 pub use client::{ClientIdentity, Trust, client_config};
 pub use drain::Connections;
 pub use reload::{ReloadingCert, watch_certificates};

@@ -490,6 +490,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// Connections accepted so far.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// Requests received so far.
+    pub requests: Arc<std::sync::atomic::AtomicUsize>,
     /// Notified when a request to `/held` arrives; such requests answer once `release` is
     /// notified.
     pub arrived: Arc<Notify>,
@@ -505,6 +507,8 @@ impl Upstream {
         let (held_arrived, held_release) = (Arc::clone(&arrived), Arc::clone(&release));
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let accepted = Arc::clone(&connections);
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let received = Arc::clone(&requests);
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -512,7 +516,9 @@ impl Upstream {
                 };
                 accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (arrived, release) = (Arc::clone(&held_arrived), Arc::clone(&held_release));
+                let received = Arc::clone(&received);
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    received.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let (arrived, release) = (Arc::clone(&arrived), Arc::clone(&release));
                     async move { Ok::<_, Infallible>(echo(request, arrived, release).await) }
                 });
@@ -525,6 +531,7 @@ impl Upstream {
         Self {
             addr,
             connections,
+            requests,
             arrived,
             release,
         }
@@ -532,6 +539,11 @@ impl Upstream {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -754,6 +766,47 @@ pub async fn send(client: &TestClient, request: Request<Full<Bytes>>) -> Reply {
 
 pub fn get(url: &str) -> http::request::Builder {
     Request::get(url)
+}
+
+/// Sends `head` (a request line and header lines, without the blank line that ends the head)
+/// byte for byte over a new connection, with `Connection: close`, and reads the whole answer:
+/// for requests a client library would refuse to build or would tidy up.
+pub async fn raw_request(addr: SocketAddr, head: &str) -> Reply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("{head}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let end = answer
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(&answer)));
+    let text = String::from_utf8_lossy(&answer[..end]).into_owned();
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        let (name, value) = line.split_once(':').unwrap();
+        headers.append(
+            http::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+            http::HeaderValue::from_str(value.trim()).unwrap(),
+        );
+    }
+    assert!(
+        headers.get("transfer-encoding").is_none(),
+        "raw_request reads Content-Length bodies only"
+    );
+    Reply {
+        status: StatusCode::from_u16(status).unwrap(),
+        headers,
+        body: Bytes::copy_from_slice(&answer[end + 4..]),
+    }
 }
 
 pub async fn get_with(client: &TestClient, url: &str, headers: &[(&str, &str)]) -> Reply {
