@@ -113,6 +113,27 @@ async fn a_verify_request_whose_body_never_comes_is_answered() {
     a_normal_request_is_served(&cluster, addr).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_body_that_stops_coming_is_abandoned() {
+    let mut cluster = Cluster::start(0).await;
+    let mut config = hardened(cluster.gateway_config(0));
+    config.request_body_timeout = Duration::from_secs(1);
+    let addr = cluster.add_gateway_with(config).await.addr;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /public/upload HTTP/1.1\r\nHost: gateway\r\nContent-Length: 100\r\n\r\nten bytes.")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed in time")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    a_normal_request_is_served(&cluster, addr).await;
+}
+
 /// An upstream that accepts connections and, per `behaviour`, never answers or stalls after
 /// part of a body.
 async fn misbehaving_upstream(stall_mid_body: bool) -> SocketAddr {
@@ -409,4 +430,140 @@ async fn silent_connections_to_the_control_plane_are_closed() {
     )
     .await;
     assert_eq!(reply.status, 200);
+}
+
+/// An HTTP/1.1 upstream that records the path of every request it parses.
+async fn recording_upstream() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let record = Arc::clone(&record);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        record.lock().unwrap().push(request.uri().path().to_owned());
+                        async move {
+                            let _ = request.into_body().collect().await;
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(Bytes::from("ok")),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Sends `bytes` on a new connection and returns what came back until the gateway closed the
+/// connection or went quiet.
+async fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let _ = stream.write_all(bytes).await;
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // Reading stops at close, or once nothing more comes for a while (keep-alive).
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buffer)).await
+    {
+        if n == 0 {
+            break;
+        }
+        received.extend_from_slice(&buffer[..n]);
+    }
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_and_header_floods_are_refused() {
+    let (upstream, seen) = recording_upstream().await;
+    let mut cluster = Cluster::start(0).await;
+    let mut config = hardened(cluster.gateway_config(0));
+    config.idle_timeout = Duration::from_secs(30);
+    for route in &mut config.routes {
+        route.upstream = format!("http://{upstream}");
+    }
+    let addr = cluster.add_gateway_with(config).await.addr;
+    // `/public/` needs no credential; `/` (and so `/secret`) needs a key. A smuggled
+    // `GET /secret` that reached the upstream unverified would be recorded there.
+    let smuggled = "GET /secret HTTP/1.1\r\nHost: x\r\n\r\n";
+    let malformed: [(&str, String); 4] = [
+        (
+            "two different Content-Lengths",
+            format!(
+                "POST /public/a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: {}\r\n\r\n{smuggled}",
+                smuggled.len()
+            ),
+        ),
+        (
+            "Transfer-Encoding with obs-fold",
+            format!(
+                "POST /public/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\nContent-Length: {}\r\n\r\n{smuggled}",
+                smuggled.len()
+            ),
+        ),
+        (
+            "chunk-size overflow",
+            format!(
+                "POST /public/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFFFF1\r\n{smuggled}\r\n0\r\n\r\n"
+            ),
+        ),
+        (
+            "a bare LF inside a header value",
+            format!("GET /public/a HTTP/1.1\r\nHost: x\r\nX-Note: a\nb\r\n\r\n{smuggled}"),
+        ),
+    ];
+    for (case, request) in &malformed {
+        let answer = exchange(addr, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{case}: {answer}");
+    }
+    // Both framings at once: Transfer-Encoding wins and the connection closes after the
+    // response (RFC 9112 §6.1), so the bytes after the empty chunked body are never a request.
+    let answer = exchange(
+        addr,
+        format!(
+            "POST /public/a HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}",
+            5 + smuggled.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        answer.matches("HTTP/1.1 ").count(),
+        1,
+        "one answer only: {answer}"
+    );
+    // A bare-LF request line is parsed as one request (never split into two).
+    let answer = exchange(addr, b"GET /public/lf HTTP/1.1\nHost: x\n\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+
+    // A header flood: larger than max_header_bytes (64 KiB) → 431.
+    let flood = format!(
+        "GET /public/a HTTP/1.1\r\nHost: x\r\nX-Flood: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let answer = exchange(addr, flood.as_bytes()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+
+    let paths = seen.lock().unwrap().clone();
+    assert!(
+        !paths.iter().any(|path| path == "/secret"),
+        "smuggled through: {paths:?}"
+    );
+    a_normal_request_is_served(&cluster, addr).await;
+    assert!(seen.lock().unwrap().iter().any(|path| path == "/ok"));
 }

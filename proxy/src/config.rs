@@ -86,8 +86,10 @@ pub struct ProxyConfig {
     /// HTTP/1 head. Default 10 s.
     #[serde(with = "humantime_duration")]
     pub header_read_timeout: Duration,
-    /// Longest wait for a request body the gateway reads itself (the verify endpoint's, at
-    /// most 8 KiB); then 408 `BODY_TIMEOUT`. Default 30 s.
+    /// How long a request body may send nothing: the verify endpoint (which reads at most
+    /// 8 KiB itself) then answers 408 `BODY_TIMEOUT`; a forwarded request's upstream exchange
+    /// is abandoned and the client gets 400 (or, once the response has begun, a cut-off
+    /// response). Default 30 s.
     #[serde(with = "humantime_duration")]
     pub request_body_timeout: Duration,
     /// A client connection with no request in flight for this long is closed (keep-alive

@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 
 use crate::credential::CredentialHeaders;
 use crate::error::error_chain;
+use crate::idle_body::IdleBody;
 use crate::metrics::Metrics;
 use crate::replica::KEY_ID_TEXT_LEN;
 use crate::response::{self, ProxyBody, REQUEST_ID, codes};
@@ -56,19 +57,23 @@ pub(crate) struct Forwarding<'a> {
 /// Sends requests to their route's upstream over its pool of keep-alive connections.
 pub(crate) struct Forwarder {
     response_timeout: Duration,
+    request_body_timeout: Duration,
     credentials: CredentialHeaders,
     metrics: Metrics,
 }
 
 impl Forwarder {
-    /// `response_timeout` bounds each call from sending the request to the response head.
+    /// `response_timeout` bounds each call from sending the request to the response head;
+    /// `request_body_timeout` how long the client's body may send nothing while it streams up.
     pub fn new(
         response_timeout: Duration,
+        request_body_timeout: Duration,
         credentials: CredentialHeaders,
         metrics: Metrics,
     ) -> Self {
         Self {
             response_timeout,
+            request_body_timeout,
             credentials,
             metrics,
         }
@@ -139,6 +144,7 @@ impl Forwarder {
         }
 
         let started = Instant::now();
+        let request = request.map(|body| IdleBody::new(body, self.request_body_timeout));
         let outcome = tokio::time::timeout(self.response_timeout, route.pool.send(request)).await;
         self.metrics.upstream_duration.record(started.elapsed());
         match outcome {
@@ -162,6 +168,18 @@ impl Forwarder {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 response
+            }
+            // The client's own body broke off or was malformed (say, a chunk size that
+            // overflows) while it streamed to the upstream: the client's fault, not the
+            // upstream's.
+            Ok(Err(UpstreamError::Http(error))) if error.is_user() => {
+                tracing::debug!(upstream = %route.upstream, error = %error_chain(&error), "request body failed while forwarding");
+                response::error(
+                    StatusCode::BAD_REQUEST,
+                    codes::BAD_REQUEST,
+                    "the request body could not be read",
+                    forwarding.request_id,
+                )
             }
             Ok(Err(error)) => {
                 tracing::warn!(upstream = %route.upstream, error = %error_chain(&error), "upstream unavailable");

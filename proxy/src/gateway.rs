@@ -148,6 +148,7 @@ impl Gateway {
         );
         let forwarder = Forwarder::new(
             config.upstream_timeout,
+            config.request_body_timeout,
             credentials.clone(),
             handles.clone(),
         );

@@ -32,6 +32,7 @@ mod forward;
 pub mod freshness;
 mod gateway;
 mod handler;
+mod idle_body;
 pub mod metrics;
 pub mod miss;
 pub mod path;

@@ -14,7 +14,6 @@
 //! unsent request back) is retried on the next connection. A request that was written and then
 //! lost is not retried: its body may have been consumed, and the method may not be idempotent.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -34,6 +33,11 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsConnector;
 
 use crate::error::ConfigError;
+use crate::idle_body::{IdleBody, IdleBodyError};
+
+/// What the gateway sends upstream: the client's body, failing when the client stops sending it
+/// for `request_body_timeout`.
+pub(crate) type RequestBody = IdleBody<Incoming>;
 
 /// Idle connections kept per upstream; more are closed when they come back.
 const MAX_IDLE: usize = 512;
@@ -121,7 +125,7 @@ pub(crate) struct UpstreamPool {
     slots: Arc<Semaphore>,
     /// Signalled when a connection comes back idle, for requests waiting on a full pool.
     returned: Notify,
-    idle: Mutex<Vec<SendRequest<Incoming>>>,
+    idle: Mutex<Vec<SendRequest<RequestBody>>>,
 }
 
 impl std::fmt::Debug for UpstreamPool {
@@ -174,7 +178,7 @@ impl UpstreamPool {
     /// is done.
     pub async fn send(
         self: &Arc<Self>,
-        mut request: Request<Incoming>,
+        mut request: Request<RequestBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         let mut deadline = None;
         loop {
@@ -221,14 +225,14 @@ impl UpstreamPool {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SendRequest<Incoming>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SendRequest<RequestBody>>> {
         // The vector is valid whatever a panicking holder was doing.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The most recently returned connection that can take a request now. Closed ones are
     /// dropped; one still finishing its previous exchange stays for the next request.
-    fn checkout(&self) -> Option<SendRequest<Incoming>> {
+    fn checkout(&self) -> Option<SendRequest<RequestBody>> {
         let mut idle = self.lock();
         let mut index = idle.len();
         while index > 0 {
@@ -244,7 +248,7 @@ impl UpstreamPool {
         None
     }
 
-    fn checkin(&self, sender: SendRequest<Incoming>) {
+    fn checkin(&self, sender: SendRequest<RequestBody>) {
         if sender.is_closed() {
             return;
         }
@@ -261,7 +265,7 @@ impl UpstreamPool {
     async fn connect(
         &self,
         slot: OwnedSemaphorePermit,
-    ) -> Result<SendRequest<Incoming>, UpstreamError> {
+    ) -> Result<SendRequest<RequestBody>, UpstreamError> {
         let deadline = tokio::time::Instant::now() + self.limits.connect_timeout;
         let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(&self.target)).await
         {
@@ -305,7 +309,7 @@ impl UpstreamPool {
         &self,
         io: I,
         slot: OwnedSemaphorePermit,
-    ) -> Result<SendRequest<Incoming>, UpstreamError>
+    ) -> Result<SendRequest<RequestBody>, UpstreamError>
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -323,12 +327,10 @@ impl UpstreamPool {
     fn wrap(
         self: &Arc<Self>,
         response: Response<Incoming>,
-        sender: SendRequest<Incoming>,
+        sender: SendRequest<RequestBody>,
     ) -> Response<PooledBody> {
         response.map(|body| PooledBody {
-            body,
-            idle_timeout: self.limits.body_idle_timeout,
-            deadline: None,
+            body: IdleBody::new(body, self.limits.body_idle_timeout),
             finished: false,
             connection: Some((sender, Arc::clone(self))),
         })
@@ -340,11 +342,9 @@ impl UpstreamPool {
 /// response is then cut off, and the connection closed). The timer exists only once the body
 /// has had to wait: a response that arrives whole costs none.
 pub struct PooledBody {
-    body: Incoming,
-    idle_timeout: Duration,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    body: IdleBody<Incoming>,
     finished: bool,
-    connection: Option<(SendRequest<Incoming>, Arc<UpstreamPool>)>,
+    connection: Option<(SendRequest<RequestBody>, Arc<UpstreamPool>)>,
 }
 
 impl std::fmt::Debug for PooledBody {
@@ -355,48 +355,23 @@ impl std::fmt::Debug for PooledBody {
     }
 }
 
-/// Why an upstream response body ended early.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error(transparent)]
-    Upstream(#[from] hyper::Error),
-    #[error("the upstream sent nothing of the response body for {0:?}")]
-    Idle(Duration),
-}
-
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = BodyError;
+    type Error = IdleBodyError<hyper::Error>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.body).poll_frame(cx) {
-            Poll::Ready(polled) => {
-                if polled.is_none() {
-                    this.finished = true;
-                }
-                if let Some(deadline) = &mut this.deadline {
-                    deadline
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + this.idle_timeout);
-                }
-                Poll::Ready(polled.map(|frame| frame.map_err(BodyError::from)))
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.finished = true,
+            Poll::Ready(Some(Err(IdleBodyError::Idle(idle)))) => {
+                tracing::warn!(idle = ?idle, "upstream response body stalled; abandoning it");
             }
-            Poll::Pending => {
-                let idle = this.idle_timeout;
-                let deadline = this
-                    .deadline
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                if deadline.as_mut().poll(cx).is_ready() {
-                    tracing::warn!(idle = ?idle, "upstream response body stalled; abandoning it");
-                    return Poll::Ready(Some(Err(BodyError::Idle(idle))));
-                }
-                Poll::Pending
-            }
+            _ => {}
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -462,7 +437,7 @@ mod tests {
 
     /// A request with an `Incoming` body, as the gateway forwards them: taken from a real
     /// server connection on loopback.
-    async fn incoming_requests(paths: &[&str]) -> Vec<Request<Incoming>> {
+    async fn incoming_requests(paths: &[&str]) -> Vec<Request<RequestBody>> {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (sent, mut received) = tokio::sync::mpsc::unbounded_channel();
@@ -494,7 +469,8 @@ mod tests {
                 .body(Full::new(Bytes::new()))
                 .expect("request");
             client.send_request(request).await.expect("sent");
-            requests.push(received.recv().await.expect("received"));
+            let request: Request<Incoming> = received.recv().await.expect("received");
+            requests.push(request.map(|body| IdleBody::new(body, Duration::from_secs(30))));
         }
         requests
     }
