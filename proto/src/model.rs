@@ -19,9 +19,16 @@ impl Revision {
     /// "Nothing applied yet".
     pub const ZERO: Self = Self(0);
 
-    /// The revision after this one.
+    /// The revision after this one. Only for revisions the control plane assigns itself; for
+    /// one that came over the wire use [`Revision::checked_next`].
     pub fn next(self) -> Self {
         Self(self.0 + 1)
+    }
+
+    /// The revision after this one, or `None` at `u64::MAX` (which a gateway then treats as
+    /// a gap rather than wrapping to zero; found by fuzzing).
+    pub fn checked_next(self) -> Option<Self> {
+        self.0.checked_add(1).map(Self)
     }
 }
 

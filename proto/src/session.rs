@@ -210,9 +210,14 @@ fn le64(n: usize) -> [u8; 8] {
     ((n as u64) & (u64::MAX >> 1)).to_le_bytes()
 }
 
+/// The last instant RFC 3339 can write (9999-12-31T23:59:59.999Z), in Unix milliseconds.
+const MAX_RFC3339_MS: i64 = 253_402_300_799_999;
+
+/// `unix_ms` as RFC 3339, clamped to what the format can write (found by fuzzing: humantime
+/// fails past the year 9999, and `to_string` would panic on that).
 fn rfc3339(unix_ms: i64) -> String {
-    let at = std::time::UNIX_EPOCH
-        + std::time::Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0));
+    let clamped = u64::try_from(unix_ms.clamp(0, MAX_RFC3339_MS)).unwrap_or(0);
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(clamped);
     humantime::format_rfc3339_millis(at).to_string()
 }
 
@@ -255,6 +260,23 @@ mod tests {
         );
         let restored = SessionSigner::from_secret("sk_a", signer.secret());
         assert_eq!(restored.public_key(), signer.public_key());
+    }
+
+    /// Found by fuzzing (FUZZING.md, finding 1): signing used to panic past the year 9999.
+    #[test]
+    fn times_beyond_what_rfc3339_can_write_are_clamped_not_a_panic() {
+        let signer = SessionSigner::generate("sk_a");
+        let far = SessionClaims {
+            issued_unix_ms: -5,
+            expires_unix_ms: i64::MAX,
+            ..claims()
+        };
+        let verified = parse(&signer.sign(&far))
+            .unwrap()
+            .verify(&signer.public_key())
+            .unwrap();
+        assert_eq!(verified.issued_unix_ms, 0);
+        assert_eq!(verified.expires_unix_ms, MAX_RFC3339_MS);
     }
 
     #[test]

@@ -325,7 +325,7 @@ impl Replica {
     pub fn apply(&self, event: &Event) -> Result<(), Gap> {
         let mut ahead = self.write_lock();
         let applied = self.applied_revision();
-        if event.revision != applied.next() {
+        if Some(event.revision) != applied.checked_next() {
             return Err(Gap {
                 applied,
                 received: event.revision,
@@ -404,6 +404,14 @@ impl Replica {
             return false;
         }
         let slot = HashPrefix::from(&key.hash);
+        // A later answer for the same key may be the older one (found by fuzzing): an entry
+        // never goes back to an older state.
+        if ahead
+            .get(&slot)
+            .is_some_and(|(installed, _)| *installed >= key_revision)
+        {
+            return false;
+        }
         let entry = Entry::new(key, Arc::from(key.owner.as_str()));
         self.keys.load().insert(slot, entry.clone());
         ahead.insert(slot, (key_revision, entry));
@@ -619,5 +627,36 @@ pub(crate) mod tests {
         // A snapshot that already contains it makes the lookup record moot.
         replica.install_snapshot(Snapshot::new(Revision(9), 0));
         assert_eq!(replica.with_entry(&key.hash, Entry::enabled), None);
+    }
+
+    /// Found by fuzzing (FUZZING.md, finding 2): a lookup answer older than one installed
+    /// before it used to replace it.
+    #[test]
+    fn an_older_lookup_answer_never_replaces_a_newer_one() {
+        let replica = Replica::new();
+        let (_, key) = sample_key("alice");
+        let disabled = ReplicaKey {
+            enabled: false,
+            ..key.clone()
+        };
+        assert!(replica.insert_looked_up(&disabled, Revision(5)));
+        assert!(!replica.insert_looked_up(&key, Revision(2)));
+        assert!(!replica.insert_looked_up(&key, Revision(5)));
+        assert_eq!(replica.with_entry(&key.hash, Entry::enabled), Some(false));
+        assert!(replica.insert_looked_up(&key, Revision(6)));
+        assert_eq!(replica.with_entry(&key.hash, Entry::enabled), Some(true));
+    }
+
+    /// Found by fuzzing (FUZZING.md, finding 3): at revision u64::MAX the next event used to
+    /// overflow; it is a gap.
+    #[test]
+    fn nothing_follows_the_last_revision() {
+        let replica = Replica::new();
+        replica.install_snapshot(Snapshot::new(Revision(u64::MAX), 0));
+        let (_, key) = sample_key("alice");
+        for revision in [0, 1, u64::MAX] {
+            assert!(replica.apply(&upsert(revision, &key)).is_err());
+        }
+        assert_eq!(replica.applied_revision(), Revision(u64::MAX));
     }
 }
