@@ -91,47 +91,42 @@ async fn silent_and_stalled_connections_are_closed_by_their_deadlines() {
     a_normal_request_is_served(&cluster, addr).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_verify_request_whose_body_never_comes_is_answered() {
+/// Sends `head_and_partial_body` (a request announcing more body than it sends) to a gateway
+/// with a 1 s `request_body_timeout`, then waits for the answer and the close; returns the
+/// answer, after checking that a normal request is still served.
+async fn answer_to_a_body_that_stops(head_and_partial_body: &[u8]) -> String {
     let mut cluster = Cluster::start(0).await;
     let mut config = hardened(cluster.gateway_config(0));
     config.request_body_timeout = Duration::from_secs(1);
     let addr = cluster.add_gateway_with(config).await.addr;
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"POST /_keygate/v1/verify HTTP/1.1\r\nHost: gateway\r\nContent-Length: 100\r\n\r\n{\"key\":")
-        .await
-        .unwrap();
+    stream.write_all(head_and_partial_body).await.unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer))
         .await
         .expect("answered and closed in time")
         .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    a_normal_request_is_served(&cluster, addr).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verify_request_whose_body_never_comes_is_answered() {
+    let answer = answer_to_a_body_that_stops(
+        b"POST /_keygate/v1/verify HTTP/1.1\r\nHost: gateway\r\nContent-Length: 100\r\n\r\n{\"key\":",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("BODY_TIMEOUT"), "{answer}");
-    a_normal_request_is_served(&cluster, addr).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarded_body_that_stops_coming_is_abandoned() {
-    let mut cluster = Cluster::start(0).await;
-    let mut config = hardened(cluster.gateway_config(0));
-    config.request_body_timeout = Duration::from_secs(1);
-    let addr = cluster.add_gateway_with(config).await.addr;
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"POST /public/upload HTTP/1.1\r\nHost: gateway\r\nContent-Length: 100\r\n\r\nten bytes.")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer))
-        .await
-        .expect("answered and closed in time")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = answer_to_a_body_that_stops(
+        b"POST /public/upload HTTP/1.1\r\nHost: gateway\r\nContent-Length: 100\r\n\r\nten bytes.",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    a_normal_request_is_served(&cluster, addr).await;
 }
 
 /// An upstream that accepts connections and, per `behaviour`, never answers or stalls after
