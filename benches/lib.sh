@@ -35,19 +35,24 @@ bench_start() {
   cp_url=http://127.0.0.1:$((base + 7070))
   cp_http_url=http://127.0.0.1:$((base + 7080))
   routes=$work/routes.toml
-  cat > "$routes" <<TOML
-[[route]]
-path_prefix = "/"
-upstream = "http://$upstream"
-[[route]]
-path_prefix = "/public/"
-upstream = "http://$upstream"
-auth = "none"
-TOML
+  bench_write_routes "$routes" "$upstream"
   export KEYGATE_ENDPOINT=$cp_url KEYGATE_TOKEN=$admin
 }
 
 # bench_wait_ready ADMIN_PORT: waits (up to 60 s) for a gateway's /readyz.
+# The gateway's routes for every benchmark: "/" verifies the key, "/public/" does not.
+bench_write_routes() {  # FILE UPSTREAM(host:port)
+  cat >"$1" <<TOML
+[[route]]
+path_prefix = "/"
+upstream = "http://$2"
+[[route]]
+path_prefix = "/public/"
+upstream = "http://$2"
+auth = "none"
+TOML
+}
+
 bench_wait_ready() {
   for _ in $(seq 600); do
     curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return 0
@@ -117,15 +122,7 @@ sbs_start_backends() {
   grep listening "$work/cp.log" >&2
   awk '{printf "\"Bearer %s\" 1;\n", $0}' "$work/keys/valid.txt" >"$work/nginx.map"
   awk '{printf "\"Bearer %s\" 2;\n", $0}' "$work/keys/disabled.txt" >>"$work/nginx.map"
-  cat >"$work/routes.toml" <<TOML
-[[route]]
-path_prefix = "/"
-upstream = "http://$upstream"
-[[route]]
-path_prefix = "/public/"
-upstream = "http://$upstream"
-auth = "none"
-TOML
+  bench_write_routes "$work/routes.toml" "$upstream"
 }
 
 # sbs_nginx_conf WORKERS SERVER...: writes $work/nginx.conf, nginx doing the key check with the
