@@ -71,6 +71,9 @@ pub enum Command {
     /// Rotate the key passkey sessions are signed with.
     #[command(subcommand)]
     SigningKeys(SigningKeysCommand),
+    /// Work on a store directly, with no control plane running on it.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Run only the echo upstream that `dev` uses (for benchmarks and demos).
     #[command(hide = true)]
     EchoUpstream {
@@ -374,6 +377,41 @@ pub enum SigningKeysCommand {
     /// New sessions are signed with a new key; tokens signed with the old one keep working
     /// until they expire.
     Rotate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy everything from one store into a new one: SQLite to PostgreSQL, and back.
+    ///
+    /// Moves keys, users, passkeys, enrollment links, sessions, signing keys (with their
+    /// secrets), revocations, the audit log, the event log's retained events and the log's
+    /// identity (log id, head revision): gateways resume against the copy without a snapshot.
+    /// Not copied: passkey ceremonies in progress and the gateway registry (rebuilt as gateways
+    /// connect).
+    ///
+    /// Stop every control plane on the source first: one serving a SQLite source makes the copy
+    /// fail at once (the database is in use). The target must be new or freshly initialised;
+    /// anything else is refused, and it is written in one transaction, so a failed copy leaves
+    /// it as it was. The copy is then read back and checked against the source.
+    ///
+    /// The whole store is held in memory while it is copied: about 1.5 GB per million keys.
+    Copy(StoreCopyArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StoreCopyArgs {
+    /// The store to copy: sqlite://PATH or postgres://… (not served by a running control plane).
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// The store to copy into: sqlite://PATH (created if missing) or postgres://… (an existing,
+    /// empty database).
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// Give the copy a new log id: for restoring a backup. Gateways then take a snapshot of it
+    /// instead of resuming, so none keeps what happened after the backup was taken (without
+    /// it, a gateway that applied more than the backup holds refuses the restored store).
+    #[arg(long)]
+    pub new_log_id: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -213,6 +213,8 @@ impl Sync for SyntheticControlPlane {
                         nonce: ping.nonce,
                         sent_at_nanos: ping.sent_at_nanos,
                         head_revision: snapshot.revision,
+                        // No log id: the gateway judges revisions as before log ids.
+                        log_id: String::new(),
                     };
                     if outbound
                         .send(control(control_message::Msg::Pong(pong)))
@@ -246,6 +248,8 @@ async fn send_snapshot(outbound: &Outbound, snapshot: &SnapshotMessages) -> Resu
     let begin = pb::SnapshotBegin {
         revision: snapshot.revision,
         key_count: snapshot.key_count,
+        // No log id (see the pong above).
+        log_id: String::new(),
     };
     outbound
         .send(control(control_message::Msg::SnapshotBegin(begin)))

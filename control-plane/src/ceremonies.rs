@@ -1,103 +1,100 @@
-//! WebAuthn ceremonies in progress: the state between a `…/begin` and its `…/finish`, held in
-//! memory under a random ceremony id. Each is taken exactly once (a replayed finish finds
-//! nothing), expires after a few minutes, and the map is bounded, so unfinished ceremonies
-//! cannot grow without limit.
+//! WebAuthn ceremonies in progress: the state between a `…/begin` and its `…/finish`, kept in
+//! the store under a random ceremony id ([`crate::store::CeremonyStore`]), so a finish may reach
+//! another control-plane replica than its begin (no sticky sessions behind a load balancer).
+//! Each is taken exactly once, atomically in the store (a replayed finish finds nothing),
+//! expires after a few minutes, and their number is bounded, so unfinished ceremonies cannot
+//! grow without limit.
 //!
-//! In memory, not in the store: a challenge is worth nothing after a restart, and keeping it
-//! here means a finish never waits on the database to learn that it is a replay. (Several
-//! control-plane replicas behind one load balancer would need sticky sessions for the HTTP
-//! listener.)
+//! The state is the relying party's, serialised as JSON: it holds the challenge and the
+//! expected user, nothing that signs anyone in by itself.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keygate_proto::time::now_unix_ms;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::ids;
+use crate::store::{CeremonyTaken, NewCeremony, Store, StoreError};
 
 /// How long a ceremony may take from begin to finish.
 pub const CEREMONY_TTL: Duration = Duration::from_secs(5 * 60);
-/// Most ceremonies in progress at once.
+/// Most ceremonies in progress at once (across every replica).
 pub const MAX_CEREMONIES: usize = 10_000;
 
 /// What [`Ceremonies::take`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Taken<T> {
     Found(T),
-    /// Never issued, already finished, or forgotten.
+    /// Never issued, already finished, forgotten, or kept by a version that wrote another state.
     Unknown,
     /// Issued, but too long ago. (It is gone now as well.)
     Expired,
 }
 
-/// The begin-to-finish state is full.
+/// The ceremonies in progress are at their cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("too many sign-in ceremonies in progress; try again in a minute")]
 pub struct Full;
 
-struct Pending<T> {
-    value: T,
-    expires_at: Instant,
-}
-
-/// Ceremonies in progress, by id.
-pub struct Ceremonies<T> {
-    pending: Mutex<HashMap<String, Pending<T>>>,
+/// Ceremonies in progress, in the store.
+pub struct Ceremonies {
+    store: Arc<dyn Store>,
     ttl: Duration,
     capacity: usize,
 }
 
-impl<T> Ceremonies<T> {
-    /// A map whose entries live `ttl` and of which at most `capacity` are kept.
-    pub fn new(ttl: Duration, capacity: usize) -> Self {
+impl Ceremonies {
+    /// Ceremonies that live `ttl`, of which at most `capacity` are kept.
+    pub fn new(store: Arc<dyn Store>, ttl: Duration, capacity: usize) -> Self {
         Self {
-            pending: Mutex::new(HashMap::new()),
+            store,
             ttl,
             capacity,
         }
     }
 
-    /// Keeps `value` under a fresh random id, which it returns.
-    pub fn insert(&self, value: T) -> Result<String, Full> {
-        self.insert_at(value, Instant::now())
+    /// Keeps `state` under a fresh random id, which it returns; `Ok(Err(Full))` at the cap.
+    pub async fn insert<T: Serialize>(
+        &self,
+        state: &T,
+    ) -> Result<Result<String, Full>, StoreError> {
+        let state_json = serde_json::to_string(state)
+            .map_err(|e| StoreError::Corrupt(format!("serialising a ceremony: {e}")))?;
+        let now = now_unix_ms();
+        let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
+        let ceremony_id = ids::random_id("cer");
+        let kept = self
+            .store
+            .put_ceremony(
+                NewCeremony {
+                    ceremony_id: ceremony_id.clone(),
+                    state_json,
+                    expires_unix_ms: now.saturating_add(ttl_ms),
+                },
+                self.capacity,
+                now,
+            )
+            .await?;
+        Ok(if kept { Ok(ceremony_id) } else { Err(Full) })
     }
 
-    /// Removes and returns the ceremony `id`: a second call finds nothing.
-    pub fn take(&self, id: &str) -> Taken<T> {
-        self.take_at(id, Instant::now())
-    }
-
-    fn insert_at(&self, value: T, now: Instant) -> Result<String, Full> {
-        let mut pending = self.lock();
-        if pending.len() >= self.capacity {
-            pending.retain(|_, entry| entry.expires_at > now);
-            if pending.len() >= self.capacity {
-                return Err(Full);
-            }
-        }
-        let id = ids::random_id("cer");
-        pending.insert(
-            id.clone(),
-            Pending {
-                value,
-                expires_at: now + self.ttl,
+    /// Removes and returns the ceremony `id`: a second call, here or on another replica, finds
+    /// nothing.
+    pub async fn take<T: DeserializeOwned>(&self, id: &str) -> Result<Taken<T>, StoreError> {
+        Ok(match self.store.take_ceremony(id, now_unix_ms()).await? {
+            CeremonyTaken::Found(json) => match serde_json::from_str(&json) {
+                Ok(state) => Taken::Found(state),
+                Err(error) => {
+                    // Begun by another keygate version with another state shape: start again.
+                    tracing::warn!(%error, "a ceremony's stored state does not decode");
+                    Taken::Unknown
+                }
             },
-        );
-        Ok(id)
-    }
-
-    fn take_at(&self, id: &str, now: Instant) -> Taken<T> {
-        match self.lock().remove(id) {
-            Some(entry) if entry.expires_at > now => Taken::Found(entry.value),
-            Some(_) => Taken::Expired,
-            None => Taken::Unknown,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending<T>>> {
-        // A panic while holding this lock cannot leave the map inconsistent.
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            CeremonyTaken::Unknown => Taken::Unknown,
+            CeremonyTaken::Expired => Taken::Expired,
+        })
     }
 }
 
@@ -105,44 +102,69 @@ impl<T> Ceremonies<T> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::store::CommitObserver;
+    use crate::store::sqlite::SqliteStore;
 
-    #[test]
-    fn a_ceremony_is_taken_exactly_once() {
-        let ceremonies = Ceremonies::new(CEREMONY_TTL, 10);
-        let id = ceremonies.insert("state").unwrap();
+    struct Ignore;
+    impl CommitObserver for Ignore {
+        fn committed(&self, _: &[keygate_proto::Event]) {}
+    }
+
+    async fn store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+        Arc::new(
+            SqliteStore::open(&dir.path().join("k.db"), Arc::new(Ignore))
+                .await
+                .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_ceremony_is_taken_exactly_once_even_through_another_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let begin = Ceremonies::new(Arc::clone(&store), CEREMONY_TTL, 10);
+        let finish = Ceremonies::new(store, CEREMONY_TTL, 10);
+        let id = begin.insert(&("state", 7)).await.unwrap().unwrap();
         assert!(id.starts_with("cer_"));
-        assert_eq!(ceremonies.take(&id), Taken::Found("state"));
-        assert_eq!(ceremonies.take(&id), Taken::Unknown, "replayed finish");
-        assert_eq!(ceremonies.take("cer_forged"), Taken::Unknown);
-    }
-
-    #[test]
-    fn ceremonies_expire() {
-        let ceremonies = Ceremonies::new(Duration::from_secs(300), 10);
-        let start = Instant::now();
-        let id = ceremonies.insert_at(1, start).unwrap();
         assert_eq!(
-            ceremonies.take_at(&id, start + Duration::from_secs(300)),
-            Taken::Expired
+            finish.take::<(String, u8)>(&id).await.unwrap(),
+            Taken::Found(("state".to_owned(), 7))
         );
-        assert_eq!(ceremonies.take_at(&id, start), Taken::Unknown, "gone");
-        let id = ceremonies.insert_at(2, start).unwrap();
         assert_eq!(
-            ceremonies.take_at(&id, start + Duration::from_secs(299)),
-            Taken::Found(2)
+            begin.take::<(String, u8)>(&id).await.unwrap(),
+            Taken::Unknown,
+            "replayed finish"
+        );
+        assert_eq!(
+            finish.take::<(String, u8)>("cer_forged").await.unwrap(),
+            Taken::Unknown
         );
     }
 
-    #[test]
-    fn the_map_is_bounded_and_makes_room_from_expired_entries() {
-        let ceremonies = Ceremonies::new(Duration::from_secs(10), 2);
-        let start = Instant::now();
-        let first = ceremonies.insert_at('a', start).unwrap();
-        ceremonies.insert_at('b', start).unwrap();
-        assert_eq!(ceremonies.insert_at('c', start), Err(Full));
-        // Once the first two have expired, there is room again.
-        let later = start + Duration::from_secs(11);
-        ceremonies.insert_at('d', later).unwrap();
-        assert_eq!(ceremonies.take_at(&first, later), Taken::Unknown);
+    #[tokio::test]
+    async fn ceremonies_expire_and_the_table_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let expired = Ceremonies::new(Arc::clone(&store), Duration::ZERO, 10);
+        let id = expired.insert(&1).await.unwrap().unwrap();
+        assert_eq!(expired.take::<i32>(&id).await.unwrap(), Taken::Expired);
+        assert_eq!(
+            expired.take::<i32>(&id).await.unwrap(),
+            Taken::Unknown,
+            "gone"
+        );
+
+        let bounded = Ceremonies::new(store, CEREMONY_TTL, 2);
+        bounded.insert(&'a').await.unwrap().unwrap();
+        bounded.insert(&'b').await.unwrap().unwrap();
+        assert_eq!(bounded.insert(&'c').await.unwrap(), Err(Full));
+    }
+
+    #[tokio::test]
+    async fn a_state_of_another_shape_is_unknown_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let ceremonies = Ceremonies::new(store(&dir).await, CEREMONY_TTL, 10);
+        let id = ceremonies.insert(&"text").await.unwrap().unwrap();
+        assert_eq!(ceremonies.take::<u64>(&id).await.unwrap(), Taken::Unknown);
     }
 }

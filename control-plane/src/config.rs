@@ -115,7 +115,7 @@ impl fmt::Debug for ControlPlaneConfig {
         f.debug_struct("ControlPlaneConfig")
             .field("grpc_listen", &self.grpc_listen)
             .field("http_listen", &self.http_listen)
-            .field("database", &self.database)
+            .field("database", &DatabaseUrl::redacted(&self.database))
             .field("admin_token", &redact(&self.admin_token))
             .field("gateway_token", &redact(&self.gateway_token))
             .field("rp_id", &self.rp_id)
@@ -137,7 +137,7 @@ impl fmt::Debug for ControlPlaneConfig {
 pub enum DatabaseUrl {
     /// A SQLite file.
     Sqlite(PathBuf),
-    /// A PostgreSQL server (not supported yet).
+    /// A PostgreSQL server; the URL is passed to the driver as it is (`sslmode` and all).
     Postgres,
 }
 
@@ -159,6 +159,39 @@ impl DatabaseUrl {
         Err(ConfigError::Database(
             "expected sqlite://PATH or postgres://… URL".into(),
         ))
+    }
+
+    /// `url` with any password replaced by `***`, for logs and errors: the one in the user
+    /// info (`user:pass@`) and a `password=` query parameter.
+    pub fn redacted(url: &str) -> String {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return url.to_owned();
+        };
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        let authority = match authority.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _password)) => format!("{user}:***@{host}"),
+                None => authority.to_owned(),
+            },
+            None => authority.to_owned(),
+        };
+        let tail = match tail.split_once('?') {
+            Some((path, query)) => {
+                let query: Vec<String> = query
+                    .split('&')
+                    .map(|pair| match pair.split_once('=') {
+                        Some((name, _)) if name.eq_ignore_ascii_case("password") => {
+                            format!("{name}=***")
+                        }
+                        _ => pair.to_owned(),
+                    })
+                    .collect();
+                format!("{path}?{}", query.join("&"))
+            }
+            None => tail.to_owned(),
+        };
+        format!("{scheme}://{authority}{tail}")
     }
 }
 
@@ -393,6 +426,31 @@ mod tests {
         config = valid();
         config.gateway_timeout = Duration::ZERO;
         assert_eq!(config.validate(), Err(ConfigError::ZeroGatewayTimeout));
+    }
+
+    #[test]
+    fn database_passwords_never_reach_logs() {
+        assert_eq!(
+            DatabaseUrl::redacted("postgres://keygate:s3cret@db:5432/keygate?sslmode=require"),
+            "postgres://keygate:***@db:5432/keygate?sslmode=require"
+        );
+        assert_eq!(
+            DatabaseUrl::redacted("postgres://keygate@db/keygate"),
+            "postgres://keygate@db/keygate"
+        );
+        assert_eq!(
+            DatabaseUrl::redacted("postgres://db/keygate?user=k&password=s3cret&sslmode=require"),
+            "postgres://db/keygate?user=k&password=***&sslmode=require"
+        );
+        assert_eq!(
+            DatabaseUrl::redacted("sqlite://keygate-data/keygate.db"),
+            "sqlite://keygate-data/keygate.db"
+        );
+        let config = ControlPlaneConfig {
+            database: "postgres://u:hunter2@db/k".into(),
+            ..ControlPlaneConfig::default()
+        };
+        assert!(!format!("{config:?}").contains("hunter2"));
     }
 
     #[test]

@@ -12,8 +12,6 @@ use crate::store::StoreError;
 pub enum ControlPlaneError {
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
-    #[error("PostgreSQL is not supported yet; use a sqlite:// database")]
-    PostgresUnsupported,
     #[error("could not create the data directory {}: {source}", path.display())]
     DataDir {
         path: PathBuf,

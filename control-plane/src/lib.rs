@@ -1,12 +1,14 @@
 //! The keygate control plane: it owns the truth about keys and pushes every change to every
 //! gateway.
 //!
-//! - [`store`]: durable state behind one async trait (SQLite now); every change appends its
-//!   events to the log and an audit row in the same transaction;
+//! - [`store`]: durable state behind one async trait per aggregate, in SQLite (one node) or
+//!   PostgreSQL (any number of replicas); every change appends its events to the log and an
+//!   audit row in the same transaction;
 //! - `event_log`: the head revision and recent events in memory, feeding the sync streams;
 //! - `keys`: the rules of the operator operations; `admin_service`: the Admin gRPC service;
 //! - `sync_service`: the Sync gRPC service (replication streams, key lookups);
-//! - `registry`: the connected gateways; `auth`: bearer-token checks;
+//! - `registry`: the connected gateways, shared among replicas through the store;
+//!   `auth`: bearer-token checks;
 //! - `http`: health and metrics over HTTP, and the passkey API and page;
 //! - passkeys and sessions: `webauthn` (the relying party), `ceremonies` (begin-to-finish
 //!   state), `sessions` (signing keys, tokens), `users` (operator rules), `rate_limit`, `ids`,
@@ -62,8 +64,9 @@ use crate::event_log::{DEFAULT_RING_CAPACITY, EventLog};
 use crate::keys::Keys;
 use crate::passkeys::Passkeys;
 use crate::registry::Registry;
-use crate::store::Store;
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
+use crate::store::{CommitObserver, Store};
 use crate::sync_service::{SyncService, SyncSettings};
 
 /// How long open gRPC calls get to finish after shutdown starts (sync streams end at once).
@@ -120,6 +123,8 @@ pub struct ControlPlane {
     passkeys: Passkeys,
     event_log: Arc<EventLog>,
     registry: Arc<Registry>,
+    /// Other replicas may share the store (PostgreSQL): the registry is shared through it.
+    shared: bool,
     grpc_listener: TcpListener,
     http_listener: TcpListener,
     grpc_addr: SocketAddr,
@@ -137,24 +142,19 @@ impl ControlPlane {
     ) -> Result<ControlPlane, ControlPlaneError> {
         config.validate()?;
         let tls = ListenerTls::load(&config)?;
-        let path = match DatabaseUrl::parse(&config.database)? {
-            DatabaseUrl::Sqlite(path) => path,
-            DatabaseUrl::Postgres => return Err(ControlPlaneError::PostgresUnsupported),
-        };
-        if let Some(parent) = path.parent()
-            && !parent.as_os_str().is_empty()
-        {
-            tokio::fs::create_dir_all(parent).await.map_err(|source| {
-                ControlPlaneError::DataDir {
-                    path: parent.to_path_buf(),
-                    source,
-                }
-            })?;
-        }
         crate::metrics::describe();
         let event_log = Arc::new(EventLog::new(DEFAULT_RING_CAPACITY));
-        let store = SqliteStore::open(&path, Arc::clone(&event_log) as _).await?;
-        event_log.resume(store.log_bounds().await?.head);
+        let (store, shared) = open_store(&config.database, Arc::clone(&event_log) as _).await?;
+        let bounds = store.log_bounds().await?;
+        event_log.resume(bounds.head);
+        let replica_id = ids::random_id("cp");
+        tracing::info!(
+            database = %DatabaseUrl::redacted(&config.database),
+            log_id = %bounds.log_id,
+            head = %bounds.head,
+            replica_id,
+            "store open"
+        );
 
         let grpc_listener = bind_listener("gRPC", config.grpc_listen).await?;
         let http_listener = bind_listener("HTTP", config.http_listen).await?;
@@ -169,10 +169,10 @@ impl ControlPlane {
         };
         let grpc_addr = local_addr(&grpc_listener, "gRPC", config.grpc_listen)?;
         let http_addr = local_addr(&http_listener, "HTTP", config.http_listen)?;
-        let store: Arc<dyn Store> = Arc::new(store);
         let passkeys = Passkeys::open(&config, http_addr, Arc::clone(&store)).await?;
         Ok(ControlPlane {
-            registry: Arc::new(Registry::new(config.gateway_timeout)),
+            registry: Arc::new(Registry::new(config.gateway_timeout, replica_id)),
+            shared,
             config,
             store,
             passkeys,
@@ -318,6 +318,18 @@ impl ControlPlane {
             }
         };
 
+        let shared_registry = async {
+            if self.shared {
+                crate::registry::shared::run(
+                    Arc::clone(&self.registry),
+                    Arc::clone(&self.store),
+                    self.config.gateway_timeout,
+                    stop.clone(),
+                )
+                .await;
+            }
+        };
+
         let compactor = compact_events(
             Arc::clone(&self.store),
             self.config.event_retention,
@@ -327,10 +339,11 @@ impl ControlPlane {
         tracing::info!(grpc = %self.grpc_addr, http = %self.http_addr, "control plane serving");
         let session_pruner = self.passkeys.maintain(stop.clone());
 
-        let (result, (), (), (), (), ()) = tokio::join!(
+        let (result, (), (), (), (), (), ()) = tokio::join!(
             grpc,
             http,
             pruner,
+            shared_registry,
             compactor,
             session_pruner,
             certificate_watch
@@ -339,6 +352,45 @@ impl ControlPlane {
         tracing::info!("control plane stopped");
         result
     }
+}
+
+/// Opens the store the database URL names; true when other replicas may share it.
+async fn open_store(
+    database: &str,
+    observer: Arc<dyn CommitObserver>,
+) -> Result<(Arc<dyn Store>, bool), ControlPlaneError> {
+    match DatabaseUrl::parse(database)? {
+        DatabaseUrl::Sqlite(path) => {
+            if let Some(parent) = path.parent()
+                && !parent.as_os_str().is_empty()
+            {
+                tokio::fs::create_dir_all(parent).await.map_err(|source| {
+                    ControlPlaneError::DataDir {
+                        path: parent.to_path_buf(),
+                        source,
+                    }
+                })?;
+            }
+            Ok((Arc::new(SqliteStore::open(&path, observer).await?), false))
+        }
+        DatabaseUrl::Postgres => Ok((Arc::new(PgStore::open(database, observer).await?), true)),
+    }
+}
+
+/// Opens the store the database URL names (`sqlite://PATH` or `postgres://…`) for work on the
+/// store itself, with no control plane serving it (`keygate store copy`): created and migrated
+/// as at a control plane's start, and announcing its commits to no one. A SQLite database that
+/// a control plane has open is refused ([`StoreError::InUse`](store::StoreError::InUse)).
+pub async fn open_store_offline(database: &str) -> Result<Arc<dyn Store>, ControlPlaneError> {
+    let (store, _shared) = open_store(database, Arc::new(NoObserver)).await?;
+    Ok(store)
+}
+
+/// The observer of a store no control plane serves: no gateway is listening.
+struct NoObserver;
+
+impl CommitObserver for NoObserver {
+    fn committed(&self, _events: &[keygate_proto::Event]) {}
 }
 
 /// Drops events older than `retention` from the log, periodically (a quarter of the retention,

@@ -13,6 +13,7 @@ const EVENTS_TOTAL: &str = "keygate_cp_events_total";
 const PROPAGATION_SECONDS: &str = "keygate_cp_propagation_seconds";
 const LOOKUPS_TOTAL: &str = "keygate_cp_lookups_total";
 const OLDEST_RETAINED: &str = "keygate_cp_log_oldest_retained_revision";
+const PONGS_WITHHELD: &str = "keygate_sync_pongs_withheld_total";
 
 /// Adds the control plane's histogram buckets to a Prometheus builder (without buckets the
 /// exporter renders histograms as summaries). Propagation is milliseconds in practice and
@@ -49,6 +50,10 @@ pub fn describe() {
         "First revision the event log still holds; a gateway behind it resyncs by snapshot."
     );
     metrics::describe_counter!(
+        PONGS_WITHHELD,
+        "Pings left unanswered because the committed head could not be read from the store."
+    );
+    metrics::describe_counter!(
         LOOKUPS_TOTAL,
         "Point lookups of a key by hash from gateways, by result (found, absent)."
     );
@@ -73,6 +78,10 @@ pub(crate) fn connected_gateways(count: usize) {
 
 pub(crate) fn propagation(elapsed: Duration) {
     metrics::histogram!(PROPAGATION_SECONDS).record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn pong_withheld() {
+    metrics::counter!(PONGS_WITHHELD).increment(1);
 }
 
 pub(crate) fn lookup(found: bool) {

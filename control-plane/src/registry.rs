@@ -1,6 +1,12 @@
 //! The registry of gateways: who is connected, where, and which revision each has applied.
 //! Serves `keygate gateways` and the `--wait` of revocations.
 //!
+//! Each control-plane replica holds its own streams here. When replicas share a PostgreSQL
+//! database, `shared` publishes this replica's entries to the store and reads the other
+//! replicas' back ([`Registry::set_remote`]), so `keygate gateways` and `--wait` on any replica
+//! see every gateway. A gateway whose replica stopped publishing counts as disconnected since
+//! then: it may serve for its bound after that, and no longer.
+//!
 //! A gateway id has at most one live stream: when a gateway reconnects before its old stream
 //! has noticed the disconnect, the newer stream wins and the older one is told to end. A
 //! gateway that stays disconnected longer than the configured timeout is forgotten — but never
@@ -19,6 +25,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
+use crate::store::{GatewayRecord, PublishedGateway};
+
+pub mod shared;
+
+/// How often a replica publishes its gateways (its heartbeat), when nothing changes sooner.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+/// A replica silent for this long is taken as gone: its gateways count as disconnected since
+/// its last heartbeat plus one interval (when they may last have had a pong from it).
+pub const REPLICA_SILENCE: Duration = Duration::from_secs(5);
 
 /// What a gateway says about itself in its hello.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +116,16 @@ struct Entry {
     status: GatewayStatus,
     session: Session,
     disconnected_at: Option<Instant>,
+    /// The same instant on the wall clock, for other replicas.
+    disconnected_unix_ms: Option<i64>,
+}
+
+/// A gateway on another replica, as that replica last published it.
+#[derive(Debug, Clone)]
+struct RemoteGateway {
+    status: GatewayStatus,
+    /// When its stream ended (or its replica went silent); `None` while it is connected.
+    disconnected_at: Option<Instant>,
 }
 
 /// Where a gateway stands with respect to one revision.
@@ -112,57 +137,83 @@ enum Standing {
     PastBound,
 }
 
-impl Entry {
-    fn standing(&self, revision: Revision, now: Instant) -> Standing {
-        if self.status.applied >= revision {
-            return Standing::Acked;
-        }
-        let Some(since) = self.disconnected_at else {
-            return Standing::Pending(None);
-        };
-        if self.status.serves_when_stale() {
-            return Standing::Pending(None);
-        }
-        // The gateway's latest proof of freshness is from a ping answered before the stream
-        // ended, so it refuses credentials by one bound after the end at the latest.
-        let serves_until = since + self.status.propagation_bound;
-        if now < serves_until {
-            Standing::Pending(Some(serves_until))
-        } else {
-            Standing::PastBound
-        }
+/// Where `status` stands with respect to `revision`, given when its stream ended.
+fn standing(
+    status: &GatewayStatus,
+    disconnected_at: Option<Instant>,
+    revision: Revision,
+    now: Instant,
+) -> Standing {
+    if status.applied >= revision {
+        return Standing::Acked;
     }
+    let Some(since) = disconnected_at else {
+        return Standing::Pending(None);
+    };
+    if status.serves_when_stale() {
+        return Standing::Pending(None);
+    }
+    // The gateway's latest proof of freshness is from a ping answered before the stream
+    // ended, so it refuses credentials by one bound after the end at the latest.
+    let serves_until = since + status.propagation_bound;
+    if now < serves_until {
+        Standing::Pending(Some(serves_until))
+    } else {
+        Standing::PastBound
+    }
+}
 
-    /// Whether the entry may be forgotten: disconnected longer than `timeout`, and no longer
-    /// serving (past its bound, unless it serves when stale).
-    fn forgettable(&self, timeout: Duration, now: Instant) -> bool {
-        let Some(since) = self.disconnected_at else {
-            return false;
-        };
-        let gone = now.saturating_duration_since(since);
-        gone >= timeout
-            && (self.status.serves_when_stale() || gone >= self.status.propagation_bound)
-    }
+/// Whether a gateway may be forgotten: disconnected longer than `timeout`, and no longer
+/// serving (past its bound, unless it serves when stale).
+fn forgettable(
+    status: &GatewayStatus,
+    disconnected_at: Option<Instant>,
+    timeout: Duration,
+    now: Instant,
+) -> bool {
+    let Some(since) = disconnected_at else {
+        return false;
+    };
+    let gone = now.saturating_duration_since(since);
+    gone >= timeout && (status.serves_when_stale() || gone >= status.propagation_bound)
 }
 
 /// Connected and recently connected gateways.
 pub struct Registry {
     gateways: Mutex<HashMap<String, Entry>>,
+    /// What the other replicas published, by gateway id (empty on a single node).
+    remote: Mutex<HashMap<String, RemoteGateway>>,
+    /// This replica's id in the shared registry.
+    replica_id: String,
     timeout: Duration,
     sessions: AtomicU64,
     /// Bumped on every connect, ack and disconnect, to wake waiters.
     changes: watch::Sender<u64>,
+    /// Bumped by [`Registry::set_remote`], to wake waiters.
+    remote_changes: watch::Sender<u64>,
+    /// `wait_for` calls in progress: while there are any, other replicas' acks are read often.
+    waiters: AtomicU64,
 }
 
 impl Registry {
     /// An empty registry that forgets gateways disconnected for longer than `timeout`.
-    pub fn new(timeout: Duration) -> Self {
+    /// `replica_id` names this control plane among replicas sharing one database.
+    pub fn new(timeout: Duration, replica_id: String) -> Self {
         Self {
             gateways: Mutex::new(HashMap::new()),
+            remote: Mutex::new(HashMap::new()),
+            replica_id,
             timeout,
             sessions: AtomicU64::new(0),
             changes: watch::Sender::new(0),
+            remote_changes: watch::Sender::new(0),
+            waiters: AtomicU64::new(0),
         }
+    }
+
+    /// This replica's id.
+    pub fn replica_id(&self) -> &str {
+        &self.replica_id
     }
 
     /// Registers a new stream. `shutdown` ends it along with the server. An older stream with
@@ -195,6 +246,7 @@ impl Registry {
             },
             session: session.clone(),
             disconnected_at: None,
+            disconnected_unix_ms: None,
         };
         let mut gateways = self.lock();
         if let Some(old) = gateways.insert(session.gateway_id.clone(), entry)
@@ -240,6 +292,7 @@ impl Registry {
         {
             entry.status.connected = false;
             entry.disconnected_at = Some(Instant::now());
+            entry.disconnected_unix_ms = Some(now_unix_ms());
         }
         self.publish_count(&gateways);
         drop(gateways);
@@ -250,7 +303,8 @@ impl Registry {
     pub fn prune(&self) {
         let mut gateways = self.lock();
         let (timeout, now) = (self.timeout, Instant::now());
-        gateways.retain(|_, entry| !entry.forgettable(timeout, now));
+        gateways
+            .retain(|_, entry| !forgettable(&entry.status, entry.disconnected_at, timeout, now));
     }
 
     /// Waits until every gateway that may be serving has applied `revision`, or `timeout`
@@ -260,8 +314,16 @@ impl Registry {
         let started = Instant::now();
         let deadline = started + timeout;
         let mut changes = self.changes.subscribe();
+        let mut remote_changes = self.remote_changes.subscribe();
+        self.waiters.fetch_add(1, Ordering::AcqRel);
+        let _waiting = scopeguard(|| {
+            self.waiters.fetch_sub(1, Ordering::AcqRel);
+        });
+        // Wakes the shared registry's loop, which now reads other replicas' acks often.
+        self.changed();
         loop {
             changes.borrow_and_update();
+            remote_changes.borrow_and_update();
             let now = Instant::now();
             let mut outcome = WaitOutcome {
                 complete: false,
@@ -271,12 +333,12 @@ impl Registry {
                 past_bound: Vec::new(),
             };
             let mut next_change: Option<Instant> = None;
-            for entry in self.lock().values() {
-                match entry.standing(revision, now) {
-                    Standing::Acked => outcome.acked.push(entry.status.id.clone()),
-                    Standing::PastBound => outcome.past_bound.push(entry.status.id.clone()),
+            for (status, disconnected_at) in self.views() {
+                match standing(&status, disconnected_at, revision, now) {
+                    Standing::Acked => outcome.acked.push(status.id),
+                    Standing::PastBound => outcome.past_bound.push(status.id),
                     Standing::Pending(until) => {
-                        outcome.pending.push(entry.status.clone());
+                        outcome.pending.push(status);
                         next_change = next_change.min(until).or(until);
                     }
                 }
@@ -296,21 +358,135 @@ impl Registry {
                         return outcome;
                     }
                 }
+                changed = remote_changes.changed() => {
+                    if changed.is_err() {
+                        return outcome;
+                    }
+                }
                 () = tokio::time::sleep_until(wake) => {}
             }
         }
     }
 
-    /// Every known gateway, ordered by id.
+    /// Every known gateway, on this replica and (as last read) on the others, ordered by id.
     pub fn list(&self) -> Vec<GatewayStatus> {
         self.prune();
+        let (timeout, now) = (self.timeout, Instant::now());
         let mut list: Vec<GatewayStatus> = self
-            .lock()
-            .values()
-            .map(|entry| entry.status.clone())
+            .views()
+            .into_iter()
+            .filter(|(status, disconnected_at)| {
+                !forgettable(status, *disconnected_at, timeout, now)
+            })
+            .map(|(status, _)| status)
             .collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
         list
+    }
+
+    /// Whether a `wait_for` is in progress (then other replicas' acks are worth reading often).
+    pub fn has_waiters(&self) -> bool {
+        self.waiters.load(Ordering::Acquire) > 0
+    }
+
+    /// A receiver that wakes on every local connect, ack and disconnect.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// This replica's gateways as rows for the shared registry.
+    pub fn records(&self) -> Vec<GatewayRecord> {
+        self.lock()
+            .values()
+            .map(|entry| {
+                let status = &entry.status;
+                GatewayRecord {
+                    gateway_id: status.id.clone(),
+                    replica_id: self.replica_id.clone(),
+                    region: status.region.clone(),
+                    address: status.address.clone(),
+                    version: status.version.clone(),
+                    applied: status.applied,
+                    last_seen_unix_ms: status.last_seen_unix_ms,
+                    connected_unix_ms: status.connected_unix_ms,
+                    disconnected_unix_ms: entry.disconnected_unix_ms,
+                    staleness_ms: status.staleness_ms,
+                    propagation_bound_ms: u64::try_from(status.propagation_bound.as_millis())
+                        .unwrap_or(u64::MAX),
+                    stale_policy: status.stale_policy.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Replaces what the other replicas published (rows of this replica are skipped: its own
+    /// entries are the truth). A row whose replica has been silent for [`REPLICA_SILENCE`] is
+    /// a gateway that lost its control plane when that replica last beat.
+    pub fn set_remote(&self, rows: Vec<PublishedGateway>, now_unix_ms: i64) {
+        let now = Instant::now();
+        let at = |unix_ms: i64| {
+            let ago = u64::try_from(now_unix_ms.saturating_sub(unix_ms)).unwrap_or(0);
+            now.checked_sub(Duration::from_millis(ago)).unwrap_or(now)
+        };
+        let silence_ms = i64::try_from(REPLICA_SILENCE.as_millis()).unwrap_or(i64::MAX);
+        let interval_ms = i64::try_from(PUBLISH_INTERVAL.as_millis()).unwrap_or(i64::MAX);
+        let remote =
+            rows.into_iter()
+                .filter(|row| row.record.replica_id != self.replica_id)
+                .map(|row| {
+                    let record = row.record;
+                    let replica_silent =
+                        now_unix_ms.saturating_sub(row.replica_seen_unix_ms) >= silence_ms;
+                    let disconnected_unix_ms = record.disconnected_unix_ms.or(replica_silent
+                        .then(|| row.replica_seen_unix_ms.saturating_add(interval_ms)));
+                    let status = GatewayStatus {
+                        id: record.gateway_id,
+                        region: record.region,
+                        address: record.address,
+                        version: record.version,
+                        applied: record.applied,
+                        last_seen_unix_ms: record.last_seen_unix_ms,
+                        connected_unix_ms: record.connected_unix_ms,
+                        connected: disconnected_unix_ms.is_none(),
+                        staleness_ms: record.staleness_ms,
+                        propagation_bound: Duration::from_millis(record.propagation_bound_ms),
+                        stale_policy: record.stale_policy,
+                    };
+                    let gateway = RemoteGateway {
+                        status,
+                        disconnected_at: disconnected_unix_ms.map(at),
+                    };
+                    (gateway.status.id.clone(), gateway)
+                })
+                .collect();
+        *lock(&self.remote) = remote;
+        self.remote_changes
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// Every gateway with when its stream ended: this replica's entries, and the other
+    /// replicas' where this replica has no open stream of the same gateway and theirs opened
+    /// later.
+    fn views(&self) -> Vec<(GatewayStatus, Option<Instant>)> {
+        let mut views: HashMap<String, (GatewayStatus, Option<Instant>)> = self
+            .lock()
+            .values()
+            .map(|entry| {
+                (
+                    entry.status.id.clone(),
+                    (entry.status.clone(), entry.disconnected_at),
+                )
+            })
+            .collect();
+        for (id, remote) in lock(&self.remote).iter() {
+            let newer = views.get(id).is_none_or(|(local, _)| {
+                !local.connected && remote.status.connected_unix_ms >= local.connected_unix_ms
+            });
+            if newer {
+                views.insert(id.clone(), (remote.status.clone(), remote.disconnected_at));
+            }
+        }
+        views.into_values().collect()
     }
 
     fn update<T>(
@@ -333,8 +509,25 @@ impl Registry {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
-        self.gateways.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.gateways)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs `f` when dropped (also when the future holding it is cancelled).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 #[cfg(test)]
@@ -356,7 +549,7 @@ mod tests {
 
     #[test]
     fn newer_stream_with_the_same_id_wins() {
-        let registry = Registry::new(Duration::from_secs(60));
+        let registry = Registry::new(Duration::from_secs(60), "cp-test".into());
         let shutdown = CancellationToken::new();
         let first = registry.connect(hello("gw-1", 3), &shutdown);
         let second = registry.connect(hello("gw-1", 5), &shutdown);
@@ -376,7 +569,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn disconnected_gateways_are_dropped_after_the_timeout_and_their_bound() {
         let shutdown = CancellationToken::new();
-        let registry = Registry::new(Duration::ZERO);
+        let registry = Registry::new(Duration::ZERO, "cp-test".into());
         let session = registry.connect(hello("gw-1", 0), &shutdown);
         assert_eq!(
             registry.list().len(),
@@ -389,7 +582,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(registry.list().is_empty());
 
-        let registry = Registry::new(Duration::from_secs(300));
+        let registry = Registry::new(Duration::from_secs(300), "cp-test".into());
         let session = registry.connect(hello("gw-2", 0), &shutdown);
         registry.disconnect(&session);
         tokio::time::advance(Duration::from_secs(120)).await;
@@ -403,7 +596,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn wait_returns_once_every_connected_gateway_has_acked() {
         let shutdown = CancellationToken::new();
-        let registry = Arc::new(Registry::new(Duration::from_secs(300)));
+        let registry = Arc::new(Registry::new(Duration::from_secs(300), "cp-test".into()));
         let a = registry.connect(hello("a", 3), &shutdown);
         let b = registry.connect(hello("b", 3), &shutdown);
         let waiter = {
@@ -429,7 +622,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn wait_times_out_naming_the_gateways_that_did_not_ack() {
         let shutdown = CancellationToken::new();
-        let registry = Registry::new(Duration::from_secs(300));
+        let registry = Registry::new(Duration::from_secs(300), "cp-test".into());
         let a = registry.connect(hello("a", 3), &shutdown);
         registry.connect(hello("b", 3), &shutdown);
         registry.ack(&a, Revision(4));
@@ -444,7 +637,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lost_fail_closed_gateway_counts_until_its_bound_has_passed() {
         let shutdown = CancellationToken::new();
-        let registry = Registry::new(Duration::from_secs(300));
+        let registry = Registry::new(Duration::from_secs(300), "cp-test".into());
         let mut lost = hello("lost", 3);
         lost.propagation_bound = Some(Duration::from_secs(5));
         let session = registry.connect(lost, &shutdown);
@@ -464,7 +657,7 @@ mod tests {
         assert_eq!(outcome.pending[0].id, "serving-when-stale");
         assert_eq!(outcome.elapsed, Duration::from_secs(60));
 
-        let registry = Registry::new(Duration::from_secs(300));
+        let registry = Registry::new(Duration::from_secs(300), "cp-test".into());
         let mut lost = hello("lost", 3);
         lost.propagation_bound = Some(Duration::from_secs(5));
         let session = registry.connect(lost, &shutdown);
@@ -480,10 +673,96 @@ mod tests {
         assert_eq!(outcome.past_bound, ["lost"]);
     }
 
+    fn published(
+        id: &str,
+        replica: &str,
+        applied: u64,
+        replica_seen_unix_ms: i64,
+    ) -> PublishedGateway {
+        PublishedGateway {
+            record: GatewayRecord {
+                gateway_id: id.into(),
+                replica_id: replica.into(),
+                region: "us".into(),
+                address: "10.0.0.2:8080".into(),
+                version: "0.1.0".into(),
+                applied: Revision(applied),
+                last_seen_unix_ms: replica_seen_unix_ms,
+                connected_unix_ms: replica_seen_unix_ms - 1_000,
+                disconnected_unix_ms: None,
+                staleness_ms: Some(5),
+                propagation_bound_ms: 60_000,
+                stale_policy: "fail-closed".into(),
+            },
+            replica_seen_unix_ms,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gateways_of_other_replicas_count_for_wait_and_are_listed() {
+        let shutdown = CancellationToken::new();
+        let registry = Arc::new(Registry::new(Duration::from_secs(300), "cp-test".into()));
+        let local = registry.connect(hello("local", 3), &shutdown);
+        let now = now_unix_ms();
+        // Our own row, read back from the store, is ignored: the local entry is the truth.
+        registry.set_remote(
+            vec![
+                published("remote", "cp-other", 3, now),
+                published("local", "cp-test", 1, now),
+            ],
+            now,
+        );
+        let ids: Vec<String> = registry.list().into_iter().map(|g| g.id).collect();
+        assert_eq!(ids, ["local", "remote"]);
+
+        let waiter = {
+            let registry = Arc::clone(&registry);
+            tokio::spawn(async move {
+                registry
+                    .wait_for(Revision(4), Duration::from_secs(10))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        registry.ack(&local, Revision(4));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            !waiter.is_finished(),
+            "the other replica's gateway has not acked"
+        );
+        assert!(registry.has_waiters());
+        registry.set_remote(vec![published("remote", "cp-other", 4, now)], now);
+        let outcome = waiter.await.unwrap();
+        assert!(outcome.complete);
+        assert_eq!(outcome.acked, ["local", "remote"]);
+        assert!(!registry.has_waiters());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gateway_of_a_silent_replica_is_fenced_one_bound_after_its_last_heartbeat() {
+        let registry = Registry::new(Duration::from_secs(300), "cp-test".into());
+        let now = now_unix_ms();
+        // Its replica last beat 30 s ago: the gateway may serve until 31 s + its 60 s bound.
+        let mut row = published("orphan", "cp-dead", 3, now - 30_000);
+        row.record.propagation_bound_ms = 60_000;
+        registry.set_remote(vec![row], now);
+        let listed = registry.list();
+        assert!(
+            !listed[0].connected,
+            "a silent replica's gateway is not connected"
+        );
+        let outcome = registry
+            .wait_for(Revision(4), Duration::from_secs(120))
+            .await;
+        assert!(outcome.complete);
+        assert_eq!(outcome.past_bound, ["orphan"]);
+        assert_eq!(outcome.elapsed, Duration::from_secs(31));
+    }
+
     #[test]
     fn shutdown_stops_every_session() {
         let shutdown = CancellationToken::new();
-        let registry = Registry::new(Duration::from_secs(60));
+        let registry = Registry::new(Duration::from_secs(60), "cp-test".into());
         let a = registry.connect(hello("a", 0), &shutdown);
         let b = registry.connect(hello("b", 0), &shutdown);
         shutdown.cancel();

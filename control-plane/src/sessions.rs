@@ -17,8 +17,7 @@ use keygate_proto::time::now_unix_ms;
 use tokio_util::sync::CancellationToken;
 
 use crate::ids;
-use crate::store::passkeys::{Rotated, SessionRecord, SigningKeyRecord};
-use crate::store::{Store, StoreError};
+use crate::store::{Rotated, SessionRecord, SigningKeyRecord, Store, StoreError};
 
 /// The audit actor of what the control plane does by itself.
 pub const SYSTEM_ACTOR: &str = "system";

@@ -8,15 +8,27 @@
 //!   store), so every event reaches the gateway once, in order, with no gap;
 //! - the reader answers pings and records acks in the registry.
 //!
+//! Log identity (DESIGN.md, "Storage and a highly available control plane"): the gateway's
+//! Hello names the log its revisions belong to; a gateway of another log gets a snapshot, never
+//! events, since its revisions say nothing about this log. SnapshotBegin and Pong name this
+//! store's log, so a gateway can tell an older copy of its own log (a restored backup, whose head
+//! is below what the gateway applied) and refuse it: that decision is the gateway's.
+//!
+//! A pong's head is the store's committed head, read after the ping arrived, never this
+//! replica's in-memory head: replicas sharing one database would otherwise vouch with a head
+//! they have not caught up with. A replica that cannot read its store sends no pong, so its
+//! gateways go stale at their bound or fail over instead of being told they are current.
+//!
 //! A gateway that stops reading fills its channel; when a send has waited too long its stream
 //! ends (it reconnects and resumes from its applied revision) instead of holding anyone else up.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use keygate_proto::pb::control_message::Msg as ControlMsg;
 use keygate_proto::pb::gateway_message::Msg as GatewayMsg;
-use keygate_proto::{Event, KeyHash, Revision, pb};
+use keygate_proto::{Event, KeyHash, LogId, Revision, pb};
 use keygate_transport::ConnectInfo;
 use prost::Message;
 use tokio::sync::mpsc;
@@ -83,6 +95,8 @@ struct Shared {
     registry: Arc<Registry>,
     shutdown: CancellationToken,
     settings: SyncSettings,
+    /// The committed heads that pongs carry.
+    pong_heads: PongHeads,
 }
 
 impl SyncService {
@@ -101,6 +115,7 @@ impl SyncService {
                 registry,
                 shutdown,
                 settings,
+                pong_heads: PongHeads::default(),
             }),
         }
     }
@@ -229,8 +244,8 @@ async fn run_stream(
             return;
         }
     };
-    let hello = match check_hello(hello) {
-        Ok(hello) => hello,
+    let (hello, gateway_log) = match check_hello(hello) {
+        Ok(checked) => checked,
         Err(status) => {
             let _ = tx.try_send(Err(status));
             return;
@@ -264,6 +279,7 @@ async fn run_stream(
         gateway_id = %hello.id,
         region = %hello.region,
         version = %hello.version,
+        log_id = %gateway_log,
         applied = %applied,
         remote = ?remote,
         "gateway connected"
@@ -275,7 +291,7 @@ async fn run_stream(
         tx.clone(),
         session.clone(),
     ));
-    let end = write_loop(&shared, &tx, &session, applied).await;
+    let end = write_loop(&shared, &tx, &session, &gateway_log, applied).await;
     session.stop.cancel();
     let _ = reader.await;
 
@@ -311,7 +327,9 @@ impl Drop for Registered {
     }
 }
 
-fn check_hello(hello: pb::Hello) -> Result<GatewayHello, Status> {
+/// Checks a Hello; returns what the registry keeps of it and the log id of the gateway's
+/// revisions (unknown when it has none or does not say).
+fn check_hello(hello: pb::Hello) -> Result<(GatewayHello, LogId), Status> {
     let printable = |text: &str| !text.chars().any(char::is_control);
     if hello.gateway_id.is_empty() {
         return Err(Status::invalid_argument("Hello.gateway_id is required"));
@@ -325,6 +343,7 @@ fn check_hello(hello: pb::Hello) -> Result<GatewayHello, Status> {
         ("region", &hello.region),
         ("version", &hello.version),
         ("address", &hello.address),
+        ("log_id", &hello.log_id),
     ] {
         if value.chars().count() > MAX_HELLO_FIELD_CHARS || !printable(value) {
             return Err(Status::invalid_argument(format!(
@@ -332,7 +351,7 @@ fn check_hello(hello: pb::Hello) -> Result<GatewayHello, Status> {
             )));
         }
     }
-    Ok(GatewayHello {
+    let gateway = GatewayHello {
         id: hello.gateway_id,
         region: hello.region,
         address: hello.address,
@@ -348,16 +367,34 @@ fn check_hello(hello: pb::Hello) -> Result<GatewayHello, Status> {
                 ));
             }
         },
-    })
+    };
+    Ok((gateway, LogId(hello.log_id)))
 }
 
-/// Whether a gateway at `applied` must start over from a snapshot: it has nothing, it is
-/// ahead of the log (the store was restored), or the events it needs were compacted away.
-fn needs_snapshot(applied: Revision, bounds: LogBounds) -> bool {
-    applied == Revision::ZERO || applied > bounds.head || applied.next() < bounds.oldest_retained
+/// Whether a gateway at `applied` of log `gateway_log` must start over from a snapshot: it has
+/// nothing, its revisions are of another log, it is ahead of the log (the store was restored:
+/// the snapshot tells it so, and the gateway refuses it when the log is its own), or the events
+/// it needs were compacted away. An unknown log id on either side (a peer from before log ids)
+/// compares revisions alone, as then.
+fn needs_snapshot(applied: Revision, gateway_log: &LogId, bounds: &LogBounds) -> bool {
+    applied == Revision::ZERO
+        || another_log(gateway_log, &bounds.log_id)
+        || applied > bounds.head
+        || applied.next() < bounds.oldest_retained
 }
 
-async fn write_loop(shared: &Shared, tx: &Outbound, session: &Session, applied: Revision) -> End {
+/// Whether the gateway's revisions are known to be of another log than this store's.
+fn another_log(gateway_log: &LogId, ours: &LogId) -> bool {
+    !gateway_log.is_unknown() && !ours.is_unknown() && gateway_log != ours
+}
+
+async fn write_loop(
+    shared: &Shared,
+    tx: &Outbound,
+    session: &Session,
+    gateway_log: &LogId,
+    applied: Revision,
+) -> End {
     let sender = Sender {
         tx,
         stop: &session.stop,
@@ -369,8 +406,17 @@ async fn write_loop(shared: &Shared, tx: &Outbound, session: &Session, applied: 
         Err(error) => return store_failure(&error),
     };
     let mut sent = applied;
-    if needs_snapshot(applied, bounds) {
-        match send_snapshot(shared, &sender).await {
+    if needs_snapshot(applied, gateway_log, &bounds) {
+        if applied != Revision::ZERO && another_log(gateway_log, &bounds.log_id) {
+            tracing::info!(
+                gateway_id = %session.gateway_id,
+                gateway_log = %gateway_log,
+                log_id = %bounds.log_id,
+                applied = %applied,
+                "the gateway holds revisions of another log; sending a snapshot"
+            );
+        }
+        match send_snapshot(shared, &sender, &bounds.log_id).await {
             Ok(revision) => sent = revision,
             Err(end) => return end,
         }
@@ -443,8 +489,12 @@ impl Sender<'_> {
     }
 }
 
-/// Sends a snapshot consistent at one revision; returns that revision.
-async fn send_snapshot(shared: &Shared, sender: &Sender<'_>) -> Result<Revision, End> {
+/// Sends a snapshot of log `log_id` consistent at one revision; returns that revision.
+async fn send_snapshot(
+    shared: &Shared,
+    sender: &Sender<'_>,
+    log_id: &LogId,
+) -> Result<Revision, End> {
     let snapshot = shared
         .store
         .snapshot()
@@ -455,6 +505,7 @@ async fn send_snapshot(shared: &Shared, sender: &Sender<'_>) -> Result<Revision,
         .send(ControlMsg::SnapshotBegin(pb::SnapshotBegin {
             revision: revision.0,
             key_count: snapshot.keys.len() as u64,
+            log_id: log_id.0.clone(),
         }))
         .await?;
     let mut chunk = pb::SnapshotChunk::default();
@@ -600,10 +651,14 @@ async fn read_loop(
                 shared
                     .registry
                     .reported_staleness(&session, ping.staleness_ms);
+                let Some(bounds) = shared.committed_log().await else {
+                    continue;
+                };
                 let pong = pb::Pong {
                     nonce: ping.nonce,
                     sent_at_nanos: ping.sent_at_nanos,
-                    head_revision: shared.event_log.head().0,
+                    head_revision: bounds.head.0,
+                    log_id: bounds.log_id.0,
                 };
                 if sender.send(ControlMsg::Pong(pong)).await.is_err() {
                     break;
@@ -621,6 +676,68 @@ async fn read_loop(
     }
     // The gateway left or broke the protocol: stop the writer too.
     session.stop.cancel();
+}
+
+impl Shared {
+    /// The store's log id and committed head, read after this call began, for a pong; `None`
+    /// when the store cannot be read (then no pong is sent: see the module docs).
+    async fn committed_log(&self) -> Option<LogBounds> {
+        let bounds = self.pong_heads.read(self.store.as_ref()).await;
+        if bounds.is_none() {
+            metrics::pong_withheld();
+        }
+        bounds
+    }
+}
+
+/// Reads of the committed head for pongs, shared by every stream of this replica: pings that
+/// arrive while a read is running share the next read, so a replica with many gateways reads
+/// its store about once per read time rather than once per ping. A ping never gets a read that
+/// began before it arrived: that read may miss a commit the gateway has already applied.
+#[derive(Default)]
+struct PongHeads {
+    /// Reads begun so far; a read numbered above the count a ping saw on arrival began after.
+    begun: AtomicU64,
+    /// The latest read, by number: what it found (`None`: the store could not be read). Held
+    /// during a read, so reads run one at a time.
+    latest: tokio::sync::Mutex<Option<(u64, Option<LogBounds>)>>,
+    /// Whether the latest read failed: failures are logged once per streak.
+    failing: AtomicBool,
+}
+
+impl PongHeads {
+    async fn read(&self, store: &dyn Store) -> Option<LogBounds> {
+        let arrived = self.begun.load(Ordering::SeqCst);
+        let mut latest = self.latest.lock().await;
+        if let Some((number, bounds)) = latest.as_ref()
+            && *number > arrived
+        {
+            return bounds.clone();
+        }
+        let number = self.begun.fetch_add(1, Ordering::SeqCst) + 1;
+        let bounds = match store.log_bounds().await {
+            Ok(bounds) => {
+                if self.failing.swap(false, Ordering::AcqRel) {
+                    tracing::info!("the store answers again: answering pings again");
+                }
+                Some(bounds)
+            }
+            Err(error) => {
+                if self.failing.swap(true, Ordering::AcqRel) {
+                    tracing::debug!(%error, "withholding pongs: cannot read the committed head");
+                } else {
+                    tracing::warn!(
+                        %error,
+                        "cannot read the committed head from the store: withholding pongs until it \
+                         answers, so that no gateway is told it is current"
+                    );
+                }
+                None
+            }
+        };
+        *latest = Some((number, bounds.clone()));
+        bounds
+    }
 }
 
 fn record_ack(shared: &Shared, session: &Session, revision: Revision) {
@@ -643,21 +760,48 @@ mod tests {
 
     #[test]
     fn snapshot_decision() {
+        let ours = LogId("log_ours".into());
         let bounds = LogBounds {
+            log_id: ours.clone(),
             oldest_retained: Revision(10),
             head: Revision(20),
         };
-        assert!(needs_snapshot(Revision(0), bounds), "nothing applied");
-        assert!(needs_snapshot(Revision(21), bounds), "ahead of the log");
-        assert!(
-            needs_snapshot(Revision(8), bounds),
-            "needs compacted event 9"
-        );
-        assert!(
-            !needs_snapshot(Revision(9), bounds),
-            "event 10 is still kept"
-        );
-        assert!(!needs_snapshot(Revision(20), bounds), "up to date");
+        for gateway_log in [&ours, &LogId::default()] {
+            assert!(
+                needs_snapshot(Revision(0), gateway_log, &bounds),
+                "nothing applied"
+            );
+            assert!(
+                needs_snapshot(Revision(21), gateway_log, &bounds),
+                "ahead of the log"
+            );
+            assert!(
+                needs_snapshot(Revision(8), gateway_log, &bounds),
+                "needs compacted event 9"
+            );
+            assert!(
+                !needs_snapshot(Revision(9), gateway_log, &bounds),
+                "event 10 is still kept"
+            );
+            assert!(
+                !needs_snapshot(Revision(20), gateway_log, &bounds),
+                "up to date"
+            );
+        }
+        // Revisions of another log say nothing about this one, however they compare.
+        let other = LogId("log_other".into());
+        for applied in [9, 15, 20] {
+            assert!(
+                needs_snapshot(Revision(applied), &other, &bounds),
+                "{applied}"
+            );
+        }
+        // A store that does not know its log id compares revisions alone, as before log ids.
+        let unnamed = LogBounds {
+            log_id: LogId::default(),
+            ..bounds
+        };
+        assert!(!needs_snapshot(Revision(15), &other, &unnamed));
     }
 
     #[test]
@@ -666,13 +810,99 @@ mod tests {
             gateway_id: id.into(),
             ..pb::Hello::default()
         };
-        assert!(check_hello(hello("gw-1")).is_ok());
+        let (checked, log_id) = check_hello(hello("gw-1")).unwrap();
+        assert_eq!((checked.id.as_str(), log_id), ("gw-1", LogId::default()));
+        let named = pb::Hello {
+            log_id: "log_abc".into(),
+            ..hello("gw-1")
+        };
+        assert_eq!(check_hello(named).unwrap().1, LogId("log_abc".into()));
+        let too_long = pb::Hello {
+            log_id: "x".repeat(MAX_HELLO_FIELD_CHARS + 1),
+            ..hello("gw-1")
+        };
+        assert!(check_hello(too_long).is_err());
         assert_eq!(
             check_hello(hello("")).unwrap_err().code(),
             tonic::Code::InvalidArgument
         );
         assert!(check_hello(hello(&"x".repeat(129))).is_err());
         assert!(check_hello(hello("a\nb")).is_err());
+    }
+
+    /// A pong's head is the store's committed head with its log id, not this replica's
+    /// in-memory head; there is no pong while the store cannot be read; and pings that arrive
+    /// during a read share the next one, never an earlier one.
+    #[tokio::test]
+    async fn pongs_vouch_with_the_committed_head_or_not_at_all() {
+        use std::task::{Context, Poll, Waker};
+
+        use crate::keys::{CreateKey, Keys};
+        use crate::store::sqlite::SqliteStore;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let committed = Arc::new(EventLog::new(16));
+        let store = SqliteStore::open(&path, committed as _).await.unwrap();
+        let store: Arc<dyn Store> = Arc::new(store);
+        let keys = Keys::new(Arc::clone(&store));
+        let create = || CreateKey {
+            owner: "alice".into(),
+            ..CreateKey::default()
+        };
+        for _ in 0..2 {
+            keys.create(create(), "test").await.unwrap();
+        }
+        // This replica's in-memory log has not seen those commits (another replica made them).
+        let shared = Shared {
+            store,
+            event_log: Arc::new(EventLog::new(16)),
+            registry: Arc::new(Registry::new(Duration::from_secs(60), "cp-test".into())),
+            shutdown: CancellationToken::new(),
+            settings: SyncSettings::default(),
+            pong_heads: PongHeads::default(),
+        };
+        assert_eq!(shared.event_log.head(), Revision::ZERO);
+        let bounds = shared.committed_log().await.unwrap();
+        assert_eq!(bounds.head, Revision(2));
+        assert!(!bounds.log_id.is_unknown());
+
+        // Three pings arrive while a read runs (the lock held here stands for it): they share
+        // one read, begun after they arrived, which sees the commit made meanwhile.
+        let running = shared.pong_heads.latest.lock().await;
+        let mut pings: Vec<_> = (0..3).map(|_| Box::pin(shared.committed_log())).collect();
+        let mut cx = Context::from_waker(Waker::noop());
+        for ping in &mut pings {
+            assert!(matches!(ping.as_mut().poll(&mut cx), Poll::Pending));
+        }
+        keys.create(create(), "test").await.unwrap();
+        let begun = shared.pong_heads.begun.load(Ordering::SeqCst);
+        drop(running);
+        for ping in pings {
+            assert_eq!(ping.await.unwrap().head, Revision(3));
+        }
+        assert_eq!(
+            shared.pong_heads.begun.load(Ordering::SeqCst),
+            begun + 1,
+            "three pings, one read"
+        );
+
+        // The store cannot be read: nothing to vouch with, however often the gateway asks, and
+        // no earlier read stands in.
+        let sqlite = rusqlite::Connection::open(&path).unwrap();
+        sqlite
+            .execute_batch("ALTER TABLE log_state RENAME TO log_state_away")
+            .unwrap();
+        assert!(shared.committed_log().await.is_none());
+        assert!(shared.committed_log().await.is_none());
+        assert!(shared.pong_heads.failing.load(Ordering::Acquire));
+
+        sqlite
+            .execute_batch("ALTER TABLE log_state_away RENAME TO log_state")
+            .unwrap();
+        let bounds = shared.committed_log().await.unwrap();
+        assert_eq!(bounds.head, Revision(3));
+        assert!(!shared.pong_heads.failing.load(Ordering::Acquire));
     }
 
     /// A gateway that never reads fills its channel and has its stream ended, while another
@@ -692,7 +922,7 @@ mod tests {
         let shared = Arc::new(Shared {
             store: Arc::clone(&store),
             event_log,
-            registry: Arc::new(Registry::new(Duration::from_secs(60))),
+            registry: Arc::new(Registry::new(Duration::from_secs(60), "cp-test".into())),
             shutdown: shutdown.clone(),
             settings: SyncSettings {
                 hello_timeout: Duration::from_secs(10),
@@ -700,6 +930,7 @@ mod tests {
                 channel_capacity: 2,
                 require_client_certificate: false,
             },
+            pong_heads: PongHeads::default(),
         });
         let keys = Keys::new(store);
         let create = || CreateKey {
@@ -721,17 +952,31 @@ mod tests {
         let slow_session = shared.registry.connect(hello("slow"), &shutdown);
         let slow = {
             let shared = Arc::clone(&shared);
-            tokio::spawn(
-                async move { write_loop(&shared, &slow_tx, &slow_session, Revision(1)).await },
-            )
+            tokio::spawn(async move {
+                write_loop(
+                    &shared,
+                    &slow_tx,
+                    &slow_session,
+                    &LogId::default(),
+                    Revision(1),
+                )
+                .await
+            })
         };
         let (fast_tx, mut fast_rx) = mpsc::channel(2);
         let fast_session = shared.registry.connect(hello("fast"), &shutdown);
         let fast = {
             let shared = Arc::clone(&shared);
-            tokio::spawn(
-                async move { write_loop(&shared, &fast_tx, &fast_session, Revision(1)).await },
-            )
+            tokio::spawn(async move {
+                write_loop(
+                    &shared,
+                    &fast_tx,
+                    &fast_session,
+                    &LogId::default(),
+                    Revision(1),
+                )
+                .await
+            })
         };
 
         // The fast gateway reads as events come.

@@ -10,11 +10,10 @@ use keygate_proto::time::now_unix_ms;
 
 use crate::ids;
 use crate::sessions::Sessions;
-use crate::store::passkeys::{
+use crate::store::{
     EnrollmentCreated, NewEnrollment, PasskeyRecord, PasskeyRemoval, PasskeyRemoved, Rotated,
-    UserChanged, UserCreated, UserRecord,
+    Store, StoreError, UserChanged, UserCreated, UserRecord,
 };
-use crate::store::{Store, StoreError};
 
 /// Longest user id, in characters.
 pub const MAX_USER_ID_CHARS: usize = 256;

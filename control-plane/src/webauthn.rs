@@ -14,7 +14,7 @@ use webauthn_rs::prelude::{
     WebauthnError,
 };
 
-use crate::store::passkeys::{PasskeyRecord, UpdatedCredential, UserRecord};
+use crate::store::{PasskeyRecord, UpdatedCredential, UserRecord};
 
 /// The relying party's name, as authenticators show it.
 const RP_NAME: &str = "keygate";
@@ -115,7 +115,7 @@ pub struct VerifiedPasskey {
 }
 
 /// The state of an authentication ceremony between begin and finish.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum LoginState {
     /// No user named: any of the site's discoverable credentials may answer.
     Discoverable(DiscoverableAuthentication),

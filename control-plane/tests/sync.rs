@@ -9,7 +9,7 @@ use keygate_proto::pb::control_message::Msg;
 use keygate_proto::pb::gateway_message::Msg as Out;
 use keygate_proto::pb::{self, event::Kind};
 use keygate_proto::{ApiKey, KeyHash};
-use support::{ADMIN_TOKEN, DEADLINE, GATEWAY_TOKEN, TestControlPlane, with_token};
+use support::{ADMIN_TOKEN, Admin, DEADLINE, GATEWAY_TOKEN, Gateway, TestControlPlane, with_token};
 use tonic::Code;
 
 fn hash_of(plaintext: &str) -> Vec<u8> {
@@ -328,4 +328,207 @@ async fn shutdown_ends_open_streams_and_serve_returns() {
         Ok(None) => {}
         Ok(Some(other)) => panic!("unexpected {other:?} after shutdown"),
     }
+}
+
+/// A control plane over the database of `dir` (the layout of `support::config`), serving until
+/// the returned sender is dropped: for tests that prepare or copy the database file themselves.
+struct OnDatabase {
+    grpc_addr: std::net::SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl OnDatabase {
+    async fn start(dir: &tempfile::TempDir) -> Self {
+        let control_plane =
+            keygate_control_plane::ControlPlane::bind(support::config(dir), support::prometheus())
+                .await
+                .unwrap();
+        let grpc_addr = control_plane.grpc_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(control_plane.serve(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            grpc_addr,
+            _stop: stop,
+        }
+    }
+
+    async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(format!("http://{}", self.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn admin(&self) -> Admin {
+        Admin {
+            client: pb::admin_client::AdminClient::new(self.channel().await),
+            token: Some(ADMIN_TOKEN.into()),
+            actor: None,
+        }
+    }
+
+    /// A gateway stream that has said hello with `log_id` and `applied`.
+    async fn gateway(&self, id: &str, log_id: &str, applied: u64) -> Gateway {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let request = with_token(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            Some(GATEWAY_TOKEN),
+        );
+        let inbound = pb::sync_client::SyncClient::new(self.channel().await)
+            .stream(request)
+            .await
+            .unwrap()
+            .into_inner();
+        let gateway = Gateway { tx, inbound };
+        gateway
+            .send(Out::Hello(pb::Hello {
+                gateway_id: id.into(),
+                applied_revision: applied,
+                log_id: log_id.into(),
+                ..pb::Hello::default()
+            }))
+            .await;
+        gateway
+    }
+}
+
+fn database(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    dir.path().join("data/keygate.db")
+}
+
+/// Reads a snapshot to its end; returns its SnapshotBegin.
+async fn snapshot(gateway: &mut Gateway) -> pb::SnapshotBegin {
+    let begin = match gateway.expect().await {
+        Msg::SnapshotBegin(begin) => begin,
+        other => panic!("expected a snapshot, got {other:?}"),
+    };
+    loop {
+        match gateway.expect().await {
+            Msg::SnapshotChunk(_) => {}
+            Msg::SnapshotEnd(end) => {
+                assert_eq!(end.revision, begin.revision);
+                return begin;
+            }
+            other => panic!("unexpected {other:?} inside a snapshot"),
+        }
+    }
+}
+
+/// Pings and returns the pong, skipping anything streamed before it.
+async fn ping(gateway: &mut Gateway, nonce: u64) -> pb::Pong {
+    gateway
+        .send(Out::Ping(pb::Ping {
+            nonce,
+            sent_at_nanos: nonce,
+            staleness_ms: None,
+        }))
+        .await;
+    loop {
+        if let Msg::Pong(pong) = gateway.expect().await {
+            assert_eq!(pong.nonce, nonce);
+            return pong;
+        }
+    }
+}
+
+/// Log identity (DESIGN.md, "Storage and a highly available control plane"): a restored backup
+/// keeps its log id and says it holds less than the gateway applied (which the gateway then
+/// refuses: proxy/tests/sync.rs), a store of its own sends a snapshot of its own log whatever
+/// the revisions, and a gateway that names no log is resumed by revision as before log ids.
+#[tokio::test]
+async fn the_log_id_decides_between_events_and_a_snapshot() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let a = OnDatabase::start(&dir_a).await;
+    let mut admin = a.admin().await;
+    for _ in 0..3 {
+        admin.create("alice").await;
+    }
+    // A backup of A's database at revision 3, taken while A runs (a consistent copy).
+    let dir_b = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir_b.path().join("data")).unwrap();
+    rusqlite::Connection::open(database(&dir_a))
+        .unwrap()
+        .execute("VACUUM INTO ?1", [database(&dir_b).to_str().unwrap()])
+        .unwrap();
+    let deleted = admin.create("carol").await;
+    let request = admin.request(pb::DeleteKeyRequest {
+        key_id: deleted.key_id.clone(),
+    });
+    let head = admin
+        .client
+        .delete_key(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+    assert_eq!(head, 5);
+
+    // A gateway syncs from A: the snapshot and the pongs name A's log.
+    let mut gateway = a.gateway("gw-1", "", 0).await;
+    let begin = snapshot(&mut gateway).await;
+    let log_a = begin.log_id;
+    assert!(!log_a.is_empty(), "the snapshot names its log");
+    assert_eq!(begin.revision, 5);
+    let pong = ping(&mut gateway, 1).await;
+    assert_eq!(
+        (pong.log_id.as_str(), pong.head_revision),
+        (log_a.as_str(), 5)
+    );
+    // Same log, applied below the head: the events after it, no snapshot.
+    let mut resumed = a.gateway("gw-2", &log_a, 3).await;
+    let revisions: Vec<u64> = resumed
+        .events_until(5)
+        .await
+        .iter()
+        .map(|e| e.revision)
+        .collect();
+    assert_eq!(revisions, [4, 5]);
+
+    // B is the restored backup: the same log, head 3. To the gateway at 5 it says so (in its
+    // snapshot and pongs) instead of streaming anything as if from 5 on.
+    let b = OnDatabase::start(&dir_b).await;
+    let mut gateway = b.gateway("gw-1", &log_a, 5).await;
+    let begin = snapshot(&mut gateway).await;
+    assert_eq!((begin.log_id.as_str(), begin.revision), (log_a.as_str(), 3));
+    let pong = ping(&mut gateway, 2).await;
+    assert_eq!(
+        (pong.log_id.as_str(), pong.head_revision),
+        (log_a.as_str(), 3)
+    );
+    // A gateway of the same log at or below B's head resumes from B by events.
+    let mut behind = b.gateway("gw-3", &log_a, 2).await;
+    let revisions: Vec<u64> = behind
+        .events_until(3)
+        .await
+        .iter()
+        .map(|e| e.revision)
+        .collect();
+    assert_eq!(revisions, [3]);
+
+    // C is a store of its own: another log. A gateway of A's log gets a snapshot of C's log,
+    // though its revision is one C has too; a gateway that names no log resumes as before.
+    let dir_c = tempfile::tempdir().unwrap();
+    let c = OnDatabase::start(&dir_c).await;
+    let mut admin_c = c.admin().await;
+    for _ in 0..3 {
+        admin_c.create("dave").await;
+    }
+    let mut gateway = c.gateway("gw-1", &log_a, 2).await;
+    let begin = snapshot(&mut gateway).await;
+    assert!(!begin.log_id.is_empty());
+    assert_ne!(begin.log_id, log_a, "each store makes its own log id");
+    assert_eq!((begin.revision, begin.key_count), (3, 3));
+    let pong = ping(&mut gateway, 3).await;
+    assert_eq!((pong.log_id, pong.head_revision), (begin.log_id, 3));
+    let mut unnamed = c.gateway("gw-old", "", 2).await;
+    let revisions: Vec<u64> = unnamed
+        .events_until(3)
+        .await
+        .iter()
+        .map(|e| e.revision)
+        .collect();
+    assert_eq!(revisions, [3]);
 }

@@ -115,6 +115,15 @@ impl TryFrom<pb::Event> for Event {
     }
 }
 
+/// Decodes an event as the SQLite store wrote it before it had an encoding of its own (the
+/// control plane's `store/event_codec.rs`): a prost-encoded `keygate.v1.Event`. It exists only
+/// so that the store's migration can convert those rows once, without the store seeing a prost
+/// type; nothing writes this format any more. `None` when the bytes are not a valid event.
+pub fn event_from_legacy_bytes(bytes: &[u8]) -> Option<Event> {
+    let wire = <pb::Event as prost::Message>::decode(bytes).ok()?;
+    Event::try_from(wire).ok()
+}
+
 impl From<&PasskeyRevocation> for pb::PasskeyRevoked {
     fn from(revoked: &PasskeyRevocation) -> Self {
         Self {
@@ -270,6 +279,24 @@ mod tests {
             let wire = pb::Event::from(&event);
             assert_eq!(Event::try_from(wire), Ok(event));
         }
+    }
+
+    #[test]
+    fn legacy_bytes_decode_to_the_event_they_encoded() {
+        let event = Event {
+            revision: Revision(4),
+            committed_unix_ms: 9,
+            change: Change::UserState(UserState {
+                user_id: "u1".into(),
+                disabled: true,
+                sessions_revoked_before_unix_ms: 3,
+                prune_after_unix_ms: 4,
+            }),
+        };
+        let bytes = prost::Message::encode_to_vec(&pb::Event::from(&event));
+        assert_eq!(event_from_legacy_bytes(&bytes), Some(event));
+        assert_eq!(event_from_legacy_bytes(&[0xff, 0xff, 0xff]), None);
+        assert_eq!(event_from_legacy_bytes(&[]), None, "an event with no kind");
     }
 
     #[test]

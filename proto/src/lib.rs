@@ -26,7 +26,7 @@ pub use error_chain::error_chain;
 pub use ids::KeyId;
 pub use key::{ApiKey, KeyFormatError, KeyHash, KeyPrefix};
 pub use model::{
-    Change, Event, Meta, PasskeyRevocation, ReplicaKey, Revision, SessionRevocation,
+    Change, Event, LogId, Meta, PasskeyRevocation, ReplicaKey, Revision, SessionRevocation,
     SessionVerifyingKey, UserState,
 };
 

@@ -32,6 +32,32 @@ impl Revision {
     }
 }
 
+/// The identity of one event log, made once when a store is initialised and kept by every copy
+/// of it (`keygate store copy`). A gateway resumes by (log id, revision): revisions of two logs
+/// with different ids are unrelated, so a gateway that sees another log id starts over from a
+/// snapshot. Empty on the wire when a peer does not know it (an older control plane or gateway).
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct LogId(pub String);
+
+impl LogId {
+    /// Whether the id is unknown (not reported by the peer).
+    pub fn is_unknown(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for LogId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for LogId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LogId({})", self.0)
+    }
+}
+
 impl fmt::Display for Revision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)

@@ -88,7 +88,9 @@ impl Freshness {
 }
 
 /// Pongs whose head revision the replica has not reached yet: each becomes a proof once it
-/// does. Kept across reconnects: a head revision seen at t0 stays a valid lower bound.
+/// does. Kept across reconnects: a head revision seen at t0 stays a valid lower bound, as long
+/// as the replica stays on the same log; the sync client clears them when it switches to
+/// another log, whose revisions are unrelated.
 #[derive(Debug, Default)]
 pub(crate) struct PendingProofs {
     /// (head revision, ping send time), oldest first.
@@ -111,10 +113,21 @@ impl PendingProofs {
             freshness.prove_current_at(sent_nanos);
             return;
         }
+        self.defer(head, sent_nanos);
+    }
+
+    /// Remembers a pong without comparing it with the applied revision: for a pong of a log
+    /// whose snapshot is still arriving, whose head only a revision of that log may reach.
+    pub fn defer(&mut self, head: Revision, sent_nanos: u64) {
         if self.waiting.len() == MAX_PENDING_PROOFS {
             self.waiting.remove(0);
         }
         self.waiting.push((head, sent_nanos));
+    }
+
+    /// Forgets every pong waiting for its head: they are of a log the replica is leaving.
+    pub fn clear(&mut self) {
+        self.waiting.clear();
     }
 
     /// Turns every pong whose head is now applied into a proof.
@@ -192,5 +205,28 @@ mod tests {
         );
         pending.on_pong(&freshness, Revision(7), freshness.now_nanos(), Revision(7));
         assert!(pending.waiting.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deferred_pong_waits_for_its_head_and_cleared_pongs_prove_nothing() {
+        let freshness = Freshness::new(Duration::from_secs(60), StalePolicy::FailClosed);
+        let mut pending = PendingProofs::default();
+        let t0 = freshness.now_nanos();
+        // Head 0 would already be "applied" by any replica; deferred, it still waits.
+        pending.defer(Revision(0), t0);
+        pending.on_pong(&freshness, Revision(9), t0, Revision(3));
+        assert_eq!(freshness.staleness(), None);
+        pending.on_applied(&freshness, Revision(0));
+        assert_eq!(freshness.staleness(), Some(Duration::ZERO));
+
+        let fresh = Freshness::new(Duration::from_secs(60), StalePolicy::FailClosed);
+        pending.on_pong(&fresh, Revision(9), fresh.now_nanos(), Revision(3));
+        pending.clear();
+        pending.on_applied(&fresh, Revision(100));
+        assert_eq!(
+            fresh.staleness(),
+            None,
+            "a cleared pong never becomes a proof"
+        );
     }
 }

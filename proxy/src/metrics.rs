@@ -26,6 +26,10 @@ pub const STALENESS: &str = "keygate_staleness_seconds";
 pub const SYNC_CONNECTED: &str = "keygate_sync_connected";
 /// Full snapshots installed.
 pub const SNAPSHOTS: &str = "keygate_snapshots_total";
+/// Control planes the sync client refused, by reason (`older_history`: the control plane
+/// serves an older copy of the gateway's log, e.g. a restored backup). The control plane counts
+/// the streams it refuses under the same name.
+pub const SYNC_REFUSED: &str = "keygate_sync_refused_total";
 /// Control-plane lookups of unknown keys, by result.
 pub const MISS_LOOKUPS: &str = "keygate_miss_lookups_total";
 /// Verifications of session tokens by verdict code (a subset of [`VERIFICATIONS`]).
@@ -83,6 +87,8 @@ pub(crate) struct Metrics {
     pub staleness: Gauge,
     pub sync_connected: Gauge,
     pub snapshots: Counter,
+    /// Control planes refused for serving an older copy of the gateway's log.
+    pub sync_refused_older_history: Counter,
     lookups: [Counter; 4],
     session_verifications: [Counter; Code::ALL.len()],
     /// Hit, miss.
@@ -111,6 +117,10 @@ impl Metrics {
         metrics::describe_gauge!(SYNC_CONNECTED, "1 while the sync stream is open");
         metrics::describe_counter!(SNAPSHOTS, "Full snapshots installed");
         metrics::describe_counter!(
+            SYNC_REFUSED,
+            "Control planes the sync client refused, by reason"
+        );
+        metrics::describe_counter!(
             MISS_LOOKUPS,
             "Control-plane lookups of keys missing from the replica"
         );
@@ -133,6 +143,7 @@ impl Metrics {
             staleness: metrics::gauge!(STALENESS),
             sync_connected: metrics::gauge!(SYNC_CONNECTED),
             snapshots: metrics::counter!(SNAPSHOTS),
+            sync_refused_older_history: metrics::counter!(SYNC_REFUSED, "reason" => "older_history"),
             lookups: ["found", "absent", "error", "limited"]
                 .map(|result| metrics::counter!(MISS_LOOKUPS, "result" => result)),
             session_verifications: Code::ALL

@@ -1,9 +1,11 @@
 //! What the gateway reports about itself: a cheap, clonable view for the CLI, tests and the
 //! admin endpoints.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use keygate_proto::LogId;
 
 use crate::freshness::Freshness;
 use crate::replica::Replica;
@@ -18,6 +20,27 @@ pub(crate) struct SyncState {
     pub snapshots_applied: AtomicU64,
     /// Shutdown has begun: not ready for new traffic.
     pub draining: AtomicBool,
+    /// Control planes refused since start for serving an older copy of the replica's log.
+    pub older_history_refusals: AtomicU64,
+    /// The log the replica's revisions belong to (DESIGN.md, "Log identity"); unknown before
+    /// the first snapshot, or when the control plane does not say. Written by the sync task
+    /// only, read by it and by status reports.
+    log_id: Mutex<LogId>,
+}
+
+impl SyncState {
+    /// The log the replica's revisions belong to.
+    pub fn log_id(&self) -> LogId {
+        self.log_id
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records that the replica now holds revisions of `log_id`.
+    pub fn set_log_id(&self, log_id: LogId) {
+        *self.log_id.lock().unwrap_or_else(PoisonError::into_inner) = log_id;
+    }
 }
 
 /// A handle on a gateway's state; clones share it.
@@ -44,6 +67,18 @@ impl GatewayStatus {
     /// The last revision the replica has applied.
     pub fn applied_revision(&self) -> u64 {
         self.replica.applied_revision().0
+    }
+
+    /// The id of the log whose revisions the replica holds; empty while unknown (nothing
+    /// applied yet, or a control plane that does not report log ids).
+    pub fn log_id(&self) -> String {
+        self.sync.log_id().0
+    }
+
+    /// How many times this gateway refused a control plane that serves an older copy of its
+    /// log (a restored backup) since start.
+    pub fn older_history_refusals(&self) -> u64 {
+        self.sync.older_history_refusals.load(Ordering::Acquire)
     }
 
     /// How many full snapshots this gateway has installed.

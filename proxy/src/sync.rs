@@ -1,24 +1,54 @@
 //! The sync client: one task that owns the replication stream to the control plane and feeds
 //! the replica (DESIGN.md, "Sync").
 //!
-//! Per connection: hello with the applied revision; then a snapshot (built off to the side,
-//! swapped in at its end) or the events after that revision; then events as they commit, each
-//! exactly the one after the applied revision. Anything else is a gap: the stream is dropped
-//! and the client reconnects with hello(applied), which resumes without a snapshot whenever the
-//! control plane still has the events. An ack follows every applied batch and snapshot.
+//! Per connection: hello with the applied (log id, revision); then a snapshot (built off to the
+//! side, swapped in at its end) or the events after that revision; then events as they commit,
+//! each exactly the one after the applied revision. Anything else is a gap: the stream is
+//! dropped and the client reconnects with hello(applied), which resumes without a snapshot
+//! whenever the control plane still has the events. An ack follows every applied batch and
+//! snapshot.
 //!
 //! Every `ping_interval` a ping carries the gateway's monotonic send time; pongs feed
 //! [`crate::freshness`]. A stream that delivers nothing for three ping intervals is treated as
 //! dead (a blackholed link sends no error). Connection failures move on to the next control
 //! plane URL after an exponential backoff with jitter (50 ms doubling to 5 s). Network errors
 //! are logged, never fatal; the task stops only on shutdown.
+//!
+//! Log identity (DESIGN.md, "Storage and a highly available control plane"): revisions only
+//! compare within one log, so the gateway remembers the log id of what it has applied and
+//! judges every log id and head a control plane reports (in SnapshotBegin and Pong) with
+//! [`judge_log`]:
+//!
+//! | the control plane reports        | snapshot begins            | pong                          |
+//! |----------------------------------|----------------------------|-------------------------------|
+//! | no log id, or we have none       | installed (as before ids)  | proof as before ids           |
+//! | our log, head ≥ what we hold     | installed                  | proof once its head is applied|
+//! | our log, head < what we hold     | refused: fail over         | refused: fail over            |
+//! | another log                      | installed; now our log     | no proof (see below)          |
+//!
+//! "Refused" ends the stream, moves on to the next `--control-plane` URL as a failed connection
+//! does, logs one warning and counts `keygate_sync_refused_total{reason="older_history"}`: such
+//! a control plane serves an older copy of our log (a restored backup), and installing it would
+//! bring back whatever was revoked after its head. "What we hold" for a pong is what the gateway
+//! had applied when the stream opened (or the revision of the snapshot begun on it): a pong's
+//! head is read when the ping arrives, so events streamed after that read may already be
+//! applied when the pong comes, and the live applied revision would misjudge an honest pong.
+//!
+//! A pong of another log vouches for another history and proves nothing. It is ignored, without
+//! reconnecting, while the stream has not yet shown which log it serves: a control plane answers
+//! a hello of another log with a snapshot, and its pong (sent by another task) may overtake the
+//! SnapshotBegin. Once the stream has shown its log (a snapshot began, or events came, which a
+//! control plane sends only for the gateway's own log), a pong of another log means the control
+//! plane's log changed under the stream: the client reconnects, and the new hello sorts it out.
+//! Pongs of a snapshot's log that arrive while the snapshot is still coming wait for it to be
+//! installed; pongs waiting for a head of the log being left are dropped.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use keygate_proto::pb::{self, control_message, gateway_message};
-use keygate_proto::{Event, ReplicaKey, Revision};
+use keygate_proto::{Event, LogId, ReplicaKey, Revision};
 use keygate_transport::{ClientIdentity, Trust};
 use rand::Rng;
 use tokio::sync::mpsc;
@@ -102,6 +132,72 @@ enum SyncError {
     Gap(#[from] Gap),
     #[error("protocol violation: {0}")]
     Protocol(String),
+    #[error(
+        "serves an older copy of log {log_id} (head {head}) than this gateway has applied ({applied})"
+    )]
+    OlderHistory {
+        log_id: LogId,
+        head: Revision,
+        applied: Revision,
+    },
+    #[error("the control plane's log changed from {from} to {to} during the stream; reconnecting")]
+    LogChanged { from: LogId, to: LogId },
+}
+
+/// What a control plane's report of its log (a log id and a head, in SnapshotBegin or Pong)
+/// means to a gateway holding `held` of log `ours`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogVerdict {
+    /// The gateway's own log, or unknown on either side (a peer from before log ids): the
+    /// revisions compare as they are.
+    Same,
+    /// Another log: its revisions have nothing to do with the gateway's.
+    Other,
+    /// The gateway's own log, but with a head below what the gateway holds of it: an older
+    /// copy (a restored backup). The control plane must be refused.
+    Older,
+}
+
+/// Judges a control plane's log id and head against the gateway's log id and what it holds of
+/// that log (see the module docs for what follows from each verdict).
+fn judge_log(ours: &LogId, held: Revision, theirs: &LogId, head: Revision) -> LogVerdict {
+    if ours.is_unknown() || theirs.is_unknown() {
+        LogVerdict::Same
+    } else if ours != theirs {
+        LogVerdict::Other
+    } else if head < held {
+        LogVerdict::Older
+    } else {
+        LogVerdict::Same
+    }
+}
+
+/// What one stream has shown so far about the log it serves.
+struct StreamLog {
+    /// The log the stream's reports are judged against: the gateway's own, or that of the
+    /// snapshot begun on the stream.
+    log_id: LogId,
+    /// What the gateway held of that log when the stream opened, or the revision of the
+    /// snapshot begun on it: any later head of the same log is at least this.
+    held: Revision,
+    /// Whether the stream has shown which log it serves (a snapshot began, or events came).
+    shown: bool,
+    /// The snapshot being received.
+    snapshot: Option<Snapshot>,
+    /// Whether that snapshot is of another log than the replica's: its pongs then wait for it.
+    switching: bool,
+}
+
+impl StreamLog {
+    fn new(log_id: LogId, held: Revision) -> Self {
+        Self {
+            log_id,
+            held,
+            shown: false,
+            snapshot: None,
+            switching: false,
+        }
+    }
 }
 
 /// The sync task's state.
@@ -152,7 +248,28 @@ impl SyncTask {
                 ended = self.session(&url) => ended,
             };
             self.disconnected();
-            if self.heard {
+            if let SyncError::OlderHistory {
+                log_id,
+                head,
+                applied,
+            } = &ended
+            {
+                // Refused like a control plane that cannot be reached: the next one is tried.
+                failures = failures.saturating_add(1);
+                url_index = url_index.wrapping_add(1);
+                self.state
+                    .older_history_refusals
+                    .fetch_add(1, Ordering::AcqRel);
+                self.metrics.sync_refused_older_history.increment(1);
+                tracing::warn!(
+                    control_plane = %url,
+                    %log_id,
+                    head = head.0,
+                    applied = applied.0,
+                    "control plane {url} serves an older copy of log {log_id} (head {head}) than \
+                     this gateway has applied ({applied}): refusing it; restored from a backup?"
+                );
+            } else if self.heard {
                 // The connection worked; reconnect to the same control plane at once-ish.
                 failures = 0;
                 tracing::warn!(control_plane = %url, reason = %ended, "sync stream ended; reconnecting");
@@ -197,14 +314,19 @@ impl SyncTask {
         };
 
         let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+        // Only this task writes the replica's revision and log id, so the two agree.
+        let log_id = self.state.log_id();
+        let applied = self.replica.applied_revision();
+        let mut stream_log = StreamLog::new(log_id.clone(), applied);
         let hello = pb::Hello {
             gateway_id: self.settings.gateway_id.clone(),
             region: self.settings.region.clone(),
             version: keygate_proto::VERSION.to_owned(),
-            applied_revision: self.replica.applied_revision().0,
+            applied_revision: applied.0,
             address: self.settings.address.clone(),
             propagation_bound_ms: millis(self.freshness.bound()),
             stale_policy: self.freshness.policy().as_str().to_owned(),
+            log_id: log_id.0,
         };
         // The queue is new and empty, so this cannot fail.
         let _ = outbound.try_send(message(gateway_message::Msg::Hello(hello)));
@@ -221,14 +343,13 @@ impl SyncTask {
         self.control_plane.store(Some(Arc::new(channel)));
         self.state.connected.store(true, Ordering::Release);
         self.metrics.sync_connected.set(1.0);
-        tracing::info!(control_plane = %url, applied = self.replica.applied_revision().0, "sync stream open");
+        tracing::info!(control_plane = %url, log_id = %stream_log.log_id, applied = applied.0, "sync stream open");
 
         let ping_interval = self.settings.ping_interval;
         let silence_limit = ping_interval * SILENT_INTERVALS;
         let mut ticker = tokio::time::interval(ping_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
-        let mut snapshot: Option<Snapshot> = None;
         let mut ack_due: Option<Revision> = None;
         loop {
             tokio::select! {
@@ -253,7 +374,7 @@ impl SyncTask {
                     };
                     last_heard = Instant::now();
                     self.heard = true;
-                    match self.handle(control, &mut snapshot) {
+                    match self.handle(control, &mut stream_log) {
                         Ok(Some(applied)) => ack_due = Some(applied),
                         Ok(None) => {}
                         Err(error) => return error,
@@ -276,16 +397,36 @@ impl SyncTask {
     fn handle(
         &mut self,
         control: pb::ControlMessage,
-        snapshot: &mut Option<Snapshot>,
+        stream: &mut StreamLog,
     ) -> Result<Option<Revision>, SyncError> {
         let Some(control) = control.msg else {
             return Err(SyncError::Protocol("empty control message".to_owned()));
         };
         match control {
             control_message::Msg::SnapshotBegin(begin) => {
+                let theirs = LogId(begin.log_id);
+                let revision = Revision(begin.revision);
+                let applied = self.replica.applied_revision();
+                if judge_log(&stream.log_id, applied, &theirs, revision) == LogVerdict::Older {
+                    return Err(SyncError::OlderHistory {
+                        log_id: theirs,
+                        head: revision,
+                        applied,
+                    });
+                }
+                // Another log (or one we cannot tell is ours): the pongs waiting for a head
+                // of the log being left would prove nothing about the new one.
+                stream.switching = theirs != self.state.log_id();
+                if stream.switching {
+                    self.proofs.clear();
+                }
                 let expected = usize::try_from(begin.key_count).unwrap_or(usize::MAX);
-                *snapshot = Some(Snapshot::new(Revision(begin.revision), expected));
+                stream.snapshot = Some(Snapshot::new(revision, expected));
+                stream.log_id = theirs;
+                stream.held = revision;
+                stream.shown = true;
                 tracing::info!(
+                    log_id = %stream.log_id,
                     revision = begin.revision,
                     keys = begin.key_count,
                     "receiving snapshot"
@@ -293,7 +434,7 @@ impl SyncTask {
                 Ok(None)
             }
             control_message::Msg::SnapshotChunk(chunk) => {
-                let building = snapshot.as_mut().ok_or_else(|| {
+                let building = stream.snapshot.as_mut().ok_or_else(|| {
                     SyncError::Protocol("snapshot chunk outside a snapshot".to_owned())
                 })?;
                 for key in chunk.keys {
@@ -319,7 +460,7 @@ impl SyncTask {
                 Ok(None)
             }
             control_message::Msg::SnapshotEnd(end) => {
-                let built = snapshot.take().ok_or_else(|| {
+                let built = stream.snapshot.take().ok_or_else(|| {
                     SyncError::Protocol("snapshot end without a snapshot".to_owned())
                 })?;
                 if built.revision() != Revision(end.revision) {
@@ -331,16 +472,21 @@ impl SyncTask {
                 }
                 let keys = built.len();
                 self.replica.install_snapshot(built);
+                // From now on the replica's revisions are of the snapshot's log.
+                self.state.set_log_id(stream.log_id.clone());
+                stream.switching = false;
                 self.state.snapshots_applied.fetch_add(1, Ordering::AcqRel);
                 self.metrics.snapshots.increment(1);
                 self.metrics.replica_keys.set(keys as f64);
-                tracing::info!(revision = end.revision, keys, "snapshot installed");
+                tracing::info!(log_id = %stream.log_id, revision = end.revision, keys, "snapshot installed");
                 Ok(Some(self.after_apply()))
             }
             control_message::Msg::Events(batch) => {
-                if snapshot.is_some() {
+                if stream.snapshot.is_some() {
                     return Err(SyncError::Protocol("events inside a snapshot".to_owned()));
                 }
+                // A control plane streams events only to a gateway on its own log.
+                stream.shown = true;
                 if batch.events.is_empty() {
                     return Ok(None);
                 }
@@ -358,15 +504,49 @@ impl SyncTask {
             }
             control_message::Msg::Pong(pong) => {
                 // The echo is our own clock; an echo from the future is not ours to trust.
-                if pong.sent_at_nanos <= self.freshness.now_nanos() {
-                    let applied = self.replica.applied_revision();
-                    self.proofs.on_pong(
-                        &self.freshness,
-                        Revision(pong.head_revision),
-                        pong.sent_at_nanos,
-                        applied,
-                    );
+                if pong.sent_at_nanos > self.freshness.now_nanos() {
+                    return Ok(None);
                 }
+                let theirs = LogId(pong.log_id);
+                let head = Revision(pong.head_revision);
+                match judge_log(&stream.log_id, stream.held, &theirs, head) {
+                    LogVerdict::Older => {
+                        return Err(SyncError::OlderHistory {
+                            log_id: theirs,
+                            head,
+                            applied: self.replica.applied_revision(),
+                        });
+                    }
+                    LogVerdict::Other if stream.shown => {
+                        return Err(SyncError::LogChanged {
+                            from: stream.log_id.clone(),
+                            to: theirs,
+                        });
+                    }
+                    // Its snapshot is on the way (see the module docs); until then it proves
+                    // nothing.
+                    LogVerdict::Other => return Ok(None),
+                    LogVerdict::Same => {}
+                }
+                if stream.switching {
+                    self.proofs.defer(head, pong.sent_at_nanos);
+                    return Ok(None);
+                }
+                if stream.log_id.is_unknown()
+                    && !theirs.is_unknown()
+                    && stream.snapshot.is_none()
+                    && head >= stream.held
+                {
+                    // Revisions from a control plane that did not say its log id, resumed by
+                    // one that does and whose log reaches them: that log is ours from now on,
+                    // so that an older copy of it is recognised later.
+                    tracing::info!(log_id = %theirs, "the control plane names the log of the applied revisions");
+                    self.state.set_log_id(theirs.clone());
+                    stream.log_id = theirs;
+                }
+                let applied = self.replica.applied_revision();
+                self.proofs
+                    .on_pong(&self.freshness, head, pong.sent_at_nanos, applied);
                 Ok(None)
             }
         }
@@ -409,8 +589,303 @@ fn backoff(failures: u32) -> Duration {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::config::StalePolicy;
+
+    fn log(id: &str) -> LogId {
+        LogId(id.to_owned())
+    }
+
+    #[test]
+    fn log_reports_are_judged_by_log_id_then_head() {
+        let (l, m, unknown) = (log("L"), log("M"), LogId::default());
+        // Our log: a head at or above what we hold is fine, below it is an older copy.
+        assert_eq!(
+            judge_log(&l, Revision(5), &l, Revision(5)),
+            LogVerdict::Same
+        );
+        assert_eq!(
+            judge_log(&l, Revision(5), &l, Revision(9)),
+            LogVerdict::Same
+        );
+        assert_eq!(
+            judge_log(&l, Revision(5), &l, Revision(4)),
+            LogVerdict::Older
+        );
+        // Another log: its revisions do not compare with ours, whichever is higher.
+        assert_eq!(
+            judge_log(&l, Revision(5), &m, Revision(4)),
+            LogVerdict::Other
+        );
+        assert_eq!(
+            judge_log(&l, Revision(5), &m, Revision(9)),
+            LogVerdict::Other
+        );
+        // Unknown on either side: as before log ids, the revisions compare as they are.
+        assert_eq!(
+            judge_log(&unknown, Revision(5), &l, Revision(4)),
+            LogVerdict::Same
+        );
+        assert_eq!(
+            judge_log(&l, Revision(5), &unknown, Revision(4)),
+            LogVerdict::Same
+        );
+    }
+
+    fn task() -> SyncTask {
+        SyncTask::new(
+            SyncSettings {
+                urls: vec!["http://127.0.0.1:1".to_owned()],
+                authorization: MetadataValue::from_static("Bearer test"),
+                gateway_id: "gw-test".to_owned(),
+                region: String::new(),
+                address: String::new(),
+                ping_interval: Duration::from_secs(1),
+                connect_timeout: Duration::from_secs(1),
+                tls: ControlPlaneTls {
+                    trust: Trust::System,
+                    identity: None,
+                },
+            },
+            Arc::new(Replica::new()),
+            Arc::new(Freshness::new(
+                Duration::from_secs(60),
+                StalePolicy::FailClosed,
+            )),
+            Arc::new(SyncState::default()),
+            Arc::new(ControlPlaneSlot::empty()),
+            Metrics::register(),
+        )
+    }
+
+    fn control(msg: control_message::Msg) -> pb::ControlMessage {
+        pb::ControlMessage { msg: Some(msg) }
+    }
+
+    fn begin(log_id: &str, revision: u64) -> pb::ControlMessage {
+        control(control_message::Msg::SnapshotBegin(pb::SnapshotBegin {
+            revision,
+            key_count: 1,
+            log_id: log_id.to_owned(),
+        }))
+    }
+
+    /// A distinct hash per (short) owner name.
+    fn hash_of(owner: &str) -> keygate_proto::KeyHash {
+        let mut hash = [0; 32];
+        hash[..owner.len()].copy_from_slice(owner.as_bytes());
+        keygate_proto::KeyHash(hash)
+    }
+
+    fn chunk(owner: &str) -> pb::ControlMessage {
+        let key = ReplicaKey {
+            hash: hash_of(owner),
+            id: keygate_proto::KeyId::generate(),
+            owner: owner.to_owned(),
+            enabled: true,
+            expires_unix_ms: None,
+            meta: keygate_proto::Meta::new(),
+        };
+        control(control_message::Msg::SnapshotChunk(pb::SnapshotChunk {
+            keys: vec![(&key).into()],
+            ..pb::SnapshotChunk::default()
+        }))
+    }
+
+    fn end(revision: u64) -> pb::ControlMessage {
+        control(control_message::Msg::SnapshotEnd(pb::SnapshotEnd {
+            revision,
+        }))
+    }
+
+    fn pong(task: &SyncTask, log_id: &str, head: u64) -> pb::ControlMessage {
+        control(control_message::Msg::Pong(pb::Pong {
+            nonce: 1,
+            sent_at_nanos: task.freshness.now_nanos(),
+            head_revision: head,
+            log_id: log_id.to_owned(),
+        }))
+    }
+
+    /// A stream as `session` opens it: judged against what the gateway holds now.
+    fn open(task: &SyncTask) -> StreamLog {
+        StreamLog::new(task.state.log_id(), task.replica.applied_revision())
+    }
+
+    /// Installs a one-key snapshot of `log_id` at `revision` over a fresh stream.
+    fn install(task: &mut SyncTask, log_id: &str, revision: u64, owner: &str) {
+        let mut stream = open(task);
+        assert!(
+            task.handle(begin(log_id, revision), &mut stream)
+                .unwrap()
+                .is_none()
+        );
+        assert!(task.handle(chunk(owner), &mut stream).unwrap().is_none());
+        let acked = task.handle(end(revision), &mut stream).unwrap();
+        assert_eq!(acked, Some(Revision(revision)));
+    }
+
+    fn owner_of(task: &SyncTask, owner: &str) -> bool {
+        task.replica.with_entry(&hash_of(owner), |_| ()).is_some()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_of_our_log_below_what_we_applied_is_refused_and_nothing_changes() {
+        let mut task = task();
+        install(&mut task, "L", 5, "kept");
+        assert_eq!(task.state.log_id(), log("L"));
+
+        let mut stream = open(&task);
+        match task.handle(begin("L", 3), &mut stream) {
+            Err(SyncError::OlderHistory {
+                log_id,
+                head,
+                applied,
+            }) => assert_eq!(
+                (log_id, head, applied),
+                (log("L"), Revision(3), Revision(5))
+            ),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // Nothing of it was taken: no snapshot in progress, the replica as it was.
+        assert!(stream.snapshot.is_none());
+        assert!(matches!(
+            task.handle(chunk("restored"), &mut stream),
+            Err(SyncError::Protocol(_))
+        ));
+        assert_eq!(task.replica.applied_revision(), Revision(5));
+        assert!(owner_of(&task, "kept") && !owner_of(&task, "restored"));
+        assert_eq!(task.state.log_id(), log("L"));
+        assert_eq!(task.state.snapshots_applied.load(Ordering::Acquire), 1);
+
+        // The same log at or above what we hold is an ordinary snapshot.
+        install(&mut task, "L", 5, "same");
+        assert!(owner_of(&task, "same"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pong_of_our_log_below_what_we_held_when_the_stream_opened_is_refused() {
+        let mut task = task();
+        install(&mut task, "L", 5, "kept");
+        let mut stream = open(&task);
+        let refused = task.handle(pong(&task, "L", 4), &mut stream);
+        assert!(
+            matches!(
+                refused,
+                Err(SyncError::OlderHistory {
+                    head: Revision(4),
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        assert!(
+            task.freshness.staleness().is_none(),
+            "and it proves nothing"
+        );
+
+        // An honest pong whose head was read before events that are already applied is not
+        // refused: it is judged against what the gateway held when the stream opened.
+        let mut stream = open(&task);
+        let event = pb::Event::from(&Event {
+            revision: Revision(6),
+            committed_unix_ms: 1,
+            change: keygate_proto::Change::KeyDeleted {
+                id: keygate_proto::KeyId::generate(),
+                hash: keygate_proto::KeyHash([7; 32]),
+            },
+        });
+        let batch = control(control_message::Msg::Events(pb::EventBatch {
+            events: vec![event],
+        }));
+        assert_eq!(task.handle(batch, &mut stream).unwrap(), Some(Revision(6)));
+        assert!(
+            task.handle(pong(&task, "L", 5), &mut stream)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(task.freshness.staleness(), Some(Duration::ZERO));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_of_another_log_is_installed_and_that_log_becomes_ours() {
+        let mut task = task();
+        install(&mut task, "L", 5, "old");
+        let mut stream = open(&task);
+
+        // A pong of the other log may overtake its snapshot: ignored, no reconnect.
+        assert!(
+            task.handle(pong(&task, "M", 2), &mut stream)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            task.freshness.staleness().is_none(),
+            "another log vouches for nothing"
+        );
+
+        // The snapshot is of a lower revision, but of another log: installed.
+        task.handle(begin("M", 2), &mut stream).unwrap();
+        task.handle(chunk("new"), &mut stream).unwrap();
+        // Its pong waits for the snapshot, though the old log's revision 5 is past its head.
+        task.handle(pong(&task, "M", 2), &mut stream).unwrap();
+        assert!(task.freshness.staleness().is_none());
+        assert_eq!(task.handle(end(2), &mut stream).unwrap(), Some(Revision(2)));
+        assert_eq!(task.freshness.staleness(), Some(Duration::ZERO));
+        assert_eq!(task.replica.applied_revision(), Revision(2));
+        assert_eq!(task.state.log_id(), log("M"));
+        assert!(owner_of(&task, "new") && !owner_of(&task, "old"));
+
+        // Once the stream has shown its log, a pong of yet another one means the control
+        // plane's log changed under it: reconnect.
+        let changed = task.handle(pong(&task, "N", 9), &mut stream);
+        assert!(
+            matches!(changed, Err(SyncError::LogChanged { .. })),
+            "{changed:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_log_ids_revisions_compare_as_before() {
+        let mut task = task();
+        // A control plane that names no log: snapshots are taken whatever their revision.
+        install(&mut task, "", 5, "first");
+        assert_eq!(task.state.log_id(), LogId::default());
+        install(&mut task, "", 3, "second");
+        assert_eq!(task.replica.applied_revision(), Revision(3));
+        let mut stream = open(&task);
+        task.handle(pong(&task, "", 3), &mut stream).unwrap();
+        assert_eq!(task.freshness.staleness(), Some(Duration::ZERO));
+
+        // A gateway with known revisions of an unnamed log, met by a control plane naming
+        // its log below them: no proof of ours, taken as before (a snapshot would follow).
+        let mut stream = open(&task);
+        task.handle(pong(&task, "L", 2), &mut stream).unwrap();
+        assert_eq!(
+            task.state.log_id(),
+            LogId::default(),
+            "not adopted below what we hold"
+        );
+        install(&mut task, "L", 2, "named");
+        assert_eq!(task.state.log_id(), log("L"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_control_plane_that_resumes_unnamed_revisions_names_their_log() {
+        let mut task = task();
+        install(&mut task, "", 5, "first");
+        let mut stream = open(&task);
+        task.handle(pong(&task, "L", 7), &mut stream).unwrap();
+        assert_eq!(task.state.log_id(), log("L"));
+        // From then on an older copy of that log is recognised.
+        let mut stream = open(&task);
+        assert!(matches!(
+            task.handle(begin("L", 4), &mut stream),
+            Err(SyncError::OlderHistory { .. })
+        ));
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {

@@ -333,3 +333,111 @@ async fn a_wrong_token_never_syncs_and_stays_stale() {
     assert_eq!(gateway.status.applied_revision(), 0);
     gateway.stop().await;
 }
+
+/// The value of `keygate_sync_refused_total{reason="older_history"}` in the Prometheus text
+/// (0 before the first refusal).
+fn older_history_refusals_metric() -> u64 {
+    metrics_handle()
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix("keygate_sync_refused_total{reason=\"older_history\"} "))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn an_older_copy_of_the_log_is_refused_and_another_log_is_taken_by_snapshot() {
+    let client = client();
+    // Control plane A holds log L up to revision 4, where carol's key is deleted.
+    let a = ControlPlane::start().await;
+    a.set_log_id("L");
+    let (alice_text, alice) = new_key("alice");
+    let (carol_text, carol) = new_key("carol");
+    a.upsert(&alice);
+    a.upsert(&carol);
+    let (bob_text, bob) = new_key("bob");
+    a.upsert(&bob);
+    a.delete(&carol);
+    // Control plane B serves a backup of the same log taken before the delete: head 3.
+    let b = ControlPlane::start().await;
+    b.set_log_id("L");
+    b.upsert(&alice);
+    b.upsert(&carol);
+    b.upsert(&bob);
+
+    let gateway = start_ready_gateway(keygate_proxy::ProxyConfig {
+        control_plane: vec![a.url(), b.url()],
+        ..upstream_config(&a)
+    })
+    .await;
+    let status = gateway.status.clone();
+    eventually("revision 4 of log L", WAIT, || {
+        status.applied_revision() == 4 && status.log_id() == "L"
+    })
+    .await;
+    assert_eq!(
+        verify(&client, &gateway, &carol_text).await["code"],
+        "NOT_FOUND"
+    );
+    let refused_before = older_history_refusals_metric();
+
+    // A goes away; the gateway fails over to B, which would take it back to revision 3.
+    a.refuse_streams(true);
+    a.disconnect_all();
+    eventually("a refusal of B", WAIT, || {
+        status.older_history_refusals() >= 1
+    })
+    .await;
+    assert!(
+        b.hello_logs().iter().all(|log| log == "L") && b.hellos().iter().all(|&r| r == 4),
+        "the gateway resumes by (log id, revision): {:?} {:?}",
+        b.hello_logs(),
+        b.hellos()
+    );
+    assert!(
+        b.acks().is_empty(),
+        "nothing from B was applied: {:?}",
+        b.acks()
+    );
+    assert!(older_history_refusals_metric() > refused_before);
+    assert_eq!(status.applied_revision(), 4);
+    assert_eq!(
+        status.snapshots_applied(),
+        1,
+        "B's snapshot was not installed"
+    );
+    assert_eq!(status.log_id(), "L");
+    // Carol's delete stays applied: the older copy did not bring her key back.
+    assert_eq!(
+        verify(&client, &gateway, &carol_text).await["code"],
+        "NOT_FOUND"
+    );
+    assert_eq!(
+        verify(&client, &gateway, &alice_text).await["code"],
+        "VALID"
+    );
+
+    // B turns out to serve another store altogether (another log id): its revisions do not
+    // compare with L's, so the gateway starts over from its snapshot, lower revision or not.
+    b.set_log_id("M");
+    eventually("the snapshot of log M", Duration::from_secs(30), || {
+        status.snapshots_applied() == 2 && status.log_id() == "M"
+    })
+    .await;
+    assert_eq!(status.applied_revision(), 3);
+    eventually("the ack of revision 3 of M", WAIT, || b.acks().contains(&3)).await;
+    assert_eq!(
+        verify(&client, &gateway, &carol_text).await["code"],
+        "VALID"
+    );
+    assert_eq!(verify(&client, &gateway, &bob_text).await["code"], "VALID");
+    // And M's pongs vouch for it: a proof newer than the switch (B is the only control plane
+    // the gateway reaches, and B's pongs of L were refused).
+    let switched = tokio::time::Instant::now();
+    eventually("a proof from log M", WAIT, || {
+        status
+            .staleness()
+            .is_some_and(|staleness| staleness < switched.elapsed())
+    })
+    .await;
+    gateway.stop().await;
+}

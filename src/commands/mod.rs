@@ -1,5 +1,5 @@
-//! Operator commands: each calls the control plane's Admin API and prints either one JSON
-//! object (`--json`) or short lines for a person.
+//! Operator commands: each calls the control plane's Admin API (`store` works on databases
+//! directly instead) and prints either one JSON object (`--json`) or short lines for a person.
 
 pub mod audit;
 pub mod enrollments;
@@ -8,5 +8,6 @@ pub mod keys;
 pub mod passkeys;
 pub mod sessions;
 pub mod signing_keys;
+pub mod store;
 pub mod users;
 pub mod wait;

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::admin_actor;
 use crate::http::device_type;
-use crate::store::passkeys::{PasskeyRecord, UserChanged, UserRecord};
+use crate::store::{PasskeyRecord, UserChanged, UserRecord};
 use crate::users::{UserError, Users};
 
 /// Maps refusals to statuses; store failures are logged and reported without detail.

@@ -36,7 +36,7 @@ use super::json_body::{JsonBody, JsonBodyOrEmpty};
 use super::page;
 use crate::passkeys::refusal::Refusal;
 use crate::passkeys::self_service::{Begun, IssuedSession, SelfService};
-use crate::store::passkeys::PasskeyRecord;
+use crate::store::PasskeyRecord;
 
 /// Where the passkey routes live, beside the page's.
 const API_PREFIX: &str = "/v1/";

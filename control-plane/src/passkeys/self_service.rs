@@ -4,9 +4,9 @@
 //! session signer that return domain outcomes or a [`Refusal`]; the HTTP layer
 //! (`http/passkey_api.rs`) only extracts, calls these and maps the outcome to a response.
 //!
-//! - Ceremonies: a begin keeps its state in the in-memory [`Ceremonies`] map and answers the
-//!   WebAuthn options; the finish takes that state out exactly once (before any WebAuthn check),
-//!   so a replayed finish finds nothing. A ceremony answered in the wrong flow, or an add begun
+//! - Ceremonies: a begin keeps its state in the store ([`Ceremonies`]) and answers the WebAuthn
+//!   options; the finish, on any replica, takes that state out exactly once (before any WebAuthn
+//!   check), so a replayed finish finds nothing. A ceremony answered in the wrong flow, or an add begun
 //!   in another session, is unknown.
 //! - Limits: every call takes a token from its client address's bucket ([`SelfService::admit`]),
 //!   and once the user is known (signed in, named at sign-in, or behind an enrollment link or a
@@ -29,10 +29,9 @@ use crate::ceremonies::{CEREMONY_TTL, Ceremonies, MAX_CEREMONIES, Taken};
 use crate::ids;
 use crate::rate_limit::{Rate, RateLimiter};
 use crate::sessions::{SessionRefusal, Sessions, SignedIn};
-use crate::store::Store;
-use crate::store::passkeys::{
+use crate::store::{
     LoggedIn, Login, NewPasskey, NewSession, PasskeyRecord, PasskeyRemoval, PasskeyRemoved,
-    Registered, RegisteredVia, Registration, SessionRecord,
+    Registered, RegisteredVia, Registration, SessionRecord, Store,
 };
 use crate::users::clean_passkey_name;
 use crate::webauthn::{LoginState, RelyingParty};
@@ -49,7 +48,9 @@ pub struct Limits {
     pub per_user: Rate,
 }
 
-/// A ceremony between its begin and its finish.
+/// A ceremony between its begin and its finish, as kept in the store.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 enum Pending {
     Enroll {
         user_id: String,
@@ -112,7 +113,7 @@ pub struct SelfService {
     store: Arc<dyn Store>,
     relying_party: RelyingParty,
     sessions: Sessions,
-    ceremonies: Ceremonies<Pending>,
+    ceremonies: Ceremonies,
     per_address: RateLimiter<IpAddr>,
     per_user: RateLimiter<String>,
 }
@@ -125,10 +126,10 @@ impl SelfService {
         limits: &Limits,
     ) -> Self {
         Self {
+            ceremonies: Ceremonies::new(Arc::clone(&store), CEREMONY_TTL, MAX_CEREMONIES),
             store,
             relying_party,
             sessions,
-            ceremonies: Ceremonies::new(CEREMONY_TTL, MAX_CEREMONIES),
             per_address: RateLimiter::new(limits.per_address),
             per_user: RateLimiter::new(limits.per_user),
         }
@@ -194,6 +195,7 @@ impl SelfService {
             },
             public_key,
         )
+        .await
     }
 
     /// Finishes an enrollment: stores the passkey, consumes the link and signs the user in.
@@ -208,7 +210,7 @@ impl SelfService {
             name,
             user_agent,
             state,
-        } = self.take(ceremony_id)?
+        } = self.take(ceremony_id).await?
         else {
             return Err(Refusal::CeremonyUnknown);
         };
@@ -267,6 +269,7 @@ impl SelfService {
             .relying_party
             .start_authentication(Some(passkeys.as_slice()))?;
         self.begun(Pending::Login { user_id, state }, public_key)
+            .await
     }
 
     /// Finishes a sign-in: the answering passkey must be registered, belong to the user named
@@ -280,7 +283,7 @@ impl SelfService {
         let Pending::Login {
             user_id: named,
             state,
-        } = self.take(ceremony_id)?
+        } = self.take(ceremony_id).await?
         else {
             return Err(Refusal::CeremonyUnknown);
         };
@@ -375,6 +378,7 @@ impl SelfService {
             },
             public_key,
         )
+        .await
     }
 
     /// Finishes adding a passkey; the session that began it must still be valid when it is
@@ -391,7 +395,7 @@ impl SelfService {
             name,
             user_agent,
             state,
-        } = self.take(ceremony_id)?
+        } = self.take(ceremony_id).await?
         else {
             return Err(Refusal::CeremonyUnknown);
         };
@@ -479,10 +483,11 @@ impl SelfService {
     }
 
     /// Keeps a ceremony until its finish.
-    fn begun(&self, pending: Pending, public_key: Value) -> Result<Begun, Refusal> {
+    async fn begun(&self, pending: Pending, public_key: Value) -> Result<Begun, Refusal> {
         let ceremony_id = self
             .ceremonies
-            .insert(pending)
+            .insert(&pending)
+            .await?
             .map_err(Refusal::TooManyCeremonies)?;
         Ok(Begun {
             ceremony_id,
@@ -490,9 +495,9 @@ impl SelfService {
         })
     }
 
-    /// Takes a ceremony out of the map: whatever happens next, it cannot be answered again.
-    fn take(&self, ceremony_id: &str) -> Result<Pending, Refusal> {
-        match self.ceremonies.take(ceremony_id) {
+    /// Takes a ceremony out of the store: whatever happens next, it cannot be answered again.
+    async fn take(&self, ceremony_id: &str) -> Result<Pending, Refusal> {
+        match self.ceremonies.take(ceremony_id).await? {
             Taken::Found(pending) => Ok(pending),
             Taken::Unknown => Err(Refusal::CeremonyUnknown),
             Taken::Expired => Err(Refusal::CeremonyExpired),

@@ -3,29 +3,53 @@
 //! also what makes revisions contiguous: only one transaction at a time can take `head + 1`.
 //!
 //! SQLite calls block, so every operation runs on tokio's blocking pool; the async side only
-//! awaits the result. The passkey tables and operations are in the `passkeys` submodule.
+//! awaits the result.
+//!
+//! SQLite is single-node. The store holds an exclusive lock on `<database>.lock` for as long as
+//! it is open, so a second control plane on the same file refuses to start: each would announce
+//! only its own commits to its own gateways, and the other's gateways would silently miss them.
+//!
+//! This module holds the connection handling and the schema's one list of migrations; each
+//! aggregate's queries are in a submodule named after it: `log` (the writer, and with it the
+//! contiguity invariant; the log's bounds, events and snapshots), `keys`, `audit`, `users`,
+//! `enrollments`, `passkeys`, `sessions`, `signing_keys`, `ceremonies`, `gateways`; and `copy`,
+//! the whole store exported and imported.
 
+mod audit;
+mod ceremonies;
+mod copy;
+mod enrollments;
+mod gateways;
+mod keys;
+mod log;
 mod passkeys;
+mod sessions;
+mod signing_keys;
+mod users;
 
+use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use async_trait::async_trait;
 use keygate_proto::time::now_unix_ms;
-use keygate_proto::{Change, Event, KeyHash, KeyId, Meta, ReplicaKey, Revision, pb};
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
-use serde_json::json;
+use rusqlite::{Connection, Row, Transaction, TransactionBehavior, params};
 
-use super::{
-    AuditEntry, CommitObserver, EnabledChange, KeyQuery, KeyRecord, LogBounds, NewKey,
-    OwnerRevoked, Reroll, Rerolled, Snapshot, Store, StoreError,
-};
+use self::log::Writer;
+use super::{CommitObserver, StoreError};
 
-/// Schema migrations, applied in order; the index + 1 is the version recorded in
-/// `schema_migrations`. Only ever append.
-const MIGRATIONS: &[&str] = &[
+/// One schema migration: SQL, or a Rust step for what SQL cannot do alone (making a random id,
+/// decoding rows written in an older format).
+enum Migration {
+    Sql(&'static str),
+    Rust(fn(&Transaction<'_>) -> rusqlite::Result<()>),
+}
+
+/// Schema migrations, applied in order, each in its own transaction; the index + 1 is the
+/// version recorded in `schema_migrations`. Only ever append.
+const MIGRATIONS: &[Migration] = &[
     // 1: keys, the event log, the audit log.
-    "CREATE TABLE keys (
+    Migration::Sql(
+        "CREATE TABLE keys (
         key_id      TEXT PRIMARY KEY,
         key_hash    BLOB NOT NULL UNIQUE,
         owner       TEXT NOT NULL,
@@ -68,21 +92,119 @@ const MIGRATIONS: &[&str] = &[
         oldest_retained INTEGER NOT NULL
     );
     INSERT INTO log_state (id, head, oldest_retained) VALUES (1, 0, 1);",
+    ),
     // 2: events that are not about keys (passkey, session, user, signing-key changes) are kept
     // whole as an encoded keygate.v1 Event in `payload`, with kind 'encoded' and empty key
-    // columns.
-    "ALTER TABLE events ADD COLUMN payload BLOB;",
+    // columns. (Superseded by migration 5.)
+    Migration::Sql("ALTER TABLE events ADD COLUMN payload BLOB;"),
     // 3: users, passkeys, enrollment links, sessions, signing keys, passkey revocations.
-    passkeys::MIGRATION,
+    Migration::Sql(
+        "
+    -- handle: the WebAuthn user handle (16 random bytes). sessions_revoked_before_ms and
+    -- state_prune_after_ms are the replicated UserState.
+    CREATE TABLE users (
+        user_id                    TEXT PRIMARY KEY,
+        handle                     BLOB NOT NULL UNIQUE,
+        created_ms                 INTEGER NOT NULL,
+        disabled                   INTEGER NOT NULL,
+        sessions_revoked_before_ms INTEGER NOT NULL,
+        state_prune_after_ms       INTEGER NOT NULL
+    );
+    CREATE TABLE passkeys (
+        passkey_id      TEXT PRIMARY KEY,
+        user_id         TEXT NOT NULL REFERENCES users (user_id),
+        credential_id   BLOB NOT NULL UNIQUE,
+        name            TEXT NOT NULL,
+        created_ms      INTEGER NOT NULL,
+        last_used_ms    INTEGER,
+        user_agent      TEXT NOT NULL,
+        backup_eligible INTEGER NOT NULL,
+        backed_up       INTEGER NOT NULL,
+        credential_json TEXT NOT NULL
+    );
+    CREATE INDEX passkeys_by_user ON passkeys (user_id, created_ms);
+    -- Only the blake3 hash of an enrollment token is kept.
+    CREATE TABLE enrollments (
+        token_hash    BLOB PRIMARY KEY,
+        enrollment_id TEXT NOT NULL UNIQUE,
+        user_id       TEXT NOT NULL REFERENCES users (user_id),
+        created_ms    INTEGER NOT NULL,
+        expires_ms    INTEGER NOT NULL,
+        used_ms       INTEGER
+    );
+    -- No token is stored: tokens are signed and name their row.
+    CREATE TABLE sessions (
+        session_id TEXT PRIMARY KEY,
+        user_id    TEXT NOT NULL,
+        passkey_id TEXT NOT NULL,
+        issued_ms  INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        revoked_ms INTEGER
+    );
+    CREATE INDEX sessions_by_expiry ON sessions (expires_ms);
+    -- Passkeys deleted while sessions they minted may still be unexpired.
+    CREATE TABLE revoked_passkeys (
+        passkey_id     TEXT PRIMARY KEY,
+        user_id        TEXT NOT NULL,
+        revoked_ms     INTEGER NOT NULL,
+        prune_after_ms INTEGER NOT NULL
+    );
+    -- verify_until_ms NULL: the current key (at most one).
+    CREATE TABLE signing_keys (
+        key_id          TEXT PRIMARY KEY,
+        secret          BLOB NOT NULL,
+        public_key      BLOB NOT NULL,
+        created_ms      INTEGER NOT NULL,
+        verify_until_ms INTEGER
+    );
+    CREATE UNIQUE INDEX one_current_signing_key ON signing_keys ((verify_until_ms IS NULL))
+        WHERE verify_until_ms IS NULL;",
+    ),
+    // 4: the log's identity, `log_state.log_id`: made here once, never changed afterwards.
+    Migration::Rust(log::add_log_id),
+    // 5: events in the store's own encoding: (revision, committed_ms, kind, payload_json), the
+    // rows written by migrations 1 and 2 converted once.
+    Migration::Rust(log::encode_events),
+    // 6: WebAuthn ceremonies between begin and finish, so any replica can finish them.
+    Migration::Sql(
+        "CREATE TABLE ceremonies (
+        ceremony_id TEXT PRIMARY KEY,
+        state_json  TEXT NOT NULL,
+        expires_ms  INTEGER NOT NULL
+    );
+    CREATE INDEX ceremonies_by_expiry ON ceremonies (expires_ms);",
+    ),
+    // 7: the gateway registry as replicas publish it, and each replica's heartbeat. (One
+    // replica on SQLite, but the same rows as on PostgreSQL, so a copied store carries them.)
+    Migration::Sql(
+        "CREATE TABLE replicas (
+        replica_id TEXT PRIMARY KEY,
+        seen_ms    INTEGER NOT NULL
+    );
+    -- disconnected_ms NULL: the stream is open. staleness_ms NULL: not reported.
+    CREATE TABLE gateways (
+        gateway_id           TEXT PRIMARY KEY,
+        replica_id           TEXT NOT NULL,
+        region               TEXT NOT NULL,
+        address              TEXT NOT NULL,
+        version              TEXT NOT NULL,
+        applied              INTEGER NOT NULL,
+        last_seen_ms         INTEGER NOT NULL,
+        connected_ms         INTEGER NOT NULL,
+        disconnected_ms      INTEGER,
+        staleness_ms         INTEGER,
+        propagation_bound_ms INTEGER NOT NULL,
+        stale_policy         TEXT NOT NULL,
+        updated_ms           INTEGER NOT NULL
+    );
+    CREATE INDEX gateways_by_update ON gateways (updated_ms);",
+    ),
 ];
 
 /// Idle read connections kept open for reuse.
 const MAX_IDLE_READERS: usize = 4;
 
-const KEY_COLUMNS: &str =
-    "key_id, key_hash, owner, name, start, enabled, created_ms, expires_ms, meta_json, revision";
-
-/// A [`Store`] in one SQLite file.
+/// A [`Store`](super::Store) in one SQLite file.
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
@@ -93,14 +215,20 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     observer: Arc<dyn CommitObserver>,
+    /// `<database>.lock`, locked exclusively for the life of the store; dropping the file
+    /// releases the lock (so does the process ending, however it ends).
+    _lock: File,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
-    /// The parent directory must exist.
+    /// The parent directory must exist. Fails with [`StoreError::InUse`] while another store
+    /// (in this process or another) has the same database open.
     pub async fn open(path: &Path, observer: Arc<dyn CommitObserver>) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || {
+            // Before the database is touched: a second control plane must not even migrate it.
+            let lock = lock_database(&path)?;
             let open_error = |source: rusqlite::Error| StoreError::Open {
                 path: path.display().to_string(),
                 source: Box::new(source),
@@ -117,6 +245,7 @@ impl SqliteStore {
                     writer: Mutex::new(writer),
                     readers: Mutex::new(Vec::new()),
                     observer,
+                    _lock: lock,
                 }),
             })
         })
@@ -139,26 +268,11 @@ impl SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
-            let head: u64 = tx
-                .query_row("SELECT head FROM log_state WHERE id = 1", [], |row| {
-                    row.get(0)
-                })
-                .map_err(backend)?;
-            let mut writer = Writer {
-                tx: &tx,
-                head: Revision(head),
-                now_unix_ms: now_unix_ms(),
-                events: Vec::new(),
+            let (value, events) = {
+                let mut writer = Writer::begin(&tx)?;
+                let value = work(&mut writer)?;
+                (value, writer.finish()?)
             };
-            let value = work(&mut writer)?;
-            let events = std::mem::take(&mut writer.events);
-            if !events.is_empty() {
-                tx.execute(
-                    "UPDATE log_state SET head = ?1 WHERE id = 1",
-                    params![writer.head.0],
-                )
-                .map_err(backend)?;
-            }
             tx.commit().map_err(backend)?;
             if !events.is_empty() {
                 inner.observer.committed(&events);
@@ -200,6 +314,33 @@ impl SqliteStore {
     }
 }
 
+/// Opens `<path>.lock` beside the database and locks it exclusively. An advisory lock on a
+/// file of its own rather than on the database: SQLite's own locks are per transaction, and
+/// locking the database file itself would fight SQLite's locking of it.
+fn lock_database(path: &Path) -> Result<File, StoreError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let open_error = |source: std::io::Error| StoreError::Open {
+        path: lock_path.display().to_string(),
+        source: Box::new(source),
+    };
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(open_error)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::InUse {
+            path: path.display().to_string(),
+        }),
+        Err(TryLockError::Error(source)) => Err(open_error(source)),
+    }
+}
+
 /// A mutex poisoned by a panic elsewhere still guards a usable connection: every transaction
 /// on it either committed or rolled back when it was dropped.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -230,7 +371,10 @@ fn migrate(conn: &mut Connection) -> Result<(), rusqlite::Error> {
     )?;
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute_batch(migration)?;
+        match migration {
+            Migration::Sql(sql) => tx.execute_batch(sql)?,
+            Migration::Rust(step) => step(&tx)?,
+        }
         tx.execute(
             "INSERT INTO schema_migrations (version, applied_ms) VALUES (?1, ?2)",
             params![index + 1, now_unix_ms()],
@@ -245,7 +389,9 @@ fn backend(error: rusqlite::Error) -> StoreError {
     if let rusqlite::Error::SqliteFailure(failure, _) = &error
         && failure.code == rusqlite::ErrorCode::ConstraintViolation
     {
-        return StoreError::Conflict("a key with this id or hash already exists".into());
+        // Ids are random and hashes are of random keys: a collision is practically impossible,
+        // so this names the constraint rather than guessing which record it was.
+        return StoreError::Conflict(format!("a unique id or hash already exists: {error}"));
     }
     StoreError::Backend(Box::new(error))
 }
@@ -254,968 +400,230 @@ fn corrupt(what: &str) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(format!("corrupt {what}").into())
 }
 
-/// One write transaction: the head it advances and the events it appends.
-struct Writer<'a> {
-    tx: &'a Transaction<'a>,
-    head: Revision,
-    now_unix_ms: i64,
-    events: Vec<Event>,
-}
-
-impl Writer<'_> {
-    /// Appends one event at the next revision.
-    fn append(&mut self, change: Change) -> Result<Revision, StoreError> {
-        let revision = self.head.next();
-        let event = Event {
-            revision,
-            committed_unix_ms: self.now_unix_ms,
-            change,
-        };
-        let (kind, id, hash, upserted, payload) = match &event.change {
-            Change::KeyUpserted(key) => (
-                "key_upserted",
-                key.id.to_string(),
-                key.hash.0.to_vec(),
-                Some(key),
-                None,
-            ),
-            Change::KeyDeleted { id, hash } => {
-                ("key_deleted", id.to_string(), hash.0.to_vec(), None, None)
-            }
-            Change::PasskeyRevoked(_)
-            | Change::SessionRevoked(_)
-            | Change::UserState(_)
-            | Change::SigningKey(_) => (
-                "encoded",
-                String::new(),
-                Vec::new(),
-                None,
-                Some(prost::Message::encode_to_vec(&pb::Event::from(&event))),
-            ),
-        };
-        let meta_json = upserted.map(|key| meta_to_json(&key.meta)).transpose()?;
-        self.tx
-            .execute(
-                "INSERT INTO events (revision, committed_ms, kind, key_id, key_hash, owner,
-                    enabled, expires_ms, meta_json, payload)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
-                    revision.0,
-                    self.now_unix_ms,
-                    kind,
-                    id,
-                    hash,
-                    upserted.map(|key| key.owner.as_str()),
-                    upserted.map(|key| key.enabled),
-                    upserted.and_then(|key| key.expires_unix_ms),
-                    meta_json,
-                    payload,
-                ],
-            )
-            .map_err(backend)?;
-        self.head = revision;
-        self.events.push(event);
-        Ok(revision)
-    }
-
-    /// Writes the operation's audit row. `revision` is 0 when nothing replicated changed.
-    fn audit(
-        &self,
-        actor: &str,
-        action: &str,
-        target: &str,
-        revision: Revision,
-        detail: &serde_json::Value,
-    ) -> Result<(), StoreError> {
-        self.tx
-            .execute(
-                "INSERT INTO audit (at_ms, actor, action, target, revision, detail_json)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    self.now_unix_ms,
-                    actor,
-                    action,
-                    target,
-                    revision.0,
-                    detail.to_string()
-                ],
-            )
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        self.tx
-            .execute(
-                &format!("INSERT INTO keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
-                params![
-                    key.id.to_string(),
-                    &key.hash.0[..],
-                    key.owner,
-                    key.name,
-                    key.start,
-                    key.enabled,
-                    key.created_unix_ms,
-                    key.expires_unix_ms,
-                    meta_to_json(&key.meta)?,
-                    key.revision.0,
-                ],
-            )
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    /// Writes the mutable fields of a key (enabled, expiry, revision).
-    fn update_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        self.tx
-            .execute(
-                "UPDATE keys SET enabled = ?2, expires_ms = ?3, revision = ?4 WHERE key_id = ?1",
-                params![
-                    key.id.to_string(),
-                    key.enabled,
-                    key.expires_unix_ms,
-                    key.revision.0
-                ],
-            )
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    fn delete_key(&mut self, key: &KeyRecord) -> Result<Revision, StoreError> {
-        self.tx
-            .execute(
-                "DELETE FROM keys WHERE key_id = ?1",
-                params![key.id.to_string()],
-            )
-            .map_err(backend)?;
-        self.append(Change::KeyDeleted {
-            id: key.id,
-            hash: key.hash,
-        })
-    }
-
-    fn existing_key(&self, id: KeyId) -> Result<KeyRecord, StoreError> {
-        get_key(self.tx, id)?.ok_or(StoreError::KeyNotFound(id))
-    }
-}
-
-fn meta_to_json(meta: &Meta) -> Result<String, StoreError> {
-    serde_json::to_string(meta).map_err(|e| StoreError::Corrupt(format!("meta: {e}")))
-}
-
-fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
-    let id: String = row.get(0)?;
-    let hash: Vec<u8> = row.get(1)?;
-    let meta_json: String = row.get(8)?;
-    Ok(KeyRecord {
-        id: id.parse().map_err(|_| corrupt("key id"))?,
-        hash: KeyHash::from_slice(&hash).ok_or_else(|| corrupt("key hash"))?,
-        owner: row.get(2)?,
-        name: row.get(3)?,
-        start: row.get(4)?,
-        enabled: row.get(5)?,
-        created_unix_ms: row.get(6)?,
-        expires_unix_ms: row.get(7)?,
-        meta: serde_json::from_str(&meta_json).map_err(|_| corrupt("key meta"))?,
-        revision: Revision(row.get(9)?),
-    })
-}
-
-fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
-    let kind: String = row.get(2)?;
-    if kind == "encoded" {
-        let payload: Vec<u8> = row.get(9)?;
-        let wire: pb::Event =
-            prost::Message::decode(payload.as_slice()).map_err(|_| corrupt("event payload"))?;
-        return Event::try_from(wire).map_err(|_| corrupt("event payload"));
-    }
-    let id: String = row.get(3)?;
-    let hash: Vec<u8> = row.get(4)?;
-    let id: KeyId = id.parse().map_err(|_| corrupt("event key id"))?;
-    let hash = KeyHash::from_slice(&hash).ok_or_else(|| corrupt("event key hash"))?;
-    let change = match kind.as_str() {
-        "key_upserted" => {
-            let meta_json: String = row.get(8)?;
-            Change::KeyUpserted(ReplicaKey {
-                hash,
-                id,
-                owner: row.get(5)?,
-                enabled: row.get(6)?,
-                expires_unix_ms: row.get(7)?,
-                meta: serde_json::from_str(&meta_json).map_err(|_| corrupt("event meta"))?,
-            })
-        }
-        "key_deleted" => Change::KeyDeleted { id, hash },
-        _ => return Err(corrupt("event kind")),
-    };
-    Ok(Event {
-        revision: Revision(row.get(0)?),
-        committed_unix_ms: row.get(1)?,
-        change,
-    })
-}
-
-fn get_key(tx: &Transaction<'_>, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-    tx.query_row(
-        &format!("SELECT {KEY_COLUMNS} FROM keys WHERE key_id = ?1"),
-        params![id.to_string()],
-        key_from_row,
-    )
-    .optional()
-    .map_err(backend)
-}
-
-fn log_bounds(tx: &Transaction<'_>) -> Result<LogBounds, StoreError> {
-    tx.query_row(
-        "SELECT head, oldest_retained FROM log_state WHERE id = 1",
-        [],
-        |row| {
-            Ok(LogBounds {
-                head: Revision(row.get(0)?),
-                oldest_retained: Revision(row.get(1)?),
-            })
-        },
-    )
-    .map_err(backend)
-}
-
-#[async_trait]
-impl Store for SqliteStore {
-    async fn log_bounds(&self) -> Result<LogBounds, StoreError> {
-        self.read(log_bounds).await
-    }
-
-    async fn compact(&self, before_unix_ms: i64) -> Result<LogBounds, StoreError> {
-        // Through the writer, so no commit interleaves; it appends no event, so the head stays.
-        self.write(move |w| {
-            let last_dropped: Option<u64> =
-                w.tx.query_row(
-                    "SELECT MAX(revision) FROM events WHERE committed_ms < ?1",
-                    params![before_unix_ms],
-                    |row| row.get(0),
-                )
-                .map_err(backend)?;
-            if let Some(last) = last_dropped {
-                w.tx.execute("DELETE FROM events WHERE revision <= ?1", params![last])
-                    .map_err(backend)?;
-                w.tx.execute(
-                    "UPDATE log_state SET oldest_retained = MAX(oldest_retained, ?1) WHERE id = 1",
-                    params![last + 1],
-                )
-                .map_err(backend)?;
-            }
-            log_bounds(w.tx)
-        })
-        .await
-    }
-
-    async fn create_key(&self, key: NewKey, actor: &str) -> Result<KeyRecord, StoreError> {
-        let actor = actor.to_owned();
-        self.write(move |w| {
-            let mut record = KeyRecord {
-                id: key.id,
-                hash: key.hash,
-                owner: key.owner,
-                name: key.name,
-                start: key.start,
-                enabled: key.enabled,
-                created_unix_ms: key.created_unix_ms,
-                expires_unix_ms: key.expires_unix_ms,
-                meta: key.meta,
-                revision: w.head.next(),
-            };
-            w.insert_key(&record)?;
-            record.revision = w.append(Change::KeyUpserted(record.replica()))?;
-            let detail = json!({
-                "owner": record.owner,
-                "name": record.name,
-                "prefix": record.prefix(),
-                "enabled": record.enabled,
-                "expiresUnixMs": record.expires_unix_ms,
-            });
-            w.audit(
-                &actor,
-                "key.create",
-                &record.id.to_string(),
-                record.revision,
-                &detail,
-            )?;
-            Ok(record)
-        })
-        .await
-    }
-
-    async fn get_key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        self.read(move |tx| get_key(tx, id)).await
-    }
-
-    async fn key_by_hash(
-        &self,
-        hash: KeyHash,
-    ) -> Result<(Option<KeyRecord>, Revision), StoreError> {
-        self.read(move |tx| {
-            let key = tx
-                .query_row(
-                    &format!("SELECT {KEY_COLUMNS} FROM keys WHERE key_hash = ?1"),
-                    params![&hash.0[..]],
-                    key_from_row,
-                )
-                .optional()
-                .map_err(backend)?;
-            Ok((key, log_bounds(tx)?.head))
-        })
-        .await
-    }
-
-    async fn list_keys(&self, query: KeyQuery) -> Result<Vec<KeyRecord>, StoreError> {
-        self.read(move |tx| {
-            // Fixed-width base62 ids sort as text in the same order as their numbers.
-            let after = query.after.map(|id| id.to_string()).unwrap_or_default();
-            let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
-            let mut statement = tx
-                .prepare_cached(&format!(
-                    "SELECT {KEY_COLUMNS} FROM keys
-                     WHERE key_id > ?1 AND (?2 IS NULL OR owner = ?2)
-                     ORDER BY key_id LIMIT ?3"
-                ))
-                .map_err(backend)?;
-            let rows = statement
-                .query_map(params![after, query.owner, limit], key_from_row)
-                .map_err(backend)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
-        })
-        .await
-    }
-
-    async fn set_key_enabled(
-        &self,
-        id: KeyId,
-        enabled: bool,
-        actor: &str,
-    ) -> Result<EnabledChange, StoreError> {
-        let actor = actor.to_owned();
-        self.write(move |w| {
-            let mut key = w.existing_key(id)?;
-            let action = if enabled { "key.enable" } else { "key.disable" };
-            let changed = key.enabled != enabled;
-            let mut revision = Revision::ZERO;
-            if changed {
-                key.enabled = enabled;
-                key.revision = w.head.next();
-                w.update_key(&key)?;
-                revision = w.append(Change::KeyUpserted(key.replica()))?;
-            }
-            let detail = json!({ "owner": key.owner, "changed": changed });
-            w.audit(&actor, action, &id.to_string(), revision, &detail)?;
-            Ok(EnabledChange { key, changed })
-        })
-        .await
-    }
-
-    async fn delete_key(&self, id: KeyId, actor: &str) -> Result<Revision, StoreError> {
-        let actor = actor.to_owned();
-        self.write(move |w| {
-            let key = w.existing_key(id)?;
-            let revision = w.delete_key(&key)?;
-            let detail = json!({ "owner": key.owner, "name": key.name });
-            w.audit(&actor, "key.delete", &id.to_string(), revision, &detail)?;
-            Ok(revision)
-        })
-        .await
-    }
-
-    async fn reroll_key(&self, reroll: Reroll, actor: &str) -> Result<Rerolled, StoreError> {
-        let actor = actor.to_owned();
-        self.write(move |w| {
-            let mut old_key = w.existing_key(reroll.old_id)?;
-            let mut new_key = KeyRecord {
-                id: reroll.new_id,
-                hash: reroll.new_hash,
-                owner: old_key.owner.clone(),
-                name: old_key.name.clone(),
-                start: reroll.new_start,
-                // A reroll rotates the secret; it neither re-enables a disabled key nor
-                // extends how long access lasts.
-                enabled: old_key.enabled,
-                created_unix_ms: reroll.now_unix_ms,
-                expires_unix_ms: old_key.expires_unix_ms,
-                meta: old_key.meta.clone(),
-                revision: w.head.next(),
-            };
-            w.insert_key(&new_key)?;
-            new_key.revision = w.append(Change::KeyUpserted(new_key.replica()))?;
-
-            let old_expires = match old_key.expires_unix_ms {
-                Some(existing) => existing.min(reroll.old_expires_unix_ms),
-                None => reroll.old_expires_unix_ms,
-            };
-            old_key.expires_unix_ms = Some(old_expires);
-            old_key.revision = w.head.next();
-            w.update_key(&old_key)?;
-            let revision = w.append(Change::KeyUpserted(old_key.replica()))?;
-
-            let detail = json!({
-                "owner": old_key.owner,
-                "newKeyId": new_key.id.to_string(),
-                "graceMs": reroll.grace_ms,
-                "oldExpiresUnixMs": old_expires,
-            });
-            w.audit(
-                &actor,
-                "key.reroll",
-                &old_key.id.to_string(),
-                revision,
-                &detail,
-            )?;
-            Ok(Rerolled {
-                new_key,
-                old_key,
-                revision,
-            })
-        })
-        .await
-    }
-
-    async fn revoke_owner(&self, owner: &str, actor: &str) -> Result<OwnerRevoked, StoreError> {
-        let actor = actor.to_owned();
-        let owner = owner.to_owned();
-        self.write(move |w| {
-            let keys = {
-                let mut statement =
-                    w.tx.prepare(&format!(
-                        "SELECT {KEY_COLUMNS} FROM keys WHERE owner = ?1 ORDER BY key_id"
-                    ))
-                    .map_err(backend)?;
-                let rows = statement
-                    .query_map(params![owner], key_from_row)
-                    .map_err(backend)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(backend)?
-            };
-            let mut deleted = Vec::with_capacity(keys.len());
-            let mut revision = Revision::ZERO;
-            for key in &keys {
-                revision = w.delete_key(key)?;
-                deleted.push(key.id);
-            }
-            // The audit row names at most 100 ids, so one bulk revocation cannot bloat it.
-            let sample: Vec<String> = deleted.iter().take(100).map(KeyId::to_string).collect();
-            let detail = json!({ "count": deleted.len(), "keyIds": sample });
-            w.audit(&actor, "owner.revoke", &owner, revision, &detail)?;
-            Ok(OwnerRevoked {
-                revision: w.head,
-                deleted,
-            })
-        })
-        .await
-    }
-
-    async fn events_after(&self, after: Revision, limit: usize) -> Result<Vec<Event>, StoreError> {
-        self.read(move |tx| {
-            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let mut statement = tx
-                .prepare_cached(
-                    "SELECT revision, committed_ms, kind, key_id, key_hash, owner, enabled,
-                        expires_ms, meta_json, payload
-                     FROM events WHERE revision > ?1 ORDER BY revision LIMIT ?2",
-                )
-                .map_err(backend)?;
-            let rows = statement
-                .query_map(params![after.0, limit], event_from_row)
-                .map_err(backend)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
-        })
-        .await
-    }
-
-    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        // Head and keys are read in one read transaction, so the keys are exactly the state
-        // at that revision, whatever commits meanwhile.
-        self.read(|tx| {
-            let revision = log_bounds(tx)?.head;
-            let mut statement = tx
-                .prepare(&format!("SELECT {KEY_COLUMNS} FROM keys ORDER BY key_id"))
-                .map_err(backend)?;
-            let rows = statement
-                .query_map([], |row| key_from_row(row).map(|key| key.replica()))
-                .map_err(backend)?;
-            let keys = rows.collect::<Result<Vec<_>, _>>().map_err(backend)?;
-            let sessions = passkeys::session_state(tx, now_unix_ms())?;
-            Ok(Snapshot {
-                revision,
-                keys,
-                sessions,
-            })
-        })
-        .await
-    }
-
-    async fn list_audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        self.read(move |tx| {
-            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let mut statement = tx
-                .prepare_cached(
-                    "SELECT id, at_ms, actor, action, target, revision, detail_json
-                     FROM audit ORDER BY id DESC LIMIT ?1",
-                )
-                .map_err(backend)?;
-            let rows = statement
-                .query_map(params![limit], |row| {
-                    Ok(AuditEntry {
-                        id: row.get(0)?,
-                        at_unix_ms: row.get(1)?,
-                        actor: row.get(2)?,
-                        action: row.get(3)?,
-                        target: row.get(4)?,
-                        revision: Revision(row.get(5)?),
-                        detail_json: row.get(6)?,
-                    })
-                })
-                .map_err(backend)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
-        })
-        .await
-    }
+/// Every row `sql` returns, mapped.
+fn collect<T>(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, StoreError> {
+    let mut statement = tx.prepare_cached(sql).map_err(backend)?;
+    let rows = statement.query_map(params, map).map_err(backend)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(backend)
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use keygate_proto::{Change, Event, KeyHash, KeyId, Meta, ReplicaKey, Revision, UserState};
+
     use super::*;
-    use crate::keys::{CreateKey, Keys, ListKeys};
-    use crate::store::KeyQuery;
+    use crate::store::suite::{Recorder, SuiteBackend};
+    use crate::store::{EventLogStore, KeyStore, NewKey, Store};
 
-    /// Records what the store announces, to compare with what it stored.
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<Event>>);
-
-    impl CommitObserver for Recorder {
-        fn committed(&self, events: &[Event]) {
-            lock(&self.0).extend_from_slice(events);
-        }
+    /// The suite's SQLite backend: a fresh file in a temporary directory per test.
+    struct Sqlite {
+        dir: tempfile::TempDir,
     }
 
-    struct Fixture {
-        _dir: tempfile::TempDir,
-        store: SqliteStore,
-        keys: Keys,
-        recorder: Arc<Recorder>,
-    }
-
-    async fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let recorder = Arc::new(Recorder::default());
-        let store = SqliteStore::open(&dir.path().join("keygate.db"), recorder.clone() as _)
-            .await
-            .unwrap();
-        let keys = Keys::new(Arc::new(store.clone()));
-        Fixture {
-            _dir: dir,
-            store,
-            keys,
-            recorder,
-        }
-    }
-
-    #[tokio::test]
-    async fn compaction_drops_old_events_but_never_the_head_or_the_keys() {
-        let f = fixture().await;
-        for _ in 0..3 {
-            f.keys.create(create("alice"), "test").await.unwrap();
-        }
-        let unchanged = f.store.compact(0).await.unwrap();
-        assert_eq!(unchanged.oldest_retained, Revision(1), "nothing that old");
-        let bounds = f.store.compact(now_unix_ms() + 1).await.unwrap();
-        assert_eq!(bounds.head, Revision(3));
-        assert_eq!(bounds.oldest_retained, Revision(4));
-        assert!(all_events(&f.store).await.is_empty());
-        // Compacting again, or with an older cutoff, never moves the bound back.
-        assert_eq!(f.store.compact(0).await.unwrap(), bounds);
-
-        f.keys.create(create("alice"), "test").await.unwrap();
-        let events = all_events(&f.store).await;
-        assert_eq!(events.len(), 1);
-        assert_eq!(events[0].revision, Revision(4));
-        let snapshot = f.store.snapshot().await.unwrap();
-        assert_eq!(snapshot.revision, Revision(4));
-        assert_eq!(snapshot.keys.len(), 4);
-    }
-
-    fn create(owner: &str) -> CreateKey {
-        CreateKey {
-            owner: owner.into(),
-            name: "ci".into(),
-            meta: Meta::from([("plan".to_owned(), "pro".to_owned())]),
-            ..CreateKey::default()
-        }
-    }
-
-    async fn all_events(store: &SqliteStore) -> Vec<Event> {
-        store.events_after(Revision::ZERO, 10_000).await.unwrap()
-    }
-
-    #[tokio::test]
-    async fn revisions_are_contiguous_across_every_operation() {
-        let f = fixture().await;
-        let a = f.keys.create(create("alice"), "admin").await.unwrap();
-        let b = f.keys.create(create("bob"), "admin").await.unwrap();
-        let c = f.keys.create(create("bob"), "admin").await.unwrap();
-        assert_eq!(
-            [a.revision, b.revision, c.revision],
-            [Revision(1), Revision(2), Revision(3)]
-        );
-
-        let id = a.record.id.to_string();
-        assert_eq!(
-            f.keys
-                .set_enabled(&id, false, "admin")
-                .await
-                .unwrap()
-                .revision,
-            Revision(4)
-        );
-        // Already disabled: the key's revision comes back and nothing is appended.
-        assert_eq!(
-            f.keys
-                .set_enabled(&id, false, "admin")
-                .await
-                .unwrap()
-                .revision,
-            Revision(4)
-        );
-        assert_eq!(
-            f.keys
-                .set_enabled(&id, true, "admin")
-                .await
-                .unwrap()
-                .revision,
-            Revision(5)
-        );
-        let rerolled = f.keys.reroll(&id, 60_000, "admin").await.unwrap();
-        assert_eq!(rerolled.revision, Revision(7));
-        assert_eq!(rerolled.record.revision, Revision(6));
-        assert_eq!(f.keys.delete(&id, "admin").await.unwrap(), Revision(8));
-        let revoked = f.keys.revoke_owner("bob", "admin").await.unwrap();
-        assert_eq!(revoked.revision, Revision(10));
-        assert_eq!(revoked.deleted.len(), 2);
-        // No keys left for bob: the head is reported unchanged.
-        assert_eq!(
-            f.keys.revoke_owner("bob", "admin").await.unwrap().revision,
-            Revision(10)
-        );
-
-        let events = all_events(&f.store).await;
-        let revisions: Vec<u64> = events.iter().map(|e| e.revision.0).collect();
-        assert_eq!(revisions, (1..=10).collect::<Vec<_>>());
-        assert_eq!(
-            *lock(&f.recorder.0),
-            events,
-            "observer saw exactly the stored events"
-        );
-        assert!(matches!(&events[7].change, Change::KeyDeleted { id, .. } if *id == a.record.id));
-        let bounds = f.store.log_bounds().await.unwrap();
-        assert_eq!(
-            bounds,
-            LogBounds {
-                oldest_retained: Revision(1),
-                head: Revision(10)
-            }
-        );
-    }
-
-    #[tokio::test]
-    async fn every_operation_writes_one_audit_row_with_its_revision() {
-        let f = fixture().await;
-        let key = f.keys.create(create("alice"), "admin:ops").await.unwrap();
-        let id = key.record.id.to_string();
-        f.keys.set_enabled(&id, false, "admin").await.unwrap();
-        f.keys.set_enabled(&id, false, "admin").await.unwrap();
-        f.keys.reroll(&id, 0, "admin").await.unwrap();
-        f.keys.delete(&id, "admin").await.unwrap();
-        f.keys.revoke_owner("alice", "admin").await.unwrap();
-
-        let audit = f.keys.audit(0).await.unwrap();
-        let summary: Vec<(&str, u64)> = audit
-            .iter()
-            .map(|e| (e.action.as_str(), e.revision.0))
-            .collect();
-        assert_eq!(
-            summary,
-            [
-                // The reroll's sibling key is alice's last one: revoked at 6.
-                ("owner.revoke", 6),
-                ("key.delete", 5),
-                // Two events: the new key (3), the old key's expiry (4).
-                ("key.reroll", 4),
-                ("key.disable", 0),
-                ("key.disable", 2),
-                ("key.create", 1),
-            ]
-        );
-        assert_eq!(audit[5].actor, "admin:ops");
-        assert_eq!(audit[5].target, id);
-        for entry in &audit {
-            let detail: serde_json::Value = serde_json::from_str(&entry.detail_json).unwrap();
-            assert!(detail.is_object());
-            assert!(
-                !entry.detail_json.contains(&key.plaintext),
-                "secret in the audit log"
-            );
-        }
-        assert_eq!(f.keys.audit(2).await.unwrap().len(), 2);
-    }
-
-    #[tokio::test]
-    async fn a_failed_write_leaves_no_event_and_no_audit_row() {
-        let f = fixture().await;
-        let first = f.keys.create(create("alice"), "admin").await.unwrap();
-        // Same hash again: the unique constraint fails inside the transaction.
-        let duplicate = NewKey {
-            id: KeyId::generate(),
-            hash: first.record.hash,
-            owner: "mallory".into(),
-            name: String::new(),
-            start: first.record.start.clone(),
-            enabled: true,
-            created_unix_ms: 0,
-            expires_unix_ms: None,
-            meta: Meta::new(),
-        };
-        let error = f.store.create_key(duplicate, "admin").await.unwrap_err();
-        assert!(matches!(error, StoreError::Conflict(_)), "{error}");
-        assert_eq!(all_events(&f.store).await.len(), 1);
-        assert_eq!(f.store.list_audit(100).await.unwrap().len(), 1);
-        assert_eq!(f.store.log_bounds().await.unwrap().head, Revision(1));
-        assert_eq!(
-            lock(&f.recorder.0).len(),
-            1,
-            "nothing announced for the rollback"
-        );
-        // The next write still takes the next revision.
-        assert_eq!(
-            f.keys
-                .create(create("bob"), "admin")
-                .await
-                .unwrap()
-                .revision,
-            Revision(2)
-        );
-    }
-
-    #[tokio::test]
-    async fn reroll_issues_a_sibling_and_shortens_the_old_expiry() {
-        let f = fixture().await;
-        let mut request = create("alice");
-        request.prefix = "acme".into();
-        let old = f.keys.create(request, "admin").await.unwrap();
-        let before = now_unix_ms();
-        let new = f
-            .keys
-            .reroll(&old.record.id.to_string(), 60_000, "admin")
-            .await
-            .unwrap();
-        let after = now_unix_ms();
-
-        assert_ne!(new.record.id, old.record.id);
-        assert_ne!(new.plaintext, old.plaintext);
-        assert!(new.plaintext.starts_with("acme_"));
-        assert_eq!(new.record.prefix(), "acme");
-        assert_eq!(new.record.owner, "alice");
-        assert_eq!(new.record.name, "ci");
-        assert_eq!(new.record.meta, old.record.meta);
-        assert_eq!(new.record.expires_unix_ms, None);
-        let old_now = f.keys.get(&old.record.id.to_string()).await.unwrap();
-        let expires = old_now.expires_unix_ms.unwrap();
-        assert!(
-            (before + 60_000..=after + 60_000).contains(&expires),
-            "{expires}"
-        );
-
-        // A second reroll with a longer grace keeps the earlier expiry.
-        f.keys
-            .reroll(&old.record.id.to_string(), 3_600_000, "admin")
-            .await
-            .unwrap();
-        let again = f.keys.get(&old.record.id.to_string()).await.unwrap();
-        assert_eq!(again.expires_unix_ms, Some(expires));
-
-        // Grace 0: expired at once.
-        let zero = f
-            .keys
-            .reroll(&new.record.id.to_string(), 0, "admin")
-            .await
-            .unwrap();
-        let stopped = f.keys.get(&new.record.id.to_string()).await.unwrap();
-        assert!(stopped.expires_unix_ms.unwrap() <= now_unix_ms());
-        // The events carry the new key first, then the old key's new expiry.
-        let events = f
-            .store
-            .events_after(Revision(zero.revision.0 - 2), 10)
-            .await
-            .unwrap();
-        match (&events[0].change, &events[1].change) {
-            (Change::KeyUpserted(first), Change::KeyUpserted(second)) => {
-                assert_eq!(first.id, zero.record.id);
-                assert_eq!(second.id, new.record.id);
-                assert_eq!(second.expires_unix_ms, stopped.expires_unix_ms);
-            }
-            other => panic!("unexpected events {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn keys_page_in_id_order_with_an_opaque_cursor() {
-        let f = fixture().await;
-        let mut alice = Vec::new();
-        for i in 0..25 {
-            let owner = if i % 5 == 0 { "bob" } else { "alice" };
-            let key = f.keys.create(create(owner), "admin").await.unwrap();
-            if owner == "alice" {
-                alice.push(key.record.id);
+    impl Sqlite {
+        fn new() -> Self {
+            Self {
+                dir: tempfile::tempdir().unwrap(),
             }
         }
-        alice.sort();
-        let mut seen = Vec::new();
-        let mut cursor = String::new();
-        let mut pages = 0;
-        loop {
-            let page = f
-                .keys
-                .list(ListKeys {
-                    owner: "alice".into(),
-                    limit: 7,
-                    cursor,
-                })
-                .await
-                .unwrap();
-            pages += 1;
-            assert!(page.keys.len() <= 7);
-            seen.extend(page.keys.iter().map(|k| k.id));
-            match page.next_cursor {
-                Some(next) => cursor = next,
-                None => break,
-            }
+
+        fn path(&self) -> PathBuf {
+            self.dir.path().join("keygate.db")
         }
-        assert_eq!(seen, alice, "every key once, in id order");
-        assert_eq!(pages, 3, "20 keys in pages of 7; no empty last page");
-        let everyone = f.keys.list(ListKeys::default()).await.unwrap();
-        assert_eq!(everyone.keys.len(), 25);
-        assert_eq!(everyone.next_cursor, None);
-        let garbage = f
-            .keys
-            .list(ListKeys {
-                cursor: "not a cursor".into(),
-                ..ListKeys::default()
-            })
-            .await;
-        assert!(matches!(
-            garbage,
-            Err(crate::keys::KeyError::InvalidArgument(_))
-        ));
-        // The store's own query honours the owner filter and the lower bound.
-        let after_first = f
-            .store
-            .list_keys(KeyQuery {
-                owner: Some("alice".into()),
-                after: Some(alice[0]),
-                limit: 100,
-            })
-            .await
-            .unwrap();
-        assert_eq!(after_first.len(), alice.len() - 1);
     }
 
-    #[tokio::test]
-    async fn snapshots_are_consistent_at_their_revision_while_writes_go_on() {
-        let f = fixture().await;
-        let writer = {
-            let keys = f.keys.clone();
-            tokio::spawn(async move {
-                for _ in 0..150 {
-                    keys.create(create("alice"), "admin").await.unwrap();
-                }
-            })
-        };
-        let mut distinct = std::collections::BTreeSet::new();
-        while !writer.is_finished() {
-            // Only creates happen, so the state at revision R holds exactly R keys.
-            let snapshot = f.store.snapshot().await.unwrap();
-            assert_eq!(snapshot.keys.len() as u64, snapshot.revision.0);
-            distinct.insert(snapshot.revision);
+    #[async_trait::async_trait]
+    impl SuiteBackend for Sqlite {
+        async fn open(&self, observer: Arc<dyn CommitObserver>) -> Arc<dyn Store> {
+            Arc::new(SqliteStore::open(&self.path(), observer).await.unwrap())
         }
-        writer.await.unwrap();
-        let last = f.store.snapshot().await.unwrap();
-        assert_eq!((last.revision, last.keys.len()), (Revision(150), 150));
-        assert!(!distinct.is_empty());
     }
 
+    crate::store::suite::store_suite!(Sqlite::new());
+
     #[tokio::test]
-    async fn lookups_by_hash_and_reopening_keep_state() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keygate.db");
+    async fn a_second_store_on_the_same_file_is_refused_until_the_first_is_closed() {
+        let db = Sqlite::new();
         let recorder: Arc<dyn CommitObserver> = Arc::new(Recorder::default());
-        let store = SqliteStore::open(&path, recorder.clone()).await.unwrap();
-        let keys = Keys::new(Arc::new(store.clone()));
-        let issued = keys.create(create("alice"), "admin").await.unwrap();
-        let hash = keygate_proto::ApiKey::parse(&issued.plaintext)
-            .unwrap()
-            .hash();
-        let (found, head) = store.key_by_hash(hash).await.unwrap();
-        assert_eq!(found.unwrap().id, issued.record.id);
-        assert_eq!(head, Revision(1));
-        let (missing, _) = store.key_by_hash(KeyHash([7; 32])).await.unwrap();
-        assert!(missing.is_none());
-        drop((keys, store));
+        let first = SqliteStore::open(&db.path(), Arc::clone(&recorder))
+            .await
+            .unwrap();
+        let second = SqliteStore::open(&db.path(), Arc::clone(&recorder)).await;
+        let Err(error @ StoreError::InUse { .. }) = second else {
+            panic!("a second store opened the same file");
+        };
+        let message = error.to_string();
+        assert!(message.contains("SQLite is single-node"), "{message}");
+        assert!(message.contains("postgres://"), "{message}");
 
-        // Reopening runs no migration twice and keeps keys and head.
-        let store = SqliteStore::open(&path, recorder).await.unwrap();
-        assert_eq!(store.log_bounds().await.unwrap().head, Revision(1));
-        assert!(store.get_key(issued.record.id).await.unwrap().is_some());
+        // A clone shares the first store's lock; only when every handle is gone is it free.
+        let clone = first.clone();
+        drop(first);
+        assert!(matches!(
+            SqliteStore::open(&db.path(), Arc::clone(&recorder)).await,
+            Err(StoreError::InUse { .. })
+        ));
+        drop(clone);
+        SqliteStore::open(&db.path(), recorder).await.unwrap();
     }
 
+    /// A database as stores before migration 4 left it: key events in columns, other events
+    /// as prost-encoded `keygate.v1.Event` bytes. Opening it converts both, once.
     #[tokio::test]
-    async fn create_validates_its_input() {
-        let f = fixture().await;
-        let cases = [
-            CreateKey {
-                owner: String::new(),
-                ..create("x")
-            },
-            CreateKey {
-                prefix: "bad_prefix".into(),
-                ..create("alice")
-            },
-            CreateKey {
-                name: "n".repeat(257),
-                ..create("alice")
-            },
-            CreateKey {
-                expires_unix_ms: Some(now_unix_ms() - 1),
-                ..create("alice")
-            },
-        ];
-        for case in cases {
-            let result = f.keys.create(case.clone(), "admin").await;
-            assert!(
-                matches!(result, Err(crate::keys::KeyError::InvalidArgument(_))),
-                "{case:?}"
-            );
+    async fn events_written_before_the_store_encoding_are_converted_when_opened() {
+        let db = Sqlite::new();
+        let key = ReplicaKey {
+            hash: KeyHash([5; 32]),
+            id: KeyId::generate(),
+            owner: "acme".into(),
+            enabled: true,
+            expires_unix_ms: Some(1_900_000_000_000),
+            meta: Meta::from([("plan".to_owned(), "pro".to_owned())]),
+        };
+        let old_key_event = Event {
+            revision: Revision(1),
+            committed_unix_ms: 1_000,
+            change: Change::KeyUpserted(key.clone()),
+        };
+        let old_encoded_event = Event {
+            revision: Revision(2),
+            committed_unix_ms: 2_000,
+            change: Change::UserState(UserState {
+                user_id: "alice".into(),
+                disabled: true,
+                sessions_revoked_before_unix_ms: 1_500,
+                prune_after_unix_ms: 9_000,
+            }),
+        };
+        {
+            let mut conn = Connection::open(db.path()).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_migrations (
+                    version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
+            )
+            .unwrap();
+            let tx = conn.transaction().unwrap();
+            for (index, migration) in MIGRATIONS[..3].iter().enumerate() {
+                let Migration::Sql(sql) = migration else {
+                    panic!("migrations 1 to 3 are SQL");
+                };
+                tx.execute_batch(sql).unwrap();
+                tx.execute(
+                    "INSERT INTO schema_migrations VALUES (?1, 0)",
+                    params![index + 1],
+                )
+                .unwrap();
+            }
+            tx.execute(
+                "INSERT INTO events (revision, committed_ms, kind, key_id, key_hash, owner,
+                    enabled, expires_ms, meta_json, payload)
+                 VALUES (1, 1000, 'key_upserted', ?1, ?2, 'acme', 1, ?3, ?4, NULL)",
+                params![
+                    key.id.to_string(),
+                    &key.hash.0[..],
+                    key.expires_unix_ms,
+                    serde_json::to_string(&key.meta).unwrap()
+                ],
+            )
+            .unwrap();
+            let wire = keygate_proto::pb::Event::from(&old_encoded_event);
+            tx.execute(
+                "INSERT INTO events (revision, committed_ms, kind, key_id, key_hash, payload)
+                 VALUES (2, 2000, 'encoded', '', x'', ?1)",
+                params![prost::Message::encode_to_vec(&wire)],
+            )
+            .unwrap();
+            tx.execute("UPDATE log_state SET head = 2 WHERE id = 1", [])
+                .unwrap();
+            tx.commit().unwrap();
         }
-        let disabled = f
-            .keys
-            .create(
-                CreateKey {
-                    disabled: true,
-                    ..create("alice")
+
+        let recorder = Arc::new(Recorder::default());
+        let store = SqliteStore::open(&db.path(), recorder.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.events_after(Revision::ZERO, 10).await.unwrap(),
+            [old_key_event, old_encoded_event]
+        );
+        let bounds = store.log_bounds().await.unwrap();
+        assert_eq!(bounds.head, Revision(2));
+        assert!(bounds.log_id.0.starts_with("log_"), "{:?}", bounds.log_id);
+        assert!(
+            recorder.events().is_empty(),
+            "a migration announces nothing"
+        );
+
+        // New events follow in the new encoding, contiguous with the converted ones.
+        let created = store
+            .create_key(
+                NewKey {
+                    id: KeyId::generate(),
+                    hash: KeyHash([6; 32]),
+                    owner: "acme".into(),
+                    name: String::new(),
+                    start: "kg_abcd".into(),
+                    enabled: true,
+                    created_unix_ms: 3_000,
+                    expires_unix_ms: None,
+                    meta: Meta::new(),
                 },
                 "admin",
             )
             .await
             .unwrap();
-        assert!(!disabled.record.enabled);
-        assert!(disabled.plaintext.starts_with("kg_"));
-        assert!(
-            all_events(&f.store).await.len() == 1,
-            "refused creates append nothing"
-        );
+        assert_eq!(created.revision, Revision(3));
+        let events = store.events_after(Revision(2), 10).await.unwrap();
+        assert_eq!(events, recorder.events());
+        let version: usize = store
+            .read(|tx| {
+                tx.query_row("SELECT MAX(version) FROM schema_migrations", [], |row| {
+                    row.get(0)
+                })
+                .map_err(backend)
+            })
+            .await
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len());
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_old_event_stops_the_migration_instead_of_dropping_a_revision() {
+        let db = Sqlite::new();
+        {
+            let conn = Connection::open(db.path()).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_migrations (
+                    version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
+            )
+            .unwrap();
+            for (index, migration) in MIGRATIONS[..3].iter().enumerate() {
+                let Migration::Sql(sql) = migration else {
+                    panic!("migrations 1 to 3 are SQL");
+                };
+                conn.execute_batch(sql).unwrap();
+                conn.execute(
+                    "INSERT INTO schema_migrations VALUES (?1, 0)",
+                    params![index + 1],
+                )
+                .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO events (revision, committed_ms, kind, key_id, key_hash, payload)
+                 VALUES (1, 1000, 'encoded', '', x'', x'ffffff')",
+                [],
+            )
+            .unwrap();
+        }
+        let recorder: Arc<dyn CommitObserver> = Arc::new(Recorder::default());
+        let error = SqliteStore::open(&db.path(), recorder).await.err().unwrap();
+        assert!(matches!(error, StoreError::Open { .. }), "{error}");
+        assert!(error.to_string().contains("revision 1"), "{error}");
     }
 }

@@ -111,7 +111,11 @@ struct ControlState {
     revoked_passkeys: BTreeMap<String, PasskeyRevocation>,
     users: BTreeMap<String, UserState>,
     head: u64,
+    /// The log id it reports; empty: a control plane from before log ids.
+    log_id: String,
     hellos: Vec<u64>,
+    /// The log id of each hello, in order.
+    hello_logs: Vec<String>,
     acks: Vec<u64>,
 }
 
@@ -119,6 +123,8 @@ struct ControlShared {
     state: Mutex<ControlState>,
     updates: broadcast::Sender<Update>,
     answer_pings: AtomicBool,
+    /// When set, new streams are refused (Unavailable), as by a control plane that is down.
+    refuse_streams: AtomicBool,
     lookups: AtomicUsize,
     /// When set, lookups wait for it before answering (to test coalescing).
     lookup_gate: Mutex<Option<Arc<Notify>>>,
@@ -140,6 +146,7 @@ impl ControlPlane {
             state: Mutex::new(ControlState::default()),
             updates,
             answer_pings: AtomicBool::new(true),
+            refuse_streams: AtomicBool::new(false),
             lookups: AtomicUsize::new(0),
             lookup_gate: Mutex::new(None),
         });
@@ -290,6 +297,22 @@ impl ControlPlane {
         self.shared.state.lock().unwrap().hellos.clone()
     }
 
+    /// The log id each hello carried, in order.
+    pub fn hello_logs(&self) -> Vec<String> {
+        self.shared.state.lock().unwrap().hello_logs.clone()
+    }
+
+    /// Sets the log id this control plane reports (in snapshots and pongs) and compares hellos
+    /// with: a hello of another log gets a snapshot.
+    pub fn set_log_id(&self, log_id: &str) {
+        self.shared.state.lock().unwrap().log_id = log_id.to_owned();
+    }
+
+    /// Refuses new streams (`true`) or accepts them again.
+    pub fn refuse_streams(&self, refuse: bool) {
+        self.shared.refuse_streams.store(refuse, Ordering::SeqCst);
+    }
+
     pub fn acks(&self) -> Vec<u64> {
         self.shared.state.lock().unwrap().acks.clone()
     }
@@ -335,6 +358,9 @@ impl pb::sync_server::Sync for SyncService {
         request: tonic::Request<Streaming<pb::GatewayMessage>>,
     ) -> Result<tonic::Response<Self::StreamStream>, Status> {
         authorized(&request)?;
+        if self.shared.refuse_streams.load(Ordering::SeqCst) {
+            return Err(Status::unavailable("refusing streams"));
+        }
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(1024);
         let shared = Arc::clone(&self.shared);
@@ -349,15 +375,20 @@ impl pb::sync_server::Sync for SyncService {
             let (initial, mut sent_up_to) = {
                 let mut state = shared.state.lock().unwrap();
                 state.hellos.push(hello.applied_revision);
+                state.hello_logs.push(hello.log_id.clone());
                 let head = state.head;
+                let log_id = state.log_id.clone();
+                let other_log =
+                    !hello.log_id.is_empty() && !log_id.is_empty() && hello.log_id != log_id;
                 let mut initial = Vec::new();
-                if hello.applied_revision == 0 || hello.applied_revision > head {
+                if hello.applied_revision == 0 || hello.applied_revision > head || other_log {
                     let keys: Vec<pb::ReplicaKey> =
                         state.keys.values().map(|(key, _)| key.into()).collect();
                     initial.push(control(control_message::Msg::SnapshotBegin(
                         pb::SnapshotBegin {
                             revision: head,
                             key_count: keys.len() as u64,
+                            log_id,
                         },
                     )));
                     for chunk in keys.chunks(2) {
@@ -422,8 +453,11 @@ impl pb::sync_server::Sync for SyncService {
                             if !shared.answer_pings.load(Ordering::SeqCst) {
                                 continue;
                             }
-                            let head = shared.state.lock().unwrap().head;
-                            let pong = pb::Pong { nonce: ping.nonce, sent_at_nanos: ping.sent_at_nanos, head_revision: head };
+                            let (head, log_id) = {
+                                let state = shared.state.lock().unwrap();
+                                (state.head, state.log_id.clone())
+                            };
+                            let pong = pb::Pong { nonce: ping.nonce, sent_at_nanos: ping.sent_at_nanos, head_revision: head, log_id };
                             if tx.send(control(control_message::Msg::Pong(pong))).await.is_err() {
                                 return;
                             }

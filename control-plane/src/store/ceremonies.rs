@@ -1,0 +1,50 @@
+//! WebAuthn ceremonies in progress: the state between a `…/begin` and its `…/finish`, kept in
+//! the store so that any control-plane replica can finish a ceremony another one began (no
+//! sticky sessions behind a load balancer).
+//!
+//! Each ceremony is taken exactly once, atomically: of two concurrent finishes, on one replica
+//! or two, only one finds it.
+
+use async_trait::async_trait;
+
+use super::StoreError;
+
+/// A ceremony to keep until its finish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCeremony {
+    /// `cer_…`, random: the only handle a client has on it.
+    pub ceremony_id: String,
+    /// The relying party's state, serialised by the caller (it names the kind of ceremony).
+    pub state_json: String,
+    pub expires_unix_ms: i64,
+}
+
+/// What [`CeremonyStore::take_ceremony`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CeremonyTaken {
+    Found(String),
+    /// Never issued, already finished, or pruned.
+    Unknown,
+    /// Issued, but expired. (It is gone now as well.)
+    Expired,
+}
+
+/// Ceremonies in progress.
+#[async_trait]
+pub trait CeremonyStore: Send + Sync {
+    /// Keeps `ceremony` unless `capacity` unexpired ceremonies are kept already; then expired
+    /// ones are deleted and, if there is still no room, it returns false.
+    async fn put_ceremony(
+        &self,
+        ceremony: NewCeremony,
+        capacity: usize,
+        now_unix_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes the ceremony and returns its state: a second call finds nothing.
+    async fn take_ceremony(
+        &self,
+        ceremony_id: &str,
+        now_unix_ms: i64,
+    ) -> Result<CeremonyTaken, StoreError>;
+}

@@ -1,0 +1,298 @@
+//! The store's own encoding of an event's change: a kind and a JSON document, the same in every
+//! backend. It is not the gRPC wire message (`keygate_proto::pb`): the log on disk must not
+//! change when the sync protocol does, and a store copied between backends carries its events
+//! byte for byte.
+//!
+//! Hashes and public keys are lowercase hex, ids and names plain strings, instants Unix
+//! milliseconds. Fields are only ever added (with a default), never renamed.
+
+use keygate_proto::{
+    Change, KeyHash, KeyId, Meta, PasskeyRevocation, ReplicaKey, SessionRevocation,
+    SessionVerifyingKey, UserState,
+};
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+
+/// The kinds, as stored in the `kind` column.
+pub const KEY_UPSERTED: &str = "key_upserted";
+pub const KEY_DELETED: &str = "key_deleted";
+pub const PASSKEY_REVOKED: &str = "passkey_revoked";
+pub const SESSION_REVOKED: &str = "session_revoked";
+pub const USER_STATE: &str = "user_state";
+pub const SIGNING_KEY: &str = "signing_key";
+
+/// A change as stored: its kind and its JSON document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedChange {
+    pub kind: &'static str,
+    pub json: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredKey {
+    hash: String,
+    id: String,
+    owner: String,
+    enabled: bool,
+    #[serde(default)]
+    expires_ms: Option<i64>,
+    #[serde(default)]
+    meta: Meta,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredDeletion {
+    id: String,
+    hash: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredPasskeyRevocation {
+    user_id: String,
+    passkey_id: String,
+    revoked_ms: i64,
+    prune_after_ms: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSessionRevocation {
+    session_id: String,
+    user_id: String,
+    prune_after_ms: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredUserState {
+    user_id: String,
+    disabled: bool,
+    sessions_revoked_before_ms: i64,
+    prune_after_ms: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSigningKey {
+    key_id: String,
+    public_key: String,
+    created_ms: i64,
+    #[serde(default)]
+    verify_until_ms: Option<i64>,
+}
+
+/// Encodes a change for the log.
+pub fn encode(change: &Change) -> Result<EncodedChange, StoreError> {
+    let (kind, json) = match change {
+        Change::KeyUpserted(key) => (
+            KEY_UPSERTED,
+            serde_json::to_string(&StoredKey {
+                hash: hex::encode(key.hash.0),
+                id: key.id.to_string(),
+                owner: key.owner.clone(),
+                enabled: key.enabled,
+                expires_ms: key.expires_unix_ms,
+                meta: key.meta.clone(),
+            }),
+        ),
+        Change::KeyDeleted { id, hash } => (
+            KEY_DELETED,
+            serde_json::to_string(&StoredDeletion {
+                id: id.to_string(),
+                hash: hex::encode(hash.0),
+            }),
+        ),
+        Change::PasskeyRevoked(revocation) => (
+            PASSKEY_REVOKED,
+            serde_json::to_string(&StoredPasskeyRevocation {
+                user_id: revocation.user_id.clone(),
+                passkey_id: revocation.passkey_id.clone(),
+                revoked_ms: revocation.revoked_unix_ms,
+                prune_after_ms: revocation.prune_after_unix_ms,
+            }),
+        ),
+        Change::SessionRevoked(revocation) => (
+            SESSION_REVOKED,
+            serde_json::to_string(&StoredSessionRevocation {
+                session_id: revocation.session_id.clone(),
+                user_id: revocation.user_id.clone(),
+                prune_after_ms: revocation.prune_after_unix_ms,
+            }),
+        ),
+        Change::UserState(state) => (
+            USER_STATE,
+            serde_json::to_string(&StoredUserState {
+                user_id: state.user_id.clone(),
+                disabled: state.disabled,
+                sessions_revoked_before_ms: state.sessions_revoked_before_unix_ms,
+                prune_after_ms: state.prune_after_unix_ms,
+            }),
+        ),
+        Change::SigningKey(key) => (
+            SIGNING_KEY,
+            serde_json::to_string(&StoredSigningKey {
+                key_id: key.key_id.clone(),
+                public_key: hex::encode(key.public_key),
+                created_ms: key.created_unix_ms,
+                verify_until_ms: key.verify_until_unix_ms,
+            }),
+        ),
+    };
+    let json = json.map_err(|e| StoreError::Corrupt(format!("encoding an event: {e}")))?;
+    Ok(EncodedChange { kind, json })
+}
+
+/// Decodes a stored change; a kind or document that does not decode is [`StoreError::Corrupt`].
+pub fn decode(kind: &str, json: &str) -> Result<Change, StoreError> {
+    fn parse<'a, T: Deserialize<'a>>(kind: &str, json: &'a str) -> Result<T, StoreError> {
+        serde_json::from_str(json).map_err(|e| corrupt(kind, &e.to_string()))
+    }
+    Ok(match kind {
+        KEY_UPSERTED => {
+            let key: StoredKey = parse(kind, json)?;
+            Change::KeyUpserted(ReplicaKey {
+                hash: key_hash(kind, &key.hash)?,
+                id: key_id(kind, &key.id)?,
+                owner: key.owner,
+                enabled: key.enabled,
+                expires_unix_ms: key.expires_ms,
+                meta: key.meta,
+            })
+        }
+        KEY_DELETED => {
+            let deletion: StoredDeletion = parse(kind, json)?;
+            Change::KeyDeleted {
+                id: key_id(kind, &deletion.id)?,
+                hash: key_hash(kind, &deletion.hash)?,
+            }
+        }
+        PASSKEY_REVOKED => {
+            let r: StoredPasskeyRevocation = parse(kind, json)?;
+            Change::PasskeyRevoked(PasskeyRevocation {
+                user_id: r.user_id,
+                passkey_id: r.passkey_id,
+                revoked_unix_ms: r.revoked_ms,
+                prune_after_unix_ms: r.prune_after_ms,
+            })
+        }
+        SESSION_REVOKED => {
+            let r: StoredSessionRevocation = parse(kind, json)?;
+            Change::SessionRevoked(SessionRevocation {
+                session_id: r.session_id,
+                user_id: r.user_id,
+                prune_after_unix_ms: r.prune_after_ms,
+            })
+        }
+        USER_STATE => {
+            let s: StoredUserState = parse(kind, json)?;
+            Change::UserState(UserState {
+                user_id: s.user_id,
+                disabled: s.disabled,
+                sessions_revoked_before_unix_ms: s.sessions_revoked_before_ms,
+                prune_after_unix_ms: s.prune_after_ms,
+            })
+        }
+        SIGNING_KEY => {
+            let k: StoredSigningKey = parse(kind, json)?;
+            let public_key = hex::decode(&k.public_key)
+                .ok()
+                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                .ok_or_else(|| corrupt(kind, "public key is not 32 hex bytes"))?;
+            Change::SigningKey(SessionVerifyingKey {
+                key_id: k.key_id,
+                public_key,
+                created_unix_ms: k.created_ms,
+                verify_until_unix_ms: k.verify_until_ms,
+            })
+        }
+        other => return Err(corrupt(other, "unknown event kind")),
+    })
+}
+
+fn key_hash(kind: &str, text: &str) -> Result<KeyHash, StoreError> {
+    hex::decode(text)
+        .ok()
+        .and_then(|bytes| KeyHash::from_slice(&bytes))
+        .ok_or_else(|| corrupt(kind, "key hash is not 32 hex bytes"))
+}
+
+fn key_id(kind: &str, text: &str) -> Result<KeyId, StoreError> {
+    text.parse().map_err(|_| corrupt(kind, "bad key id"))
+}
+
+fn corrupt(kind: &str, why: &str) -> StoreError {
+    StoreError::Corrupt(format!("event of kind {kind:?}: {why}"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn every_kind() -> Vec<Change> {
+        let mut meta = Meta::new();
+        meta.insert("plan".to_owned(), "pro".to_owned());
+        vec![
+            Change::KeyUpserted(ReplicaKey {
+                hash: KeyHash([7; 32]),
+                id: KeyId::generate(),
+                owner: "acme".to_owned(),
+                enabled: true,
+                expires_unix_ms: Some(1_700_000_000_000),
+                meta,
+            }),
+            Change::KeyDeleted {
+                id: KeyId::generate(),
+                hash: KeyHash([9; 32]),
+            },
+            Change::PasskeyRevoked(PasskeyRevocation {
+                user_id: "alice".to_owned(),
+                passkey_id: "pk_1".to_owned(),
+                revoked_unix_ms: 5,
+                prune_after_unix_ms: 6,
+            }),
+            Change::SessionRevoked(SessionRevocation {
+                session_id: "ses_1".to_owned(),
+                user_id: "alice".to_owned(),
+                prune_after_unix_ms: 7,
+            }),
+            Change::UserState(UserState {
+                user_id: "bob".to_owned(),
+                disabled: true,
+                sessions_revoked_before_unix_ms: 8,
+                prune_after_unix_ms: 9,
+            }),
+            Change::SigningKey(SessionVerifyingKey {
+                key_id: "sk_1".to_owned(),
+                public_key: [3; 32],
+                created_unix_ms: 10,
+                verify_until_unix_ms: None,
+            }),
+        ]
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        for change in every_kind() {
+            let encoded = encode(&change).unwrap();
+            assert_eq!(decode(encoded.kind, &encoded.json).unwrap(), change);
+        }
+    }
+
+    #[test]
+    fn damaged_rows_are_corrupt_not_panics() {
+        for (kind, json) in [
+            ("key_deleted", "{}"),
+            ("key_deleted", r#"{"id":"key_x","hash":"00"}"#),
+            (
+                "signing_key",
+                r#"{"key_id":"k","public_key":"zz","created_ms":1}"#,
+            ),
+            ("no_such_kind", "{}"),
+            ("user_state", "not json"),
+        ] {
+            assert!(
+                matches!(decode(kind, json), Err(StoreError::Corrupt(_))),
+                "{kind} {json}"
+            );
+        }
+    }
+}

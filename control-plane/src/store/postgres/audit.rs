@@ -1,0 +1,69 @@
+//! [`AuditStore`] on PostgreSQL: the `audit` table. Each operation writes its row through the
+//! writer ([`Writer::audit`]), in its own transaction, so an operation and its audit row
+//! commit or roll back together.
+
+use async_trait::async_trait;
+use keygate_proto::Revision;
+
+use super::log::Writer;
+use super::{PgStore, backend, db_limit, db_revision, get, revision_from_db};
+use crate::store::{AuditEntry, AuditStore, StoreError};
+
+impl Writer<'_> {
+    /// Writes the operation's audit row. `revision` is 0 when nothing replicated changed.
+    pub(super) async fn audit(
+        &mut self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        revision: Revision,
+        detail: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let at = self.now();
+        sqlx::query(
+            "INSERT INTO audit (at_ms, actor, action, target, revision, detail_json)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(at)
+        .bind(actor)
+        .bind(action)
+        .bind(target)
+        .bind(db_revision(revision))
+        .bind(detail.to_string())
+        .execute(self.conn())
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl AuditStore for PgStore {
+    async fn list_audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        // Ids come from a sequence: across replicas they follow the order in which the rows
+        // were inserted rather than committed, which is as close to "newest first" as an audit
+        // log needs.
+        sqlx::query(
+            "SELECT id, at_ms, actor, action, target, revision, detail_json
+             FROM audit ORDER BY id DESC LIMIT $1",
+        )
+        .bind(db_limit(limit))
+        .fetch_all(self.pool())
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(|row| {
+            let id: i64 = get(row, 0)?;
+            Ok(AuditEntry {
+                id: u64::try_from(id).map_err(|_| StoreError::Corrupt(format!("audit id {id}")))?,
+                at_unix_ms: get(row, 1)?,
+                actor: get(row, 2)?,
+                action: get(row, 3)?,
+                target: get(row, 4)?,
+                revision: revision_from_db(get(row, 5)?)?,
+                detail_json: get(row, 6)?,
+            })
+        })
+        .collect()
+    }
+}

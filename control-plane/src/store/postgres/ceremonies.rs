@@ -1,0 +1,98 @@
+//! [`CeremonyStore`] on PostgreSQL: the `ceremonies` table, shared by every replica, so a
+//! ceremony begun on one can finish on another. A take is one `DELETE … RETURNING`: of two
+//! finishes for the same ceremony, on one replica or two, the second waits for the first's
+//! row lock and then finds nothing. Ceremonies append no event and no audit row.
+
+use async_trait::async_trait;
+use sqlx::postgres::PgConnection;
+
+use super::{PgStore, backend, get};
+use crate::store::{CeremonyStore, CeremonyTaken, NewCeremony, StoreError};
+
+/// The transaction-scoped advisory lock that serializes puts across replicas, so the table
+/// never holds more than `capacity` rows however many replicas add at once. (Any fixed
+/// number; sqlx's migration lock is derived from the database name and is another.)
+const PUT_LOCK: i64 = 0x6b67_6365_7265_6d6f; // "kgceremo"
+
+/// Deletes the ceremonies expired at `now` (`expires_ms <= now`, as
+/// [`CeremonyStore::take_ceremony`] judges them); returns how many.
+pub(super) async fn delete_expired(
+    conn: &mut PgConnection,
+    now_unix_ms: i64,
+) -> Result<usize, StoreError> {
+    let done = sqlx::query("DELETE FROM ceremonies WHERE expires_ms <= $1")
+        .bind(now_unix_ms)
+        .execute(conn)
+        .await
+        .map_err(backend)?;
+    Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+}
+
+async fn count(conn: &mut PgConnection) -> Result<usize, StoreError> {
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ceremonies")
+        .fetch_one(conn)
+        .await
+        .map_err(backend)?;
+    Ok(usize::try_from(count).unwrap_or(usize::MAX))
+}
+
+#[async_trait]
+impl CeremonyStore for PgStore {
+    async fn put_ceremony(
+        &self,
+        ceremony: NewCeremony,
+        capacity: usize,
+        now_unix_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut w = self.write_unlogged().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(PUT_LOCK)
+            .execute(w.conn())
+            .await
+            .map_err(backend)?;
+        // Expired rows are deleted only when they stand in the way: the common case is one
+        // COUNT and one INSERT, and the table never holds more than `capacity` rows.
+        if count(w.conn()).await? >= capacity {
+            delete_expired(w.conn(), now_unix_ms).await?;
+            if count(w.conn()).await? >= capacity {
+                // Keep the deletions: they were due anyway.
+                w.commit().await?;
+                return Ok(false);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO ceremonies (ceremony_id, state_json, expires_ms) VALUES ($1, $2, $3)",
+        )
+        .bind(&ceremony.ceremony_id)
+        .bind(&ceremony.state_json)
+        .bind(ceremony.expires_unix_ms)
+        .execute(w.conn())
+        .await
+        .map_err(backend)?;
+        w.commit().await?;
+        Ok(true)
+    }
+
+    async fn take_ceremony(
+        &self,
+        ceremony_id: &str,
+        now_unix_ms: i64,
+    ) -> Result<CeremonyTaken, StoreError> {
+        let taken = sqlx::query(
+            "DELETE FROM ceremonies WHERE ceremony_id = $1 RETURNING state_json, expires_ms",
+        )
+        .bind(ceremony_id)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(backend)?;
+        let Some(row) = taken else {
+            return Ok(CeremonyTaken::Unknown);
+        };
+        let expires_ms: i64 = get(&row, 1)?;
+        Ok(if expires_ms > now_unix_ms {
+            CeremonyTaken::Found(get(&row, 0)?)
+        } else {
+            CeremonyTaken::Expired
+        })
+    }
+}

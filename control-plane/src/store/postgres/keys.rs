@@ -1,0 +1,350 @@
+//! [`KeyStore`] on PostgreSQL: the `keys` table. Every change takes the log lock first and
+//! appends its `KeyUpserted` or `KeyDeleted` event through the writer, in the same transaction;
+//! since every change to a key holds that lock, what a change reads of a key is what the last
+//! committed change left.
+
+use async_trait::async_trait;
+use keygate_proto::{Change, KeyHash, KeyId, Meta, ReplicaKey, Revision};
+use serde_json::json;
+use sqlx::postgres::{PgConnection, PgRow};
+use tokio_stream::StreamExt;
+
+use super::log::{self, Writer};
+use super::{PgStore, backend, db_limit, db_revision, get, revision_from_db};
+use crate::store::{
+    EnabledChange, KeyQuery, KeyRecord, KeyStore, NewKey, OwnerRevoked, Reroll, Rerolled,
+    StoreError,
+};
+
+/// The key columns, in [`key_from_row`]'s order (a macro, so queries stay `&'static str`).
+macro_rules! key_columns {
+    () => {
+        "key_id, key_hash, owner, name, start, enabled, created_ms, expires_ms, meta_json, revision"
+    };
+}
+
+fn meta_to_json(meta: &Meta) -> Result<String, StoreError> {
+    serde_json::to_string(meta).map_err(|e| StoreError::Corrupt(format!("meta: {e}")))
+}
+
+fn key_from_row(row: &PgRow) -> Result<KeyRecord, StoreError> {
+    let id: String = get(row, 0)?;
+    let hash: Vec<u8> = get(row, 1)?;
+    let meta_json: String = get(row, 8)?;
+    Ok(KeyRecord {
+        id: id
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("key id {id:?}")))?,
+        hash: KeyHash::from_slice(&hash)
+            .ok_or_else(|| StoreError::Corrupt(format!("hash of key {id}")))?,
+        owner: get(row, 2)?,
+        name: get(row, 3)?,
+        start: get(row, 4)?,
+        enabled: get(row, 5)?,
+        created_unix_ms: get(row, 6)?,
+        expires_unix_ms: get(row, 7)?,
+        meta: serde_json::from_str(&meta_json)
+            .map_err(|_| StoreError::Corrupt(format!("meta of key {id}")))?,
+        revision: revision_from_db(get(row, 9)?)?,
+    })
+}
+
+async fn get_key(conn: &mut PgConnection, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+    sqlx::query(concat!(
+        "SELECT ",
+        key_columns!(),
+        " FROM keys WHERE key_id = $1"
+    ))
+    .bind(id.to_string())
+    .fetch_optional(conn)
+    .await
+    .map_err(backend)?
+    .as_ref()
+    .map(key_from_row)
+    .transpose()
+}
+
+/// Every key as gateways replicate it, read inside the caller's transaction (a snapshot reads
+/// it in the same transaction as the head), mapped as the rows stream in rather than after
+/// all of them have arrived.
+pub(super) async fn replica_keys(conn: &mut PgConnection) -> Result<Vec<ReplicaKey>, StoreError> {
+    let mut rows = sqlx::query(concat!(
+        "SELECT ",
+        key_columns!(),
+        " FROM keys ORDER BY key_id"
+    ))
+    .fetch(conn);
+    let mut keys = Vec::new();
+    while let Some(row) = rows.next().await {
+        keys.push(key_from_row(&row.map_err(backend)?)?.replica());
+    }
+    Ok(keys)
+}
+
+impl Writer<'_> {
+    async fn insert_key(&mut self, key: &KeyRecord) -> Result<(), StoreError> {
+        sqlx::query(concat!(
+            "INSERT INTO keys (",
+            key_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ))
+        .bind(key.id.to_string())
+        .bind(&key.hash.0[..])
+        .bind(&key.owner)
+        .bind(&key.name)
+        .bind(&key.start)
+        .bind(key.enabled)
+        .bind(key.created_unix_ms)
+        .bind(key.expires_unix_ms)
+        .bind(meta_to_json(&key.meta)?)
+        .bind(db_revision(key.revision))
+        .execute(self.conn())
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Writes the mutable fields of a key (enabled, expiry, revision).
+    async fn update_key(&mut self, key: &KeyRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE keys SET enabled = $2, expires_ms = $3, revision = $4 WHERE key_id = $1",
+        )
+        .bind(key.id.to_string())
+        .bind(key.enabled)
+        .bind(key.expires_unix_ms)
+        .bind(db_revision(key.revision))
+        .execute(self.conn())
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn delete_key(&mut self, key: &KeyRecord) -> Result<Revision, StoreError> {
+        sqlx::query("DELETE FROM keys WHERE key_id = $1")
+            .bind(key.id.to_string())
+            .execute(self.conn())
+            .await
+            .map_err(backend)?;
+        self.append(&Change::KeyDeleted {
+            id: key.id,
+            hash: key.hash,
+        })
+    }
+
+    async fn existing_key(&mut self, id: KeyId) -> Result<KeyRecord, StoreError> {
+        get_key(self.conn(), id)
+            .await?
+            .ok_or(StoreError::KeyNotFound(id))
+    }
+}
+
+#[async_trait]
+impl KeyStore for PgStore {
+    async fn create_key(&self, key: NewKey, actor: &str) -> Result<KeyRecord, StoreError> {
+        let mut w = self.write().await?;
+        let mut record = KeyRecord {
+            id: key.id,
+            hash: key.hash,
+            owner: key.owner,
+            name: key.name,
+            start: key.start,
+            enabled: key.enabled,
+            created_unix_ms: key.created_unix_ms,
+            expires_unix_ms: key.expires_unix_ms,
+            meta: key.meta,
+            revision: w.next_revision()?,
+        };
+        w.insert_key(&record).await?;
+        record.revision = w.append(&Change::KeyUpserted(record.replica()))?;
+        let detail = json!({
+            "owner": record.owner,
+            "name": record.name,
+            "prefix": record.prefix(),
+            "enabled": record.enabled,
+            "expiresUnixMs": record.expires_unix_ms,
+        });
+        w.audit(
+            actor,
+            "key.create",
+            &record.id.to_string(),
+            record.revision,
+            &detail,
+        )
+        .await?;
+        w.commit().await?;
+        Ok(record)
+    }
+
+    async fn get_key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let mut conn = self.pool().acquire().await.map_err(backend)?;
+        get_key(&mut conn, id).await
+    }
+
+    async fn key_by_hash(
+        &self,
+        hash: KeyHash,
+    ) -> Result<(Option<KeyRecord>, Revision), StoreError> {
+        let mut tx = self.read().await?;
+        let key = sqlx::query(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM keys WHERE key_hash = $1"
+        ))
+        .bind(&hash.0[..])
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?
+        .as_ref()
+        .map(key_from_row)
+        .transpose()?;
+        let head = log::log_bounds(&mut tx).await?.head;
+        tx.commit().await.map_err(backend)?;
+        Ok((key, head))
+    }
+
+    async fn list_keys(&self, query: KeyQuery) -> Result<Vec<KeyRecord>, StoreError> {
+        // Fixed-width base62 ids sort as text in the same order as their numbers (the column
+        // is COLLATE "C": bytes, whatever the database's collation).
+        let after = query.after.map(|id| id.to_string()).unwrap_or_default();
+        sqlx::query(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM keys
+             WHERE key_id > $1 AND ($2::TEXT IS NULL OR owner = $2)
+             ORDER BY key_id LIMIT $3"
+        ))
+        .bind(after)
+        .bind(query.owner)
+        .bind(db_limit(query.limit))
+        .fetch_all(self.pool())
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(key_from_row)
+        .collect()
+    }
+
+    async fn set_key_enabled(
+        &self,
+        id: KeyId,
+        enabled: bool,
+        actor: &str,
+    ) -> Result<EnabledChange, StoreError> {
+        let mut w = self.write().await?;
+        let mut key = w.existing_key(id).await?;
+        let action = if enabled { "key.enable" } else { "key.disable" };
+        let changed = key.enabled != enabled;
+        let mut revision = Revision::ZERO;
+        if changed {
+            key.enabled = enabled;
+            key.revision = w.next_revision()?;
+            w.update_key(&key).await?;
+            revision = w.append(&Change::KeyUpserted(key.replica()))?;
+        }
+        let detail = json!({ "owner": key.owner, "changed": changed });
+        w.audit(actor, action, &id.to_string(), revision, &detail)
+            .await?;
+        w.commit().await?;
+        Ok(EnabledChange { key, changed })
+    }
+
+    async fn delete_key(&self, id: KeyId, actor: &str) -> Result<Revision, StoreError> {
+        let mut w = self.write().await?;
+        let key = w.existing_key(id).await?;
+        let revision = w.delete_key(&key).await?;
+        let detail = json!({ "owner": key.owner, "name": key.name });
+        w.audit(actor, "key.delete", &id.to_string(), revision, &detail)
+            .await?;
+        w.commit().await?;
+        Ok(revision)
+    }
+
+    async fn reroll_key(&self, reroll: Reroll, actor: &str) -> Result<Rerolled, StoreError> {
+        let mut w = self.write().await?;
+        let mut old_key = w.existing_key(reroll.old_id).await?;
+        let mut new_key = KeyRecord {
+            id: reroll.new_id,
+            hash: reroll.new_hash,
+            owner: old_key.owner.clone(),
+            name: old_key.name.clone(),
+            start: reroll.new_start,
+            // A reroll rotates the secret; it neither re-enables a disabled key nor extends
+            // how long access lasts.
+            enabled: old_key.enabled,
+            created_unix_ms: reroll.now_unix_ms,
+            expires_unix_ms: old_key.expires_unix_ms,
+            meta: old_key.meta.clone(),
+            revision: w.next_revision()?,
+        };
+        w.insert_key(&new_key).await?;
+        new_key.revision = w.append(&Change::KeyUpserted(new_key.replica()))?;
+
+        let old_expires = match old_key.expires_unix_ms {
+            Some(existing) => existing.min(reroll.old_expires_unix_ms),
+            None => reroll.old_expires_unix_ms,
+        };
+        old_key.expires_unix_ms = Some(old_expires);
+        old_key.revision = w.next_revision()?;
+        w.update_key(&old_key).await?;
+        let revision = w.append(&Change::KeyUpserted(old_key.replica()))?;
+
+        let detail = json!({
+            "owner": old_key.owner,
+            "newKeyId": new_key.id.to_string(),
+            "graceMs": reroll.grace_ms,
+            "oldExpiresUnixMs": old_expires,
+        });
+        w.audit(
+            actor,
+            "key.reroll",
+            &old_key.id.to_string(),
+            revision,
+            &detail,
+        )
+        .await?;
+        w.commit().await?;
+        Ok(Rerolled {
+            new_key,
+            old_key,
+            revision,
+        })
+    }
+
+    async fn revoke_owner(&self, owner: &str, actor: &str) -> Result<OwnerRevoked, StoreError> {
+        let mut w = self.write().await?;
+        // One statement deletes them all; the events follow in key id order.
+        let keys = sqlx::query(concat!(
+            "DELETE FROM keys WHERE owner = $1 RETURNING ",
+            key_columns!()
+        ))
+        .bind(owner)
+        .fetch_all(w.conn())
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(key_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        let mut keys = keys;
+        keys.sort_by_key(|key| key.id);
+        let mut deleted = Vec::with_capacity(keys.len());
+        let mut revision = Revision::ZERO;
+        for key in &keys {
+            revision = w.append(&Change::KeyDeleted {
+                id: key.id,
+                hash: key.hash,
+            })?;
+            deleted.push(key.id);
+        }
+        // The audit row names at most 100 ids, so one bulk revocation cannot bloat it.
+        let sample: Vec<String> = deleted.iter().take(100).map(KeyId::to_string).collect();
+        let detail = json!({ "count": deleted.len(), "keyIds": sample });
+        w.audit(actor, "owner.revoke", owner, revision, &detail)
+            .await?;
+        let head = w.head()?;
+        w.commit().await?;
+        Ok(OwnerRevoked {
+            revision: head,
+            deleted,
+        })
+    }
+}

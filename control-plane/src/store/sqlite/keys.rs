@@ -1,0 +1,313 @@
+//! [`KeyStore`] on SQLite: the `keys` table. Every change appends its `KeyUpserted` or
+//! `KeyDeleted` event through the writer, in the same transaction.
+
+use async_trait::async_trait;
+use keygate_proto::{Change, KeyHash, KeyId, Meta, ReplicaKey, Revision};
+use rusqlite::{OptionalExtension, Row, Transaction, params};
+use serde_json::json;
+
+use super::log::Writer;
+use super::{SqliteStore, backend, collect, corrupt, log};
+use crate::store::{
+    EnabledChange, KeyQuery, KeyRecord, KeyStore, NewKey, OwnerRevoked, Reroll, Rerolled,
+    StoreError,
+};
+
+const KEY_COLUMNS: &str =
+    "key_id, key_hash, owner, name, start, enabled, created_ms, expires_ms, meta_json, revision";
+
+fn meta_to_json(meta: &Meta) -> Result<String, StoreError> {
+    serde_json::to_string(meta).map_err(|e| StoreError::Corrupt(format!("meta: {e}")))
+}
+
+fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
+    let id: String = row.get(0)?;
+    let hash: Vec<u8> = row.get(1)?;
+    let meta_json: String = row.get(8)?;
+    Ok(KeyRecord {
+        id: id.parse().map_err(|_| corrupt("key id"))?,
+        hash: KeyHash::from_slice(&hash).ok_or_else(|| corrupt("key hash"))?,
+        owner: row.get(2)?,
+        name: row.get(3)?,
+        start: row.get(4)?,
+        enabled: row.get(5)?,
+        created_unix_ms: row.get(6)?,
+        expires_unix_ms: row.get(7)?,
+        meta: serde_json::from_str(&meta_json).map_err(|_| corrupt("key meta"))?,
+        revision: Revision(row.get(9)?),
+    })
+}
+
+fn get_key(tx: &Transaction<'_>, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+    tx.query_row(
+        &format!("SELECT {KEY_COLUMNS} FROM keys WHERE key_id = ?1"),
+        params![id.to_string()],
+        key_from_row,
+    )
+    .optional()
+    .map_err(backend)
+}
+
+/// Every key as gateways replicate it, read inside the caller's transaction (a snapshot reads
+/// it in the same transaction as the head).
+pub(super) fn replica_keys(tx: &Transaction<'_>) -> Result<Vec<ReplicaKey>, StoreError> {
+    collect(
+        tx,
+        &format!("SELECT {KEY_COLUMNS} FROM keys ORDER BY key_id"),
+        [],
+        |row| key_from_row(row).map(|key| key.replica()),
+    )
+}
+
+impl Writer<'_> {
+    fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        self.tx
+            .execute(
+                &format!("INSERT INTO keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                params![
+                    key.id.to_string(),
+                    &key.hash.0[..],
+                    key.owner,
+                    key.name,
+                    key.start,
+                    key.enabled,
+                    key.created_unix_ms,
+                    key.expires_unix_ms,
+                    meta_to_json(&key.meta)?,
+                    key.revision.0,
+                ],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Writes the mutable fields of a key (enabled, expiry, revision).
+    fn update_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        self.tx
+            .execute(
+                "UPDATE keys SET enabled = ?2, expires_ms = ?3, revision = ?4 WHERE key_id = ?1",
+                params![
+                    key.id.to_string(),
+                    key.enabled,
+                    key.expires_unix_ms,
+                    key.revision.0
+                ],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn delete_key(&mut self, key: &KeyRecord) -> Result<Revision, StoreError> {
+        self.tx
+            .execute(
+                "DELETE FROM keys WHERE key_id = ?1",
+                params![key.id.to_string()],
+            )
+            .map_err(backend)?;
+        self.append(Change::KeyDeleted {
+            id: key.id,
+            hash: key.hash,
+        })
+    }
+
+    fn existing_key(&self, id: KeyId) -> Result<KeyRecord, StoreError> {
+        get_key(self.tx, id)?.ok_or(StoreError::KeyNotFound(id))
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn create_key(&self, key: NewKey, actor: &str) -> Result<KeyRecord, StoreError> {
+        let actor = actor.to_owned();
+        self.write(move |w| {
+            let mut record = KeyRecord {
+                id: key.id,
+                hash: key.hash,
+                owner: key.owner,
+                name: key.name,
+                start: key.start,
+                enabled: key.enabled,
+                created_unix_ms: key.created_unix_ms,
+                expires_unix_ms: key.expires_unix_ms,
+                meta: key.meta,
+                revision: w.next_revision(),
+            };
+            w.insert_key(&record)?;
+            record.revision = w.append(Change::KeyUpserted(record.replica()))?;
+            let detail = json!({
+                "owner": record.owner,
+                "name": record.name,
+                "prefix": record.prefix(),
+                "enabled": record.enabled,
+                "expiresUnixMs": record.expires_unix_ms,
+            });
+            w.audit(
+                &actor,
+                "key.create",
+                &record.id.to_string(),
+                record.revision,
+                &detail,
+            )?;
+            Ok(record)
+        })
+        .await
+    }
+
+    async fn get_key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.read(move |tx| get_key(tx, id)).await
+    }
+
+    async fn key_by_hash(
+        &self,
+        hash: KeyHash,
+    ) -> Result<(Option<KeyRecord>, Revision), StoreError> {
+        self.read(move |tx| {
+            let key = tx
+                .query_row(
+                    &format!("SELECT {KEY_COLUMNS} FROM keys WHERE key_hash = ?1"),
+                    params![&hash.0[..]],
+                    key_from_row,
+                )
+                .optional()
+                .map_err(backend)?;
+            Ok((key, log::log_bounds(tx)?.head))
+        })
+        .await
+    }
+
+    async fn list_keys(&self, query: KeyQuery) -> Result<Vec<KeyRecord>, StoreError> {
+        self.read(move |tx| {
+            // Fixed-width base62 ids sort as text in the same order as their numbers.
+            let after = query.after.map(|id| id.to_string()).unwrap_or_default();
+            let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+            collect(
+                tx,
+                &format!(
+                    "SELECT {KEY_COLUMNS} FROM keys
+                     WHERE key_id > ?1 AND (?2 IS NULL OR owner = ?2)
+                     ORDER BY key_id LIMIT ?3"
+                ),
+                params![after, query.owner, limit],
+                key_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn set_key_enabled(
+        &self,
+        id: KeyId,
+        enabled: bool,
+        actor: &str,
+    ) -> Result<EnabledChange, StoreError> {
+        let actor = actor.to_owned();
+        self.write(move |w| {
+            let mut key = w.existing_key(id)?;
+            let action = if enabled { "key.enable" } else { "key.disable" };
+            let changed = key.enabled != enabled;
+            let mut revision = Revision::ZERO;
+            if changed {
+                key.enabled = enabled;
+                key.revision = w.next_revision();
+                w.update_key(&key)?;
+                revision = w.append(Change::KeyUpserted(key.replica()))?;
+            }
+            let detail = json!({ "owner": key.owner, "changed": changed });
+            w.audit(&actor, action, &id.to_string(), revision, &detail)?;
+            Ok(EnabledChange { key, changed })
+        })
+        .await
+    }
+
+    async fn delete_key(&self, id: KeyId, actor: &str) -> Result<Revision, StoreError> {
+        let actor = actor.to_owned();
+        self.write(move |w| {
+            let key = w.existing_key(id)?;
+            let revision = w.delete_key(&key)?;
+            let detail = json!({ "owner": key.owner, "name": key.name });
+            w.audit(&actor, "key.delete", &id.to_string(), revision, &detail)?;
+            Ok(revision)
+        })
+        .await
+    }
+
+    async fn reroll_key(&self, reroll: Reroll, actor: &str) -> Result<Rerolled, StoreError> {
+        let actor = actor.to_owned();
+        self.write(move |w| {
+            let mut old_key = w.existing_key(reroll.old_id)?;
+            let mut new_key = KeyRecord {
+                id: reroll.new_id,
+                hash: reroll.new_hash,
+                owner: old_key.owner.clone(),
+                name: old_key.name.clone(),
+                start: reroll.new_start,
+                // A reroll rotates the secret; it neither re-enables a disabled key nor
+                // extends how long access lasts.
+                enabled: old_key.enabled,
+                created_unix_ms: reroll.now_unix_ms,
+                expires_unix_ms: old_key.expires_unix_ms,
+                meta: old_key.meta.clone(),
+                revision: w.next_revision(),
+            };
+            w.insert_key(&new_key)?;
+            new_key.revision = w.append(Change::KeyUpserted(new_key.replica()))?;
+
+            let old_expires = match old_key.expires_unix_ms {
+                Some(existing) => existing.min(reroll.old_expires_unix_ms),
+                None => reroll.old_expires_unix_ms,
+            };
+            old_key.expires_unix_ms = Some(old_expires);
+            old_key.revision = w.next_revision();
+            w.update_key(&old_key)?;
+            let revision = w.append(Change::KeyUpserted(old_key.replica()))?;
+
+            let detail = json!({
+                "owner": old_key.owner,
+                "newKeyId": new_key.id.to_string(),
+                "graceMs": reroll.grace_ms,
+                "oldExpiresUnixMs": old_expires,
+            });
+            w.audit(
+                &actor,
+                "key.reroll",
+                &old_key.id.to_string(),
+                revision,
+                &detail,
+            )?;
+            Ok(Rerolled {
+                new_key,
+                old_key,
+                revision,
+            })
+        })
+        .await
+    }
+
+    async fn revoke_owner(&self, owner: &str, actor: &str) -> Result<OwnerRevoked, StoreError> {
+        let actor = actor.to_owned();
+        let owner = owner.to_owned();
+        self.write(move |w| {
+            let keys = collect(
+                w.tx,
+                &format!("SELECT {KEY_COLUMNS} FROM keys WHERE owner = ?1 ORDER BY key_id"),
+                params![owner],
+                key_from_row,
+            )?;
+            let mut deleted = Vec::with_capacity(keys.len());
+            let mut revision = Revision::ZERO;
+            for key in &keys {
+                revision = w.delete_key(key)?;
+                deleted.push(key.id);
+            }
+            // The audit row names at most 100 ids, so one bulk revocation cannot bloat it.
+            let sample: Vec<String> = deleted.iter().take(100).map(KeyId::to_string).collect();
+            let detail = json!({ "count": deleted.len(), "keyIds": sample });
+            w.audit(&actor, "owner.revoke", &owner, revision, &detail)?;
+            Ok(OwnerRevoked {
+                revision: w.head(),
+                deleted,
+            })
+        })
+        .await
+    }
+}
