@@ -6,60 +6,10 @@
 
 mod support;
 
-use std::process::{Command, Output};
-
 use serde_json::Value;
 use support::Cluster;
+use support::cli::Cli;
 use support::passkeys::Device;
-
-struct Cli {
-    endpoint: String,
-    token: String,
-}
-
-impl Cli {
-    async fn run(&self, args: &[&str]) -> Output {
-        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-        let (endpoint, token) = (self.endpoint.clone(), self.token.clone());
-        tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_keygate"))
-                .args(&args)
-                .env("KEYGATE_ENDPOINT", &endpoint)
-                .env("KEYGATE_TOKEN", &token)
-                .env_remove("KEYGATE_LOG")
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap()
-    }
-
-    /// Runs with `--json`, expects success and exactly one JSON object on stdout.
-    async fn json(&self, args: &[&str]) -> Value {
-        let mut args = args.to_vec();
-        args.push("--json");
-        let out = self.run(&args).await;
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(stdout.trim().lines().count(), 1, "{stdout}");
-        let value: Value = serde_json::from_str(&stdout).unwrap();
-        assert!(value.is_object(), "{stdout}");
-        value
-    }
-
-    /// Runs and expects a failure with one line on stderr.
-    async fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args).await;
-        assert!(!out.status.success(), "{args:?} succeeded");
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        stderr
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_manage_users_passkeys_and_sessions_from_the_command_line() {
@@ -71,10 +21,7 @@ async fn operators_manage_users_passkeys_and_sessions_from_the_command_line() {
         })),
     )
     .await;
-    let cli = Cli {
-        endpoint: format!("http://{}", cluster.grpc_addr),
-        token: cluster.admin_token.clone(),
-    };
+    let cli = Cli::admin(&cluster);
 
     let created = cli.json(&["users", "create", "alice"]).await;
     assert_eq!(created["userId"], "alice");

@@ -9,62 +9,13 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Output};
 
 use keygate_proto::{ApiKey, KeyPrefix};
 use keygate_test_postgres::TestPostgres;
 use serde_json::{Value, json};
+use support::cli::Cli;
 use support::passkeys::{Device, Session};
 use support::{Cluster, TestGateway, eventually, send};
-
-/// The `keygate` binary, as an operator runs it against the cluster's control plane.
-struct Cli {
-    endpoint: String,
-    token: String,
-}
-
-impl Cli {
-    async fn run(&self, args: &[&str]) -> Output {
-        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-        let (endpoint, token) = (self.endpoint.clone(), self.token.clone());
-        tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_keygate"))
-                .args(&args)
-                .env("KEYGATE_ENDPOINT", &endpoint)
-                .env("KEYGATE_TOKEN", &token)
-                .env_remove("KEYGATE_LOG")
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap()
-    }
-
-    /// Runs with `--json`, expects success and exactly one JSON object on stdout.
-    async fn json(&self, args: &[&str]) -> Value {
-        let mut args = args.to_vec();
-        args.push("--json");
-        let out = self.run(&args).await;
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(stdout.trim().lines().count(), 1, "{stdout}");
-        serde_json::from_str(&stdout).unwrap()
-    }
-
-    /// Runs and expects a failure with exit code `code` and one line on stderr.
-    async fn fails(&self, args: &[&str], code: i32) -> String {
-        let out = self.run(args).await;
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
-        stderr
-    }
-}
 
 /// What a gateway answers for `credential` (an API key or a session token): the status, the
 /// error code, and on success the identity it forwards upstream (the echo upstream reflects
@@ -111,10 +62,7 @@ async fn a_sqlite_store_copied_to_postgres_answers_every_verification_as_the_ori
         })),
     )
     .await;
-    let cli = Cli {
-        endpoint: format!("http://{}", cluster.grpc_addr),
-        token: cluster.admin_token.clone(),
-    };
+    let cli = Cli::admin(&cluster);
 
     // Keys in every state, and passkey sessions: one signed in, one signed out.
     let mut credentials: Vec<(String, String)> = Vec::new();
@@ -198,7 +146,7 @@ async fn a_sqlite_store_copied_to_postgres_answers_every_verification_as_the_ori
     let from = format!("sqlite://{}", cluster.database_path().display());
     // A control plane still serving the source: refused, and the target is left untouched.
     let in_use = cli
-        .fails(&["store", "copy", "--from", &from, "--to", &copy_url], 1)
+        .fails_with(&["store", "copy", "--from", &from, "--to", &copy_url], 1)
         .await;
     assert!(
         in_use.contains("already using the SQLite database"),
@@ -235,7 +183,7 @@ async fn a_sqlite_store_copied_to_postgres_answers_every_verification_as_the_ori
 
     // A second copy into the same database is refused: it is not empty any more.
     let not_empty = cli
-        .fails(&["store", "copy", "--from", &from, "--to", &copy_url], 1)
+        .fails_with(&["store", "copy", "--from", &from, "--to", &copy_url], 1)
         .await;
     assert!(not_empty.contains("not empty"), "{not_empty}");
 
@@ -320,14 +268,11 @@ async fn a_sqlite_store_copied_to_postgres_answers_every_verification_as_the_ori
 #[tokio::test]
 async fn bad_copies_are_refused_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
-    let cli = Cli {
-        endpoint: String::new(),
-        token: String::new(),
-    };
+    let cli = Cli::offline();
     let target = format!("sqlite://{}", dir.path().join("target.db").display());
 
     let scheme = cli
-        .fails(
+        .fails_with(
             &[
                 "store",
                 "copy",
@@ -346,7 +291,7 @@ async fn bad_copies_are_refused_with_one_line() {
 
     let missing = dir.path().join("missing.db");
     let absent = cli
-        .fails(
+        .fails_with(
             &[
                 "store",
                 "copy",
@@ -363,13 +308,13 @@ async fn bad_copies_are_refused_with_one_line() {
     assert!(!dir.path().join("target.db").exists(), "nor the target");
 
     let same = cli
-        .fails(&["store", "copy", "--from", &target, "--to", &target], 78)
+        .fails_with(&["store", "copy", "--from", &target, "--to", &target], 78)
         .await;
     assert!(same.contains("same database"), "{same}");
 
     // An unreachable PostgreSQL: the error names it without its password.
     let unreachable = cli
-        .fails(
+        .fails_with(
             &[
                 "store",
                 "copy",

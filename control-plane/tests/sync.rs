@@ -434,6 +434,12 @@ async fn ping(gateway: &mut Gateway, nonce: u64) -> pb::Pong {
     }
 }
 
+/// The revisions of the events streamed until `revision`.
+async fn revisions_until(gateway: &mut Gateway, revision: u64) -> Vec<u64> {
+    let events = gateway.events_until(revision).await;
+    events.iter().map(|event| event.revision).collect()
+}
+
 /// Log identity (DESIGN.md, "Storage and a highly available control plane"): a restored backup
 /// keeps its log id and says it holds less than the gateway applied (which the gateway then
 /// refuses: proxy/tests/sync.rs), a store of its own sends a snapshot of its own log whatever
@@ -479,13 +485,7 @@ async fn the_log_id_decides_between_events_and_a_snapshot() {
     );
     // Same log, applied below the head: the events after it, no snapshot.
     let mut resumed = a.gateway("gw-2", &log_a, 3).await;
-    let revisions: Vec<u64> = resumed
-        .events_until(5)
-        .await
-        .iter()
-        .map(|e| e.revision)
-        .collect();
-    assert_eq!(revisions, [4, 5]);
+    assert_eq!(revisions_until(&mut resumed, 5).await, [4, 5]);
 
     // B is the restored backup: the same log, head 3. To the gateway at 5 it says so (in its
     // snapshot and pongs) instead of streaming anything as if from 5 on.
@@ -500,13 +500,7 @@ async fn the_log_id_decides_between_events_and_a_snapshot() {
     );
     // A gateway of the same log at or below B's head resumes from B by events.
     let mut behind = b.gateway("gw-3", &log_a, 2).await;
-    let revisions: Vec<u64> = behind
-        .events_until(3)
-        .await
-        .iter()
-        .map(|e| e.revision)
-        .collect();
-    assert_eq!(revisions, [3]);
+    assert_eq!(revisions_until(&mut behind, 3).await, [3]);
 
     // C is a store of its own: another log. A gateway of A's log gets a snapshot of C's log,
     // though its revision is one C has too; a gateway that names no log resumes as before.
@@ -524,11 +518,5 @@ async fn the_log_id_decides_between_events_and_a_snapshot() {
     let pong = ping(&mut gateway, 3).await;
     assert_eq!((pong.log_id, pong.head_revision), (begin.log_id, 3));
     let mut unnamed = c.gateway("gw-old", "", 2).await;
-    let revisions: Vec<u64> = unnamed
-        .events_until(3)
-        .await
-        .iter()
-        .map(|e| e.revision)
-        .collect();
-    assert_eq!(revisions, [3]);
+    assert_eq!(revisions_until(&mut unnamed, 3).await, [3]);
 }

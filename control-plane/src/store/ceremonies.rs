@@ -29,6 +29,21 @@ pub enum CeremonyTaken {
     Expired,
 }
 
+impl CeremonyTaken {
+    /// What a take at `now_unix_ms` found: the ceremony it deleted, as its state and expiry,
+    /// if there was one. A ceremony has expired from its `expires_unix_ms` on (as a prune
+    /// judges it).
+    pub fn at(now_unix_ms: i64, deleted: Option<(String, i64)>) -> Self {
+        match deleted {
+            Some((state_json, expires_unix_ms)) if expires_unix_ms > now_unix_ms => {
+                Self::Found(state_json)
+            }
+            Some(_) => Self::Expired,
+            None => Self::Unknown,
+        }
+    }
+}
+
 /// Ceremonies in progress.
 #[async_trait]
 pub trait CeremonyStore: Send + Sync {
@@ -47,4 +62,20 @@ pub trait CeremonyStore: Send + Sync {
         ceremony_id: &str,
         now_unix_ms: i64,
     ) -> Result<CeremonyTaken, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ceremony_has_expired_from_its_expiry_on() {
+        let deleted = |expires| Some(("{}".to_owned(), expires));
+        assert_eq!(
+            CeremonyTaken::at(100, deleted(101)),
+            CeremonyTaken::Found("{}".into())
+        );
+        assert_eq!(CeremonyTaken::at(100, deleted(100)), CeremonyTaken::Expired);
+        assert_eq!(CeremonyTaken::at(100, None), CeremonyTaken::Unknown);
+    }
 }

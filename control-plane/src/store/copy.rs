@@ -412,6 +412,18 @@ mod tests {
         [token; 32]
     }
 
+    /// Registers a passkey of alice's, which must succeed.
+    async fn register(store: &dyn Store, registration: Registration) {
+        let registered = store
+            .register_passkey(registration, "user:alice")
+            .await
+            .unwrap();
+        assert!(
+            matches!(registered, Registered::Done { .. }),
+            "{registered:?}"
+        );
+    }
+
     /// Fills `store`, through its ordinary operations, with every kind of row: keys (one
     /// deleted, one rerolled, one disabled), two signing keys after a rotation, users (one
     /// disabled), passkeys (one removed: a revocation), a used and an unused enrollment link,
@@ -461,38 +473,26 @@ mod tests {
                 .unwrap();
         }
         let token_hash = enroll(&**store, "alice", 7).await;
-        let registered = store
-            .register_passkey(
-                Registration {
-                    passkey: new_passkey("pk_a", 1),
-                    via: RegisteredVia::Enrollment { token_hash },
-                    session: Some(new_session("ses_1")),
+        register(
+            &**store,
+            Registration {
+                passkey: new_passkey("pk_a", 1),
+                via: RegisteredVia::Enrollment { token_hash },
+                session: Some(new_session("ses_1")),
+            },
+        )
+        .await;
+        register(
+            &**store,
+            Registration {
+                passkey: new_passkey("pk_b", 2),
+                via: RegisteredVia::Session {
+                    session_id: "ses_1".into(),
                 },
-                "user:alice",
-            )
-            .await
-            .unwrap();
-        assert!(
-            matches!(registered, Registered::Done { .. }),
-            "{registered:?}"
-        );
-        let registered = store
-            .register_passkey(
-                Registration {
-                    passkey: new_passkey("pk_b", 2),
-                    via: RegisteredVia::Session {
-                        session_id: "ses_1".into(),
-                    },
-                    session: None,
-                },
-                "user:alice",
-            )
-            .await
-            .unwrap();
-        assert!(
-            matches!(registered, Registered::Done { .. }),
-            "{registered:?}"
-        );
+                session: None,
+            },
+        )
+        .await;
         let login = store
             .record_login(
                 Login {

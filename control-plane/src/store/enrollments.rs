@@ -3,8 +3,13 @@
 use std::fmt;
 
 use async_trait::async_trait;
+use serde_json::json;
 
-use super::StoreError;
+use super::{AuditNote, StoreError, UserRecord};
+
+/// How long an enrollment link is kept after it expires (used or not), for the record, before
+/// it is pruned.
+const ENROLLMENT_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// An enrollment link as stored: only the hash of its token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +22,25 @@ pub struct EnrollmentRecord {
     pub used_unix_ms: Option<i64>,
 }
 
+impl EnrollmentRecord {
+    /// A prune at `now_unix_ms` deletes the links that expired at or before this instant.
+    pub fn prune_cutoff(now_unix_ms: i64) -> i64 {
+        now_unix_ms.saturating_sub(ENROLLMENT_RETENTION_MS)
+    }
+
+    /// The audit row of the link's creation: never the token, nor its hash.
+    pub fn created_audit(&self) -> AuditNote {
+        AuditNote {
+            action: "enrollment.create",
+            target: self.user_id.clone(),
+            detail: json!({
+                "enrollmentId": self.enrollment_id,
+                "expiresUnixMs": self.expires_unix_ms,
+            }),
+        }
+    }
+}
+
 /// A new enrollment link.
 #[derive(Clone, PartialEq, Eq)]
 pub struct NewEnrollment {
@@ -25,6 +49,19 @@ pub struct NewEnrollment {
     pub token_hash: [u8; 32],
     pub user_id: String,
     pub expires_unix_ms: i64,
+}
+
+impl NewEnrollment {
+    /// The link as stored when created at `now_unix_ms`: unused.
+    pub fn record(&self, now_unix_ms: i64) -> EnrollmentRecord {
+        EnrollmentRecord {
+            enrollment_id: self.enrollment_id.clone(),
+            user_id: self.user_id.clone(),
+            created_unix_ms: now_unix_ms,
+            expires_unix_ms: self.expires_unix_ms,
+            used_unix_ms: None,
+        }
+    }
 }
 
 impl fmt::Debug for NewEnrollment {
@@ -43,6 +80,18 @@ pub enum EnrollmentCreated {
     Created(EnrollmentRecord),
     UnknownUser,
     UserDisabled,
+}
+
+impl EnrollmentCreated {
+    /// Why a link for `user` (`None`: no such user) is refused, if it is: only an enabled user
+    /// gets one.
+    pub fn refusal(user: Option<&UserRecord>) -> Option<Self> {
+        match user {
+            None => Some(Self::UnknownUser),
+            Some(user) if user.disabled => Some(Self::UserDisabled),
+            Some(_) => None,
+        }
+    }
 }
 
 /// Enrollment links.

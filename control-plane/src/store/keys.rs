@@ -3,8 +3,13 @@
 
 use async_trait::async_trait;
 use keygate_proto::{KeyHash, KeyId, Meta, ReplicaKey, Revision};
+use serde_json::json;
 
-use super::StoreError;
+use super::{AuditNote, StoreError};
+
+/// How many key ids the audit row of an owner's revocation names at most, so that one bulk
+/// revocation cannot bloat it.
+const REVOKED_IDS_AUDITED: usize = 100;
 
 /// A key as the control plane keeps it: the replicated part plus what only operators see.
 /// Never the plaintext.
@@ -43,6 +48,46 @@ impl KeyRecord {
             .rsplit_once('_')
             .map_or(self.start.as_str(), |(prefix, _)| prefix)
     }
+
+    /// Enables or disables the key; false when it already was in that state.
+    pub fn set_enabled(&mut self, enabled: bool) -> bool {
+        let changed = self.enabled != enabled;
+        self.enabled = enabled;
+        changed
+    }
+
+    /// Makes the key stop working by `expires_unix_ms` at the latest: its expiry becomes the
+    /// earlier of that and the expiry it already has.
+    pub fn expire_by(&mut self, expires_unix_ms: i64) {
+        self.expires_unix_ms = Some(
+            self.expires_unix_ms
+                .map_or(expires_unix_ms, |existing| existing.min(expires_unix_ms)),
+        );
+    }
+
+    /// The audit row of the key's creation.
+    pub fn created_audit(&self) -> AuditNote {
+        AuditNote {
+            action: "key.create",
+            target: self.id.to_string(),
+            detail: json!({
+                "owner": self.owner,
+                "name": self.name,
+                "prefix": self.prefix(),
+                "enabled": self.enabled,
+                "expiresUnixMs": self.expires_unix_ms,
+            }),
+        }
+    }
+
+    /// The audit row of the key's deletion.
+    pub fn deleted_audit(&self) -> AuditNote {
+        AuditNote {
+            action: "key.delete",
+            target: self.id.to_string(),
+            detail: json!({ "owner": self.owner, "name": self.name }),
+        }
+    }
 }
 
 /// A key to create: already validated, hashed and given an id. Its revision is assigned by the
@@ -60,6 +105,24 @@ pub struct NewKey {
     pub meta: Meta,
 }
 
+impl NewKey {
+    /// The key as stored, at `revision` (the revision of its `KeyUpserted` event).
+    pub fn into_record(self, revision: Revision) -> KeyRecord {
+        KeyRecord {
+            id: self.id,
+            hash: self.hash,
+            owner: self.owner,
+            name: self.name,
+            start: self.start,
+            enabled: self.enabled,
+            created_unix_ms: self.created_unix_ms,
+            expires_unix_ms: self.expires_unix_ms,
+            meta: self.meta,
+            revision,
+        }
+    }
+}
+
 /// A reroll: the replacement key's secret parts, and when the old key stops working.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reroll {
@@ -72,6 +135,41 @@ pub struct Reroll {
     pub old_expires_unix_ms: i64,
     /// For the audit row.
     pub grace_ms: u64,
+}
+
+impl Reroll {
+    /// The replacement for `old_key`, at `revision`: the new secret, with the old key's owner,
+    /// name, meta, enabled state and expiry.
+    pub fn successor(&self, old_key: &KeyRecord, revision: Revision) -> KeyRecord {
+        KeyRecord {
+            id: self.new_id,
+            hash: self.new_hash,
+            owner: old_key.owner.clone(),
+            name: old_key.name.clone(),
+            start: self.new_start.clone(),
+            // A reroll rotates the secret; it neither re-enables a disabled key nor extends
+            // how long access lasts.
+            enabled: old_key.enabled,
+            created_unix_ms: self.now_unix_ms,
+            expires_unix_ms: old_key.expires_unix_ms,
+            meta: old_key.meta.clone(),
+            revision,
+        }
+    }
+
+    /// The audit row of the reroll, once `old_key` has its shortened expiry.
+    pub fn audit(&self, old_key: &KeyRecord, new_key: &KeyRecord) -> AuditNote {
+        AuditNote {
+            action: "key.reroll",
+            target: old_key.id.to_string(),
+            detail: json!({
+                "owner": old_key.owner,
+                "newKeyId": new_key.id.to_string(),
+                "graceMs": self.grace_ms,
+                "oldExpiresUnixMs": old_key.expires_unix_ms,
+            }),
+        }
+    }
 }
 
 /// Result of a reroll.
@@ -91,12 +189,44 @@ pub struct EnabledChange {
     pub changed: bool,
 }
 
+impl EnabledChange {
+    /// The audit row of the enable or disable, whether or not it changed anything.
+    pub fn audit(&self) -> AuditNote {
+        AuditNote {
+            action: if self.key.enabled {
+                "key.enable"
+            } else {
+                "key.disable"
+            },
+            target: self.key.id.to_string(),
+            detail: json!({ "owner": self.key.owner, "changed": self.changed }),
+        }
+    }
+}
+
 /// Result of [`Store::revoke_owner`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnerRevoked {
     /// Head revision after the deletes (the unchanged head when the owner had no keys).
     pub revision: Revision,
     pub deleted: Vec<KeyId>,
+}
+
+impl OwnerRevoked {
+    /// The audit row of the revocation of `owner`'s keys.
+    pub fn audit(&self, owner: &str) -> AuditNote {
+        let sample: Vec<String> = self
+            .deleted
+            .iter()
+            .take(REVOKED_IDS_AUDITED)
+            .map(KeyId::to_string)
+            .collect();
+        AuditNote {
+            action: "owner.revoke",
+            target: owner.to_owned(),
+            detail: json!({ "count": self.deleted.len(), "keyIds": sample }),
+        }
+    }
 }
 
 /// Which keys [`Store::list_keys`] returns: ordered by id, strictly after `after`.
@@ -140,4 +270,80 @@ pub trait KeyStore: Send + Sync {
 
     /// Deletes every key of `owner` in one transaction: one event per key.
     async fn revoke_owner(&self, owner: &str, actor: &str) -> Result<OwnerRevoked, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(expires_unix_ms: Option<i64>, enabled: bool) -> KeyRecord {
+        KeyRecord {
+            id: KeyId::generate(),
+            hash: KeyHash([1; 32]),
+            owner: "alice".into(),
+            name: "ci".into(),
+            start: "acme_abcd".into(),
+            enabled,
+            created_unix_ms: 1_000,
+            expires_unix_ms,
+            meta: Meta::from([("plan".to_owned(), "pro".to_owned())]),
+            revision: Revision(3),
+        }
+    }
+
+    fn reroll(old: &KeyRecord, old_expires_unix_ms: i64) -> Reroll {
+        Reroll {
+            old_id: old.id,
+            new_id: KeyId::generate(),
+            new_hash: KeyHash([2; 32]),
+            new_start: "acme_wxyz".into(),
+            now_unix_ms: 5_000,
+            old_expires_unix_ms,
+            grace_ms: 60_000,
+        }
+    }
+
+    #[test]
+    fn a_successor_keeps_the_old_keys_access_and_takes_only_the_new_secret() {
+        let old = key(Some(90_000), false);
+        let reroll = reroll(&old, 65_000);
+        let new = reroll.successor(&old, Revision(4));
+        assert_eq!((new.id, new.hash), (reroll.new_id, reroll.new_hash));
+        assert_eq!((new.start.as_str(), new.prefix()), ("acme_wxyz", "acme"));
+        assert_eq!(
+            (new.owner, new.name, new.meta),
+            (old.owner, old.name, old.meta)
+        );
+        assert!(!new.enabled, "a reroll does not re-enable a disabled key");
+        assert_eq!(new.expires_unix_ms, Some(90_000), "nor extends its access");
+        assert_eq!((new.created_unix_ms, new.revision), (5_000, Revision(4)));
+    }
+
+    #[test]
+    fn an_expiry_is_only_ever_brought_forward() {
+        let mut never = key(None, true);
+        never.expire_by(65_000);
+        assert_eq!(never.expires_unix_ms, Some(65_000));
+        let mut later = key(Some(90_000), true);
+        later.expire_by(65_000);
+        assert_eq!(later.expires_unix_ms, Some(65_000));
+        let mut sooner = key(Some(10_000), true);
+        sooner.expire_by(65_000);
+        assert_eq!(sooner.expires_unix_ms, Some(10_000));
+    }
+
+    #[test]
+    fn the_audit_row_of_a_bulk_revocation_names_at_most_a_hundred_keys() {
+        let deleted: Vec<KeyId> = (0..150).map(|_| KeyId::generate()).collect();
+        let revoked = OwnerRevoked {
+            revision: Revision(150),
+            deleted: deleted.clone(),
+        };
+        let note = revoked.audit("bob");
+        assert_eq!((note.action, note.target.as_str()), ("owner.revoke", "bob"));
+        assert_eq!(note.detail["count"], 150);
+        let named = note.detail["keyIds"].as_array().map(Vec::len);
+        assert_eq!(named, Some(REVOKED_IDS_AUDITED));
+        assert_eq!(note.detail["keyIds"][0], deleted[0].to_string());
+    }
 }

@@ -38,7 +38,7 @@ pub mod users;
 
 use keygate_proto::KeyId;
 
-pub use audit::{AuditEntry, AuditStore};
+pub use audit::{AuditEntry, AuditNote, AuditStore};
 pub use ceremonies::{CeremonyStore, CeremonyTaken, NewCeremony};
 pub use copy::{CopyStore, Dump, DumpSummary};
 pub use enrollments::{EnrollmentCreated, EnrollmentRecord, EnrollmentStore, NewEnrollment};

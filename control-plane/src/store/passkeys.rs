@@ -5,9 +5,10 @@
 //! nothing is half done.
 
 use async_trait::async_trait;
-use keygate_proto::Revision;
+use keygate_proto::{PasskeyRevocation, Revision};
+use serde_json::json;
 
-use super::{NewSession, SessionRecord, StoreError};
+use super::{AuditNote, NewSession, SessionRecord, StoreError};
 
 /// A registered passkey.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +55,42 @@ pub struct Registration {
     pub session: Option<NewSession>,
 }
 
+impl Registration {
+    /// The passkey as stored when registered at `now_unix_ms`: used now if the registration
+    /// signs the user in.
+    pub fn record(&self, now_unix_ms: i64) -> PasskeyRecord {
+        let new = &self.passkey;
+        PasskeyRecord {
+            passkey_id: new.passkey_id.clone(),
+            user_id: new.user_id.clone(),
+            credential_id: new.credential_id.clone(),
+            name: new.name.clone(),
+            created_unix_ms: now_unix_ms,
+            last_used_unix_ms: self.session.as_ref().map(|_| now_unix_ms),
+            user_agent: new.user_agent.clone(),
+            backup_eligible: new.backup_eligible,
+            backed_up: new.backed_up,
+            credential_json: new.credential_json.clone(),
+        }
+    }
+
+    /// The audit row of the registration, with the session it opened, if any.
+    pub fn audit(&self, session: Option<&SessionRecord>) -> AuditNote {
+        let new = &self.passkey;
+        AuditNote {
+            action: "passkey.register",
+            target: new.user_id.clone(),
+            detail: json!({
+                "passkeyId": new.passkey_id,
+                "name": new.name,
+                "via": self.via.name(),
+                "sessionId": session.map(|s| s.session_id.as_str()),
+                "userAgent": new.user_agent,
+            }),
+        }
+    }
+}
+
 /// How a registration was authorised.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegisteredVia {
@@ -61,6 +98,16 @@ pub enum RegisteredVia {
     Enrollment { token_hash: [u8; 32] },
     /// A signed-in user in this session.
     Session { session_id: String },
+}
+
+impl RegisteredVia {
+    /// How the audit row names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Enrollment { .. } => "enrollment",
+            Self::Session { .. } => "session",
+        }
+    }
 }
 
 /// Result of [`PasskeyStore::register_passkey`].
@@ -87,6 +134,22 @@ pub struct Login {
     /// The credential after the ceremony (counter, backup flags), when it changed.
     pub updated_credential: Option<UpdatedCredential>,
     pub session: NewSession,
+}
+
+impl Login {
+    /// The audit row of the sign-in that opened `session`.
+    pub fn audit(&self, session: &SessionRecord) -> AuditNote {
+        AuditNote {
+            action: "session.create",
+            target: session.user_id.clone(),
+            detail: json!({
+                "sessionId": session.session_id,
+                "passkeyId": session.passkey_id,
+                "expiresUnixMs": session.expires_unix_ms,
+                "userAgent": self.session.user_agent,
+            }),
+        }
+    }
 }
 
 /// A passkey's credential after an authentication updated it.
@@ -117,6 +180,33 @@ pub struct PasskeyRemoval {
     pub keep_last: bool,
     /// The audit action: `passkey.revoke` (operator) or `passkey.remove` (self-service).
     pub action: &'static str,
+}
+
+impl PasskeyRemoval {
+    /// Whether `passkey` is one this removal may remove: the user's own. Someone else's passkey
+    /// is "not found": its existence is not the caller's business.
+    pub fn may_remove(&self, passkey: &PasskeyRecord) -> bool {
+        passkey.user_id == self.user_id
+    }
+
+    /// What gateways replicate of the removal at `now_unix_ms`.
+    pub fn revocation(&self, now_unix_ms: i64) -> PasskeyRevocation {
+        PasskeyRevocation {
+            user_id: self.user_id.clone(),
+            passkey_id: self.passkey_id.clone(),
+            revoked_unix_ms: now_unix_ms,
+            prune_after_unix_ms: self.prune_after_unix_ms,
+        }
+    }
+
+    /// The audit row of the removal of `passkey`.
+    pub fn audit(&self, passkey: &PasskeyRecord) -> AuditNote {
+        AuditNote {
+            action: self.action,
+            target: passkey.user_id.clone(),
+            detail: json!({ "passkeyId": passkey.passkey_id, "name": passkey.name }),
+        }
+    }
 }
 
 /// Result of [`PasskeyStore::remove_passkey`].

@@ -496,13 +496,13 @@ mod tests {
     use std::collections::BTreeSet;
     use std::time::Instant;
 
+    use keygate_proto::Event;
     use keygate_proto::time::now_unix_ms;
-    use keygate_proto::{Event, Meta};
     use keygate_test_postgres::TestPostgres;
 
     use super::*;
-    use crate::keys::{CreateKey, Keys};
-    use crate::store::suite::{Recorder, SuiteBackend};
+    use crate::keys::Keys;
+    use crate::store::suite::{Recorder, SuiteBackend, create};
     use crate::store::{EventLogStore, GatewayRecord, GatewayStore, Store};
 
     /// How long a test waits for something another task or replica does. Generous: the tail
@@ -559,15 +559,6 @@ mod tests {
         while !done() {
             assert!(Instant::now() < deadline, "{what}: not within {DEADLINE:?}");
             tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    fn create(owner: &str) -> CreateKey {
-        CreateKey {
-            owner: owner.into(),
-            name: "ci".into(),
-            meta: Meta::from([("plan".to_owned(), "pro".to_owned())]),
-            ..CreateKey::default()
         }
     }
 

@@ -4,8 +4,9 @@ use async_trait::async_trait;
 use keygate_proto::{
     PasskeyRevocation, Revision, SessionRevocation, SessionVerifyingKey, UserState,
 };
+use serde_json::json;
 
-use super::{StoreError, UserRecord};
+use super::{AuditNote, StoreError, UserRecord};
 
 /// A session as the control plane keeps it. The token is never stored: it is signed, and its
 /// claims name this row.
@@ -20,6 +21,35 @@ pub struct SessionRecord {
     pub revoked_unix_ms: Option<i64>,
 }
 
+impl SessionRecord {
+    /// Whether the session still signs `user_id` in at `now_unix_ms`: it is theirs, not
+    /// revoked and not expired.
+    pub fn is_live_for(&self, user_id: &str, now_unix_ms: i64) -> bool {
+        self.user_id == user_id
+            && self.revoked_unix_ms.is_none()
+            && self.expires_unix_ms > now_unix_ms
+    }
+
+    /// What gateways replicate of the session's revocation: they remember it until the session
+    /// would have expired anyway.
+    pub fn revocation(&self) -> SessionRevocation {
+        SessionRevocation {
+            session_id: self.session_id.clone(),
+            user_id: self.user_id.clone(),
+            prune_after_unix_ms: self.expires_unix_ms,
+        }
+    }
+
+    /// The audit row of the session's revocation (a sign-out).
+    pub fn revoked_audit(&self) -> AuditNote {
+        AuditNote {
+            action: "session.revoke",
+            target: self.user_id.clone(),
+            detail: json!({ "sessionId": self.session_id }),
+        }
+    }
+}
+
 /// A session to open; the store sets its issue time inside the transaction, so that it is
 /// ordered with revocations.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +59,20 @@ pub struct NewSession {
     pub lifetime_ms: i64,
     /// For the audit row: the client's `User-Agent`.
     pub user_agent: String,
+}
+
+impl NewSession {
+    /// The session of `user_id`, signed in with `passkey_id`, issued at `now_unix_ms`.
+    pub fn issue(&self, user_id: &str, passkey_id: &str, now_unix_ms: i64) -> SessionRecord {
+        SessionRecord {
+            session_id: self.session_id.clone(),
+            user_id: user_id.to_owned(),
+            passkey_id: passkey_id.to_owned(),
+            issued_unix_ms: now_unix_ms,
+            expires_unix_ms: now_unix_ms.saturating_add(self.lifetime_ms),
+            revoked_unix_ms: None,
+        }
+    }
 }
 
 /// A session as the control plane checks it: the row, its user and whether its passkey still

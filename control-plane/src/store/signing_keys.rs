@@ -4,8 +4,9 @@ use std::fmt;
 
 use async_trait::async_trait;
 use keygate_proto::{Revision, SessionVerifyingKey};
+use serde_json::json;
 
-use super::StoreError;
+use super::{AuditNote, StoreError};
 
 /// A session signing key with its private half. `Debug` never shows the secret.
 #[derive(Clone, PartialEq, Eq)]
@@ -20,6 +21,24 @@ pub struct SigningKeyRecord {
 }
 
 impl SigningKeyRecord {
+    /// The key made current at `now_unix_ms`: created then, verifying until it is retired.
+    pub fn into_current(self, now_unix_ms: i64) -> Self {
+        Self {
+            created_unix_ms: now_unix_ms,
+            verify_until_unix_ms: None,
+            ..self
+        }
+    }
+
+    /// The audit row of the first key's creation.
+    pub fn created_audit(&self) -> AuditNote {
+        AuditNote {
+            action: "signing_key.create",
+            target: self.key_id.clone(),
+            detail: json!({}),
+        }
+    }
+
     /// What gateways replicate of this key.
     pub fn verifying_key(&self) -> SessionVerifyingKey {
         SessionVerifyingKey {
@@ -49,6 +68,21 @@ pub struct Rotated {
     /// The key that was current before, now retired; `None` if there was none.
     pub retired: Option<SigningKeyRecord>,
     pub revision: Revision,
+}
+
+impl Rotated {
+    /// The audit row of the rotation.
+    pub fn audit(&self) -> AuditNote {
+        let retired = self.retired.as_ref();
+        AuditNote {
+            action: "signing_key.rotate",
+            target: self.current.key_id.clone(),
+            detail: json!({
+                "retiredKeyId": retired.map(|key| key.key_id.as_str()),
+                "retiredVerifyUntilUnixMs": retired.and_then(|key| key.verify_until_unix_ms),
+            }),
+        }
+    }
 }
 
 /// Session signing keys.

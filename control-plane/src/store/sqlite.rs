@@ -412,6 +412,18 @@ fn collect<T>(
     rows.collect::<Result<Vec<_>, _>>().map_err(backend)
 }
 
+/// Runs one statement that returns no rows, prepared once per connection (a copy runs the same
+/// insert for every row).
+fn execute(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<(), StoreError> {
+    let mut statement = tx.prepare_cached(sql).map_err(backend)?;
+    statement.execute(params).map_err(backend)?;
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -131,7 +131,8 @@ async fn open(backend: &dyn SuiteBackend) -> Opened {
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
-fn create(owner: &str) -> CreateKey {
+/// A key for `owner` named "ci", with one metadata entry.
+pub(crate) fn create(owner: &str) -> CreateKey {
     CreateKey {
         owner: owner.into(),
         name: "ci".into(),
@@ -142,6 +143,14 @@ fn create(owner: &str) -> CreateKey {
 
 async fn all_events(store: &dyn Store) -> Vec<Event> {
     store.events_after(Revision::ZERO, 10_000).await.unwrap()
+}
+
+/// Enables or disables the key `id` as an admin; the revision the change answers.
+async fn set_enabled(keys: &Keys, id: &str, enabled: bool) -> Revision {
+    keys.set_enabled(id, enabled, "admin")
+        .await
+        .unwrap()
+        .revision
 }
 
 // Keys and the log.
@@ -182,31 +191,10 @@ pub(crate) async fn revisions_are_contiguous_across_every_operation(backend: &dy
     );
 
     let id = a.record.id.to_string();
-    assert_eq!(
-        f.keys
-            .set_enabled(&id, false, "admin")
-            .await
-            .unwrap()
-            .revision,
-        Revision(4)
-    );
+    assert_eq!(set_enabled(&f.keys, &id, false).await, Revision(4));
     // Already disabled: the key's revision comes back and nothing is appended.
-    assert_eq!(
-        f.keys
-            .set_enabled(&id, false, "admin")
-            .await
-            .unwrap()
-            .revision,
-        Revision(4)
-    );
-    assert_eq!(
-        f.keys
-            .set_enabled(&id, true, "admin")
-            .await
-            .unwrap()
-            .revision,
-        Revision(5)
-    );
+    assert_eq!(set_enabled(&f.keys, &id, false).await, Revision(4));
+    assert_eq!(set_enabled(&f.keys, &id, true).await, Revision(5));
     let rerolled = f.keys.reroll(&id, 60_000, "admin").await.unwrap();
     assert_eq!(rerolled.revision, Revision(7));
     assert_eq!(rerolled.record.revision, Revision(6));

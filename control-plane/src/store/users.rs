@@ -2,8 +2,9 @@
 
 use async_trait::async_trait;
 use keygate_proto::{Revision, UserState};
+use serde_json::json;
 
-use super::StoreError;
+use super::{AuditNote, StoreError};
 
 /// A user, named by the operator's own id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +22,66 @@ pub struct UserRecord {
 }
 
 impl UserRecord {
+    /// A user created at `now_unix_ms`: enabled, with no session revoked.
+    pub fn new(user_id: String, handle: [u8; 16], now_unix_ms: i64) -> Self {
+        Self {
+            user_id,
+            handle,
+            created_unix_ms: now_unix_ms,
+            disabled: false,
+            sessions_revoked_before_unix_ms: 0,
+            state_prune_after_unix_ms: 0,
+        }
+    }
+
+    /// Revokes every session issued until `now_unix_ms`: strictly before the next millisecond,
+    /// so a session committed earlier in this same millisecond is covered too. Gateways
+    /// remember that until the last such session has expired.
+    pub fn revoke_sessions(&mut self, now_unix_ms: i64, session_lifetime_ms: i64) {
+        let before = now_unix_ms.saturating_add(1);
+        self.sessions_revoked_before_unix_ms = self.sessions_revoked_before_unix_ms.max(before);
+        self.state_prune_after_unix_ms = self
+            .state_prune_after_unix_ms
+            .max(before.saturating_add(session_lifetime_ms));
+    }
+
+    /// Enables or disables the user at `now_unix_ms`; false when it already was in that state.
+    /// Disabling revokes every session issued until now, so that enabling again does not bring
+    /// back a session from before the disable.
+    pub fn set_enabled(
+        &mut self,
+        enabled: bool,
+        now_unix_ms: i64,
+        session_lifetime_ms: i64,
+    ) -> bool {
+        if self.disabled != enabled {
+            return false;
+        }
+        self.disabled = !enabled;
+        if !enabled {
+            self.revoke_sessions(now_unix_ms, session_lifetime_ms);
+        }
+        true
+    }
+
+    /// The audit row of the user's creation.
+    pub fn created_audit(&self) -> AuditNote {
+        AuditNote {
+            action: "user.create",
+            target: self.user_id.clone(),
+            detail: json!({}),
+        }
+    }
+
+    /// The audit row of a revocation of the user's sessions.
+    pub fn sessions_revoked_audit(&self) -> AuditNote {
+        AuditNote {
+            action: "sessions.revoke",
+            target: self.user_id.clone(),
+            detail: json!({ "revokedBeforeUnixMs": self.sessions_revoked_before_unix_ms }),
+        }
+    }
+
     /// What gateways replicate of this user.
     pub fn state(&self) -> UserState {
         UserState {
@@ -46,6 +107,30 @@ pub struct UserChanged {
     /// The event's revision; the unchanged head when nothing changed.
     pub revision: Revision,
     pub changed: bool,
+}
+
+impl UserChanged {
+    /// The revision the change's audit row names: 0 when nothing changed.
+    pub fn audited_revision(&self) -> Revision {
+        if self.changed {
+            self.revision
+        } else {
+            Revision::ZERO
+        }
+    }
+
+    /// The audit row of an enable or disable, whether or not it changed anything.
+    pub fn enabled_audit(&self) -> AuditNote {
+        AuditNote {
+            action: if self.user.disabled {
+                "user.disable"
+            } else {
+                "user.enable"
+            },
+            target: self.user.user_id.clone(),
+            detail: json!({ "changed": self.changed }),
+        }
+    }
 }
 
 /// Users.
@@ -80,4 +165,65 @@ pub trait UserStore: Send + Sync {
         session_lifetime_ms: i64,
         actor: &str,
     ) -> Result<Option<UserChanged>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIFETIME_MS: i64 = 1_000;
+
+    #[test]
+    fn disabling_revokes_every_session_issued_until_now_and_enabling_keeps_that() {
+        let mut user = UserRecord::new("alice".into(), [1; 16], 100);
+        assert!(user.set_enabled(false, 500, LIFETIME_MS));
+        assert!(user.disabled);
+        // Strictly before the next millisecond: a session issued at 500 is revoked too.
+        assert_eq!(user.sessions_revoked_before_unix_ms, 501);
+        assert_eq!(user.state_prune_after_unix_ms, 501 + LIFETIME_MS);
+        assert!(
+            !user.set_enabled(false, 600, LIFETIME_MS),
+            "already disabled"
+        );
+        assert_eq!(user.sessions_revoked_before_unix_ms, 501);
+
+        assert!(user.set_enabled(true, 700, LIFETIME_MS));
+        assert!(!user.disabled);
+        assert_eq!(
+            user.sessions_revoked_before_unix_ms, 501,
+            "enabling brings no session back"
+        );
+        assert!(!user.set_enabled(true, 800, LIFETIME_MS), "already enabled");
+    }
+
+    #[test]
+    fn a_revocation_never_moves_back() {
+        let mut user = UserRecord::new("alice".into(), [1; 16], 100);
+        user.revoke_sessions(500, LIFETIME_MS);
+        user.revoke_sessions(400, 10);
+        assert_eq!(
+            (
+                user.sessions_revoked_before_unix_ms,
+                user.state_prune_after_unix_ms
+            ),
+            (501, 501 + LIFETIME_MS)
+        );
+    }
+
+    #[test]
+    fn only_a_change_names_its_revision_in_the_audit_row() {
+        let user = UserRecord::new("alice".into(), [1; 16], 100);
+        let unchanged = UserChanged {
+            user,
+            revision: Revision(7),
+            changed: false,
+        };
+        assert_eq!(unchanged.audited_revision(), Revision::ZERO);
+        assert_eq!(unchanged.enabled_audit().action, "user.enable");
+        let changed = UserChanged {
+            changed: true,
+            ..unchanged
+        };
+        assert_eq!(changed.audited_revision(), Revision(7));
+    }
 }

@@ -4,20 +4,40 @@
 
 use async_trait::async_trait;
 use keygate_proto::Revision;
+use sqlx::postgres::PgRow;
 
 use super::log::Writer;
 use super::{PgStore, backend, db_limit, db_revision, get, revision_from_db};
-use crate::store::{AuditEntry, AuditStore, StoreError};
+use crate::store::{AuditEntry, AuditNote, AuditStore, StoreError};
+
+/// The audit columns, in [`audit_from_row`]'s order.
+macro_rules! audit_columns {
+    () => {
+        "id, at_ms, actor, action, target, revision, detail_json"
+    };
+}
+pub(super) use audit_columns;
+
+pub(super) fn audit_from_row(row: &PgRow) -> Result<AuditEntry, StoreError> {
+    let id: i64 = get(row, 0)?;
+    Ok(AuditEntry {
+        id: u64::try_from(id).map_err(|_| StoreError::Corrupt(format!("audit id {id}")))?,
+        at_unix_ms: get(row, 1)?,
+        actor: get(row, 2)?,
+        action: get(row, 3)?,
+        target: get(row, 4)?,
+        revision: revision_from_db(get(row, 5)?)?,
+        detail_json: get(row, 6)?,
+    })
+}
 
 impl Writer<'_> {
     /// Writes the operation's audit row. `revision` is 0 when nothing replicated changed.
     pub(super) async fn audit(
         &mut self,
         actor: &str,
-        action: &str,
-        target: &str,
         revision: Revision,
-        detail: &serde_json::Value,
+        note: &AuditNote,
     ) -> Result<(), StoreError> {
         let at = self.now();
         sqlx::query(
@@ -26,10 +46,10 @@ impl Writer<'_> {
         )
         .bind(at)
         .bind(actor)
-        .bind(action)
-        .bind(target)
+        .bind(note.action)
+        .bind(&note.target)
         .bind(db_revision(revision))
-        .bind(detail.to_string())
+        .bind(note.detail.to_string())
         .execute(self.conn())
         .await
         .map_err(backend)?;
@@ -43,27 +63,17 @@ impl AuditStore for PgStore {
         // Ids come from a sequence: across replicas they follow the order in which the rows
         // were inserted rather than committed, which is as close to "newest first" as an audit
         // log needs.
-        sqlx::query(
-            "SELECT id, at_ms, actor, action, target, revision, detail_json
-             FROM audit ORDER BY id DESC LIMIT $1",
-        )
+        sqlx::query(concat!(
+            "SELECT ",
+            audit_columns!(),
+            " FROM audit ORDER BY id DESC LIMIT $1"
+        ))
         .bind(db_limit(limit))
         .fetch_all(self.pool())
         .await
         .map_err(backend)?
         .iter()
-        .map(|row| {
-            let id: i64 = get(row, 0)?;
-            Ok(AuditEntry {
-                id: u64::try_from(id).map_err(|_| StoreError::Corrupt(format!("audit id {id}")))?,
-                at_unix_ms: get(row, 1)?,
-                actor: get(row, 2)?,
-                action: get(row, 3)?,
-                target: get(row, 4)?,
-                revision: revision_from_db(get(row, 5)?)?,
-                detail_json: get(row, 6)?,
-            })
-        })
+        .map(audit_from_row)
         .collect()
     }
 }

@@ -84,15 +84,9 @@ impl CeremonyStore for PgStore {
         .bind(ceremony_id)
         .fetch_optional(self.pool())
         .await
-        .map_err(backend)?;
-        let Some(row) = taken else {
-            return Ok(CeremonyTaken::Unknown);
-        };
-        let expires_ms: i64 = get(&row, 1)?;
-        Ok(if expires_ms > now_unix_ms {
-            CeremonyTaken::Found(get(&row, 0)?)
-        } else {
-            CeremonyTaken::Expired
-        })
+        .map_err(backend)?
+        .map(|row| Ok::<_, StoreError>((get(&row, 0)?, get(&row, 1)?)))
+        .transpose()?;
+        Ok(CeremonyTaken::at(now_unix_ms, taken))
     }
 }

@@ -8,16 +8,21 @@
 //! the copied ones.
 
 use async_trait::async_trait;
-use keygate_proto::{KeyHash, PasskeyRevocation};
 use sqlx::postgres::{PgConnection, PgRow};
 use tokio_stream::StreamExt;
 
-use super::{PgStore, array, backend, db_revision, get, log, revision_from_db};
-use crate::store::copy::{COUNT_ROWS, CopyStore, Dump, DumpSummary, EnrollmentRow, EventRow};
-use crate::store::{
-    AuditEntry, EnrollmentRecord, KeyRecord, PasskeyRecord, SessionRecord, SigningKeyRecord,
-    StoreError, UserRecord,
+use super::audit::{audit_columns, audit_from_row};
+use super::enrollments::{enrollment_columns, enrollment_from_row};
+use super::keys::{key_columns, key_from_row};
+use super::passkeys::{
+    passkey_columns, passkey_from_row, passkey_revocation_from_row, revoked_passkey_columns,
 };
+use super::sessions::{session_columns, session_from_row};
+use super::signing_keys::{signing_key_columns, signing_key_from_row};
+use super::users::{user_columns, user_from_row};
+use super::{PgStore, array, backend, db_revision, get, log, revision_from_db};
+use crate::store::StoreError;
+use crate::store::copy::{COUNT_ROWS, CopyStore, Dump, DumpSummary, EnrollmentRow, EventRow};
 
 /// Rows per `INSERT`: large enough that a million keys take a few hundred statements, small
 /// enough that each stays well inside the statement timeout.
@@ -94,78 +99,64 @@ async fn export(conn: &mut PgConnection) -> Result<Dump, StoreError> {
         log: log::log_bounds(conn).await?,
         keys: rows(
             conn,
-            "SELECT key_id, key_hash, owner, name, start, enabled, created_ms, expires_ms,
-                meta_json, revision
-             FROM keys ORDER BY key_id",
+            concat!("SELECT ", key_columns!(), " FROM keys ORDER BY key_id"),
             key_from_row,
         )
         .await?,
         users: rows(
             conn,
-            "SELECT user_id, handle, created_ms, disabled, sessions_revoked_before_ms,
-                state_prune_after_ms
-             FROM users ORDER BY user_id",
+            concat!("SELECT ", user_columns!(), " FROM users ORDER BY user_id"),
             user_from_row,
         )
         .await?,
         passkeys: rows(
             conn,
-            "SELECT passkey_id, user_id, credential_id, name, created_ms, last_used_ms,
-                user_agent, backup_eligible, backed_up, credential_json
-             FROM passkeys ORDER BY passkey_id",
+            concat!(
+                "SELECT ",
+                passkey_columns!(),
+                " FROM passkeys ORDER BY passkey_id"
+            ),
             passkey_from_row,
         )
         .await?,
         enrollments: rows(
             conn,
-            "SELECT token_hash, enrollment_id, user_id, created_ms, expires_ms, used_ms
-             FROM enrollments ORDER BY token_hash",
-            enrollment_from_row,
+            concat!(
+                "SELECT ",
+                enrollment_columns!(),
+                ", token_hash FROM enrollments ORDER BY token_hash"
+            ),
+            enrollment_row_from_row,
         )
         .await?,
         sessions: rows(
             conn,
-            "SELECT session_id, user_id, passkey_id, issued_ms, expires_ms, revoked_ms
-             FROM sessions ORDER BY session_id",
-            |row| {
-                Ok(SessionRecord {
-                    session_id: get(row, 0)?,
-                    user_id: get(row, 1)?,
-                    passkey_id: get(row, 2)?,
-                    issued_unix_ms: get(row, 3)?,
-                    expires_unix_ms: get(row, 4)?,
-                    revoked_unix_ms: get(row, 5)?,
-                })
-            },
+            concat!(
+                "SELECT ",
+                session_columns!(),
+                " FROM sessions ORDER BY session_id"
+            ),
+            session_from_row,
         )
         .await?,
         revoked_passkeys: rows(
             conn,
-            "SELECT passkey_id, user_id, revoked_ms, prune_after_ms
-             FROM revoked_passkeys ORDER BY passkey_id",
-            |row| {
-                Ok(PasskeyRevocation {
-                    passkey_id: get(row, 0)?,
-                    user_id: get(row, 1)?,
-                    revoked_unix_ms: get(row, 2)?,
-                    prune_after_unix_ms: get(row, 3)?,
-                })
-            },
+            concat!(
+                "SELECT ",
+                revoked_passkey_columns!(),
+                " FROM revoked_passkeys ORDER BY passkey_id"
+            ),
+            passkey_revocation_from_row,
         )
         .await?,
         signing_keys: rows(
             conn,
-            "SELECT key_id, secret, public_key, created_ms, verify_until_ms
-             FROM signing_keys ORDER BY key_id",
-            |row| {
-                Ok(SigningKeyRecord {
-                    key_id: get(row, 0)?,
-                    secret: array(get(row, 1)?, "signing key secret")?,
-                    public_key: array(get(row, 2)?, "signing key public key")?,
-                    created_unix_ms: get(row, 3)?,
-                    verify_until_unix_ms: get(row, 4)?,
-                })
-            },
+            concat!(
+                "SELECT ",
+                signing_key_columns!(),
+                " FROM signing_keys ORDER BY key_id"
+            ),
+            signing_key_from_row,
         )
         .await?,
         events: rows(
@@ -183,84 +174,18 @@ async fn export(conn: &mut PgConnection) -> Result<Dump, StoreError> {
         .await?,
         audit: rows(
             conn,
-            "SELECT id, at_ms, actor, action, target, revision, detail_json
-             FROM audit ORDER BY id",
-            |row| {
-                let id: i64 = get(row, 0)?;
-                Ok(AuditEntry {
-                    id: u64::try_from(id)
-                        .map_err(|_| StoreError::Corrupt(format!("audit id {id}")))?,
-                    at_unix_ms: get(row, 1)?,
-                    actor: get(row, 2)?,
-                    action: get(row, 3)?,
-                    target: get(row, 4)?,
-                    revision: revision_from_db(get(row, 5)?)?,
-                    detail_json: get(row, 6)?,
-                })
-            },
+            concat!("SELECT ", audit_columns!(), " FROM audit ORDER BY id"),
+            audit_from_row,
         )
         .await?,
     })
 }
 
-fn key_from_row(row: &PgRow) -> Result<KeyRecord, StoreError> {
-    let id: String = get(row, 0)?;
-    let hash: Vec<u8> = get(row, 1)?;
-    let meta_json: String = get(row, 8)?;
-    Ok(KeyRecord {
-        id: id
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("key id {id:?}")))?,
-        hash: KeyHash::from_slice(&hash)
-            .ok_or_else(|| StoreError::Corrupt(format!("hash of key {id}")))?,
-        owner: get(row, 2)?,
-        name: get(row, 3)?,
-        start: get(row, 4)?,
-        enabled: get(row, 5)?,
-        created_unix_ms: get(row, 6)?,
-        expires_unix_ms: get(row, 7)?,
-        meta: serde_json::from_str(&meta_json)
-            .map_err(|e| StoreError::Corrupt(format!("meta of key {id}: {e}")))?,
-        revision: revision_from_db(get(row, 9)?)?,
-    })
-}
-
-fn user_from_row(row: &PgRow) -> Result<UserRecord, StoreError> {
-    Ok(UserRecord {
-        user_id: get(row, 0)?,
-        handle: array(get(row, 1)?, "user handle")?,
-        created_unix_ms: get(row, 2)?,
-        disabled: get(row, 3)?,
-        sessions_revoked_before_unix_ms: get(row, 4)?,
-        state_prune_after_unix_ms: get(row, 5)?,
-    })
-}
-
-fn passkey_from_row(row: &PgRow) -> Result<PasskeyRecord, StoreError> {
-    Ok(PasskeyRecord {
-        passkey_id: get(row, 0)?,
-        user_id: get(row, 1)?,
-        credential_id: get(row, 2)?,
-        name: get(row, 3)?,
-        created_unix_ms: get(row, 4)?,
-        last_used_unix_ms: get(row, 5)?,
-        user_agent: get(row, 6)?,
-        backup_eligible: get(row, 7)?,
-        backed_up: get(row, 8)?,
-        credential_json: get(row, 9)?,
-    })
-}
-
-fn enrollment_from_row(row: &PgRow) -> Result<EnrollmentRow, StoreError> {
+/// An enrollment link with the hash of its token: `enrollment_columns!()`, then `token_hash`.
+fn enrollment_row_from_row(row: &PgRow) -> Result<EnrollmentRow, StoreError> {
     Ok(EnrollmentRow {
-        token_hash: array(get(row, 0)?, "enrollment token hash")?,
-        record: EnrollmentRecord {
-            enrollment_id: get(row, 1)?,
-            user_id: get(row, 2)?,
-            created_unix_ms: get(row, 3)?,
-            expires_unix_ms: get(row, 4)?,
-            used_unix_ms: get(row, 5)?,
-        },
+        token_hash: array(get(row, 5)?, "enrollment token hash")?,
+        record: enrollment_from_row(row)?,
     })
 }
 

@@ -4,7 +4,6 @@
 
 use async_trait::async_trait;
 use keygate_proto::Revision;
-use serde_json::json;
 use sqlx::postgres::PgRow;
 
 use super::users::{UserLock, get_user};
@@ -13,10 +12,15 @@ use crate::store::{
     EnrollmentCreated, EnrollmentRecord, EnrollmentStore, NewEnrollment, StoreError,
 };
 
-/// Used enrollment links are kept this long for the record, then pruned.
-pub(super) const ENROLLMENT_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+/// The enrollment columns (all but the token hash), in [`enrollment_from_row`]'s order.
+macro_rules! enrollment_columns {
+    () => {
+        "enrollment_id, user_id, created_ms, expires_ms, used_ms"
+    };
+}
+pub(super) use enrollment_columns;
 
-fn enrollment_from_row(row: &PgRow) -> Result<EnrollmentRecord, StoreError> {
+pub(super) fn enrollment_from_row(row: &PgRow) -> Result<EnrollmentRecord, StoreError> {
     Ok(EnrollmentRecord {
         enrollment_id: get(row, 0)?,
         user_id: get(row, 1)?,
@@ -36,19 +40,11 @@ impl EnrollmentStore for PgStore {
         // No event. The user's row is locked FOR SHARE, so a concurrent disable (on any
         // replica) either commits first and is seen here, or waits for this link to exist.
         let mut w = self.write_unlogged().await?;
-        let Some(user) = get_user(w.conn(), &enrollment.user_id, UserLock::Share).await? else {
-            return Ok(EnrollmentCreated::UnknownUser);
-        };
-        if user.disabled {
-            return Ok(EnrollmentCreated::UserDisabled);
+        let user = get_user(w.conn(), &enrollment.user_id, UserLock::Share).await?;
+        if let Some(refused) = EnrollmentCreated::refusal(user.as_ref()) {
+            return Ok(refused);
         }
-        let record = EnrollmentRecord {
-            enrollment_id: enrollment.enrollment_id,
-            user_id: enrollment.user_id,
-            created_unix_ms: w.now(),
-            expires_unix_ms: enrollment.expires_unix_ms,
-            used_unix_ms: None,
-        };
+        let record = enrollment.record(w.now());
         sqlx::query(
             "INSERT INTO enrollments (token_hash, enrollment_id, user_id, created_ms,
                 expires_ms, used_ms) VALUES ($1, $2, $3, $4, $5, NULL)",
@@ -61,19 +57,8 @@ impl EnrollmentStore for PgStore {
         .execute(w.conn())
         .await
         .map_err(backend)?;
-        // Never the token, nor its hash.
-        let detail = json!({
-            "enrollmentId": record.enrollment_id,
-            "expiresUnixMs": record.expires_unix_ms,
-        });
-        w.audit(
-            actor,
-            "enrollment.create",
-            &record.user_id,
-            Revision::ZERO,
-            &detail,
-        )
-        .await?;
+        w.audit(actor, Revision::ZERO, &record.created_audit())
+            .await?;
         w.commit().await?;
         Ok(EnrollmentCreated::Created(record))
     }
@@ -82,10 +67,11 @@ impl EnrollmentStore for PgStore {
         &self,
         token_hash: [u8; 32],
     ) -> Result<Option<EnrollmentRecord>, StoreError> {
-        sqlx::query(
-            "SELECT enrollment_id, user_id, created_ms, expires_ms, used_ms
-             FROM enrollments WHERE token_hash = $1",
-        )
+        sqlx::query(concat!(
+            "SELECT ",
+            enrollment_columns!(),
+            " FROM enrollments WHERE token_hash = $1"
+        ))
         .bind(&token_hash[..])
         .fetch_optional(self.pool())
         .await

@@ -5,7 +5,6 @@
 
 use async_trait::async_trait;
 use keygate_proto::{Change, KeyHash, KeyId, Meta, ReplicaKey, Revision};
-use serde_json::json;
 use sqlx::postgres::{PgConnection, PgRow};
 use tokio_stream::StreamExt;
 
@@ -22,12 +21,13 @@ macro_rules! key_columns {
         "key_id, key_hash, owner, name, start, enabled, created_ms, expires_ms, meta_json, revision"
     };
 }
+pub(super) use key_columns;
 
 fn meta_to_json(meta: &Meta) -> Result<String, StoreError> {
     serde_json::to_string(meta).map_err(|e| StoreError::Corrupt(format!("meta: {e}")))
 }
 
-fn key_from_row(row: &PgRow) -> Result<KeyRecord, StoreError> {
+pub(super) fn key_from_row(row: &PgRow) -> Result<KeyRecord, StoreError> {
     let id: String = get(row, 0)?;
     let hash: Vec<u8> = get(row, 1)?;
     let meta_json: String = get(row, 8)?;
@@ -44,7 +44,7 @@ fn key_from_row(row: &PgRow) -> Result<KeyRecord, StoreError> {
         created_unix_ms: get(row, 6)?,
         expires_unix_ms: get(row, 7)?,
         meta: serde_json::from_str(&meta_json)
-            .map_err(|_| StoreError::Corrupt(format!("meta of key {id}")))?,
+            .map_err(|e| StoreError::Corrupt(format!("meta of key {id}: {e}")))?,
         revision: revision_from_db(get(row, 9)?)?,
     })
 }
@@ -142,35 +142,11 @@ impl Writer<'_> {
 impl KeyStore for PgStore {
     async fn create_key(&self, key: NewKey, actor: &str) -> Result<KeyRecord, StoreError> {
         let mut w = self.write().await?;
-        let mut record = KeyRecord {
-            id: key.id,
-            hash: key.hash,
-            owner: key.owner,
-            name: key.name,
-            start: key.start,
-            enabled: key.enabled,
-            created_unix_ms: key.created_unix_ms,
-            expires_unix_ms: key.expires_unix_ms,
-            meta: key.meta,
-            revision: w.next_revision()?,
-        };
+        let mut record = key.into_record(w.next_revision()?);
         w.insert_key(&record).await?;
         record.revision = w.append(&Change::KeyUpserted(record.replica()))?;
-        let detail = json!({
-            "owner": record.owner,
-            "name": record.name,
-            "prefix": record.prefix(),
-            "enabled": record.enabled,
-            "expiresUnixMs": record.expires_unix_ms,
-        });
-        w.audit(
-            actor,
-            "key.create",
-            &record.id.to_string(),
-            record.revision,
-            &detail,
-        )
-        .await?;
+        w.audit(actor, record.revision, &record.created_audit())
+            .await?;
         w.commit().await?;
         Ok(record)
     }
@@ -232,29 +208,24 @@ impl KeyStore for PgStore {
     ) -> Result<EnabledChange, StoreError> {
         let mut w = self.write().await?;
         let mut key = w.existing_key(id).await?;
-        let action = if enabled { "key.enable" } else { "key.disable" };
-        let changed = key.enabled != enabled;
+        let changed = key.set_enabled(enabled);
         let mut revision = Revision::ZERO;
         if changed {
-            key.enabled = enabled;
             key.revision = w.next_revision()?;
             w.update_key(&key).await?;
             revision = w.append(&Change::KeyUpserted(key.replica()))?;
         }
-        let detail = json!({ "owner": key.owner, "changed": changed });
-        w.audit(actor, action, &id.to_string(), revision, &detail)
-            .await?;
+        let change = EnabledChange { key, changed };
+        w.audit(actor, revision, &change.audit()).await?;
         w.commit().await?;
-        Ok(EnabledChange { key, changed })
+        Ok(change)
     }
 
     async fn delete_key(&self, id: KeyId, actor: &str) -> Result<Revision, StoreError> {
         let mut w = self.write().await?;
         let key = w.existing_key(id).await?;
         let revision = w.delete_key(&key).await?;
-        let detail = json!({ "owner": key.owner, "name": key.name });
-        w.audit(actor, "key.delete", &id.to_string(), revision, &detail)
-            .await?;
+        w.audit(actor, revision, &key.deleted_audit()).await?;
         w.commit().await?;
         Ok(revision)
     }
@@ -262,46 +233,17 @@ impl KeyStore for PgStore {
     async fn reroll_key(&self, reroll: Reroll, actor: &str) -> Result<Rerolled, StoreError> {
         let mut w = self.write().await?;
         let mut old_key = w.existing_key(reroll.old_id).await?;
-        let mut new_key = KeyRecord {
-            id: reroll.new_id,
-            hash: reroll.new_hash,
-            owner: old_key.owner.clone(),
-            name: old_key.name.clone(),
-            start: reroll.new_start,
-            // A reroll rotates the secret; it neither re-enables a disabled key nor extends
-            // how long access lasts.
-            enabled: old_key.enabled,
-            created_unix_ms: reroll.now_unix_ms,
-            expires_unix_ms: old_key.expires_unix_ms,
-            meta: old_key.meta.clone(),
-            revision: w.next_revision()?,
-        };
+        let mut new_key = reroll.successor(&old_key, w.next_revision()?);
         w.insert_key(&new_key).await?;
         new_key.revision = w.append(&Change::KeyUpserted(new_key.replica()))?;
 
-        let old_expires = match old_key.expires_unix_ms {
-            Some(existing) => existing.min(reroll.old_expires_unix_ms),
-            None => reroll.old_expires_unix_ms,
-        };
-        old_key.expires_unix_ms = Some(old_expires);
+        old_key.expire_by(reroll.old_expires_unix_ms);
         old_key.revision = w.next_revision()?;
         w.update_key(&old_key).await?;
         let revision = w.append(&Change::KeyUpserted(old_key.replica()))?;
 
-        let detail = json!({
-            "owner": old_key.owner,
-            "newKeyId": new_key.id.to_string(),
-            "graceMs": reroll.grace_ms,
-            "oldExpiresUnixMs": old_expires,
-        });
-        w.audit(
-            actor,
-            "key.reroll",
-            &old_key.id.to_string(),
-            revision,
-            &detail,
-        )
-        .await?;
+        w.audit(actor, revision, &reroll.audit(&old_key, &new_key))
+            .await?;
         w.commit().await?;
         Ok(Rerolled {
             new_key,
@@ -335,16 +277,12 @@ impl KeyStore for PgStore {
             })?;
             deleted.push(key.id);
         }
-        // The audit row names at most 100 ids, so one bulk revocation cannot bloat it.
-        let sample: Vec<String> = deleted.iter().take(100).map(KeyId::to_string).collect();
-        let detail = json!({ "count": deleted.len(), "keyIds": sample });
-        w.audit(actor, "owner.revoke", owner, revision, &detail)
-            .await?;
-        let head = w.head()?;
-        w.commit().await?;
-        Ok(OwnerRevoked {
-            revision: head,
+        let revoked = OwnerRevoked {
+            revision: w.head()?,
             deleted,
-        })
+        };
+        w.audit(actor, revision, &revoked.audit(owner)).await?;
+        w.commit().await?;
+        Ok(revoked)
     }
 }

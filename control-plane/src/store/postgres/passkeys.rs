@@ -12,7 +12,6 @@
 
 use async_trait::async_trait;
 use keygate_proto::{Change, PasskeyRevocation, Revision};
-use serde_json::json;
 use sqlx::postgres::{PgConnection, PgRow};
 
 use super::log::Writer;
@@ -31,8 +30,17 @@ macro_rules! passkey_columns {
          backup_eligible, backed_up, credential_json"
     };
 }
+pub(super) use passkey_columns;
 
-fn passkey_from_row(row: &PgRow) -> Result<PasskeyRecord, StoreError> {
+/// The columns of a passkey revocation, in [`passkey_revocation_from_row`]'s order.
+macro_rules! revoked_passkey_columns {
+    () => {
+        "passkey_id, user_id, revoked_ms, prune_after_ms"
+    };
+}
+pub(super) use revoked_passkey_columns;
+
+pub(super) fn passkey_from_row(row: &PgRow) -> Result<PasskeyRecord, StoreError> {
     Ok(PasskeyRecord {
         passkey_id: get(row, 0)?,
         user_id: get(row, 1)?,
@@ -44,6 +52,15 @@ fn passkey_from_row(row: &PgRow) -> Result<PasskeyRecord, StoreError> {
         backup_eligible: get(row, 7)?,
         backed_up: get(row, 8)?,
         credential_json: get(row, 9)?,
+    })
+}
+
+pub(super) fn passkey_revocation_from_row(row: &PgRow) -> Result<PasskeyRevocation, StoreError> {
+    Ok(PasskeyRevocation {
+        passkey_id: get(row, 0)?,
+        user_id: get(row, 1)?,
+        revoked_unix_ms: get(row, 2)?,
+        prune_after_unix_ms: get(row, 3)?,
     })
 }
 
@@ -85,13 +102,13 @@ impl Writer<'_> {
         registration: Registration,
         actor: &str,
     ) -> Result<Registered, StoreError> {
-        let new = registration.passkey;
+        let new = &registration.passkey;
         match get_user(self.conn(), &new.user_id, UserLock::Share).await? {
             Some(user) if !user.disabled => {}
             _ => return Ok(Registered::UserDisabled),
         }
         let now = self.now();
-        let via = match &registration.via {
+        match &registration.via {
             RegisteredVia::Enrollment { token_hash } => {
                 // Consumes the link: exactly one registration can win it.
                 let consumed = sqlx::query(
@@ -107,33 +124,15 @@ impl Writer<'_> {
                 if consumed.rows_affected() != 1 {
                     return Ok(Registered::EnrollmentUsed);
                 }
-                "enrollment"
             }
             RegisteredVia::Session { session_id } => {
                 let session = get_session(self.conn(), session_id, SessionLock::Share).await?;
-                let live = session.is_some_and(|session| {
-                    session.user_id == new.user_id
-                        && session.revoked_unix_ms.is_none()
-                        && session.expires_unix_ms > now
-                });
-                if !live {
+                if !session.is_some_and(|session| session.is_live_for(&new.user_id, now)) {
                     return Ok(Registered::SessionInvalid);
                 }
-                "session"
             }
-        };
-        let passkey = PasskeyRecord {
-            passkey_id: new.passkey_id,
-            user_id: new.user_id,
-            credential_id: new.credential_id,
-            name: new.name,
-            created_unix_ms: now,
-            last_used_unix_ms: registration.session.as_ref().map(|_| now),
-            user_agent: new.user_agent,
-            backup_eligible: new.backup_eligible,
-            backed_up: new.backed_up,
-            credential_json: new.credential_json,
-        };
+        }
+        let passkey = registration.record(now);
         sqlx::query(concat!(
             "INSERT INTO passkeys (",
             passkey_columns!(),
@@ -159,21 +158,8 @@ impl Writer<'_> {
             ),
             None => None,
         };
-        let detail = json!({
-            "passkeyId": passkey.passkey_id,
-            "name": passkey.name,
-            "via": via,
-            "sessionId": session.as_ref().map(|s| s.session_id.as_str()),
-            "userAgent": passkey.user_agent,
-        });
-        self.audit(
-            actor,
-            "passkey.register",
-            &passkey.user_id,
-            Revision::ZERO,
-            &detail,
-        )
-        .await?;
+        self.audit(actor, Revision::ZERO, &registration.audit(session.as_ref()))
+            .await?;
         Ok(Registered::Done {
             passkey: Box::new(passkey),
             session,
@@ -273,20 +259,8 @@ impl PasskeyStore for PgStore {
         let session = w
             .open_session(&login.session, &passkey.user_id, &passkey.passkey_id)
             .await?;
-        let detail = json!({
-            "sessionId": session.session_id,
-            "passkeyId": passkey.passkey_id,
-            "expiresUnixMs": session.expires_unix_ms,
-            "userAgent": login.session.user_agent,
-        });
-        w.audit(
-            actor,
-            "session.create",
-            &session.user_id,
-            Revision::ZERO,
-            &detail,
-        )
-        .await?;
+        w.audit(actor, Revision::ZERO, &login.audit(&session))
+            .await?;
         w.commit().await?;
         Ok(LoggedIn::Done(session))
     }
@@ -298,9 +272,7 @@ impl PasskeyStore for PgStore {
     ) -> Result<PasskeyRemoved, StoreError> {
         let mut w = self.write().await?;
         let passkey = match get_passkey(w.conn(), &removal.passkey_id, true).await? {
-            Some(passkey) if passkey.user_id == removal.user_id => passkey,
-            // Someone else's passkey is "not found": its existence is not the caller's
-            // business.
+            Some(passkey) if removal.may_remove(&passkey) => passkey,
             _ => return Ok(PasskeyRemoved::NotFound),
         };
         if removal.keep_last {
@@ -320,12 +292,7 @@ impl PasskeyStore for PgStore {
             .execute(w.conn())
             .await
             .map_err(backend)?;
-        let revocation = PasskeyRevocation {
-            user_id: passkey.user_id.clone(),
-            passkey_id: passkey.passkey_id.clone(),
-            revoked_unix_ms: w.now(),
-            prune_after_unix_ms: removal.prune_after_unix_ms,
-        };
+        let revocation = removal.revocation(w.now());
         sqlx::query(
             "INSERT INTO revoked_passkeys (passkey_id, user_id, revoked_ms, prune_after_ms)
              VALUES ($1, $2, $3, $4)
@@ -340,9 +307,7 @@ impl PasskeyStore for PgStore {
         .await
         .map_err(backend)?;
         let revision = w.append(&Change::PasskeyRevoked(revocation))?;
-        let detail = json!({ "passkeyId": passkey.passkey_id, "name": passkey.name });
-        w.audit(actor, removal.action, &passkey.user_id, revision, &detail)
-            .await?;
+        w.audit(actor, revision, &removal.audit(&passkey)).await?;
         w.commit().await?;
         Ok(PasskeyRemoved::Removed { revision })
     }

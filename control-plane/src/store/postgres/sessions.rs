@@ -4,18 +4,17 @@
 
 use async_trait::async_trait;
 use keygate_proto::time::now_unix_ms;
-use keygate_proto::{Change, PasskeyRevocation, Revision, SessionRevocation};
-use serde_json::json;
+use keygate_proto::{Change, Revision, SessionRevocation};
 use sqlx::postgres::{PgConnection, PgRow};
 
-use super::enrollments::ENROLLMENT_RETENTION_MS;
 use super::log::Writer;
-use super::passkeys::get_passkey;
+use super::passkeys::{get_passkey, passkey_revocation_from_row, revoked_passkey_columns};
 use super::signing_keys::{signing_key_columns, signing_key_from_row};
 use super::users::{UserLock, get_user, user_columns, user_from_row};
 use super::{PgStore, backend, ceremonies, get};
 use crate::store::{
-    NewSession, Pruned, SessionContext, SessionRecord, SessionState, SessionStore, StoreError,
+    EnrollmentRecord, NewSession, Pruned, SessionContext, SessionRecord, SessionState,
+    SessionStore, StoreError,
 };
 
 /// The session columns, in [`session_from_row`]'s order.
@@ -24,8 +23,9 @@ macro_rules! session_columns {
         "session_id, user_id, passkey_id, issued_ms, expires_ms, revoked_ms"
     };
 }
+pub(super) use session_columns;
 
-fn session_from_row(row: &PgRow) -> Result<SessionRecord, StoreError> {
+pub(super) fn session_from_row(row: &PgRow) -> Result<SessionRecord, StoreError> {
     Ok(SessionRecord {
         session_id: get(row, 0)?,
         user_id: get(row, 1)?,
@@ -129,24 +129,18 @@ pub(super) async fn session_state(
         })
     })
     .collect::<Result<Vec<_>, StoreError>>()?;
-    let revoked_passkeys = sqlx::query(
-        "SELECT passkey_id, user_id, revoked_ms, prune_after_ms FROM revoked_passkeys
-         WHERE prune_after_ms > $1 ORDER BY passkey_id",
-    )
+    let revoked_passkeys = sqlx::query(concat!(
+        "SELECT ",
+        revoked_passkey_columns!(),
+        " FROM revoked_passkeys WHERE prune_after_ms > $1 ORDER BY passkey_id"
+    ))
     .bind(now_unix_ms)
     .fetch_all(&mut *conn)
     .await
     .map_err(backend)?
     .iter()
-    .map(|row| {
-        Ok(PasskeyRevocation {
-            passkey_id: get(row, 0)?,
-            user_id: get(row, 1)?,
-            revoked_unix_ms: get(row, 2)?,
-            prune_after_unix_ms: get(row, 3)?,
-        })
-    })
-    .collect::<Result<Vec<_>, StoreError>>()?;
+    .map(passkey_revocation_from_row)
+    .collect::<Result<Vec<_>, _>>()?;
     let users = sqlx::query(concat!(
         "SELECT ",
         user_columns!(),
@@ -175,15 +169,7 @@ impl Writer<'_> {
         user_id: &str,
         passkey_id: &str,
     ) -> Result<SessionRecord, StoreError> {
-        let now = self.now();
-        let session = SessionRecord {
-            session_id: new.session_id.clone(),
-            user_id: user_id.to_owned(),
-            passkey_id: passkey_id.to_owned(),
-            issued_unix_ms: now,
-            expires_unix_ms: now.saturating_add(new.lifetime_ms),
-            revoked_unix_ms: None,
-        };
+        let session = new.issue(user_id, passkey_id, self.now());
         sqlx::query(concat!(
             "INSERT INTO sessions (",
             session_columns!(),
@@ -222,14 +208,8 @@ impl SessionStore for PgStore {
             .execute(w.conn())
             .await
             .map_err(backend)?;
-        let revision = w.append(&Change::SessionRevoked(SessionRevocation {
-            session_id: session.session_id.clone(),
-            user_id: session.user_id.clone(),
-            prune_after_unix_ms: session.expires_unix_ms,
-        }))?;
-        let detail = json!({ "sessionId": session.session_id });
-        w.audit(actor, "session.revoke", &session.user_id, revision, &detail)
-            .await?;
+        let revision = w.append(&Change::SessionRevoked(session.revocation()))?;
+        w.audit(actor, revision, &session.revoked_audit()).await?;
         w.commit().await?;
         Ok(Some(revision))
     }
@@ -288,7 +268,7 @@ impl SessionStore for PgStore {
             enrollments: delete(
                 w.conn(),
                 "DELETE FROM enrollments WHERE expires_ms <= $1",
-                now_unix_ms.saturating_sub(ENROLLMENT_RETENTION_MS),
+                EnrollmentRecord::prune_cutoff(now_unix_ms),
             )
             .await?,
         };

@@ -5,7 +5,6 @@
 
 use async_trait::async_trait;
 use keygate_proto::{Change, Revision};
-use serde_json::json;
 use sqlx::postgres::{PgConnection, PgRow};
 
 use super::log::Writer;
@@ -96,20 +95,9 @@ impl SigningKeyStore for PgStore {
         if let Some(current) = current_signing_key(w.conn()).await? {
             return Ok(current);
         }
-        let key = SigningKeyRecord {
-            created_unix_ms: w.now(),
-            verify_until_unix_ms: None,
-            ..candidate
-        };
+        let key = candidate.into_current(w.now());
         let revision = w.insert_signing_key(&key).await?;
-        w.audit(
-            actor,
-            "signing_key.create",
-            &key.key_id,
-            revision,
-            &json!({}),
-        )
-        .await?;
+        w.audit(actor, revision, &key.created_audit()).await?;
         w.commit().await?;
         Ok(key)
     }
@@ -137,32 +125,18 @@ impl SigningKeyStore for PgStore {
             }
             None => None,
         };
-        let current = SigningKeyRecord {
-            created_unix_ms: w.now(),
-            verify_until_unix_ms: None,
-            ..next
-        };
+        let current = next.into_current(w.now());
         let mut revision = w.insert_signing_key(&current).await?;
         if let Some(retired) = &retired {
             revision = w.append(&Change::SigningKey(retired.verifying_key()))?;
         }
-        let detail = json!({
-            "retiredKeyId": retired.as_ref().map(|key| key.key_id.as_str()),
-            "retiredVerifyUntilUnixMs": retired.as_ref().map(|_| retire_until_unix_ms),
-        });
-        w.audit(
-            actor,
-            "signing_key.rotate",
-            &current.key_id,
-            revision,
-            &detail,
-        )
-        .await?;
-        w.commit().await?;
-        Ok(Rotated {
+        let rotated = Rotated {
             current,
             retired,
             revision,
-        })
+        };
+        w.audit(actor, revision, &rotated.audit()).await?;
+        w.commit().await?;
+        Ok(rotated)
     }
 }

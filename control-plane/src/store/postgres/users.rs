@@ -9,7 +9,6 @@
 
 use async_trait::async_trait;
 use keygate_proto::{Change, Revision};
-use serde_json::json;
 use sqlx::postgres::{PgConnection, PgRow};
 
 use super::log::Writer;
@@ -90,16 +89,6 @@ impl Writer<'_> {
         .map_err(backend)?;
         self.append(&Change::UserState(user.state()))
     }
-
-    /// "Every session issued until now": strictly before the next millisecond, so a session
-    /// committed earlier in this same millisecond is covered too.
-    fn revoke_sessions_now(&mut self, user: &mut UserRecord, session_lifetime_ms: i64) {
-        let before = self.now().saturating_add(1);
-        user.sessions_revoked_before_unix_ms = user.sessions_revoked_before_unix_ms.max(before);
-        user.state_prune_after_unix_ms = user
-            .state_prune_after_unix_ms
-            .max(before.saturating_add(session_lifetime_ms));
-    }
 }
 
 #[async_trait]
@@ -113,14 +102,7 @@ impl UserStore for PgStore {
         // No event: it need not wait for the log lock. Of two creates of one id (on any
         // replicas) the primary key lets exactly one insert.
         let mut w = self.write_unlogged().await?;
-        let user = UserRecord {
-            user_id: user_id.to_owned(),
-            handle,
-            created_unix_ms: w.now(),
-            disabled: false,
-            sessions_revoked_before_unix_ms: 0,
-            state_prune_after_unix_ms: 0,
-        };
+        let user = UserRecord::new(user_id.to_owned(), handle, w.now());
         let inserted = sqlx::query(concat!(
             "INSERT INTO users (",
             user_columns!(),
@@ -135,14 +117,8 @@ impl UserStore for PgStore {
         if inserted.rows_affected() == 0 {
             return Ok(UserCreated::AlreadyExists);
         }
-        w.audit(
-            actor,
-            "user.create",
-            &user.user_id,
-            Revision::ZERO,
-            &json!({}),
-        )
-        .await?;
+        w.audit(actor, Revision::ZERO, &user.created_audit())
+            .await?;
         w.commit().await?;
         Ok(UserCreated::Created(user))
     }
@@ -178,36 +154,21 @@ impl UserStore for PgStore {
         let Some(mut user) = get_user(w.conn(), user_id, UserLock::Update).await? else {
             return Ok(None);
         };
-        let changed = user.disabled == enabled;
-        let mut revision = w.head()?;
-        if changed {
-            user.disabled = !enabled;
-            if !enabled {
-                // Enabling again must not bring back a session from before the disable.
-                w.revoke_sessions_now(&mut user, session_lifetime_ms);
-            }
-            revision = w.update_user_state(&user).await?;
-        }
-        let action = if enabled {
-            "user.enable"
+        let changed = user.set_enabled(enabled, w.now(), session_lifetime_ms);
+        let revision = if changed {
+            w.update_user_state(&user).await?
         } else {
-            "user.disable"
+            w.head()?
         };
-        let audited = if changed { revision } else { Revision::ZERO };
-        w.audit(
-            actor,
-            action,
-            &user.user_id,
-            audited,
-            &json!({ "changed": changed }),
-        )
-        .await?;
-        w.commit().await?;
-        Ok(Some(UserChanged {
+        let change = UserChanged {
             user,
             revision,
             changed,
-        }))
+        };
+        w.audit(actor, change.audited_revision(), &change.enabled_audit())
+            .await?;
+        w.commit().await?;
+        Ok(Some(change))
     }
 
     async fn revoke_user_sessions(
@@ -220,10 +181,9 @@ impl UserStore for PgStore {
         let Some(mut user) = get_user(w.conn(), user_id, UserLock::Update).await? else {
             return Ok(None);
         };
-        w.revoke_sessions_now(&mut user, session_lifetime_ms);
+        user.revoke_sessions(w.now(), session_lifetime_ms);
         let revision = w.update_user_state(&user).await?;
-        let detail = json!({ "revokedBeforeUnixMs": user.sessions_revoked_before_unix_ms });
-        w.audit(actor, "sessions.revoke", &user.user_id, revision, &detail)
+        w.audit(actor, revision, &user.sessions_revoked_audit())
             .await?;
         w.commit().await?;
         Ok(Some(UserChanged {

@@ -4,21 +4,33 @@
 
 use async_trait::async_trait;
 use keygate_proto::Revision;
-use rusqlite::params;
+use rusqlite::{Row, params};
 
 use super::log::Writer;
 use super::{SqliteStore, backend, collect};
-use crate::store::{AuditEntry, AuditStore, StoreError};
+use crate::store::{AuditEntry, AuditNote, AuditStore, StoreError};
+
+pub(super) const AUDIT_COLUMNS: &str = "id, at_ms, actor, action, target, revision, detail_json";
+
+pub(super) fn audit_from_row(row: &Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: row.get(0)?,
+        at_unix_ms: row.get(1)?,
+        actor: row.get(2)?,
+        action: row.get(3)?,
+        target: row.get(4)?,
+        revision: Revision(row.get(5)?),
+        detail_json: row.get(6)?,
+    })
+}
 
 impl Writer<'_> {
     /// Writes the operation's audit row. `revision` is 0 when nothing replicated changed.
     pub(super) fn audit(
         &self,
         actor: &str,
-        action: &str,
-        target: &str,
         revision: Revision,
-        detail: &serde_json::Value,
+        note: &AuditNote,
     ) -> Result<(), StoreError> {
         self.tx
             .execute(
@@ -27,10 +39,10 @@ impl Writer<'_> {
                 params![
                     self.now_unix_ms,
                     actor,
-                    action,
-                    target,
+                    note.action,
+                    note.target,
                     revision.0,
-                    detail.to_string()
+                    note.detail.to_string()
                 ],
             )
             .map_err(backend)?;
@@ -45,20 +57,9 @@ impl AuditStore for SqliteStore {
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             collect(
                 tx,
-                "SELECT id, at_ms, actor, action, target, revision, detail_json
-                 FROM audit ORDER BY id DESC LIMIT ?1",
+                &format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id DESC LIMIT ?1"),
                 params![limit],
-                |row| {
-                    Ok(AuditEntry {
-                        id: row.get(0)?,
-                        at_unix_ms: row.get(1)?,
-                        actor: row.get(2)?,
-                        action: row.get(3)?,
-                        target: row.get(4)?,
-                        revision: Revision(row.get(5)?),
-                        detail_json: row.get(6)?,
-                    })
-                },
+                audit_from_row,
             )
         })
         .await

@@ -71,13 +71,7 @@ impl CeremonyStore for SqliteStore {
                 )
                 .optional()
                 .map_err(backend)?;
-            Ok(match taken {
-                Some((state_json, expires_ms)) if expires_ms > now_unix_ms => {
-                    CeremonyTaken::Found(state_json)
-                }
-                Some(_) => CeremonyTaken::Expired,
-                None => CeremonyTaken::Unknown,
-            })
+            Ok(CeremonyTaken::at(now_unix_ms, taken))
         })
         .await
     }

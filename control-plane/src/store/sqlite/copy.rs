@@ -6,15 +6,22 @@
 //! them, so the next audit row follows the copied ones.
 
 use async_trait::async_trait;
-use keygate_proto::{KeyHash, LogId, PasskeyRevocation, Revision};
+use keygate_proto::{LogId, Revision};
 use rusqlite::{Row, Transaction, params};
 
+use super::audit::{AUDIT_COLUMNS, audit_from_row};
+use super::enrollments::{ENROLLMENT_COLUMNS, enrollment_from_row, insert_enrollment};
+use super::keys::{KEY_COLUMNS, insert_key, key_from_row};
+use super::passkeys::{
+    PASSKEY_COLUMNS, REVOKED_PASSKEY_COLUMNS, insert_passkey, insert_passkey_revocation,
+    passkey_from_row, passkey_revocation_from_row,
+};
+use super::sessions::{SESSION_COLUMNS, insert_session, session_from_row};
+use super::signing_keys::{SIGNING_KEY_COLUMNS, insert_signing_key, signing_key_from_row};
+use super::users::{USER_COLUMNS, insert_user, user_from_row};
 use super::{SqliteStore, backend, collect, corrupt, log};
 use crate::store::copy::{COUNT_ROWS, CopyStore, Dump, DumpSummary, EnrollmentRow, EventRow};
-use crate::store::{
-    AuditEntry, EnrollmentRecord, KeyRecord, LogBounds, PasskeyRecord, SessionRecord,
-    SigningKeyRecord, StoreError, UserRecord,
-};
+use crate::store::{LogBounds, StoreError};
 
 #[async_trait]
 impl CopyStore for SqliteStore {
@@ -57,69 +64,45 @@ fn export(tx: &Transaction<'_>) -> Result<Dump, StoreError> {
         log: log::log_bounds(tx)?,
         keys: collect(
             tx,
-            "SELECT key_id, key_hash, owner, name, start, enabled, created_ms, expires_ms,
-                meta_json, revision
-             FROM keys ORDER BY key_id",
+            &format!("SELECT {KEY_COLUMNS} FROM keys ORDER BY key_id"),
             [],
             key_from_row,
         )?,
         users: collect(
             tx,
-            "SELECT user_id, handle, created_ms, disabled, sessions_revoked_before_ms,
-                state_prune_after_ms
-             FROM users ORDER BY user_id",
+            &format!("SELECT {USER_COLUMNS} FROM users ORDER BY user_id"),
             [],
             user_from_row,
         )?,
         passkeys: collect(
             tx,
-            "SELECT passkey_id, user_id, credential_id, name, created_ms, last_used_ms,
-                user_agent, backup_eligible, backed_up, credential_json
-             FROM passkeys ORDER BY passkey_id",
+            &format!("SELECT {PASSKEY_COLUMNS} FROM passkeys ORDER BY passkey_id"),
             [],
             passkey_from_row,
         )?,
         enrollments: collect(
             tx,
-            "SELECT token_hash, enrollment_id, user_id, created_ms, expires_ms, used_ms
-             FROM enrollments ORDER BY token_hash",
+            &format!(
+                "SELECT {ENROLLMENT_COLUMNS}, token_hash FROM enrollments ORDER BY token_hash"
+            ),
             [],
-            enrollment_from_row,
+            enrollment_row_from_row,
         )?,
         sessions: collect(
             tx,
-            "SELECT session_id, user_id, passkey_id, issued_ms, expires_ms, revoked_ms
-             FROM sessions ORDER BY session_id",
+            &format!("SELECT {SESSION_COLUMNS} FROM sessions ORDER BY session_id"),
             [],
-            |row| {
-                Ok(SessionRecord {
-                    session_id: row.get(0)?,
-                    user_id: row.get(1)?,
-                    passkey_id: row.get(2)?,
-                    issued_unix_ms: row.get(3)?,
-                    expires_unix_ms: row.get(4)?,
-                    revoked_unix_ms: row.get(5)?,
-                })
-            },
+            session_from_row,
         )?,
         revoked_passkeys: collect(
             tx,
-            "SELECT passkey_id, user_id, revoked_ms, prune_after_ms
-             FROM revoked_passkeys ORDER BY passkey_id",
+            &format!("SELECT {REVOKED_PASSKEY_COLUMNS} FROM revoked_passkeys ORDER BY passkey_id"),
             [],
-            |row| {
-                Ok(PasskeyRevocation {
-                    passkey_id: row.get(0)?,
-                    user_id: row.get(1)?,
-                    revoked_unix_ms: row.get(2)?,
-                    prune_after_unix_ms: row.get(3)?,
-                })
-            },
+            passkey_revocation_from_row,
         )?,
         signing_keys: collect(
             tx,
-            "SELECT key_id, secret, public_key, created_ms, verify_until_ms
-             FROM signing_keys ORDER BY key_id",
+            &format!("SELECT {SIGNING_KEY_COLUMNS} FROM signing_keys ORDER BY key_id"),
             [],
             signing_key_from_row,
         )?,
@@ -138,248 +121,47 @@ fn export(tx: &Transaction<'_>) -> Result<Dump, StoreError> {
         )?,
         audit: collect(
             tx,
-            "SELECT id, at_ms, actor, action, target, revision, detail_json
-             FROM audit ORDER BY id",
+            &format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id"),
             [],
-            |row| {
-                Ok(AuditEntry {
-                    id: row.get(0)?,
-                    at_unix_ms: row.get(1)?,
-                    actor: row.get(2)?,
-                    action: row.get(3)?,
-                    target: row.get(4)?,
-                    revision: Revision(row.get(5)?),
-                    detail_json: row.get(6)?,
-                })
-            },
+            audit_from_row,
         )?,
     })
 }
 
-fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
-    let id: String = row.get(0)?;
-    let hash: Vec<u8> = row.get(1)?;
-    let meta_json: String = row.get(8)?;
-    Ok(KeyRecord {
-        id: id.parse().map_err(|_| corrupt("key id"))?,
-        hash: KeyHash::from_slice(&hash).ok_or_else(|| corrupt("key hash"))?,
-        owner: row.get(2)?,
-        name: row.get(3)?,
-        start: row.get(4)?,
-        enabled: row.get(5)?,
-        created_unix_ms: row.get(6)?,
-        expires_unix_ms: row.get(7)?,
-        meta: serde_json::from_str(&meta_json).map_err(|_| corrupt("key meta"))?,
-        revision: Revision(row.get(9)?),
-    })
-}
-
-fn user_from_row(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
-    let handle: Vec<u8> = row.get(1)?;
-    Ok(UserRecord {
-        user_id: row.get(0)?,
-        handle: handle.try_into().map_err(|_| corrupt("user handle"))?,
-        created_unix_ms: row.get(2)?,
-        disabled: row.get(3)?,
-        sessions_revoked_before_unix_ms: row.get(4)?,
-        state_prune_after_unix_ms: row.get(5)?,
-    })
-}
-
-fn passkey_from_row(row: &Row<'_>) -> rusqlite::Result<PasskeyRecord> {
-    Ok(PasskeyRecord {
-        passkey_id: row.get(0)?,
-        user_id: row.get(1)?,
-        credential_id: row.get(2)?,
-        name: row.get(3)?,
-        created_unix_ms: row.get(4)?,
-        last_used_unix_ms: row.get(5)?,
-        user_agent: row.get(6)?,
-        backup_eligible: row.get(7)?,
-        backed_up: row.get(8)?,
-        credential_json: row.get(9)?,
-    })
-}
-
-fn enrollment_from_row(row: &Row<'_>) -> rusqlite::Result<EnrollmentRow> {
-    let token_hash: Vec<u8> = row.get(0)?;
+/// An enrollment link with the hash of its token: [`ENROLLMENT_COLUMNS`], then `token_hash`.
+fn enrollment_row_from_row(row: &Row<'_>) -> rusqlite::Result<EnrollmentRow> {
+    let token_hash: Vec<u8> = row.get(5)?;
     Ok(EnrollmentRow {
         token_hash: token_hash
             .try_into()
             .map_err(|_| corrupt("enrollment token hash"))?,
-        record: EnrollmentRecord {
-            enrollment_id: row.get(1)?,
-            user_id: row.get(2)?,
-            created_unix_ms: row.get(3)?,
-            expires_unix_ms: row.get(4)?,
-            used_unix_ms: row.get(5)?,
-        },
-    })
-}
-
-fn signing_key_from_row(row: &Row<'_>) -> rusqlite::Result<SigningKeyRecord> {
-    let secret: Vec<u8> = row.get(1)?;
-    let public_key: Vec<u8> = row.get(2)?;
-    Ok(SigningKeyRecord {
-        key_id: row.get(0)?,
-        secret: secret
-            .try_into()
-            .map_err(|_| corrupt("signing key secret"))?,
-        public_key: public_key
-            .try_into()
-            .map_err(|_| corrupt("signing key public key"))?,
-        created_unix_ms: row.get(3)?,
-        verify_until_unix_ms: row.get(4)?,
+        record: enrollment_from_row(row)?,
     })
 }
 
 /// Writes every row of `dump` and its log identity, inside the caller's transaction. Users
 /// first: passkeys and enrollment links refer to them.
 fn import(tx: &Transaction<'_>, dump: &Dump) -> Result<(), StoreError> {
-    let mut insert = tx
-        .prepare(
-            "INSERT INTO users (user_id, handle, created_ms, disabled,
-                sessions_revoked_before_ms, state_prune_after_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .map_err(backend)?;
     for user in &dump.users {
-        insert
-            .execute(params![
-                user.user_id,
-                &user.handle[..],
-                user.created_unix_ms,
-                user.disabled,
-                user.sessions_revoked_before_unix_ms,
-                user.state_prune_after_unix_ms
-            ])
-            .map_err(backend)?;
+        insert_user(tx, user)?;
     }
-
-    let mut insert = tx
-        .prepare(
-            "INSERT INTO keys (key_id, key_hash, owner, name, start, enabled, created_ms,
-                expires_ms, meta_json, revision)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )
-        .map_err(backend)?;
     for key in &dump.keys {
-        let meta_json = serde_json::to_string(&key.meta)
-            .map_err(|e| StoreError::Corrupt(format!("meta of key {}: {e}", key.id)))?;
-        insert
-            .execute(params![
-                key.id.to_string(),
-                &key.hash.0[..],
-                key.owner,
-                key.name,
-                key.start,
-                key.enabled,
-                key.created_unix_ms,
-                key.expires_unix_ms,
-                meta_json,
-                key.revision.0
-            ])
-            .map_err(backend)?;
+        insert_key(tx, key)?;
     }
-
-    let mut insert = tx
-        .prepare(
-            "INSERT INTO passkeys (passkey_id, user_id, credential_id, name, created_ms,
-                last_used_ms, user_agent, backup_eligible, backed_up, credential_json)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )
-        .map_err(backend)?;
     for passkey in &dump.passkeys {
-        insert
-            .execute(params![
-                passkey.passkey_id,
-                passkey.user_id,
-                passkey.credential_id,
-                passkey.name,
-                passkey.created_unix_ms,
-                passkey.last_used_unix_ms,
-                passkey.user_agent,
-                passkey.backup_eligible,
-                passkey.backed_up,
-                passkey.credential_json
-            ])
-            .map_err(backend)?;
+        insert_passkey(tx, passkey)?;
     }
-
-    let mut insert = tx
-        .prepare(
-            "INSERT INTO enrollments (token_hash, enrollment_id, user_id, created_ms,
-                expires_ms, used_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .map_err(backend)?;
     for enrollment in &dump.enrollments {
-        let record = &enrollment.record;
-        insert
-            .execute(params![
-                &enrollment.token_hash[..],
-                record.enrollment_id,
-                record.user_id,
-                record.created_unix_ms,
-                record.expires_unix_ms,
-                record.used_unix_ms
-            ])
-            .map_err(backend)?;
+        insert_enrollment(tx, &enrollment.token_hash, &enrollment.record)?;
     }
-
-    let mut insert = tx
-        .prepare(
-            "INSERT INTO sessions (session_id, user_id, passkey_id, issued_ms, expires_ms,
-                revoked_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .map_err(backend)?;
     for session in &dump.sessions {
-        insert
-            .execute(params![
-                session.session_id,
-                session.user_id,
-                session.passkey_id,
-                session.issued_unix_ms,
-                session.expires_unix_ms,
-                session.revoked_unix_ms
-            ])
-            .map_err(backend)?;
+        insert_session(tx, session)?;
     }
-
-    let mut insert = tx
-        .prepare(
-            "INSERT INTO revoked_passkeys (passkey_id, user_id, revoked_ms, prune_after_ms)
-             VALUES (?1, ?2, ?3, ?4)",
-        )
-        .map_err(backend)?;
     for revocation in &dump.revoked_passkeys {
-        insert
-            .execute(params![
-                revocation.passkey_id,
-                revocation.user_id,
-                revocation.revoked_unix_ms,
-                revocation.prune_after_unix_ms
-            ])
-            .map_err(backend)?;
+        insert_passkey_revocation(tx, revocation)?;
     }
-
-    let mut insert = tx
-        .prepare(
-            "INSERT INTO signing_keys (key_id, secret, public_key, created_ms, verify_until_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .map_err(backend)?;
     for key in &dump.signing_keys {
-        insert
-            .execute(params![
-                key.key_id,
-                &key.secret[..],
-                &key.public_key[..],
-                key.created_unix_ms,
-                key.verify_until_unix_ms
-            ])
-            .map_err(backend)?;
+        insert_signing_key(tx, key)?;
     }
 
     let mut insert = tx

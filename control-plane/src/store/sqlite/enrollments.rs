@@ -4,19 +4,18 @@
 
 use async_trait::async_trait;
 use keygate_proto::Revision;
-use rusqlite::{OptionalExtension, Row, params};
-use serde_json::json;
+use rusqlite::{OptionalExtension, Row, Transaction, params};
 
 use super::users::get_user;
-use super::{SqliteStore, backend};
+use super::{SqliteStore, backend, execute};
 use crate::store::{
     EnrollmentCreated, EnrollmentRecord, EnrollmentStore, NewEnrollment, StoreError,
 };
 
-/// Used enrollment links are kept this long for the record, then pruned.
-pub(super) const ENROLLMENT_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+pub(super) const ENROLLMENT_COLUMNS: &str =
+    "enrollment_id, user_id, created_ms, expires_ms, used_ms";
 
-fn enrollment_from_row(row: &Row<'_>) -> rusqlite::Result<EnrollmentRecord> {
+pub(super) fn enrollment_from_row(row: &Row<'_>) -> rusqlite::Result<EnrollmentRecord> {
     Ok(EnrollmentRecord {
         enrollment_id: row.get(0)?,
         user_id: row.get(1)?,
@@ -24,6 +23,29 @@ fn enrollment_from_row(row: &Row<'_>) -> rusqlite::Result<EnrollmentRecord> {
         expires_unix_ms: row.get(3)?,
         used_unix_ms: row.get(4)?,
     })
+}
+
+/// Inserts the link `record` for the token with `token_hash` (a new link, or a copy).
+pub(super) fn insert_enrollment(
+    tx: &Transaction<'_>,
+    token_hash: &[u8; 32],
+    record: &EnrollmentRecord,
+) -> Result<(), StoreError> {
+    execute(
+        tx,
+        &format!(
+            "INSERT INTO enrollments ({ENROLLMENT_COLUMNS}, token_hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+        ),
+        params![
+            record.enrollment_id,
+            record.user_id,
+            record.created_unix_ms,
+            record.expires_unix_ms,
+            record.used_unix_ms,
+            &token_hash[..]
+        ],
+    )
 }
 
 #[async_trait]
@@ -35,43 +57,13 @@ impl EnrollmentStore for SqliteStore {
     ) -> Result<EnrollmentCreated, StoreError> {
         let actor = actor.to_owned();
         self.write(move |w| {
-            let Some(user) = get_user(w.tx, &enrollment.user_id)? else {
-                return Ok(EnrollmentCreated::UnknownUser);
-            };
-            if user.disabled {
-                return Ok(EnrollmentCreated::UserDisabled);
+            let user = get_user(w.tx, &enrollment.user_id)?;
+            if let Some(refused) = EnrollmentCreated::refusal(user.as_ref()) {
+                return Ok(refused);
             }
-            let record = EnrollmentRecord {
-                enrollment_id: enrollment.enrollment_id,
-                user_id: enrollment.user_id,
-                created_unix_ms: w.now_unix_ms,
-                expires_unix_ms: enrollment.expires_unix_ms,
-                used_unix_ms: None,
-            };
-            w.tx.execute(
-                "INSERT INTO enrollments (token_hash, enrollment_id, user_id, created_ms,
-                    expires_ms, used_ms) VALUES (?1, ?2, ?3, ?4, ?5, NULL)",
-                params![
-                    &enrollment.token_hash[..],
-                    record.enrollment_id,
-                    record.user_id,
-                    record.created_unix_ms,
-                    record.expires_unix_ms
-                ],
-            )
-            .map_err(backend)?;
-            // Never the token, nor its hash.
-            let detail = json!({
-                "enrollmentId": record.enrollment_id,
-                "expiresUnixMs": record.expires_unix_ms,
-            });
-            w.audit(
-                &actor,
-                "enrollment.create",
-                &record.user_id,
-                Revision::ZERO,
-                &detail,
-            )?;
+            let record = enrollment.record(w.now_unix_ms);
+            insert_enrollment(w.tx, &enrollment.token_hash, &record)?;
+            w.audit(&actor, Revision::ZERO, &record.created_audit())?;
             Ok(EnrollmentCreated::Created(record))
         })
         .await
@@ -83,8 +75,7 @@ impl EnrollmentStore for SqliteStore {
     ) -> Result<Option<EnrollmentRecord>, StoreError> {
         self.read(move |tx| {
             tx.query_row(
-                "SELECT enrollment_id, user_id, created_ms, expires_ms, used_ms
-                 FROM enrollments WHERE token_hash = ?1",
+                &format!("SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE token_hash = ?1"),
                 params![&token_hash[..]],
                 enrollment_from_row,
             )

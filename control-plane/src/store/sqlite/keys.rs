@@ -2,25 +2,20 @@
 //! `KeyDeleted` event through the writer, in the same transaction.
 
 use async_trait::async_trait;
-use keygate_proto::{Change, KeyHash, KeyId, Meta, ReplicaKey, Revision};
+use keygate_proto::{Change, KeyHash, KeyId, ReplicaKey, Revision};
 use rusqlite::{OptionalExtension, Row, Transaction, params};
-use serde_json::json;
 
 use super::log::Writer;
-use super::{SqliteStore, backend, collect, corrupt, log};
+use super::{SqliteStore, backend, collect, corrupt, execute, log};
 use crate::store::{
     EnabledChange, KeyQuery, KeyRecord, KeyStore, NewKey, OwnerRevoked, Reroll, Rerolled,
     StoreError,
 };
 
-const KEY_COLUMNS: &str =
+pub(super) const KEY_COLUMNS: &str =
     "key_id, key_hash, owner, name, start, enabled, created_ms, expires_ms, meta_json, revision";
 
-fn meta_to_json(meta: &Meta) -> Result<String, StoreError> {
-    serde_json::to_string(meta).map_err(|e| StoreError::Corrupt(format!("meta: {e}")))
-}
-
-fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
+pub(super) fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
     let id: String = row.get(0)?;
     let hash: Vec<u8> = row.get(1)?;
     let meta_json: String = row.get(8)?;
@@ -59,26 +54,33 @@ pub(super) fn replica_keys(tx: &Transaction<'_>) -> Result<Vec<ReplicaKey>, Stor
     )
 }
 
+/// Inserts `key` as it is, its revision included (a write, or a copy).
+pub(super) fn insert_key(tx: &Transaction<'_>, key: &KeyRecord) -> Result<(), StoreError> {
+    let meta_json = serde_json::to_string(&key.meta)
+        .map_err(|e| StoreError::Corrupt(format!("meta of key {}: {e}", key.id)))?;
+    execute(
+        tx,
+        &format!(
+            "INSERT INTO keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+        ),
+        params![
+            key.id.to_string(),
+            &key.hash.0[..],
+            key.owner,
+            key.name,
+            key.start,
+            key.enabled,
+            key.created_unix_ms,
+            key.expires_unix_ms,
+            meta_json,
+            key.revision.0,
+        ],
+    )
+}
+
 impl Writer<'_> {
     fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        self.tx
-            .execute(
-                &format!("INSERT INTO keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
-                params![
-                    key.id.to_string(),
-                    &key.hash.0[..],
-                    key.owner,
-                    key.name,
-                    key.start,
-                    key.enabled,
-                    key.created_unix_ms,
-                    key.expires_unix_ms,
-                    meta_to_json(&key.meta)?,
-                    key.revision.0,
-                ],
-            )
-            .map_err(backend)?;
-        Ok(())
+        insert_key(self.tx, key)
     }
 
     /// Writes the mutable fields of a key (enabled, expiry, revision).
@@ -120,34 +122,10 @@ impl KeyStore for SqliteStore {
     async fn create_key(&self, key: NewKey, actor: &str) -> Result<KeyRecord, StoreError> {
         let actor = actor.to_owned();
         self.write(move |w| {
-            let mut record = KeyRecord {
-                id: key.id,
-                hash: key.hash,
-                owner: key.owner,
-                name: key.name,
-                start: key.start,
-                enabled: key.enabled,
-                created_unix_ms: key.created_unix_ms,
-                expires_unix_ms: key.expires_unix_ms,
-                meta: key.meta,
-                revision: w.next_revision(),
-            };
+            let mut record = key.into_record(w.next_revision());
             w.insert_key(&record)?;
             record.revision = w.append(Change::KeyUpserted(record.replica()))?;
-            let detail = json!({
-                "owner": record.owner,
-                "name": record.name,
-                "prefix": record.prefix(),
-                "enabled": record.enabled,
-                "expiresUnixMs": record.expires_unix_ms,
-            });
-            w.audit(
-                &actor,
-                "key.create",
-                &record.id.to_string(),
-                record.revision,
-                &detail,
-            )?;
+            w.audit(&actor, record.revision, &record.created_audit())?;
             Ok(record)
         })
         .await
@@ -203,18 +181,16 @@ impl KeyStore for SqliteStore {
         let actor = actor.to_owned();
         self.write(move |w| {
             let mut key = w.existing_key(id)?;
-            let action = if enabled { "key.enable" } else { "key.disable" };
-            let changed = key.enabled != enabled;
+            let changed = key.set_enabled(enabled);
             let mut revision = Revision::ZERO;
             if changed {
-                key.enabled = enabled;
                 key.revision = w.next_revision();
                 w.update_key(&key)?;
                 revision = w.append(Change::KeyUpserted(key.replica()))?;
             }
-            let detail = json!({ "owner": key.owner, "changed": changed });
-            w.audit(&actor, action, &id.to_string(), revision, &detail)?;
-            Ok(EnabledChange { key, changed })
+            let change = EnabledChange { key, changed };
+            w.audit(&actor, revision, &change.audit())?;
+            Ok(change)
         })
         .await
     }
@@ -224,8 +200,7 @@ impl KeyStore for SqliteStore {
         self.write(move |w| {
             let key = w.existing_key(id)?;
             let revision = w.delete_key(&key)?;
-            let detail = json!({ "owner": key.owner, "name": key.name });
-            w.audit(&actor, "key.delete", &id.to_string(), revision, &detail)?;
+            w.audit(&actor, revision, &key.deleted_audit())?;
             Ok(revision)
         })
         .await
@@ -235,45 +210,16 @@ impl KeyStore for SqliteStore {
         let actor = actor.to_owned();
         self.write(move |w| {
             let mut old_key = w.existing_key(reroll.old_id)?;
-            let mut new_key = KeyRecord {
-                id: reroll.new_id,
-                hash: reroll.new_hash,
-                owner: old_key.owner.clone(),
-                name: old_key.name.clone(),
-                start: reroll.new_start,
-                // A reroll rotates the secret; it neither re-enables a disabled key nor
-                // extends how long access lasts.
-                enabled: old_key.enabled,
-                created_unix_ms: reroll.now_unix_ms,
-                expires_unix_ms: old_key.expires_unix_ms,
-                meta: old_key.meta.clone(),
-                revision: w.next_revision(),
-            };
+            let mut new_key = reroll.successor(&old_key, w.next_revision());
             w.insert_key(&new_key)?;
             new_key.revision = w.append(Change::KeyUpserted(new_key.replica()))?;
 
-            let old_expires = match old_key.expires_unix_ms {
-                Some(existing) => existing.min(reroll.old_expires_unix_ms),
-                None => reroll.old_expires_unix_ms,
-            };
-            old_key.expires_unix_ms = Some(old_expires);
+            old_key.expire_by(reroll.old_expires_unix_ms);
             old_key.revision = w.next_revision();
             w.update_key(&old_key)?;
             let revision = w.append(Change::KeyUpserted(old_key.replica()))?;
 
-            let detail = json!({
-                "owner": old_key.owner,
-                "newKeyId": new_key.id.to_string(),
-                "graceMs": reroll.grace_ms,
-                "oldExpiresUnixMs": old_expires,
-            });
-            w.audit(
-                &actor,
-                "key.reroll",
-                &old_key.id.to_string(),
-                revision,
-                &detail,
-            )?;
+            w.audit(&actor, revision, &reroll.audit(&old_key, &new_key))?;
             Ok(Rerolled {
                 new_key,
                 old_key,
@@ -299,14 +245,12 @@ impl KeyStore for SqliteStore {
                 revision = w.delete_key(key)?;
                 deleted.push(key.id);
             }
-            // The audit row names at most 100 ids, so one bulk revocation cannot bloat it.
-            let sample: Vec<String> = deleted.iter().take(100).map(KeyId::to_string).collect();
-            let detail = json!({ "count": deleted.len(), "keyIds": sample });
-            w.audit(&actor, "owner.revoke", &owner, revision, &detail)?;
-            Ok(OwnerRevoked {
+            let revoked = OwnerRevoked {
                 revision: w.head(),
                 deleted,
-            })
+            };
+            w.audit(&actor, revision, &revoked.audit(&owner))?;
+            Ok(revoked)
         })
         .await
     }

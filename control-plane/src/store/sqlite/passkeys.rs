@@ -8,20 +8,20 @@
 use async_trait::async_trait;
 use keygate_proto::{Change, PasskeyRevocation, Revision};
 use rusqlite::{OptionalExtension, Row, Transaction, params};
-use serde_json::json;
 
 use super::sessions::get_session;
 use super::users::get_user;
-use super::{SqliteStore, backend, collect};
+use super::{SqliteStore, backend, collect, execute};
 use crate::store::{
     LoggedIn, Login, PasskeyRecord, PasskeyRemoval, PasskeyRemoved, PasskeyStore, Registered,
     RegisteredVia, Registration, StoreError,
 };
 
-const PASSKEY_COLUMNS: &str = "passkey_id, user_id, credential_id, name, created_ms, last_used_ms,
+pub(super) const PASSKEY_COLUMNS: &str =
+    "passkey_id, user_id, credential_id, name, created_ms, last_used_ms,
     user_agent, backup_eligible, backed_up, credential_json";
 
-fn passkey_from_row(row: &Row<'_>) -> rusqlite::Result<PasskeyRecord> {
+pub(super) fn passkey_from_row(row: &Row<'_>) -> rusqlite::Result<PasskeyRecord> {
     Ok(PasskeyRecord {
         passkey_id: row.get(0)?,
         user_id: row.get(1)?,
@@ -36,6 +36,17 @@ fn passkey_from_row(row: &Row<'_>) -> rusqlite::Result<PasskeyRecord> {
     })
 }
 
+pub(super) const REVOKED_PASSKEY_COLUMNS: &str = "passkey_id, user_id, revoked_ms, prune_after_ms";
+
+pub(super) fn passkey_revocation_from_row(row: &Row<'_>) -> rusqlite::Result<PasskeyRevocation> {
+    Ok(PasskeyRevocation {
+        passkey_id: row.get(0)?,
+        user_id: row.get(1)?,
+        revoked_unix_ms: row.get(2)?,
+        prune_after_unix_ms: row.get(3)?,
+    })
+}
+
 pub(super) fn get_passkey(
     tx: &Transaction<'_>,
     passkey_id: &str,
@@ -47,6 +58,53 @@ pub(super) fn get_passkey(
     )
     .optional()
     .map_err(backend)
+}
+
+/// Inserts `passkey` as it is (a registration, or a copy).
+pub(super) fn insert_passkey(
+    tx: &Transaction<'_>,
+    passkey: &PasskeyRecord,
+) -> Result<(), StoreError> {
+    execute(
+        tx,
+        &format!(
+            "INSERT INTO passkeys ({PASSKEY_COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+        ),
+        params![
+            passkey.passkey_id,
+            passkey.user_id,
+            passkey.credential_id,
+            passkey.name,
+            passkey.created_unix_ms,
+            passkey.last_used_unix_ms,
+            passkey.user_agent,
+            passkey.backup_eligible,
+            passkey.backed_up,
+            passkey.credential_json
+        ],
+    )
+}
+
+/// Records the revocation of a passkey, replacing an earlier one of the same passkey (a
+/// removal, or a copy).
+pub(super) fn insert_passkey_revocation(
+    tx: &Transaction<'_>,
+    revocation: &PasskeyRevocation,
+) -> Result<(), StoreError> {
+    execute(
+        tx,
+        &format!(
+            "INSERT OR REPLACE INTO revoked_passkeys ({REVOKED_PASSKEY_COLUMNS})
+             VALUES (?1, ?2, ?3, ?4)"
+        ),
+        params![
+            revocation.passkey_id,
+            revocation.user_id,
+            revocation.revoked_unix_ms,
+            revocation.prune_after_unix_ms
+        ],
+    )
 }
 
 /// Whether an insert failed on a unique constraint.
@@ -96,12 +154,12 @@ impl PasskeyStore for SqliteStore {
     ) -> Result<Registered, StoreError> {
         let actor = actor.to_owned();
         self.write(move |w| {
-            let new = registration.passkey;
+            let new = &registration.passkey;
             match get_user(w.tx, &new.user_id)? {
                 Some(user) if !user.disabled => {}
                 _ => return Ok(Registered::UserDisabled),
             }
-            let via = match &registration.via {
+            match &registration.via {
                 RegisteredVia::Enrollment { token_hash } => {
                     // Consumes the link: exactly one registration can win it.
                     let consumed =
@@ -114,52 +172,18 @@ impl PasskeyStore for SqliteStore {
                     if consumed != 1 {
                         return Ok(Registered::EnrollmentUsed);
                     }
-                    "enrollment"
                 }
                 RegisteredVia::Session { session_id } => {
-                    let live = get_session(w.tx, session_id)?.is_some_and(|session| {
-                        session.user_id == new.user_id
-                            && session.revoked_unix_ms.is_none()
-                            && session.expires_unix_ms > w.now_unix_ms
-                    });
+                    let live = get_session(w.tx, session_id)?
+                        .is_some_and(|session| session.is_live_for(&new.user_id, w.now_unix_ms));
                     if !live {
                         return Ok(Registered::SessionInvalid);
                     }
-                    "session"
                 }
-            };
-            let passkey = PasskeyRecord {
-                passkey_id: new.passkey_id,
-                user_id: new.user_id,
-                credential_id: new.credential_id,
-                name: new.name,
-                created_unix_ms: w.now_unix_ms,
-                last_used_unix_ms: registration.session.as_ref().map(|_| w.now_unix_ms),
-                user_agent: new.user_agent,
-                backup_eligible: new.backup_eligible,
-                backed_up: new.backed_up,
-                credential_json: new.credential_json,
-            };
-            let inserted = w.tx.execute(
-                &format!(
-                    "INSERT INTO passkeys ({PASSKEY_COLUMNS})
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-                ),
-                params![
-                    passkey.passkey_id,
-                    passkey.user_id,
-                    passkey.credential_id,
-                    passkey.name,
-                    passkey.created_unix_ms,
-                    passkey.last_used_unix_ms,
-                    passkey.user_agent,
-                    passkey.backup_eligible,
-                    passkey.backed_up,
-                    passkey.credential_json
-                ],
-            );
-            match inserted.map_err(backend) {
-                Ok(_) => {}
+            }
+            let passkey = registration.record(w.now_unix_ms);
+            match insert_passkey(w.tx, &passkey) {
+                Ok(()) => {}
                 Err(error) if is_conflict(&error) => {
                     // Roll back the consumed link with the rest of the transaction.
                     return Err(StoreError::Conflict("credential already registered".into()));
@@ -171,19 +195,10 @@ impl PasskeyStore for SqliteStore {
                 .as_ref()
                 .map(|new| w.open_session(new, &passkey.user_id, &passkey.passkey_id))
                 .transpose()?;
-            let detail = json!({
-                "passkeyId": passkey.passkey_id,
-                "name": passkey.name,
-                "via": via,
-                "sessionId": session.as_ref().map(|s| s.session_id.as_str()),
-                "userAgent": passkey.user_agent,
-            });
             w.audit(
                 &actor,
-                "passkey.register",
-                &passkey.user_id,
                 Revision::ZERO,
-                &detail,
+                &registration.audit(session.as_ref()),
             )?;
             Ok(Registered::Done {
                 passkey: Box::new(passkey),
@@ -226,19 +241,7 @@ impl PasskeyStore for SqliteStore {
             }
             .map_err(backend)?;
             let session = w.open_session(&login.session, &passkey.user_id, &passkey.passkey_id)?;
-            let detail = json!({
-                "sessionId": session.session_id,
-                "passkeyId": passkey.passkey_id,
-                "expiresUnixMs": session.expires_unix_ms,
-                "userAgent": login.session.user_agent,
-            });
-            w.audit(
-                &actor,
-                "session.create",
-                &session.user_id,
-                Revision::ZERO,
-                &detail,
-            )?;
+            w.audit(&actor, Revision::ZERO, &login.audit(&session))?;
             Ok(LoggedIn::Done(session))
         })
         .await
@@ -252,9 +255,7 @@ impl PasskeyStore for SqliteStore {
         let actor = actor.to_owned();
         self.write(move |w| {
             let passkey = match get_passkey(w.tx, &removal.passkey_id)? {
-                Some(passkey) if passkey.user_id == removal.user_id => passkey,
-                // Someone else's passkey is "not found": its existence is not the caller's
-                // business.
+                Some(passkey) if removal.may_remove(&passkey) => passkey,
                 _ => return Ok(PasskeyRemoved::NotFound),
             };
             if removal.keep_last {
@@ -274,26 +275,10 @@ impl PasskeyStore for SqliteStore {
                 params![passkey.passkey_id],
             )
             .map_err(backend)?;
-            let revocation = PasskeyRevocation {
-                user_id: passkey.user_id.clone(),
-                passkey_id: passkey.passkey_id.clone(),
-                revoked_unix_ms: w.now_unix_ms,
-                prune_after_unix_ms: removal.prune_after_unix_ms,
-            };
-            w.tx.execute(
-                "INSERT OR REPLACE INTO revoked_passkeys (passkey_id, user_id, revoked_ms,
-                    prune_after_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    revocation.passkey_id,
-                    revocation.user_id,
-                    revocation.revoked_unix_ms,
-                    revocation.prune_after_unix_ms
-                ],
-            )
-            .map_err(backend)?;
+            let revocation = removal.revocation(w.now_unix_ms);
+            insert_passkey_revocation(w.tx, &revocation)?;
             let revision = w.append(Change::PasskeyRevoked(revocation))?;
-            let detail = json!({ "passkeyId": passkey.passkey_id, "name": passkey.name });
-            w.audit(&actor, removal.action, &passkey.user_id, revision, &detail)?;
+            w.audit(&actor, revision, &removal.audit(&passkey))?;
             Ok(PasskeyRemoved::Removed { revision })
         })
         .await

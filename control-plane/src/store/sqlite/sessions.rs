@@ -4,23 +4,23 @@
 
 use async_trait::async_trait;
 use keygate_proto::time::now_unix_ms;
-use keygate_proto::{Change, PasskeyRevocation, Revision, SessionRevocation};
+use keygate_proto::{Change, Revision, SessionRevocation};
 use rusqlite::{OptionalExtension, Row, Transaction, params};
-use serde_json::json;
 
-use super::enrollments::ENROLLMENT_RETENTION_MS;
 use super::log::Writer;
-use super::passkeys::get_passkey;
+use super::passkeys::{REVOKED_PASSKEY_COLUMNS, get_passkey, passkey_revocation_from_row};
 use super::signing_keys::{SIGNING_KEY_COLUMNS, signing_key_from_row};
 use super::users::{USER_COLUMNS, get_user, user_from_row};
-use super::{SqliteStore, backend, ceremonies, collect};
+use super::{SqliteStore, backend, ceremonies, collect, execute};
 use crate::store::{
-    NewSession, Pruned, SessionContext, SessionRecord, SessionState, SessionStore, StoreError,
+    EnrollmentRecord, NewSession, Pruned, SessionContext, SessionRecord, SessionState,
+    SessionStore, StoreError,
 };
 
-const SESSION_COLUMNS: &str = "session_id, user_id, passkey_id, issued_ms, expires_ms, revoked_ms";
+pub(super) const SESSION_COLUMNS: &str =
+    "session_id, user_id, passkey_id, issued_ms, expires_ms, revoked_ms";
 
-fn session_from_row(row: &Row<'_>) -> rusqlite::Result<SessionRecord> {
+pub(super) fn session_from_row(row: &Row<'_>) -> rusqlite::Result<SessionRecord> {
     Ok(SessionRecord {
         session_id: row.get(0)?,
         user_id: row.get(1)?,
@@ -74,17 +74,12 @@ pub(super) fn session_state(
     )?;
     let revoked_passkeys = collect(
         tx,
-        "SELECT passkey_id, user_id, revoked_ms, prune_after_ms FROM revoked_passkeys
-         WHERE prune_after_ms > ?1 ORDER BY passkey_id",
+        &format!(
+            "SELECT {REVOKED_PASSKEY_COLUMNS} FROM revoked_passkeys
+             WHERE prune_after_ms > ?1 ORDER BY passkey_id"
+        ),
         params![now_unix_ms],
-        |row| {
-            Ok(PasskeyRevocation {
-                passkey_id: row.get(0)?,
-                user_id: row.get(1)?,
-                revoked_unix_ms: row.get(2)?,
-                prune_after_unix_ms: row.get(3)?,
-            })
-        },
+        passkey_revocation_from_row,
     )?;
     let users = collect(
         tx,
@@ -103,6 +98,25 @@ pub(super) fn session_state(
     })
 }
 
+/// Inserts `session` as it is (a new session, or a copy).
+pub(super) fn insert_session(
+    tx: &Transaction<'_>,
+    session: &SessionRecord,
+) -> Result<(), StoreError> {
+    execute(
+        tx,
+        &format!("INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+        params![
+            session.session_id,
+            session.user_id,
+            session.passkey_id,
+            session.issued_unix_ms,
+            session.expires_unix_ms,
+            session.revoked_unix_ms
+        ],
+    )
+}
+
 impl Writer<'_> {
     /// Inserts a session issued now (inside this transaction, so ordered with revocations).
     pub(super) fn open_session(
@@ -111,28 +125,8 @@ impl Writer<'_> {
         user_id: &str,
         passkey_id: &str,
     ) -> Result<SessionRecord, StoreError> {
-        let session = SessionRecord {
-            session_id: new.session_id.clone(),
-            user_id: user_id.to_owned(),
-            passkey_id: passkey_id.to_owned(),
-            issued_unix_ms: self.now_unix_ms,
-            expires_unix_ms: self.now_unix_ms.saturating_add(new.lifetime_ms),
-            revoked_unix_ms: None,
-        };
-        self.tx
-            .execute(
-                &format!(
-                    "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, NULL)"
-                ),
-                params![
-                    session.session_id,
-                    session.user_id,
-                    session.passkey_id,
-                    session.issued_unix_ms,
-                    session.expires_unix_ms
-                ],
-            )
-            .map_err(backend)?;
+        let session = new.issue(user_id, passkey_id, self.now_unix_ms);
+        insert_session(self.tx, &session)?;
         Ok(session)
     }
 }
@@ -157,19 +151,8 @@ impl SessionStore for SqliteStore {
                 params![session.session_id, w.now_unix_ms],
             )
             .map_err(backend)?;
-            let revision = w.append(Change::SessionRevoked(SessionRevocation {
-                session_id: session.session_id.clone(),
-                user_id: session.user_id.clone(),
-                prune_after_unix_ms: session.expires_unix_ms,
-            }))?;
-            let detail = json!({ "sessionId": session.session_id });
-            w.audit(
-                &actor,
-                "session.revoke",
-                &session.user_id,
-                revision,
-                &detail,
-            )?;
+            let revision = w.append(Change::SessionRevoked(session.revocation()))?;
+            w.audit(&actor, revision, &session.revoked_audit())?;
             Ok(Some(revision))
         })
         .await
@@ -215,7 +198,7 @@ impl SessionStore for SqliteStore {
                 sessions: run("DELETE FROM sessions WHERE expires_ms <= ?1", now_unix_ms)?,
                 enrollments: run(
                     "DELETE FROM enrollments WHERE expires_ms <= ?1",
-                    now_unix_ms.saturating_sub(ENROLLMENT_RETENTION_MS),
+                    EnrollmentRecord::prune_cutoff(now_unix_ms),
                 )?,
             };
             // Ceremonies abandoned between begin and finish; not counted in `Pruned`, which

@@ -5,10 +5,9 @@
 use async_trait::async_trait;
 use keygate_proto::{Change, Revision};
 use rusqlite::{OptionalExtension, Row, Transaction, params};
-use serde_json::json;
 
 use super::log::Writer;
-use super::{SqliteStore, backend, corrupt};
+use super::{SqliteStore, backend, corrupt, execute};
 use crate::store::{Rotated, SigningKeyRecord, SigningKeyStore, StoreError};
 
 pub(super) const SIGNING_KEY_COLUMNS: &str =
@@ -40,22 +39,28 @@ fn current_signing_key(tx: &Transaction<'_>) -> Result<Option<SigningKeyRecord>,
     .map_err(backend)
 }
 
+/// Inserts `key` as it is (a new key, or a copy).
+pub(super) fn insert_signing_key(
+    tx: &Transaction<'_>,
+    key: &SigningKeyRecord,
+) -> Result<(), StoreError> {
+    execute(
+        tx,
+        &format!("INSERT INTO signing_keys ({SIGNING_KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
+        params![
+            key.key_id,
+            &key.secret[..],
+            &key.public_key[..],
+            key.created_unix_ms,
+            key.verify_until_unix_ms
+        ],
+    )
+}
+
 impl Writer<'_> {
+    /// Inserts `key` and appends its `SigningKey` event.
     fn insert_signing_key(&mut self, key: &SigningKeyRecord) -> Result<Revision, StoreError> {
-        self.tx
-            .execute(
-                &format!(
-                    "INSERT INTO signing_keys ({SIGNING_KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"
-                ),
-                params![
-                    key.key_id,
-                    &key.secret[..],
-                    &key.public_key[..],
-                    key.created_unix_ms,
-                    key.verify_until_unix_ms
-                ],
-            )
-            .map_err(backend)?;
+        insert_signing_key(self.tx, key)?;
         self.append(Change::SigningKey(key.verifying_key()))
     }
 }
@@ -90,19 +95,9 @@ impl SigningKeyStore for SqliteStore {
             if let Some(current) = current_signing_key(w.tx)? {
                 return Ok(current);
             }
-            let key = SigningKeyRecord {
-                created_unix_ms: w.now_unix_ms,
-                verify_until_unix_ms: None,
-                ..candidate
-            };
+            let key = candidate.into_current(w.now_unix_ms);
             let revision = w.insert_signing_key(&key)?;
-            w.audit(
-                &actor,
-                "signing_key.create",
-                &key.key_id,
-                revision,
-                &json!({}),
-            )?;
+            w.audit(&actor, revision, &key.created_audit())?;
             Ok(key)
         })
         .await
@@ -130,31 +125,18 @@ impl SigningKeyStore for SqliteStore {
                     Ok(key)
                 })
                 .transpose()?;
-            let current = SigningKeyRecord {
-                created_unix_ms: w.now_unix_ms,
-                verify_until_unix_ms: None,
-                ..next
-            };
+            let current = next.into_current(w.now_unix_ms);
             let mut revision = w.insert_signing_key(&current)?;
             if let Some(retired) = &retired {
                 revision = w.append(Change::SigningKey(retired.verifying_key()))?;
             }
-            let detail = json!({
-                "retiredKeyId": retired.as_ref().map(|key| key.key_id.as_str()),
-                "retiredVerifyUntilUnixMs": retired.as_ref().map(|_| retire_until_unix_ms),
-            });
-            w.audit(
-                &actor,
-                "signing_key.rotate",
-                &current.key_id,
-                revision,
-                &detail,
-            )?;
-            Ok(Rotated {
+            let rotated = Rotated {
                 current,
                 retired,
                 revision,
-            })
+            };
+            w.audit(&actor, revision, &rotated.audit())?;
+            Ok(rotated)
         })
         .await
     }

@@ -5,10 +5,9 @@
 use async_trait::async_trait;
 use keygate_proto::{Change, Revision};
 use rusqlite::{OptionalExtension, Row, Transaction, params};
-use serde_json::json;
 
 use super::log::Writer;
-use super::{SqliteStore, backend, corrupt};
+use super::{SqliteStore, backend, corrupt, execute};
 use crate::store::{StoreError, UserChanged, UserCreated, UserRecord, UserStore};
 
 pub(super) const USER_COLUMNS: &str =
@@ -39,6 +38,22 @@ pub(super) fn get_user(
     .map_err(backend)
 }
 
+/// Inserts `user` as it is (a new user, or a copy).
+pub(super) fn insert_user(tx: &Transaction<'_>, user: &UserRecord) -> Result<(), StoreError> {
+    execute(
+        tx,
+        &format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+        params![
+            user.user_id,
+            &user.handle[..],
+            user.created_unix_ms,
+            user.disabled,
+            user.sessions_revoked_before_unix_ms,
+            user.state_prune_after_unix_ms
+        ],
+    )
+}
+
 impl Writer<'_> {
     /// Writes the user's replicated state and appends its `UserState` event.
     fn update_user_state(&mut self, user: &UserRecord) -> Result<Revision, StoreError> {
@@ -56,16 +71,6 @@ impl Writer<'_> {
             .map_err(backend)?;
         self.append(Change::UserState(user.state()))
     }
-
-    /// "Every session issued until now": strictly before the next millisecond, so a session
-    /// committed earlier in this same millisecond is covered too.
-    fn revoke_sessions_now(&self, user: &mut UserRecord, session_lifetime_ms: i64) {
-        let before = self.now_unix_ms.saturating_add(1);
-        user.sessions_revoked_before_unix_ms = user.sessions_revoked_before_unix_ms.max(before);
-        user.state_prune_after_unix_ms = user
-            .state_prune_after_unix_ms
-            .max(before.saturating_add(session_lifetime_ms));
-    }
 }
 
 #[async_trait]
@@ -81,26 +86,9 @@ impl UserStore for SqliteStore {
             if get_user(w.tx, &user_id)?.is_some() {
                 return Ok(UserCreated::AlreadyExists);
             }
-            let user = UserRecord {
-                user_id,
-                handle,
-                created_unix_ms: w.now_unix_ms,
-                disabled: false,
-                sessions_revoked_before_unix_ms: 0,
-                state_prune_after_unix_ms: 0,
-            };
-            w.tx.execute(
-                &format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, 0, 0, 0)"),
-                params![user.user_id, &user.handle[..], user.created_unix_ms],
-            )
-            .map_err(backend)?;
-            w.audit(
-                &actor,
-                "user.create",
-                &user.user_id,
-                Revision::ZERO,
-                &json!({}),
-            )?;
+            let user = UserRecord::new(user_id, handle, w.now_unix_ms);
+            insert_user(w.tx, &user)?;
+            w.audit(&actor, Revision::ZERO, &user.created_audit())?;
             Ok(UserCreated::Created(user))
         })
         .await
@@ -136,34 +124,19 @@ impl UserStore for SqliteStore {
             let Some(mut user) = get_user(w.tx, &user_id)? else {
                 return Ok(None);
             };
-            let changed = user.disabled == enabled;
-            let mut revision = w.head();
-            if changed {
-                user.disabled = !enabled;
-                if !enabled {
-                    // Enabling again must not bring back a session from before the disable.
-                    w.revoke_sessions_now(&mut user, session_lifetime_ms);
-                }
-                revision = w.update_user_state(&user)?;
-            }
-            let action = if enabled {
-                "user.enable"
+            let changed = user.set_enabled(enabled, w.now_unix_ms, session_lifetime_ms);
+            let revision = if changed {
+                w.update_user_state(&user)?
             } else {
-                "user.disable"
+                w.head()
             };
-            let audited = if changed { revision } else { Revision::ZERO };
-            w.audit(
-                &actor,
-                action,
-                &user.user_id,
-                audited,
-                &json!({ "changed": changed }),
-            )?;
-            Ok(Some(UserChanged {
+            let change = UserChanged {
                 user,
                 revision,
                 changed,
-            }))
+            };
+            w.audit(&actor, change.audited_revision(), &change.enabled_audit())?;
+            Ok(Some(change))
         })
         .await
     }
@@ -179,10 +152,9 @@ impl UserStore for SqliteStore {
             let Some(mut user) = get_user(w.tx, &user_id)? else {
                 return Ok(None);
             };
-            w.revoke_sessions_now(&mut user, session_lifetime_ms);
+            user.revoke_sessions(w.now_unix_ms, session_lifetime_ms);
             let revision = w.update_user_state(&user)?;
-            let detail = json!({ "revokedBeforeUnixMs": user.sessions_revoked_before_unix_ms });
-            w.audit(&actor, "sessions.revoke", &user.user_id, revision, &detail)?;
+            w.audit(&actor, revision, &user.sessions_revoked_audit())?;
             Ok(Some(UserChanged {
                 user,
                 revision,
