@@ -238,6 +238,7 @@ impl Sync for SyntheticControlPlane {
             key: None,
             key_revision: 0,
             head_revision: self.snapshot.revision,
+            log_id: String::new(),
         }))
     }
 }

@@ -159,11 +159,18 @@ impl pb::sync_server::Sync for SyncService {
             tracing::error!(%error, "key lookup failed in the store");
             Status::internal("internal store error; see the control plane's log")
         })?;
+        // The log id never changes while a store is open; the answer names it so a gateway
+        // holding another log's revisions can tell (and discard it).
+        let log_id = self.shared.store.log_bounds().await.map_err(|error| {
+            tracing::error!(%error, "key lookup failed in the store");
+            Status::internal("internal store error; see the control plane's log")
+        })?;
         metrics::lookup(key.is_some());
         Ok(Response::new(pb::LookupKeyResponse {
             key_revision: key.as_ref().map_or(0, |key| key.revision.0),
             key: key.map(|key| pb::ReplicaKey::from(&key.replica())),
             head_revision: head.0,
+            log_id: log_id.log_id.0,
         }))
     }
 }

@@ -320,7 +320,8 @@ fn run(ops: Vec<Op>) {
             Op::LookedUp { at, key } => {
                 let revision = at.resolve(applied);
                 let key = key.to_domain();
-                let inserted = replica.insert_looked_up(&key, Revision(revision));
+                let inserted =
+                    replica.insert_looked_up(&key, Revision(revision), replica.log_epoch());
                 // An answer no newer than one already installed for the key (and not yet caught
                 // up with) is refused: the entry never goes back (FUZZING.md, finding 2, fixed).
                 let newer_installed = model.keys.get(&prefix(&key.hash)).is_some_and(|info| {

@@ -129,6 +129,7 @@ impl Gateway {
         let control_plane = Arc::new(ControlPlaneSlot::empty());
         let miss = MissLookup::new(
             Arc::clone(&replica),
+            Arc::clone(&state),
             Arc::clone(&control_plane),
             authorization.clone(),
             MissSettings {

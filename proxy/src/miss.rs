@@ -9,6 +9,11 @@
 //! A found key goes into the replica only through [`Replica::insert_looked_up`], which refuses
 //! anything not newer than the applied revision, so a late answer cannot resurrect a key whose
 //! delete was applied meanwhile.
+//!
+//! Answers are of one log (one store's history). An answer naming another log than the one the
+//! replica holds is discarded (fail closed), and answers are remembered per log epoch: after
+//! the gateway switches to another store, nothing it looked up in the old one is reused or
+//! inserted.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +28,7 @@ use tonic::transport::Channel;
 
 use crate::metrics::{LookupResult, Metrics};
 use crate::replica::Replica;
+use crate::status::SyncState;
 
 /// The channel of the current sync connection; empty while disconnected (lookups then fail
 /// closed at once instead of waiting on a dead control plane).
@@ -55,9 +61,12 @@ enum LookupFailed {
 /// Coalesced, bounded control-plane lookups of unknown keys.
 pub struct MissLookup {
     replica: Arc<Replica>,
+    /// Which log the replica holds, to check answers against.
+    sync: Arc<SyncState>,
     control_plane: Arc<ControlPlaneSlot>,
     authorization: MetadataValue<Ascii>,
-    answers: Cache<KeyHash, Answer>,
+    /// By (the replica's log epoch when asked, hash).
+    answers: Cache<(u64, KeyHash), Answer>,
     in_flight: Arc<Semaphore>,
     rate: Mutex<TokenBucket>,
     timeout: Duration,
@@ -67,6 +76,7 @@ pub struct MissLookup {
 impl MissLookup {
     pub(crate) fn new(
         replica: Arc<Replica>,
+        sync: Arc<SyncState>,
         control_plane: Arc<ControlPlaneSlot>,
         authorization: MetadataValue<Ascii>,
         settings: MissSettings,
@@ -74,6 +84,7 @@ impl MissLookup {
     ) -> Self {
         Self {
             replica,
+            sync,
             control_plane,
             authorization,
             answers: Cache::builder()
@@ -90,9 +101,13 @@ impl MissLookup {
     /// Asks the control plane about `hash` (or reuses a recent or in-flight answer) and, if the
     /// key exists and is newer than the replica, inserts it. The caller re-checks the replica.
     pub async fn resolve(&self, hash: KeyHash) {
-        let answer = self.answers.try_get_with(hash, self.ask(hash)).await;
+        let epoch = self.replica.log_epoch();
+        let answer = self
+            .answers
+            .try_get_with((epoch, hash), self.ask(hash))
+            .await;
         if let Ok(Answer::Found(key, revision)) = answer {
-            self.replica.insert_looked_up(&key, revision);
+            self.replica.insert_looked_up(&key, revision, epoch);
         }
     }
 
@@ -139,6 +154,12 @@ impl MissLookup {
                 return Err(LookupFailed::Failed);
             }
         };
+        let ours = self.sync.log_id();
+        if !response.log_id.is_empty() && !ours.is_unknown() && response.log_id != ours.0 {
+            // A control plane of another store, whose snapshot has not replaced ours (yet).
+            tracing::debug!(theirs = %response.log_id, %ours, "key lookup answered from another log; ignored");
+            return Err(LookupFailed::Failed);
+        }
         let Some(wire) = response.key else {
             return Ok(Answer::Absent);
         };

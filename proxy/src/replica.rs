@@ -258,6 +258,9 @@ pub struct Replica {
     keys: ArcSwap<KeyMap>,
     sessions: SessionState,
     applied: AtomicU64,
+    /// Bumped (under the writer lock) whenever a snapshot of another log replaces the replica:
+    /// a lookup answer of an earlier epoch is of a history the replica no longer holds.
+    log_epoch: AtomicU64,
     writer: Mutex<Ahead>,
 }
 
@@ -278,8 +281,15 @@ impl Replica {
             keys: ArcSwap::from_pointee(new_map(0)),
             sessions: SessionState::new(),
             applied: AtomicU64::new(0),
+            log_epoch: AtomicU64::new(0),
             writer: Mutex::new(Ahead::new()),
         }
+    }
+
+    /// Which log the replica's revisions belong to, as a counter: it changes with every
+    /// snapshot of another log ([`Replica::install_snapshot_of_another_log`]).
+    pub fn log_epoch(&self) -> u64 {
+        self.log_epoch.load(Ordering::Acquire)
     }
 
     fn write_lock(&self) -> MutexGuard<'_, Ahead> {
@@ -379,8 +389,23 @@ impl Replica {
     /// Replaces the whole key set and the session state with `snapshot` and moves to its
     /// revision. Requests served meanwhile read the previous set.
     pub fn install_snapshot(&self, snapshot: Snapshot) {
+        self.install(snapshot, false);
+    }
+
+    /// Replaces everything with a snapshot of another log (another store): looked-up keys
+    /// are dropped too, since their revisions are of the old history, and lookups begun
+    /// before are refused when they answer ([`Replica::log_epoch`]).
+    pub fn install_snapshot_of_another_log(&self, snapshot: Snapshot) {
+        self.install(snapshot, true);
+    }
+
+    fn install(&self, snapshot: Snapshot, another_log: bool) {
         let previous = {
             let mut ahead = self.write_lock();
+            if another_log {
+                ahead.clear();
+                self.log_epoch.fetch_add(1, Ordering::AcqRel);
+            }
             // Looked-up keys newer than the snapshot stay: the snapshot cannot know them yet.
             ahead.retain(|_, (revision, _)| *revision > snapshot.revision);
             for (slot, (_, entry)) in ahead.iter() {
@@ -396,11 +421,17 @@ impl Replica {
     }
 
     /// Inserts a key the control plane answered a lookup with, if `key_revision` (its last
-    /// change) is newer than everything applied. Returns whether it was inserted; when it was
-    /// not, the replica already reflects that change or a later one (e.g. its delete).
-    pub fn insert_looked_up(&self, key: &ReplicaKey, key_revision: Revision) -> bool {
+    /// change) is newer than everything applied and the lookup began in this `log_epoch`.
+    /// Returns whether it was inserted; when it was not, the replica already reflects that
+    /// change or a later one (e.g. its delete), or now holds another log.
+    pub fn insert_looked_up(
+        &self,
+        key: &ReplicaKey,
+        key_revision: Revision,
+        log_epoch: u64,
+    ) -> bool {
         let mut ahead = self.write_lock();
-        if key_revision <= self.applied_revision() {
+        if log_epoch != self.log_epoch() || key_revision <= self.applied_revision() {
             return false;
         }
         let slot = HashPrefix::from(&key.hash);
@@ -578,12 +609,12 @@ pub(crate) mod tests {
         // ... but by the time it lands, the create and the delete have both been applied.
         replica.apply(&upsert(1, &key)).expect("applies");
         replica.apply(&delete(2, &key)).expect("applies");
-        assert!(!replica.insert_looked_up(&answer.0, answer.1));
+        assert!(!replica.insert_looked_up(&answer.0, answer.1, 0));
         assert_eq!(owner_of(&replica, &key), None);
 
         // A key newer than anything applied is inserted.
         let (_, newer) = sample_key("bob");
-        assert!(replica.insert_looked_up(&newer, Revision(5)));
+        assert!(replica.insert_looked_up(&newer, Revision(5), 0));
         assert_eq!(owner_of(&replica, &newer).as_deref(), Some("bob"));
         assert_eq!(
             replica.applied_revision(),
@@ -600,7 +631,7 @@ pub(crate) mod tests {
         // answered with the disabled state.
         let created = key.clone();
         key.enabled = false;
-        assert!(replica.insert_looked_up(&key, Revision(2)));
+        assert!(replica.insert_looked_up(&key, Revision(2), 0));
         let enabled = |replica: &Replica| replica.with_entry(&key.hash, Entry::enabled);
         assert_eq!(enabled(&replica), Some(false));
         // Replaying the create must not re-enable it.
@@ -621,12 +652,32 @@ pub(crate) mod tests {
     fn a_snapshot_older_than_a_looked_up_key_keeps_it() {
         let replica = Replica::new();
         let (_, key) = sample_key("alice");
-        assert!(replica.insert_looked_up(&key, Revision(9)));
+        assert!(replica.insert_looked_up(&key, Revision(9), 0));
         replica.install_snapshot(Snapshot::new(Revision(5), 0));
         assert_eq!(replica.with_entry(&key.hash, Entry::enabled), Some(true));
         // A snapshot that already contains it makes the lookup record moot.
         replica.install_snapshot(Snapshot::new(Revision(9), 0));
         assert_eq!(replica.with_entry(&key.hash, Entry::enabled), None);
+    }
+
+    /// Found by tests/ha.rs: after a switch to another store, keys looked up in the old one
+    /// (kept as "ahead", or answered late) used to survive in the new one's replica.
+    #[test]
+    fn a_snapshot_of_another_log_leaves_nothing_looked_up_in_the_old_one() {
+        let replica = Replica::new();
+        let (_, kept) = sample_key("alice");
+        let (_, late) = sample_key("bob");
+        let old_epoch = replica.log_epoch();
+        assert!(replica.insert_looked_up(&kept, Revision(60), old_epoch));
+        replica.install_snapshot_of_another_log(Snapshot::new(Revision(1), 0));
+        assert_ne!(replica.log_epoch(), old_epoch);
+        assert_eq!(replica.with_entry(&kept.hash, Entry::enabled), None);
+        // An answer to a lookup begun before the switch is refused, whatever its revision.
+        assert!(!replica.insert_looked_up(&late, Revision(60), old_epoch));
+        assert_eq!(replica.with_entry(&late.hash, Entry::enabled), None);
+        // One begun after it is not.
+        assert!(replica.insert_looked_up(&late, Revision(2), replica.log_epoch()));
+        assert_eq!(replica.with_entry(&late.hash, Entry::enabled), Some(true));
     }
 
     /// Found by fuzzing (FUZZING.md, finding 2): a lookup answer older than one installed
@@ -639,11 +690,11 @@ pub(crate) mod tests {
             enabled: false,
             ..key.clone()
         };
-        assert!(replica.insert_looked_up(&disabled, Revision(5)));
-        assert!(!replica.insert_looked_up(&key, Revision(2)));
-        assert!(!replica.insert_looked_up(&key, Revision(5)));
+        assert!(replica.insert_looked_up(&disabled, Revision(5), 0));
+        assert!(!replica.insert_looked_up(&key, Revision(2), 0));
+        assert!(!replica.insert_looked_up(&key, Revision(5), 0));
         assert_eq!(replica.with_entry(&key.hash, Entry::enabled), Some(false));
-        assert!(replica.insert_looked_up(&key, Revision(6)));
+        assert!(replica.insert_looked_up(&key, Revision(6), 0));
         assert_eq!(replica.with_entry(&key.hash, Entry::enabled), Some(true));
     }
 

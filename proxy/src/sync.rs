@@ -471,7 +471,12 @@ impl SyncTask {
                     )));
                 }
                 let keys = built.len();
-                self.replica.install_snapshot(built);
+                if stream.switching {
+                    // Another store: nothing looked up in the old one may survive the switch.
+                    self.replica.install_snapshot_of_another_log(built);
+                } else {
+                    self.replica.install_snapshot(built);
+                }
                 // From now on the replica's revisions are of the snapshot's log.
                 self.state.set_log_id(stream.log_id.clone());
                 stream.switching = false;

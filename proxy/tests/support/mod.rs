@@ -510,6 +510,7 @@ impl pb::sync_server::Sync for SyncService {
             key,
             key_revision,
             head_revision: state.head,
+            log_id: state.log_id.clone(),
         }))
     }
 }
