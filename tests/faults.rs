@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use support::fault::{FaultProxy, Link};
-use support::{Cluster, Running, eventually, expect_verdict, get_with_key, send};
+use support::{Cluster, Running, eventually, expect_verdict, get_with_key, send, verdict};
 
 /// The propagation bound of the gateways under test: short, so that STALE comes quickly, but
 /// long enough that a loaded CI machine never misses a ping by that much.
@@ -47,17 +47,6 @@ fn gateway_config(
 
 fn direct(cluster: &Cluster) -> Vec<String> {
     vec![format!("http://{}", cluster.grpc_addr)]
-}
-
-/// (status, code) of a request with `key` at `url`.
-async fn verdict(url: &str, key: &str) -> (u16, String) {
-    let reply = get_with_key(url, key).await;
-    let code = if reply.status == 200 {
-        "VALID".to_owned()
-    } else {
-        reply.code()
-    };
-    (reply.status, code)
 }
 
 async fn readyz(admin: std::net::SocketAddr) -> u16 {

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod fault;
 pub mod passkeys;
+pub mod processes;
 pub mod tls;
 
 use std::future::Future;
@@ -333,6 +334,17 @@ pub async fn send(method: &str, url: &str, headers: &[(&str, &[u8])], body: &[u8
         headers,
         body,
     }
+}
+
+/// (status, code) of one request with `key` at `url`; code "VALID" for a 200.
+pub async fn verdict(url: &str, key: &str) -> (u16, String) {
+    let reply = get_with_key(url, key).await;
+    let code = if reply.status == 200 {
+        "VALID".to_owned()
+    } else {
+        reply.code()
+    };
+    (reply.status, code)
 }
 
 /// GET with a bearer key.
