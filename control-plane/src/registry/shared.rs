@@ -3,8 +3,9 @@
 //!
 //! - Publishing: within [`MIN_PUBLISH_GAP`] of a local connect, ack or disconnect, and every
 //!   [`PUBLISH_INTERVAL`] regardless (the heartbeat).
-//! - Reading: every [`PUBLISH_INTERVAL`], and every [`WAITING_REFRESH`] while a `--wait` is in
-//!   progress here, so an ack on another replica ends the wait within tens of milliseconds.
+//! - Reading: every [`PUBLISH_INTERVAL`]; while a `--wait` is in progress here, at once when
+//!   another replica publishes (the store's notification) and every [`WAITING_REFRESH`] in any
+//!   case, so an ack on another replica ends the wait within milliseconds.
 //!
 //! Only replicas on PostgreSQL run this; a SQLite control plane is alone by construction.
 
@@ -37,6 +38,7 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let mut changes = registry.subscribe();
+    let mut publications = store.publications();
     let start = Instant::now();
     let mut last_publish: Option<Instant> = None;
     let mut last_refresh: Option<Instant> = None;
@@ -55,6 +57,7 @@ pub async fn run(
             PUBLISH_INTERVAL
         };
         let refresh_due = last_refresh.map_or(start, |at| at + refresh_every);
+        let waiting = registry.has_waiters();
         tokio::select! {
             () = stop.cancelled() => break,
             changed = changes.changed(), if !dirty => {
@@ -62,6 +65,14 @@ pub async fn run(
                     break;
                 }
                 dirty = true;
+                continue;
+            }
+            published = published(&mut publications), if waiting => {
+                if !published {
+                    publications = None;
+                }
+                // Read the rows now: another replica's gateway may have acked.
+                last_refresh = None;
                 continue;
             }
             () = tokio::time::sleep_until(publish_due.min(refresh_due)) => {}
@@ -103,6 +114,14 @@ pub async fn run(
         .is_err()
     {
         tracing::debug!("the last publish of the gateway registry timed out");
+    }
+}
+
+/// Waits for the next publication of any replica; false when the store cannot tell (any more).
+async fn published(publications: &mut Option<tokio::sync::watch::Receiver<u64>>) -> bool {
+    match publications {
+        Some(receiver) => receiver.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 

@@ -52,4 +52,11 @@ pub trait GatewayStore: Send + Sync {
 
     /// Deletes rows last written before `before_unix_ms` (gateways gone for good).
     async fn forget_gateways(&self, before_unix_ms: i64) -> Result<usize, StoreError>;
+
+    /// A receiver that changes whenever any replica has published (PostgreSQL's NOTIFY), so a
+    /// `--wait` reads the rows again at once; `None` when the store cannot tell (readers then
+    /// poll).
+    fn publications(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }

@@ -92,6 +92,10 @@ impl Columns {
 
 #[async_trait]
 impl GatewayStore for PgStore {
+    fn publications(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.gateway_publications())
+    }
+
     async fn publish_gateways(
         &self,
         replica_id: &str,
