@@ -215,3 +215,93 @@ sbs_rotated() {
 sbs_machine() {
   echo "$(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), $(uname -r), $(date -u +%F)"
 }
+
+# --- A throwaway PostgreSQL server (benches/ha.sh) ---
+# Mirrors test-support/postgres: initdb with trust authentication, superuser "keygate", UTF8
+# and the C locale; `postgres` as a child of this shell, on 127.0.0.1:PORT with its unix socket
+# in the cluster's directory. PostgreSQL's programs refuse to run as root, so as root they run
+# as the `postgres` system user (setpriv, else runuser) in a directory handed over to it.
+# Unlike the test harness, durability stays at PostgreSQL's defaults (fsync on) unless settings
+# say otherwise.
+
+# bench_pg_bin: the directory of PostgreSQL's server programs: the `initdb` on PATH (through
+# symlinks), else the newest /usr/lib/postgresql/*/bin.
+bench_pg_bin() {
+  local initdb
+  if initdb=$(command -v initdb); then
+    dirname "$(readlink -f "$initdb")"
+  else
+    ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1
+  fi
+}
+
+# bench_pg_start DIR PORT [SETTING...]: a new cluster in DIR (an empty directory; its data in
+# DIR/data, the server's log in DIR/postgres.log), started with `-c SETTING` for each SETTING;
+# returns once it accepts connections, with the database "keygate" created. Sets $pg_url
+# (postgres://keygate@127.0.0.1:PORT/keygate), $pg_pid (the postmaster), $pg_dir, $pg_port,
+# $pg_bin and the command prefix $pg_as (the user switch when root). bench_pg_stop stops it.
+bench_pg_start() {
+  local setting
+  pg_dir=$1 pg_port=$2
+  shift 2
+  pg_bin=$(bench_pg_bin)
+  if [ ! -x "$pg_bin/initdb" ]; then
+    echo "PostgreSQL's initdb not found (apt-get install postgresql)" >&2
+    return 1
+  fi
+  pg_as=()
+  if [ "$(id -u)" = 0 ]; then
+    if command -v setpriv >/dev/null; then
+      pg_as=(setpriv "--reuid=$(id -u postgres)" "--regid=$(id -g postgres)" --clear-groups --)
+    else
+      pg_as=(runuser -u postgres --)
+    fi
+    chown postgres: "$pg_dir"
+  fi
+  chmod 700 "$pg_dir"
+  # No PG* variable of the caller's may redirect these programs.
+  pg_as+=(env $(compgen -e | sed -n 's/^PG/-u PG/p') LC_ALL=C)
+  (cd "$pg_dir" && "${pg_as[@]}" "$pg_bin/initdb" -D "$pg_dir/data" --username=keygate \
+    --auth=trust --encoding=UTF8 --locale=C --no-sync) >"$pg_dir/initdb.log" 2>&1 \
+    || { cat "$pg_dir/initdb.log" >&2; return 1; }
+  local args=(-D "$pg_dir/data" "--port=$pg_port" --listen_addresses=127.0.0.1
+    -c "unix_socket_directories=$pg_dir")
+  for setting; do args+=(-c "$setting"); done
+  (cd "$pg_dir" && exec "${pg_as[@]}" "$pg_bin/postgres" "${args[@]}") >>"$pg_dir/postgres.log" 2>&1 &
+  pg_pid=$!
+  for _ in $(seq 600); do
+    if ! kill -0 "$pg_pid" 2>/dev/null; then
+      echo "postgres exited during startup:" >&2; tail -20 "$pg_dir/postgres.log" >&2; return 1
+    fi
+    "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$pg_port" && break
+    sleep 0.1
+  done
+  "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$pg_port" \
+    || { echo "postgres not ready after 60 s:" >&2; tail -20 "$pg_dir/postgres.log" >&2; return 1; }
+  pg_url=postgres://keygate@127.0.0.1:$pg_port/keygate
+  bench_psql postgres 'CREATE DATABASE keygate' >/dev/null
+}
+
+# bench_psql DATABASE SQL: runs SQL through psql on the server of bench_pg_start (unaligned,
+# no headers, stopping at the first error) and prints the result.
+bench_psql() {
+  "$pg_bin/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$pg_port" -U keygate \
+    -d "$1" -c "$2" \
+    | sed 's/|/ /g'
+}
+
+# bench_pg_stop: stops the server of bench_pg_start (`pg_ctl stop -m fast`: open transactions
+# roll back, clients are disconnected), waits for it to exit and removes its directory (kept
+# with KEEP=1). Safe to call twice, or when the server already exited.
+bench_pg_stop() {
+  [ -n "${pg_dir:-}" ] || return 0
+  if [ -n "${pg_pid:-}" ]; then
+    if kill -0 "$pg_pid" 2>/dev/null; then
+      (cd "$pg_dir" && "${pg_as[@]}" "$pg_bin/pg_ctl" stop -D "$pg_dir/data" -m fast -s -W) \
+        || kill "$pg_pid" 2>/dev/null || true
+    fi
+    wait "$pg_pid" 2>/dev/null || true
+  fi
+  if [ -n "${KEEP:-}" ]; then echo "kept $pg_dir" >&2; else rm -rf "$pg_dir"; fi
+  pg_pid= pg_dir=
+}
