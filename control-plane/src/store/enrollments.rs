@@ -74,7 +74,7 @@ impl fmt::Debug for NewEnrollment {
     }
 }
 
-/// Result of [`PasskeyStore::create_enrollment`].
+/// Result of [`EnrollmentStore::create_enrollment`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EnrollmentCreated {
     Created(EnrollmentRecord),

@@ -181,7 +181,7 @@ pub struct Rerolled {
     pub revision: Revision,
 }
 
-/// Result of [`Store::set_key_enabled`].
+/// Result of [`KeyStore::set_key_enabled`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnabledChange {
     pub key: KeyRecord,
@@ -204,7 +204,7 @@ impl EnabledChange {
     }
 }
 
-/// Result of [`Store::revoke_owner`].
+/// Result of [`KeyStore::revoke_owner`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnerRevoked {
     /// Head revision after the deletes (the unchanged head when the owner had no keys).
@@ -229,7 +229,7 @@ impl OwnerRevoked {
     }
 }
 
-/// Which keys [`Store::list_keys`] returns: ordered by id, strictly after `after`.
+/// Which keys [`KeyStore::list_keys`] returns: ordered by id, strictly after `after`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyQuery {
     pub owner: Option<String>,

@@ -93,7 +93,7 @@ impl UserRecord {
     }
 }
 
-/// Result of [`PasskeyStore::create_user`].
+/// Result of [`UserStore::create_user`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserCreated {
     Created(UserRecord),
