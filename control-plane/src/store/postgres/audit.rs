@@ -39,7 +39,7 @@ impl Writer<'_> {
         revision: Revision,
         note: &AuditNote,
     ) -> Result<(), StoreError> {
-        let at = self.now();
+        let at = self.now().await?;
         sqlx::query(
             "INSERT INTO audit (at_ms, actor, action, target, revision, detail_json)
              VALUES ($1, $2, $3, $4, $5, $6)",

@@ -44,7 +44,7 @@ impl EnrollmentStore for PgStore {
         if let Some(refused) = EnrollmentCreated::refusal(user.as_ref()) {
             return Ok(refused);
         }
-        let record = enrollment.record(w.now());
+        let record = enrollment.record(w.now().await?);
         sqlx::query(
             "INSERT INTO enrollments (token_hash, enrollment_id, user_id, created_ms,
                 expires_ms, used_ms) VALUES ($1, $2, $3, $4, $5, NULL)",

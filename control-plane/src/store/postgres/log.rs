@@ -79,11 +79,22 @@ impl<'s> Writer<'s> {
     }
 
     /// The transaction's instant: its events' commit time and every time it records. Read
-    /// once, on first use. Operations take their row locks before they first ask, so an
-    /// instant is never earlier than that of a conflicting transaction that committed first
-    /// (on one clock: the replicas' clocks should agree, as with any time-based revocation).
-    pub(super) fn now(&mut self) -> i64 {
-        *self.now_unix_ms.get_or_insert_with(now_unix_ms)
+    /// once, on first use, from the database server's clock (`clock_timestamp()`), so every
+    /// replica stamps with one clock: a session issued on one replica is ordered against a
+    /// revocation on another even when the replicas' own clocks disagree. Operations take
+    /// their row locks before they first ask, so an instant is never earlier than that of a
+    /// conflicting transaction that committed first.
+    pub(super) async fn now(&mut self) -> Result<i64, StoreError> {
+        if let Some(now) = self.now_unix_ms {
+            return Ok(now);
+        }
+        let now: i64 =
+            sqlx::query_scalar("SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT")
+                .fetch_one(&mut *self.tx)
+                .await
+                .map_err(backend)?;
+        self.now_unix_ms = Some(now);
+        Ok(now)
     }
 
     /// The last revision taken: the head this transaction will commit.
@@ -111,7 +122,7 @@ impl<'s> Writer<'s> {
     pub(super) async fn commit(mut self) -> Result<(), StoreError> {
         let appended = !self.events.is_empty();
         if let (true, Some(head)) = (appended, self.head) {
-            let committed_ms = self.now();
+            let committed_ms = self.now().await?;
             let mut revisions = Vec::with_capacity(self.events.len());
             let mut kinds = Vec::with_capacity(self.events.len());
             let mut payloads = Vec::with_capacity(self.events.len());

@@ -107,7 +107,7 @@ impl Writer<'_> {
             Some(user) if !user.disabled => {}
             _ => return Ok(Registered::UserDisabled),
         }
-        let now = self.now();
+        let now = self.now().await?;
         match &registration.via {
             RegisteredVia::Enrollment { token_hash } => {
                 // Consumes the link: exactly one registration can win it.
@@ -232,7 +232,7 @@ impl PasskeyStore for PgStore {
             Some(user) if !user.disabled => {}
             _ => return Ok(LoggedIn::UserDisabled),
         }
-        let now = w.now();
+        let now = w.now().await?;
         match &login.updated_credential {
             Some(updated) => {
                 sqlx::query(
@@ -292,7 +292,7 @@ impl PasskeyStore for PgStore {
             .execute(w.conn())
             .await
             .map_err(backend)?;
-        let revocation = removal.revocation(w.now());
+        let revocation = removal.revocation(w.now().await?);
         sqlx::query(
             "INSERT INTO revoked_passkeys (passkey_id, user_id, revoked_ms, prune_after_ms)
              VALUES ($1, $2, $3, $4)

@@ -169,7 +169,7 @@ impl Writer<'_> {
         user_id: &str,
         passkey_id: &str,
     ) -> Result<SessionRecord, StoreError> {
-        let session = new.issue(user_id, passkey_id, self.now());
+        let session = new.issue(user_id, passkey_id, self.now().await?);
         sqlx::query(concat!(
             "INSERT INTO sessions (",
             session_columns!(),
@@ -201,7 +201,7 @@ impl SessionStore for PgStore {
         if session.revoked_unix_ms.is_some() {
             return Ok(None);
         }
-        let now = w.now();
+        let now = w.now().await?;
         sqlx::query("UPDATE sessions SET revoked_ms = $2 WHERE session_id = $1")
             .bind(&session.session_id)
             .bind(now)

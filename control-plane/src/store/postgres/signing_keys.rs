@@ -95,7 +95,7 @@ impl SigningKeyStore for PgStore {
         if let Some(current) = current_signing_key(w.conn()).await? {
             return Ok(current);
         }
-        let key = candidate.into_current(w.now());
+        let key = candidate.into_current(w.now().await?);
         let revision = w.insert_signing_key(&key).await?;
         w.audit(actor, revision, &key.created_audit()).await?;
         w.commit().await?;
@@ -125,7 +125,7 @@ impl SigningKeyStore for PgStore {
             }
             None => None,
         };
-        let current = next.into_current(w.now());
+        let current = next.into_current(w.now().await?);
         let mut revision = w.insert_signing_key(&current).await?;
         if let Some(retired) = &retired {
             revision = w.append(&Change::SigningKey(retired.verifying_key()))?;

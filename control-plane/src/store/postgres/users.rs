@@ -102,7 +102,7 @@ impl UserStore for PgStore {
         // No event: it need not wait for the log lock. Of two creates of one id (on any
         // replicas) the primary key lets exactly one insert.
         let mut w = self.write_unlogged().await?;
-        let user = UserRecord::new(user_id.to_owned(), handle, w.now());
+        let user = UserRecord::new(user_id.to_owned(), handle, w.now().await?);
         let inserted = sqlx::query(concat!(
             "INSERT INTO users (",
             user_columns!(),
@@ -154,7 +154,7 @@ impl UserStore for PgStore {
         let Some(mut user) = get_user(w.conn(), user_id, UserLock::Update).await? else {
             return Ok(None);
         };
-        let changed = user.set_enabled(enabled, w.now(), session_lifetime_ms);
+        let changed = user.set_enabled(enabled, w.now().await?, session_lifetime_ms);
         let revision = if changed {
             w.update_user_state(&user).await?
         } else {
@@ -181,7 +181,7 @@ impl UserStore for PgStore {
         let Some(mut user) = get_user(w.conn(), user_id, UserLock::Update).await? else {
             return Ok(None);
         };
-        user.revoke_sessions(w.now(), session_lifetime_ms);
+        user.revoke_sessions(w.now().await?, session_lifetime_ms);
         let revision = w.update_user_state(&user).await?;
         w.audit(actor, revision, &user.sessions_revoked_audit())
             .await?;
