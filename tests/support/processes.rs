@@ -98,15 +98,20 @@ impl Process {
         self.child.kill().await.expect("SIGKILL");
     }
 
-    /// SIGTERM, then waits for a clean exit.
-    pub async fn terminate(mut self) {
+    /// Sends the signal `kill` knows as `signal` (e.g. "HUP") and returns at once.
+    pub async fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("still running").to_string();
         let status = Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{signal}"), &pid])
             .status()
             .await
             .expect("kill runs");
-        assert!(status.success(), "kill -TERM {pid}");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub async fn terminate(mut self) {
+        self.signal("TERM").await;
         let exit = tokio::time::timeout(DEADLINE, self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("{} did not stop after SIGTERM", self.name))
@@ -199,7 +204,7 @@ impl ControlPlaneProcess {
 pub struct GatewayProcess {
     pub id: String,
     pub process: Process,
-    /// `http://` URL of the main listener, without a path.
+    /// `http://` URL of the main listener (`https://` with `--tls-cert`), without a path.
     pub base: String,
     /// `http://` URL of the admin listener.
     pub admin: String,
@@ -238,9 +243,14 @@ impl GatewayProcess {
             "{id}: {}",
             process.line
         );
+        let scheme = if extra.contains(&"--tls-cert") {
+            "https"
+        } else {
+            "http"
+        };
         let gateway = Self {
             id: id.to_owned(),
-            base: format!("http://{}", process.addr_after("listening on ")),
+            base: format!("{scheme}://{}", process.addr_after("listening on ")),
             admin: format!("http://{}", process.addr_after("(admin ")),
             process,
         };
