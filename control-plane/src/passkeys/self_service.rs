@@ -245,6 +245,7 @@ impl SelfService {
                 "an enrollment stored its passkey but opened no session",
             )),
             Registered::EnrollmentUsed => Err(Refusal::EnrollmentUsed),
+            Registered::EnrollmentExpired => Err(Refusal::EnrollmentExpired),
             Registered::UserDisabled | Registered::SessionInvalid => Err(Refusal::UserDisabled),
             Registered::CredentialExists => Err(Refusal::CredentialExists),
         }
@@ -428,7 +429,9 @@ impl SelfService {
                 Ok(*passkey)
             }
             Registered::SessionInvalid => Err(SessionRefusal::Revoked.into()),
-            Registered::UserDisabled | Registered::EnrollmentUsed => Err(Refusal::UserDisabled),
+            Registered::UserDisabled
+            | Registered::EnrollmentUsed
+            | Registered::EnrollmentExpired => Err(Refusal::UserDisabled),
             Registered::CredentialExists => Err(Refusal::CredentialExists),
         }
     }

@@ -119,12 +119,28 @@ pub enum Registered {
     },
     /// The enrollment link is unknown, for another user, or already used.
     EnrollmentUsed,
+    /// The enrollment link expired between its ceremony's begin and its finish.
+    EnrollmentExpired,
     /// The user is disabled or gone.
     UserDisabled,
     /// The signed-in session adding the passkey was revoked or expired meanwhile.
     SessionInvalid,
     /// The credential id is registered already (to anyone).
     CredentialExists,
+}
+
+impl Registered {
+    /// Why an enrollment link could not be consumed at `now`, from what its row holds
+    /// (`(expires, used)`, or `None` when there is no such link for that user): expired when
+    /// it is unused and past its expiry, else spent (or never issued).
+    pub fn link_refusal(row: Option<(i64, Option<i64>)>, now_unix_ms: i64) -> Self {
+        match row {
+            Some((expires_unix_ms, None)) if expires_unix_ms <= now_unix_ms => {
+                Self::EnrollmentExpired
+            }
+            _ => Self::EnrollmentUsed,
+        }
+    }
 }
 
 /// A successful authentication ceremony, to record.

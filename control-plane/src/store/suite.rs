@@ -66,6 +66,7 @@ macro_rules! store_suite {
             the_log_has_an_id_that_never_changes,
             events_of_every_kind_read_back_as_they_were_announced,
             an_enrollment_link_registers_exactly_one_passkey_and_signs_in,
+            an_enrollment_finished_after_its_expiry_is_refused_and_changes_nothing,
             enrollments_for_unknown_or_disabled_users_are_refused,
             revocations_are_events_and_in_the_snapshot_until_pruned,
             a_login_updates_the_passkey_and_is_refused_for_a_disabled_user,
@@ -671,6 +672,49 @@ async fn register(
         )
         .await
         .unwrap()
+}
+
+/// A link whose ceremony began before its expiry but finishes after it is refused as expired
+/// (not as used), and the store is unchanged: no passkey, no session, the link unused.
+pub(crate) async fn an_enrollment_finished_after_its_expiry_is_refused_and_changes_nothing(
+    backend: &dyn SuiteBackend,
+) {
+    let f = open(backend).await;
+    let store = &*f.store;
+    store.create_user("alice", [1; 16], "admin").await.unwrap();
+    let token_hash = [7; 32];
+    let created = store
+        .create_enrollment(
+            NewEnrollment {
+                enrollment_id: "enr_7".into(),
+                token_hash,
+                user_id: "alice".into(),
+                // Begun a moment ago; expired by the time the browser answers.
+                expires_unix_ms: now_unix_ms() - 1,
+            },
+            "admin",
+        )
+        .await
+        .unwrap();
+    assert!(matches!(created, EnrollmentCreated::Created(_)));
+    let events_before = f.recorder.events().len();
+    let via = RegisteredVia::Enrollment { token_hash };
+    assert_eq!(
+        register(store, "alice", "pk_a", 1, via, Some("ses_a")).await,
+        Registered::EnrollmentExpired
+    );
+    assert!(store.list_passkeys("alice").await.unwrap().is_empty());
+    assert!(store.session_context("ses_a").await.unwrap().is_none());
+    let link = store.enrollment_by_token_hash(token_hash).await.unwrap();
+    assert_eq!(link.unwrap().used_unix_ms, None, "the link stays unused");
+    assert_eq!(f.recorder.events().len(), events_before, "no event");
+    // A link for someone else is not "expired" for this user: it is not theirs.
+    store.create_user("bob", [2; 16], "admin").await.unwrap();
+    let via = RegisteredVia::Enrollment { token_hash };
+    assert_eq!(
+        register(store, "bob", "pk_b", 2, via, Some("ses_b")).await,
+        Registered::EnrollmentUsed
+    );
 }
 
 pub(crate) async fn an_enrollment_link_registers_exactly_one_passkey_and_signs_in(

@@ -110,10 +110,12 @@ impl Writer<'_> {
         let now = self.now().await?;
         match &registration.via {
             RegisteredVia::Enrollment { token_hash } => {
-                // Consumes the link: exactly one registration can win it.
+                // Consumes the link, unexpired at this instant (its ceremony may have begun
+                // before the expiry): exactly one registration can win it.
                 let consumed = sqlx::query(
                     "UPDATE enrollments SET used_ms = $3
-                     WHERE token_hash = $1 AND user_id = $2 AND used_ms IS NULL",
+                     WHERE token_hash = $1 AND user_id = $2 AND used_ms IS NULL
+                       AND expires_ms > $3",
                 )
                 .bind(&token_hash[..])
                 .bind(&new.user_id)
@@ -122,7 +124,16 @@ impl Writer<'_> {
                 .await
                 .map_err(backend)?;
                 if consumed.rows_affected() != 1 {
-                    return Ok(Registered::EnrollmentUsed);
+                    let row: Option<(i64, Option<i64>)> = sqlx::query_as(
+                        "SELECT expires_ms, used_ms FROM enrollments
+                         WHERE token_hash = $1 AND user_id = $2",
+                    )
+                    .bind(&token_hash[..])
+                    .bind(&new.user_id)
+                    .fetch_optional(self.conn())
+                    .await
+                    .map_err(backend)?;
+                    return Ok(Registered::link_refusal(row, now));
                 }
             }
             RegisteredVia::Session { session_id } => {

@@ -161,16 +161,27 @@ impl PasskeyStore for SqliteStore {
             }
             match &registration.via {
                 RegisteredVia::Enrollment { token_hash } => {
-                    // Consumes the link: exactly one registration can win it.
+                    // Consumes the link, unexpired at this instant (its ceremony may have
+                    // begun before the expiry): exactly one registration can win it.
                     let consumed =
                         w.tx.execute(
                             "UPDATE enrollments SET used_ms = ?3
-                             WHERE token_hash = ?1 AND user_id = ?2 AND used_ms IS NULL",
+                             WHERE token_hash = ?1 AND user_id = ?2 AND used_ms IS NULL
+                               AND expires_ms > ?3",
                             params![&token_hash[..], new.user_id, w.now_unix_ms],
                         )
                         .map_err(backend)?;
                     if consumed != 1 {
-                        return Ok(Registered::EnrollmentUsed);
+                        let row =
+                            w.tx.query_row(
+                                "SELECT expires_ms, used_ms FROM enrollments
+                                 WHERE token_hash = ?1 AND user_id = ?2",
+                                params![&token_hash[..], new.user_id],
+                                |row| Ok((row.get(0)?, row.get(1)?)),
+                            )
+                            .optional()
+                            .map_err(backend)?;
+                        return Ok(Registered::link_refusal(row, w.now_unix_ms));
                     }
                 }
                 RegisteredVia::Session { session_id } => {
