@@ -309,6 +309,11 @@ async fn a_replica_killed_under_load_fails_over_without_a_failed_request_or_a_sn
     let (status, readiness) = gateway_a.readiness().await;
     assert_eq!(status, 200, "{readiness}");
     assert_eq!(readiness["snapshotsApplied"], 1, "resumed, no new snapshot");
+    assert_eq!(
+        readiness["controlPlane"],
+        deployment.replicas[0].grpc.as_str(),
+        "/readyz names the control plane it failed over to"
+    );
     assert_eq!(gateway_a.metric(snapshots).await, Some(1.0));
 }
 

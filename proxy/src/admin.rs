@@ -28,6 +28,10 @@ struct Readiness {
     applied_revision: u64,
     staleness_ms: Option<u64>,
     connected: bool,
+    /// The control plane the sync stream is open to (which one, after a failover).
+    control_plane: Option<String>,
+    /// The log the replica's revisions belong to; `None` until known.
+    log_id: Option<String>,
     snapshots_applied: u64,
     draining: bool,
 }
@@ -46,6 +50,8 @@ impl Admin {
                         .staleness()
                         .map(|staleness| u64::try_from(staleness.as_millis()).unwrap_or(u64::MAX)),
                     connected: self.status.connected(),
+                    control_plane: self.status.control_plane(),
+                    log_id: Some(self.status.log_id()).filter(|id| !id.is_empty()),
                     snapshots_applied: self.status.snapshots_applied(),
                     draining: self.status.draining(),
                 };

@@ -26,6 +26,8 @@ pub(crate) struct SyncState {
     /// the first snapshot, or when the control plane does not say. Written by the sync task
     /// only, read by it and by status reports.
     log_id: Mutex<LogId>,
+    /// The URL of the control plane whose stream is open; `None` while disconnected.
+    control_plane: Mutex<Option<String>>,
 }
 
 impl SyncState {
@@ -40,6 +42,22 @@ impl SyncState {
     /// Records that the replica now holds revisions of `log_id`.
     pub fn set_log_id(&self, log_id: LogId) {
         *self.log_id.lock().unwrap_or_else(PoisonError::into_inner) = log_id;
+    }
+
+    /// The URL of the control plane the stream is open to, if any.
+    pub fn control_plane(&self) -> Option<String> {
+        self.control_plane
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records which control plane the stream is open to (`None`: none).
+    pub fn set_control_plane(&self, url: Option<&str>) {
+        *self
+            .control_plane
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = url.map(str::to_owned);
     }
 }
 
@@ -73,6 +91,12 @@ impl GatewayStatus {
     /// applied yet, or a control plane that does not report log ids).
     pub fn log_id(&self) -> String {
         self.sync.log_id().0
+    }
+
+    /// The URL of the control plane this gateway's sync stream is open to, if any (with
+    /// several `--control-plane` URLs, which one it failed over to).
+    pub fn control_plane(&self) -> Option<String> {
+        self.sync.control_plane()
     }
 
     /// How many times this gateway refused a control plane that serves an older copy of its

@@ -288,6 +288,7 @@ impl SyncTask {
 
     fn disconnected(&self) {
         self.control_plane.store(None);
+        self.state.set_control_plane(None);
         self.state.connected.store(false, Ordering::Release);
         self.metrics.sync_connected.set(0.0);
     }
@@ -341,6 +342,7 @@ impl SyncTask {
             Err(_) => return SyncError::Connect(format!("no stream response after {timeout:?}")),
         };
         self.control_plane.store(Some(Arc::new(channel)));
+        self.state.set_control_plane(Some(url));
         self.state.connected.store(true, Ordering::Release);
         self.metrics.sync_connected.set(1.0);
         tracing::info!(control_plane = %url, log_id = %stream_log.log_id, applied = applied.0, "sync stream open");
