@@ -34,7 +34,7 @@ use crate::store::{
     Registered, RegisteredVia, Registration, SessionRecord, Store,
 };
 use crate::users::clean_passkey_name;
-use crate::webauthn::{LoginState, RelyingParty};
+use crate::webauthn::{LoginState, RelyingParty, VerifiedPasskey};
 
 /// Longest `User-Agent` kept with a passkey or a session.
 const MAX_USER_AGENT_CHARS: usize = 256;
@@ -216,16 +216,7 @@ impl SelfService {
         };
         let verified = self.relying_party.finish_registration(credential, &state)?;
         let registration = Registration {
-            passkey: NewPasskey {
-                passkey_id: ids::passkey_id(),
-                user_id: user_id.clone(),
-                credential_id: verified.credential_id,
-                name,
-                user_agent: user_agent.clone(),
-                backup_eligible: verified.backup_eligible,
-                backed_up: verified.backed_up,
-                credential_json: verified.credential_json,
-            },
+            passkey: new_passkey(&user_id, name, user_agent.clone(), verified),
             via: RegisteredVia::Enrollment { token_hash },
             session: Some(self.new_session(user_agent)),
         };
@@ -406,16 +397,7 @@ impl SelfService {
         }
         let verified = self.relying_party.finish_registration(credential, &state)?;
         let registration = Registration {
-            passkey: NewPasskey {
-                passkey_id: ids::passkey_id(),
-                user_id: user_id.clone(),
-                credential_id: verified.credential_id,
-                name,
-                user_agent,
-                backup_eligible: verified.backup_eligible,
-                backed_up: verified.backed_up,
-                credential_json: verified.credential_json,
-            },
+            passkey: new_passkey(&user_id, name, user_agent, verified),
             via: RegisteredVia::Session { session_id },
             session: None,
         };
@@ -547,6 +529,25 @@ fn clean_user_agent(user_agent: &str) -> String {
 /// The audit actor of what a user does to their own account.
 fn user_actor(user_id: &str) -> String {
     format!("user:{user_id}")
+}
+
+/// The passkey a verified registration stores, under a fresh id.
+fn new_passkey(
+    user_id: &str,
+    name: String,
+    user_agent: String,
+    verified: VerifiedPasskey,
+) -> NewPasskey {
+    NewPasskey {
+        passkey_id: ids::passkey_id(),
+        user_id: user_id.to_owned(),
+        credential_id: verified.credential_id,
+        name,
+        user_agent,
+        backup_eligible: verified.backup_eligible,
+        backed_up: verified.backed_up,
+        credential_json: verified.credential_json,
+    }
 }
 
 #[cfg(test)]
