@@ -58,7 +58,9 @@ pub struct ProxyConfig {
     pub authorization_header: String,
     /// Header carrying a bare API key. Default `x-api-key`.
     pub api_key_header: String,
-    /// Cookie carrying a session token. Default `keygate_session`.
+    /// Cookie carrying a session token. Default `keygate_session`. Its `__Host-` twin
+    /// (`__Host-keygate_session`, the name the control plane sets when the cookie is Secure)
+    /// is read too; two session cookies with different values are MALFORMED.
     pub session_cookie: String,
     /// Session tokens whose verified signature is remembered (by token hash), so a repeat
     /// request skips the Ed25519 check; revocations are checked on every request regardless.
@@ -116,7 +118,7 @@ pub struct ProxyConfig {
     #[serde(with = "humantime_duration")]
     pub lookup_timeout: Duration,
     /// Most key lookups started per second (token bucket, burst of the same size); misses
-    /// beyond it answer NOT_FOUND without asking. Default 200 per second.
+    /// beyond it answer NOT_FOUND without asking. 0 turns lookups off. Default 200 per second.
     pub max_lookups_per_second: u32,
     /// Most key lookups in flight at once; misses beyond it answer NOT_FOUND without asking.
     /// Default 64.

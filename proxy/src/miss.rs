@@ -15,14 +15,14 @@
 //! the gateway switches to another store, nothing it looked up in the old one is reused or
 //! inserted.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use keygate_proto::{KeyHash, ReplicaKey, Revision, pb};
+use keygate_ratelimit::{Limiter, Rate};
 use moka::future::Cache;
 use tokio::sync::Semaphore;
-use tokio::time::Instant;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
@@ -68,7 +68,9 @@ pub struct MissLookup {
     /// By (the replica's log epoch when asked, hash).
     answers: Cache<(u64, KeyHash), Answer>,
     in_flight: Arc<Semaphore>,
-    rate: Mutex<TokenBucket>,
+    /// Lookups started per second (burst of as many); `None` when the rate is 0, which turns
+    /// lookups off (every miss is NOT_FOUND without asking).
+    rate: Option<Limiter>,
     timeout: Duration,
     metrics: Metrics,
 }
@@ -92,7 +94,8 @@ impl MissLookup {
                 .time_to_live(settings.negative_ttl)
                 .build(),
             in_flight: Arc::new(Semaphore::new(settings.concurrent)),
-            rate: Mutex::new(TokenBucket::new(settings.per_second)),
+            rate: (settings.per_second > 0)
+                .then(|| Limiter::new(Rate::per_second(settings.per_second))),
             timeout: settings.timeout,
             metrics,
         }
@@ -126,12 +129,7 @@ impl MissLookup {
         let Ok(_permit) = self.in_flight.try_acquire() else {
             return Err(LookupFailed::Limited);
         };
-        if !self
-            .rate
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .try_take()
-        {
+        if self.rate.as_ref().is_none_or(|rate| rate.check().is_err()) {
             return Err(LookupFailed::Limited);
         }
         let channel = self.control_plane.load_full().ok_or(LookupFailed::Failed)?;
@@ -178,54 +176,5 @@ impl MissLookup {
                 Err(LookupFailed::Failed)
             }
         }
-    }
-}
-
-/// `per_second` tokens a second, holding at most `per_second`.
-struct TokenBucket {
-    per_second: f64,
-    tokens: f64,
-    refilled: Instant,
-}
-
-impl TokenBucket {
-    fn new(per_second: u32) -> Self {
-        let per_second = f64::from(per_second);
-        Self {
-            per_second,
-            tokens: per_second,
-            refilled: Instant::now(),
-        }
-    }
-
-    fn try_take(&mut self) -> bool {
-        let now = Instant::now();
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.refilled = now;
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn token_bucket_limits_the_rate_and_refills() {
-        let mut bucket = TokenBucket::new(2);
-        assert!(bucket.try_take());
-        assert!(bucket.try_take());
-        assert!(!bucket.try_take());
-        tokio::time::advance(Duration::from_millis(500)).await;
-        assert!(bucket.try_take());
-        assert!(!bucket.try_take());
-        let mut none = TokenBucket::new(0);
-        assert!(!none.try_take());
     }
 }
