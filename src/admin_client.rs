@@ -1,5 +1,6 @@
-//! The operator's gRPC client of the control plane's Admin service: attaches the admin token
-//! and the caller's name, and turns gRPC statuses into one-line messages.
+//! The operator's gRPC client of the control plane's Admin service: attaches the operator
+//! token and turns gRPC statuses into one-line messages. It names no actor: the audit log's
+//! actor is the token's name, which the control plane knows.
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,11 +17,10 @@ use tonic::transport::Channel;
 use crate::Failure;
 use crate::args::ClientArgs;
 
-/// Adds `authorization: Bearer <token>` and `x-keygate-actor` to every call.
+/// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
 pub struct Credentials {
     authorization: AsciiMetadataValue,
-    actor: Option<AsciiMetadataValue>,
 }
 
 impl Interceptor for Credentials {
@@ -28,11 +28,9 @@ impl Interceptor for Credentials {
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        let metadata = request.metadata_mut();
-        metadata.insert("authorization", self.authorization.clone());
-        if let Some(actor) = &self.actor {
-            metadata.insert("x-keygate-actor", actor.clone());
-        }
+        request
+            .metadata_mut()
+            .insert("authorization", self.authorization.clone());
         Ok(request)
     }
 }
@@ -45,25 +43,21 @@ pub async fn connect_as(args: &ClientArgs) -> Result<AdminClient, Failure> {
     connect(&args.endpoint, args.token.as_deref(), args.ca.as_deref()).await
 }
 
-/// Connects to `endpoint` with `token`; an `https://` endpoint is verified against `ca` (else
-/// the system's roots). The actor recorded in the audit log is the local user name, when there
-/// is one.
+/// Connects to `endpoint` with `token` (the bootstrap admin token or a named operator token);
+/// an `https://` endpoint is verified against `ca` (else the system's roots).
 pub async fn connect(
     endpoint: &str,
     token: Option<&str>,
     ca: Option<&Path>,
 ) -> Result<AdminClient, Failure> {
     let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
-        Failure::Config("no admin token: pass --token or set KEYGATE_TOKEN".into())
+        Failure::Config("no operator token: pass --token or set KEYGATE_TOKEN".into())
     })?;
     let authorization = format!("Bearer {token}")
         .parse::<AsciiMetadataValue>()
         .map_err(|_| {
-            Failure::Config("the admin token contains characters that cannot be sent".into())
+            Failure::Config("the operator token contains characters that cannot be sent".into())
         })?;
-    let actor = std::env::var("USER")
-        .ok()
-        .and_then(|user| user.parse::<AsciiMetadataValue>().ok());
     let mut channel = Channel::from_shared(endpoint.to_owned())
         .map_err(|error| Failure::Config(format!("invalid endpoint {endpoint:?}: {error}")))?
         .connect_timeout(Duration::from_secs(5))
@@ -110,10 +104,7 @@ pub async fn connect(
     })?;
     Ok(PbAdminClient::with_interceptor(
         channel,
-        Credentials {
-            authorization,
-            actor,
-        },
+        Credentials { authorization },
     ))
 }
 
@@ -127,9 +118,14 @@ pub fn status_failure(status: tonic::Status) -> Failure {
         tonic::Code::Unavailable => {
             Failure::Runtime(format!("control plane unavailable: {message}"))
         }
-        tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => {
-            Failure::Runtime(message.to_owned())
-        }
+        tonic::Code::PermissionDenied => Failure::Runtime(format!(
+            "{message} (keygate tokens create … --scope S makes a token with it)"
+        )),
+        tonic::Code::NotFound
+        | tonic::Code::InvalidArgument
+        | tonic::Code::FailedPrecondition
+        | tonic::Code::AlreadyExists
+        | tonic::Code::ResourceExhausted => Failure::Runtime(message.to_owned()),
         code => Failure::Runtime(format!("{code:?}: {message}")),
     }
 }

@@ -59,7 +59,7 @@ pub enum Command {
     /// Create, disable and enable passkey users.
     #[command(subcommand)]
     Users(UsersCommand),
-    /// Issue one-time passkey enrollment links.
+    /// Issue, list and revoke one-time passkey enrollment links.
     #[command(subcommand)]
     Enrollments(EnrollmentsCommand),
     /// List and revoke a user's passkeys.
@@ -68,9 +68,12 @@ pub enum Command {
     /// Sign a user out everywhere.
     #[command(subcommand)]
     Sessions(SessionsCommand),
-    /// Rotate the key passkey sessions are signed with.
+    /// List, rotate and revoke the keys passkey sessions are signed with.
     #[command(subcommand)]
     SigningKeys(SigningKeysCommand),
+    /// Create, list and revoke named operator tokens (scoped) and gateway tokens (one gateway).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Work on a store directly, with no control plane running on it.
     #[command(subcommand)]
     Store(StoreCommand),
@@ -154,6 +157,15 @@ pub struct ControlPlaneArgs {
     /// is then its certificate's first DNS or URI SAN.
     #[arg(long, env = "KEYGATE_CLIENT_CA", value_name = "FILE")]
     pub client_ca: Option<PathBuf>,
+    /// Proxies (CIDR ranges, comma-separated or repeated) whose X-Forwarded-For / Forwarded
+    /// headers name the passkey API's client [default: none; replaces the file's list].
+    #[arg(
+        long,
+        env = "KEYGATE_TRUSTED_PROXIES",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<keygate_control_plane::config::Cidr>,
 }
 
 /// What a gateway does when it cannot prove it is within the propagation bound.
@@ -316,8 +328,9 @@ pub struct ListKeysArgs {
 pub enum UsersCommand {
     /// Create a user (the operator's own id, 1-256 characters).
     Create { user_id: String },
-    /// Disable a user: every session of theirs is refused (401 REVOKED) at every gateway, and
-    /// enabling them again brings none of those sessions back.
+    /// Disable a user: every session of theirs is refused (401 REVOKED) at every gateway and
+    /// every open enrollment link of theirs is voided; enabling them again brings none of
+    /// those back.
     Disable {
         user_id: String,
         #[command(flatten)]
@@ -341,6 +354,18 @@ pub enum EnrollmentsCommand {
         /// How long the link works, e.g. 24h, 30m (at most 30 days).
         #[arg(long, value_parser = parse_duration, default_value = "24h")]
         expires: Duration,
+    },
+    /// List a user's enrollment links, newest first, with their state: open, used, expired,
+    /// revoked (by an operator) or voided (the user was disabled). Never their tokens.
+    List {
+        #[arg(long)]
+        user: String,
+    },
+    /// Revoke an open enrollment link: it can no longer begin or finish an enrollment. A link
+    /// already used, expired, revoked or voided is left as it is (changed: false).
+    Revoke {
+        /// The link's id (enr_…), from `create` or `list`.
+        enrollment_id: String,
     },
 }
 
@@ -374,9 +399,45 @@ pub enum SessionsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum SigningKeysCommand {
+    /// List the session signing keys: id, created, verify-until (retired or revoked), revoked,
+    /// current.
+    List,
     /// New sessions are signed with a new key; tokens signed with the old one keep working
     /// until they expire.
     Rotate,
+    /// Revoke a signing key: every session it signed is refused (401 REVOKED) at every
+    /// gateway. Revoking the current key makes a new one current first, so sign-ins go on.
+    Revoke {
+        /// The key's id (sk_…), as `keygate signing-keys list` shows it.
+        key_id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a named token and print it, the only time it is shown (the control plane keeps
+    /// its hash). An operator token gets scopes; a gateway token (--gateway) gets none and lets
+    /// only that gateway id open a sync stream. Needs a token with scope admin.
+    Create {
+        /// 1-64 characters of a-z, 0-9, '.', '_' and '-': the audit log's actor for what the
+        /// token does ("admin" is the bootstrap --admin-token's).
+        name: String,
+        /// A scope the token holds (repeat for several): keys:read, keys:write, keys:create,
+        /// keys:disable, passkeys:read, passkeys:write, users:write, gateways:read, audit:read,
+        /// admin.
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// Make a gateway token that only this gateway id may use.
+        #[arg(long = "gateway", value_name = "GATEWAY_ID")]
+        gateway_id: Option<String>,
+    },
+    /// List the named tokens (never the tokens themselves).
+    List,
+    /// Revoke a token: every call with it fails from now on, and the sync streams of a gateway
+    /// token are closed.
+    Revoke { name: String },
 }
 
 #[derive(Debug, Subcommand)]

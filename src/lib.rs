@@ -56,6 +56,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Passkeys(passkeys) => commands::passkeys::run(&cli.client, passkeys).await,
         Command::Sessions(sessions) => commands::sessions::run(&cli.client, sessions).await,
         Command::SigningKeys(keys) => commands::signing_keys::run(&cli.client, keys).await,
+        Command::Tokens(tokens) => commands::tokens::run(&cli.client, tokens).await,
         Command::Store(store) => commands::store::run(&cli.client, store).await,
         Command::EchoUpstream { listen, fixed } => {
             let mut upstream = echo::EchoUpstream::bind(listen)

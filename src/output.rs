@@ -1,16 +1,10 @@
 //! What operator commands print: the admin API's messages as JSON objects (camelCase, RFC 3339
 //! times) or as short human-readable lines. This is the CLI's one module that reads prost types.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use keygate_proto::pb;
 use serde_json::{Value, json};
 
-/// RFC 3339 (UTC, milliseconds) for a Unix-millisecond timestamp.
-pub fn rfc3339(unix_ms: i64) -> String {
-    let time = UNIX_EPOCH + Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(time).to_string()
-}
+pub use keygate_proto::time::rfc3339;
 
 /// A key record as JSON; never contains the plaintext.
 pub fn key_json(key: &pb::Key) -> Value {
@@ -61,6 +55,7 @@ pub fn gateway_json(gateway: &pb::Gateway) -> Value {
         "stalePolicy": gateway.stale_policy,
         "lastSeen": rfc3339(gateway.last_seen_unix_ms),
         "connectedSince": rfc3339(gateway.connected_unix_ms),
+        "credential": gateway.credential,
     })
 }
 
@@ -132,6 +127,100 @@ pub fn passkey_line(passkey: &pb::Passkey) -> String {
         rfc3339(passkey.created_unix_ms),
         passkey.device_type,
         passkey.user_agent
+    )
+}
+
+/// An enrollment link as JSON (never its token): state `open`, `used`, `expired`, `revoked`
+/// or `voided`.
+pub fn enrollment_json(link: &pb::EnrollmentLink) -> Value {
+    json!({
+        "enrollmentId": link.enrollment_id,
+        "userId": link.user_id,
+        "created": rfc3339(link.created_unix_ms),
+        "expires": rfc3339(link.expires_unix_ms),
+        "state": link.state,
+        "used": link.used_unix_ms.map(rfc3339),
+        "voided": link.voided_unix_ms.map(rfc3339),
+        "createdBy": link.created_by,
+    })
+}
+
+/// One line describing an enrollment link.
+pub fn enrollment_line(link: &pb::EnrollmentLink) -> String {
+    let when = match (link.used_unix_ms, link.voided_unix_ms) {
+        (Some(used), _) => format!("used {}", rfc3339(used)),
+        (None, Some(voided)) => format!("{} {}", link.state, rfc3339(voided)),
+        (None, None) => format!("expires {}", rfc3339(link.expires_unix_ms)),
+    };
+    let created_by = if link.created_by.is_empty() {
+        String::new()
+    } else {
+        format!(" by {}", link.created_by)
+    };
+    format!(
+        "{}  {}  {}  created {}{created_by}  {when}",
+        link.enrollment_id,
+        link.user_id,
+        link.state,
+        rfc3339(link.created_unix_ms)
+    )
+}
+
+/// A named token as JSON (never the token itself): `gatewayId` is null for an operator token.
+pub fn token_json(token: &pb::OperatorToken) -> Value {
+    json!({
+        "name": token.name,
+        "scopes": token.scopes,
+        "gatewayId": (!token.gateway_id.is_empty()).then_some(&token.gateway_id),
+        "created": rfc3339(token.created_unix_ms),
+        "createdBy": token.created_by,
+    })
+}
+
+/// One line describing a named token.
+pub fn token_line(token: &pb::OperatorToken) -> String {
+    let grants = if token.gateway_id.is_empty() {
+        format!("scopes {}", token.scopes.join(" "))
+    } else {
+        format!("gateway {}", token.gateway_id)
+    };
+    format!(
+        "{}  {}  created {} by {}",
+        token.name,
+        grants,
+        rfc3339(token.created_unix_ms),
+        token.created_by
+    )
+}
+
+/// A session signing key as JSON (never its secret): `verifyUntil` set once retired or
+/// revoked, `revoked` once revoked.
+pub fn signing_key_json(key: &pb::SigningKeyInfo) -> Value {
+    json!({
+        "keyId": key.key_id,
+        "created": rfc3339(key.created_unix_ms),
+        "verifyUntil": key.verify_until_unix_ms.map(rfc3339),
+        "revoked": key.revoked_unix_ms.map(rfc3339),
+        "current": key.current,
+    })
+}
+
+/// One line describing a session signing key.
+pub fn signing_key_line(key: &pb::SigningKeyInfo) -> String {
+    let state = match (key.current, key.revoked_unix_ms, key.verify_until_unix_ms) {
+        (true, _, _) => "current".to_owned(),
+        (false, Some(revoked), until) => format!(
+            "revoked {}, its sessions refused; kept until {}",
+            rfc3339(revoked),
+            until.map_or_else(|| "-".to_owned(), rfc3339)
+        ),
+        (false, None, Some(until)) => format!("retired, verifies until {}", rfc3339(until)),
+        (false, None, None) => "retired".to_owned(),
+    };
+    format!(
+        "{}  created {}  {state}",
+        key.key_id,
+        rfc3339(key.created_unix_ms)
     )
 }
 

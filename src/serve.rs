@@ -31,6 +31,9 @@ pub fn control_plane_config(flags: &ControlPlaneArgs) -> Result<ControlPlaneConf
     if flags.rp_origin.is_some() {
         config.rp_origin.clone_from(&flags.rp_origin);
     }
+    if !flags.trusted_proxies.is_empty() {
+        config.trusted_proxies.clone_from(&flags.trusted_proxies);
+    }
     for (flag, setting) in [
         (&flags.tls_cert, &mut config.tls_cert),
         (&flags.tls_key, &mut config.tls_key),

@@ -201,6 +201,43 @@ fn a_config_file_with_a_typo_is_refused_with_one_clear_line() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read config file"));
 }
 
+#[test]
+fn a_bad_trusted_proxy_range_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("control-plane.toml");
+    std::fs::write(
+        &path,
+        "trusted_proxies = [\"10.0.0.0/8\", \"10.1.2.3/16\"]\n",
+    )
+    .unwrap();
+    let output = keygate()
+        .args(["control-plane", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("\"10.1.2.3/16\" has bits set past its prefix; did you mean 10.1.0.0/16?"),
+        "{stderr}"
+    );
+
+    // The flag and the environment are parsed by the command line: a usage error (2).
+    let output = keygate()
+        .args([
+            "control-plane",
+            "--trusted-proxies",
+            "10.0.0.0/8,10.0.0.0/33",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--trusted-proxies"), "{stderr}");
+    assert!(stderr.contains("at most 32"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_prints_one_json_object_and_refuses_a_wrong_token_in_one_line() {
     let cluster = Cluster::start(0).await;

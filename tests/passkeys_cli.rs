@@ -82,6 +82,29 @@ async fn operators_manage_users_passkeys_and_sessions_from_the_command_line() {
     assert!(rotated["keyId"].as_str().unwrap().starts_with("sk_"));
     assert!(rotated["retiredKeyId"].as_str().unwrap().starts_with("sk_"));
     assert!(rotated["retiredVerifyUntil"].is_string());
+    // For a person: one line per key, newest first, saying what it is.
+    let human = cli.run(&["signing-keys", "list"]).await;
+    let lines: Vec<String> = String::from_utf8_lossy(&human.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let current = rotated["keyId"].as_str().unwrap();
+    let retired = rotated["retiredKeyId"].as_str().unwrap();
+    assert!(
+        lines[0].starts_with(current) && lines[0].ends_with("current"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].starts_with(retired) && lines[1].contains("retired, verifies until"),
+        "{lines:?}"
+    );
+    let human = cli.run(&["signing-keys", "revoke", retired]).await;
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains(&format!("Revoked signing key {retired}")),
+        "{text}"
+    );
 
     let gone = cli
         .fails(&["passkeys", "revoke", "--user", "bob", &session.passkey_id])

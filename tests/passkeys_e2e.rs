@@ -8,6 +8,8 @@
 
 mod support;
 
+use std::time::{Duration, SystemTime};
+
 use keygate_proto::pb;
 use serde_json::{Value, json};
 use support::passkeys::{Device, Session, b64, get_with_session};
@@ -23,6 +25,38 @@ fn unlimited() -> Option<ConfigureControlPlane> {
 
 async fn cluster(gateways: usize) -> Cluster {
     Cluster::start_configured(gateways, unlimited()).await
+}
+
+/// No rate limits, and sessions lasting `lifetime`.
+fn with_session_lifetime(lifetime: Duration) -> Option<ConfigureControlPlane> {
+    Some(Box::new(move |config| {
+        config.passkey_rate_per_address = 0;
+        config.passkey_rate_per_user = 0;
+        config.session_lifetime = lifetime;
+    }))
+}
+
+/// The control plane's head revision.
+async fn head_revision(cluster: &Cluster) -> u64 {
+    cluster
+        .admin()
+        .await
+        .list_gateways(pb::ListGatewaysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .head_revision
+}
+
+async fn signing_keys(cluster: &Cluster) -> Vec<pb::SigningKeyInfo> {
+    cluster
+        .admin()
+        .await
+        .list_signing_keys(pb::ListSigningKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys
 }
 
 /// Waits (through the admin API) until every gateway has applied `revision`.
@@ -700,34 +734,26 @@ async fn rotation_keeps_old_sessions_working_until_the_retired_key_expires() {
             .to_owned()
     };
 
-    // The operator shortens the session lifetime to 8 s and rotates: the old key now verifies
-    // for 8 s only, although the session it signed would last 12 hours. (8 s, not less: the
-    // checks below must run inside that window on two busy cores, where a sign-in alone writes
-    // its ceremony and its session to the store.)
+    // The operator shortens the session lifetime to 8 s and restarts the control plane, which
+    // rotates the signing key for the new lifetime: the old key now verifies for 8 s only,
+    // although the session it signed would last 12 hours. (8 s, not less: the checks below
+    // must run inside that window on two busy cores, where a sign-in alone writes its
+    // ceremony and its session to the store.)
     cluster.stop_control_plane().await;
-    cluster.configure_control_plane = Some(Box::new(|config| {
-        config.passkey_rate_per_address = 0;
-        config.passkey_rate_per_user = 0;
-        config.session_lifetime = std::time::Duration::from_secs(8);
-    }));
+    cluster.configure_control_plane = with_session_lifetime(Duration::from_secs(8));
     cluster.start_control_plane().await;
-    let rotated = cluster
-        .admin()
-        .await
-        .rotate_signing_key(pb::RotateSigningKeyRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(rotated.retired_key_id, kid(&before));
-    assert_ne!(rotated.key_id, rotated.retired_key_id);
-    wait_everywhere(&cluster, rotated.revision).await;
+    let keys = signing_keys(&cluster).await;
+    let current = keys.iter().find(|key| key.current).unwrap().key_id.clone();
+    assert_ne!(current, kid(&before));
+    let retired = keys.iter().find(|key| key.key_id == kid(&before)).unwrap();
+    assert!(retired.verify_until_unix_ms.is_some(), "{retired:?}");
     // The control plane has just restarted: its registry may not list the gateway yet, and a
     // wait over no gateways is complete at once. The gateway's own revision is the proof.
-    cluster.wait_applied(rotated.revision).await;
+    cluster.wait_applied(head_revision(&cluster).await).await;
 
     // Old and new sessions both work, at the control plane and at the gateway.
     let after = cluster.login(&device).await;
-    assert_eq!(kid(&after), rotated.key_id);
+    assert_eq!(kid(&after), current);
     for session in [&before, &after] {
         assert_eq!(cluster.my_passkeys(session).await.status, 200);
         expect_at_gateways(&cluster, session, 200, "").await;
@@ -783,20 +809,26 @@ async fn the_passkey_endpoints_are_rate_limited_per_address_and_per_user() {
         })),
     )
     .await;
-    for _ in 0..2 {
+    // Naming a user at sign-in never spends the user's bucket: anyone could, and lock them out.
+    for _ in 0..5 {
         let reply = per_user
             .post_json("/v1/login/begin", &json!({ "userId": "carol" }))
             .await;
         assert_eq!(reply.status, 200);
     }
-    let reply = per_user
-        .post_json("/v1/login/begin", &json!({ "userId": "carol" }))
-        .await;
+    // What carol does as carol is counted: her enrollment (she holds the link) and her
+    // signed-in calls.
+    let device = Device::new(&per_user.passkey_origin());
+    let token = per_user.user_with_enrollment("carol").await;
+    let carol = per_user.enroll(&device, &token, "laptop").await;
+    assert_eq!(per_user.my_passkeys(&carol).await.status, 200);
+    let reply = per_user.my_passkeys(&carol).await;
     assert_eq!((reply.status, reply.code().as_str()), (429, "RATE_LIMITED"));
-    let reply = per_user
-        .post_json("/v1/login/begin", &json!({ "userId": "dave" }))
-        .await;
-    assert_eq!(reply.status, 200, "another user has their own bucket");
+    // Signing in spends nothing of hers either; another user has their own bucket.
+    let dave_device = Device::new(&per_user.passkey_origin());
+    let token = per_user.user_with_enrollment("dave").await;
+    let dave = per_user.enroll(&dave_device, &token, "phone").await;
+    assert_eq!(per_user.my_passkeys(&dave).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -825,4 +857,73 @@ async fn the_self_service_page_is_served() {
     let script = send("GET", &cluster.http_url("/app.js"), &[], b"").await;
     assert_eq!(script.status, 200);
     assert!(String::from_utf8_lossy(&script.body).contains("navigator.credentials.create"));
+}
+
+/// Raising `session_lifetime` reaches a gateway that stays connected: the restarted control
+/// plane rotates its signing key for the new lifetime, the gateway resumes from its revision
+/// (no snapshot) and hears the new key with its lifetime, and a new, longer session is accepted
+/// there at once — not refused as too long for the lifetime the gateway had been sent. A
+/// restart with the same lifetime then changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raising_the_session_lifetime_reaches_gateways_that_stay_connected() {
+    const HOUR: Duration = Duration::from_secs(3600);
+    let mut cluster = Cluster::start_configured(1, with_session_lifetime(HOUR)).await;
+    let device = Device::new(&cluster.passkey_origin());
+    let token = cluster.user_with_enrollment("alice").await;
+    let short = cluster.enroll(&device, &token, "laptop").await;
+    expect_at_gateways(&cluster, &short, 200, "").await;
+    let gateway = cluster.gateways[0].status.clone();
+    let snapshots = gateway.snapshots_applied();
+    let keys_before = signing_keys(&cluster).await;
+    assert_eq!(keys_before.len(), 1);
+
+    cluster.stop_control_plane().await;
+    cluster.configure_control_plane = with_session_lifetime(12 * HOUR);
+    cluster.start_control_plane().await;
+    let head = head_revision(&cluster).await;
+    cluster.wait_applied(head).await;
+    assert_eq!(
+        gateway.snapshots_applied(),
+        snapshots,
+        "the gateway resumed from its revision"
+    );
+
+    // A new session lasts 12 hours, and the gateway accepts it; the one-hour session of the
+    // retired key goes on working too.
+    let finish = cluster.login_attempt(&device, None).await;
+    let reply = cluster.post_json("/v1/login/finish", &finish).await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let body = reply.json();
+    let expires = humantime::parse_rfc3339(body["expires"].as_str().unwrap()).unwrap();
+    let lasts = expires.duration_since(SystemTime::now()).unwrap();
+    assert!(lasts > 2 * HOUR, "the new session lasts {lasts:?}");
+    let long = Session {
+        user_id: body["userId"].as_str().unwrap().to_owned(),
+        passkey_id: body["passkeyId"].as_str().unwrap().to_owned(),
+        token: body["sessionToken"].as_str().unwrap().to_owned(),
+        cookie: String::new(),
+    };
+    expect_at_gateways(&cluster, &long, 200, "").await;
+    expect_at_gateways(&cluster, &short, 200, "").await;
+    // What did it: one rotation, at the start.
+    let keys = signing_keys(&cluster).await;
+    assert_eq!(keys.len(), 2, "one rotation: {keys:?}");
+    assert!(
+        !keys
+            .iter()
+            .any(|key| key.current && key.key_id == keys_before[0].key_id)
+    );
+
+    // The same lifetime again: the restart appends nothing, and both sessions still work.
+    cluster.stop_control_plane().await;
+    cluster.start_control_plane().await;
+    assert_eq!(head_revision(&cluster).await, head);
+    assert_eq!(signing_keys(&cluster).await, keys);
+    expect_at_gateways(&cluster, &long, 200, "").await;
+    expect_at_gateways(&cluster, &short, 200, "").await;
 }

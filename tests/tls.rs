@@ -420,6 +420,18 @@ async fn a_certificate_for_one_gateway_cannot_register_as_another() {
         ids.iter().any(|id| id == "gw-a") && !ids.iter().any(|id| id == "gw-b"),
         "{ids:?}"
     );
+    // `keygate gateways` says which credential it used.
+    let listed = admin(&cluster, &pki.ca_path)
+        .await
+        .list_gateways(pb::ListGatewaysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let registered = listed.gateways.iter().find(|g| g.gateway_id == "gw-a");
+    assert_eq!(
+        registered.map(|g| g.credential.as_str()),
+        Some("certificate:gw-a")
+    );
     server.stop().await.unwrap();
 }
 

@@ -48,6 +48,8 @@ fn replica() -> (Arc<Replica>, SessionSigner) {
         public_key: signer.public_key(),
         created_unix_ms: NOW_UNIX_MS - HOUR_MS,
         verify_until_unix_ms: None,
+        revoked: false,
+        max_session_lifetime_ms: Some(12 * HOUR_MS),
     }));
     let prune_after_unix_ms = NOW_UNIX_MS + 12 * HOUR_MS;
     for i in 0..10_000 {

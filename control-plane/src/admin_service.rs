@@ -1,9 +1,12 @@
 //! The Admin gRPC service: the one module that converts admin wire messages to domain types and
-//! back. The token check runs before any method, as an interceptor (see `auth`); the rules live
-//! in `keys`. The user, passkey and session methods are in the `passkeys` submodule (rules in
-//! `users`).
+//! back. Authentication runs before any method (the layer in `auth::layer`), and each method
+//! begins by requiring its scope (`auth::require`), whose operator's name is the audit actor;
+//! the rules live in `keys`. The user, passkey and session methods are in the `passkeys`
+//! submodule (rules in `users`), the operator-token methods in `tokens` (rules in
+//! `crate::tokens`).
 
 mod passkeys;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,32 +14,37 @@ use std::time::Duration;
 use keygate_proto::{Revision, pb};
 use tonic::{Request, Response, Status};
 
-use crate::auth::admin_actor;
+use crate::auth::{Scope, require, require_any};
 use crate::event_log::EventLog;
 use crate::keys::{CreateKey, IssuedKey, KeyError, Keys, ListKeys};
 use crate::registry::{GatewayStatus, Registry};
 use crate::store::{AuditEntry, KeyRecord};
+use crate::tokens::Tokens;
 use crate::users::Users;
 
 /// The Admin service over the key operations and the gateway registry.
 pub struct AdminService {
     keys: Keys,
     users: Users,
+    tokens: Tokens,
     registry: Arc<Registry>,
     event_log: Arc<EventLog>,
 }
 
 impl AdminService {
-    /// A service over `keys`, reporting gateways from `registry`.
+    /// A service over `keys`, `users` and `tokens`, reporting gateways from `registry` (and
+    /// ending the streams of revoked gateway tokens there).
     pub fn new(
         keys: Keys,
         users: Users,
+        tokens: Tokens,
         registry: Arc<Registry>,
         event_log: Arc<EventLog>,
     ) -> Self {
         Self {
             keys,
             users,
+            tokens,
             registry,
             event_log,
         }
@@ -108,6 +116,7 @@ fn gateway_message(gateway: GatewayStatus, event_log: &EventLog) -> pb::Gateway 
         staleness_ms: gateway.staleness_ms,
         propagation_bound_ms: millis(gateway.propagation_bound),
         stale_policy: gateway.stale_policy,
+        credential: gateway.credential,
         gateway_id: gateway.id,
         region: gateway.region,
         address: gateway.address,
@@ -137,7 +146,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::CreateKeyRequest>,
     ) -> Result<Response<pb::IssuedKey>, Status> {
-        let actor = admin_actor(request.metadata());
+        let actor = require_any(&request, &[Scope::KeysWrite, Scope::KeysCreate])?.name;
         let request = request.into_inner();
         let create = CreateKey {
             owner: request.owner,
@@ -156,6 +165,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::GetKeyRequest>,
     ) -> Result<Response<pb::Key>, Status> {
+        require(&request, Scope::KeysRead)?;
         let key = self
             .keys
             .get(&request.into_inner().key_id)
@@ -168,6 +178,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
+        require(&request, Scope::KeysRead)?;
         let request = request.into_inner();
         let page = self
             .keys
@@ -188,7 +199,13 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::SetKeyEnabledRequest>,
     ) -> Result<Response<pb::KeyChange>, Status> {
-        let actor = admin_actor(request.metadata());
+        // Disabling is the on-call scope's one power; enabling needs keys:write.
+        let actor = if request.get_ref().enabled {
+            require(&request, Scope::KeysWrite)?
+        } else {
+            require_any(&request, &[Scope::KeysWrite, Scope::KeysDisable])?
+        }
+        .name;
         let request = request.into_inner();
         let changed = self
             .keys
@@ -207,7 +224,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::DeleteKeyRequest>,
     ) -> Result<Response<pb::KeyChange>, Status> {
-        let actor = admin_actor(request.metadata());
+        let actor = require(&request, Scope::KeysWrite)?.name;
         let key_id = request.into_inner().key_id;
         let revision = self.keys.delete(&key_id, &actor).await.map_err(status)?;
         tracing::info!(%key_id, %revision, %actor, "key deleted");
@@ -222,7 +239,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::RerollKeyRequest>,
     ) -> Result<Response<pb::IssuedKey>, Status> {
-        let actor = admin_actor(request.metadata());
+        let actor = require(&request, Scope::KeysWrite)?.name;
         let request = request.into_inner();
         let issued = self
             .keys
@@ -237,7 +254,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::RevokeOwnerRequest>,
     ) -> Result<Response<pb::RevokeOwnerResponse>, Status> {
-        let actor = admin_actor(request.metadata());
+        let actor = require(&request, Scope::KeysWrite)?.name;
         let owner = request.into_inner().owner;
         let revoked = self
             .keys
@@ -253,8 +270,9 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn list_gateways(
         &self,
-        _request: Request<pb::ListGatewaysRequest>,
+        request: Request<pb::ListGatewaysRequest>,
     ) -> Result<Response<pb::ListGatewaysResponse>, Status> {
+        require(&request, Scope::GatewaysRead)?;
         let bounds = self.keys.log_bounds().await.map_err(status)?;
         let head = self.event_log.head().0;
         let gateways = self
@@ -274,6 +292,18 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::WaitForRevisionRequest>,
     ) -> Result<Response<pb::WaitForRevisionResponse>, Status> {
+        // Whoever may make a change may wait for it to reach the gateways.
+        require_any(
+            &request,
+            &[
+                Scope::GatewaysRead,
+                Scope::KeysWrite,
+                Scope::KeysCreate,
+                Scope::KeysDisable,
+                Scope::PasskeysWrite,
+                Scope::UsersWrite,
+            ],
+        )?;
         let request = request.into_inner();
         let revision = Revision(request.revision);
         if revision > self.event_log.head() {
@@ -310,6 +340,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        require(&request, Scope::AuditRead)?;
         let entries = self
             .keys
             .audit(request.into_inner().limit)
@@ -367,5 +398,54 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::RotateSigningKeyRequest>,
     ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
         passkeys::rotate_signing_key(&self.users, request).await
+    }
+
+    async fn list_signing_keys(
+        &self,
+        request: Request<pb::ListSigningKeysRequest>,
+    ) -> Result<Response<pb::ListSigningKeysResponse>, Status> {
+        passkeys::list_signing_keys(&self.users, request).await
+    }
+
+    async fn revoke_signing_key(
+        &self,
+        request: Request<pb::RevokeSigningKeyRequest>,
+    ) -> Result<Response<pb::RevokeSigningKeyResponse>, Status> {
+        passkeys::revoke_signing_key(&self.users, request).await
+    }
+
+    async fn list_enrollments(
+        &self,
+        request: Request<pb::ListEnrollmentsRequest>,
+    ) -> Result<Response<pb::ListEnrollmentsResponse>, Status> {
+        passkeys::list_enrollments(&self.users, request).await
+    }
+
+    async fn revoke_enrollment(
+        &self,
+        request: Request<pb::RevokeEnrollmentRequest>,
+    ) -> Result<Response<pb::RevokeEnrollmentResponse>, Status> {
+        passkeys::revoke_enrollment(&self.users, request).await
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::IssuedToken>, Status> {
+        tokens::create_token(&self.tokens, request).await
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        tokens::list_tokens(&self.tokens, request).await
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        tokens::revoke_token(&self.tokens, &self.registry, request).await
     }
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::cidr::{Cidr, CidrError};
+
 /// Shortest accepted admin or gateway token: anything shorter is guessable.
 pub const MIN_TOKEN_LEN: usize = 16;
 /// Longest accepted `session_lifetime`.
@@ -53,9 +55,19 @@ pub struct ControlPlaneConfig {
     /// Requests per minute to the passkey HTTP endpoints from one client address (as a burst
     /// and as the steady rate). Default 60; 0 turns the limit off.
     pub passkey_rate_per_address: u32,
-    /// Requests per minute to the passkey HTTP endpoints for one user. Default 30; 0 turns
-    /// the limit off.
+    /// Requests per minute to the passkey HTTP endpoints for one signed-in user (or holder of
+    /// an enrollment link): an unauthenticated caller never spends a user's bucket. Default 30;
+    /// 0 turns the limit off.
     pub passkey_rate_per_user: u32,
+    /// Proxies (CIDR ranges, e.g. `["10.0.0.0/8", "2001:db8::/32"]`; a bare address is a range
+    /// of one) whose `X-Forwarded-For` / `Forwarded: for=` headers name the client of a passkey
+    /// API request: the rightmost address that is not itself a trusted proxy. Headers from any
+    /// other peer are ignored. Default none: the TCP peer is the client.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Most passkey ceremonies (begun, not finished, not expired) one client address may have
+    /// open at once; IPv6 clients count per /64. A begin beyond it is 429. Default 20; 0 turns
+    /// the per-address cap off (the global cap of 10 000 still holds).
+    pub max_ceremonies_per_address: usize,
     /// How long a disconnected gateway stays in the registry (`keygate gateways`) before it is
     /// dropped. Default 5 minutes. In TOML either a human-readable duration string
     /// (`"5m"`, `"90s"`, `"1h 30m"`) or an integer number of seconds (`300`).
@@ -93,6 +105,8 @@ impl Default for ControlPlaneConfig {
             session_lifetime: Duration::from_secs(12 * 3600),
             passkey_rate_per_address: 60,
             passkey_rate_per_user: 30,
+            trusted_proxies: Vec::new(),
+            max_ceremonies_per_address: crate::ceremonies::MAX_CEREMONIES_PER_CLIENT,
             gateway_timeout: Duration::from_secs(5 * 60),
             event_retention: Duration::from_secs(24 * 60 * 60),
             tls_cert: None,
@@ -123,6 +137,11 @@ impl fmt::Debug for ControlPlaneConfig {
             .field("session_lifetime", &self.session_lifetime)
             .field("passkey_rate_per_address", &self.passkey_rate_per_address)
             .field("passkey_rate_per_user", &self.passkey_rate_per_user)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field(
+                "max_ceremonies_per_address",
+                &self.max_ceremonies_per_address,
+            )
             .field("gateway_timeout", &self.gateway_timeout)
             .field("event_retention", &self.event_retention)
             .field("tls_cert", &self.tls_cert)
@@ -486,6 +505,32 @@ mod tests {
             toml::from_str("session_lifetime = \"30m\"\npasskey_rate_per_user = 0").unwrap();
         assert_eq!(parsed.session_lifetime, Duration::from_secs(1800));
         assert_eq!(parsed.passkey_rate_per_user, 0);
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidr_ranges_and_a_bad_one_names_itself() {
+        let config = ControlPlaneConfig::default();
+        assert!(config.trusted_proxies.is_empty());
+        assert_eq!(config.max_ceremonies_per_address, 20);
+        let parsed: ControlPlaneConfig = toml::from_str(
+            "trusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]\n\
+             max_ceremonies_per_address = 5",
+        )
+        .unwrap();
+        let ranges: Vec<String> = parsed.trusted_proxies.iter().map(Cidr::to_string).collect();
+        assert_eq!(ranges, ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"]);
+        assert_eq!(parsed.max_ceremonies_per_address, 5);
+        let error = toml::from_str::<ControlPlaneConfig>("trusted_proxies = [\"10.0.0.1/8\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("\"10.0.0.1/8\" has bits set past its prefix; did you mean 10.0.0.0/8?"),
+            "{error}"
+        );
+        let error = toml::from_str::<ControlPlaneConfig>("trusted_proxies = [\"proxy.local\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("is not a CIDR range"), "{error}");
     }
 
     #[test]

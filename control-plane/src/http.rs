@@ -11,12 +11,13 @@
 //! crate already in the tree through tonic, and speed is not at stake on this listener.
 //!
 //! - `passkey_api` — the API's routes and thin handlers; `caller` — address, origin and
-//!   session checks as extractors; `json_body` — bounded JSON bodies; `cookies` — the session
+//!   session checks as extractors; `forwarded` — the client's address behind a trusted proxy; `json_body` — bounded JSON bodies; `cookies` — the session
 //!   cookie; `api_error` — refusals as `{"error":{"code","message"}}`; `page` — the page.
 
 mod api_error;
 mod caller;
 mod cookies;
+mod forwarded;
 mod json_body;
 mod page;
 mod passkey_api;
@@ -45,6 +46,7 @@ use crate::store::Store;
 
 use self::api_error::ApiError;
 use self::caller::ClientAddr;
+pub use self::forwarded::TrustedProxies;
 pub use self::passkey_api::{PasskeyApi, device_type};
 
 /// Most connections served at once; further ones wait in the accept queue.
@@ -189,7 +191,6 @@ mod tests {
     use super::*;
     use crate::event_log::EventLog;
     use crate::passkeys::self_service::{Limits, SelfService};
-    use crate::rate_limit::Rate;
     use crate::sessions::Sessions;
     use crate::store::sqlite::SqliteStore;
     use crate::webauthn::RelyingParty;
@@ -210,10 +211,9 @@ mod tests {
         let relying_party = RelyingParty::new("localhost", "http://localhost:7080").unwrap();
         let sessions = Sessions::new(Arc::clone(&store), Duration::from_secs(3600));
         let limits = Limits {
-            per_address: Rate {
-                per_minute: per_address,
-            },
-            per_user: Rate { per_minute: 0 },
+            per_address: keygate_ratelimit::Rate::per_minute(per_address),
+            per_user: keygate_ratelimit::Rate::per_minute(0),
+            ceremonies_per_address: 0,
         };
         let rules = SelfService::new(Arc::clone(&store), relying_party, sessions, &limits);
         let state = Arc::new(HttpState {
@@ -221,7 +221,7 @@ mod tests {
             metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
                 .build_recorder()
                 .handle(),
-            passkeys: Arc::new(PasskeyApi::new(rules)),
+            passkeys: Arc::new(PasskeyApi::new(rules, TrustedProxies::default())),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -8,11 +8,14 @@
 //! - `keys`: the rules of the operator operations; `admin_service`: the Admin gRPC service;
 //! - `sync_service`: the Sync gRPC service (replication streams, key lookups);
 //! - `registry`: the connected gateways, shared among replicas through the store;
-//!   `auth`: bearer-token checks;
+//!   `auth`: who may call (bootstrap and named tokens, checked in a layer around both
+//!   services, failures limited per address) and what they may do (scopes); `tokens`: the
+//!   rules of named operator and gateway tokens;
 //! - `http`: health and metrics over HTTP, and the passkey API and page;
 //! - passkeys and sessions: `webauthn` (the relying party), `ceremonies` (begin-to-finish
-//!   state), `sessions` (signing keys, tokens), `users` (operator rules), `rate_limit`, `ids`,
-//!   wired together by `passkeys`.
+//!   state), `sessions` (signing keys, tokens), `users` (operator rules), `ids`, wired
+//!   together by `passkeys`; rate limits come from the `keygate-ratelimit` crate, and `cidr`
+//!   reads the `trusted_proxies` ranges.
 //!
 //! [`ControlPlane::bind`] opens everything and binds both listeners; [`ControlPlane::serve`]
 //! runs until its shutdown future resolves.
@@ -22,6 +25,7 @@
 mod admin_service;
 mod auth;
 mod ceremonies;
+pub mod cidr;
 pub mod config;
 mod error;
 mod event_log;
@@ -30,11 +34,11 @@ mod ids;
 mod keys;
 pub mod metrics;
 mod passkeys;
-mod rate_limit;
 mod registry;
 mod sessions;
 pub mod store;
 mod sync_service;
+mod tokens;
 mod users;
 mod webauthn;
 
@@ -58,7 +62,8 @@ pub use config::ControlPlaneConfig;
 pub use error::ControlPlaneError;
 
 use crate::admin_service::AdminService;
-use crate::auth::TokenCheck;
+use crate::auth::Authenticator;
+use crate::auth::layer::Authenticated;
 use crate::config::{ConfigError, DatabaseUrl};
 use crate::event_log::{DEFAULT_RING_CAPACITY, EventLog};
 use crate::keys::Keys;
@@ -68,6 +73,7 @@ use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{CommitObserver, Store};
 use crate::sync_service::{SyncService, SyncSettings};
+use crate::tokens::Tokens;
 
 /// How long open gRPC calls get to finish after shutdown starts (sync streams end at once).
 const GRPC_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -213,9 +219,17 @@ impl ControlPlane {
         let admin = AdminService::new(
             Keys::new(Arc::clone(&self.store)),
             self.passkeys.users.clone(),
+            Tokens::new(Arc::clone(&self.store)),
             Arc::clone(&self.registry),
             Arc::clone(&self.event_log),
         );
+        // Every call to either service is authenticated first, by one authenticator (one
+        // limit on failures per address, whichever service they were for).
+        let authenticator = Arc::new(Authenticator::new(
+            &self.config.admin_token,
+            &self.config.gateway_token,
+            Arc::clone(&self.store),
+        ));
         let sync = SyncService::new(
             Arc::clone(&self.store),
             Arc::clone(&self.event_log),
@@ -262,14 +276,11 @@ impl ControlPlane {
             .http2_max_pending_accept_reset_streams(Some(GRPC_MAX_PENDING_ACCEPT_RESET_STREAMS))
             .http2_max_local_error_reset_streams(Some(GRPC_MAX_LOCAL_ERROR_RESET_STREAMS))
             .http2_max_header_list_size(Some(GRPC_MAX_HEADER_LIST_BYTES))
-            .add_service(AdminServer::with_interceptor(
-                admin,
-                TokenCheck::admin(&self.config.admin_token),
+            .add_service(Authenticated::admin(
+                AdminServer::new(admin),
+                Arc::clone(&authenticator),
             ))
-            .add_service(SyncServer::with_interceptor(
-                sync,
-                TokenCheck::gateway(&self.config.gateway_token),
-            ))
+            .add_service(Authenticated::sync(SyncServer::new(sync), authenticator))
             .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
         let grpc = async {
             let grpc = async {
@@ -330,6 +341,12 @@ impl ControlPlane {
             }
         };
 
+        let token_recheck = sync_service::recheck_tokens(
+            Arc::clone(&self.registry),
+            Arc::clone(&self.store),
+            stop.clone(),
+        );
+
         let compactor = compact_events(
             Arc::clone(&self.store),
             self.config.event_retention,
@@ -339,14 +356,15 @@ impl ControlPlane {
         tracing::info!(grpc = %self.grpc_addr, http = %self.http_addr, "control plane serving");
         let session_pruner = self.passkeys.maintain(stop.clone());
 
-        let (result, (), (), (), (), (), ()) = tokio::join!(
+        let (result, (), (), (), (), (), (), ()) = tokio::join!(
             grpc,
             http,
             pruner,
             shared_registry,
             compactor,
             session_pruner,
-            certificate_watch
+            certificate_watch,
+            token_recheck
         );
         signal.abort();
         tracing::info!("control plane stopped");

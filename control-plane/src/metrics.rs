@@ -14,6 +14,10 @@ const PROPAGATION_SECONDS: &str = "keygate_cp_propagation_seconds";
 const LOOKUPS_TOTAL: &str = "keygate_cp_lookups_total";
 const OLDEST_RETAINED: &str = "keygate_cp_log_oldest_retained_revision";
 const PONGS_WITHHELD: &str = "keygate_sync_pongs_withheld_total";
+const SYNC_REFUSED: &str = "keygate_sync_refused_total";
+const AUTH_FAILURES: &str = "keygate_auth_failures_total";
+const AUTH_THROTTLED: &str = "keygate_auth_throttled_total";
+const TOKEN_STREAMS_ENDED: &str = "keygate_sync_token_revoked_streams_total";
 
 /// Adds the control plane's histogram buckets to a Prometheus builder (without buckets the
 /// exporter renders histograms as summaries). Propagation is milliseconds in practice and
@@ -54,6 +58,25 @@ pub fn describe() {
         "Pings left unanswered because the committed head could not be read from the store."
     );
     metrics::describe_counter!(
+        SYNC_REFUSED,
+        "Sync streams refused, by reason (no_client_certificate, certificate_without_name, \
+         identity_mismatch, credential_mismatch, credential_in_use)."
+    );
+    metrics::describe_counter!(
+        AUTH_FAILURES,
+        "Failed authentications of gRPC calls, by service (admin, sync) and reason (missing, \
+         invalid, wrong_service)."
+    );
+    metrics::describe_counter!(
+        AUTH_THROTTLED,
+        "gRPC calls refused unread because their address failed to authenticate too often, by \
+         service."
+    );
+    metrics::describe_counter!(
+        TOKEN_STREAMS_ENDED,
+        "Sync streams ended because the gateway token they authenticated with was revoked."
+    );
+    metrics::describe_counter!(
         LOOKUPS_TOTAL,
         "Point lookups of a key by hash from gateways, by result (found, absent)."
     );
@@ -87,4 +110,20 @@ pub(crate) fn pong_withheld() {
 pub(crate) fn lookup(found: bool) {
     let result = if found { "found" } else { "absent" };
     metrics::counter!(LOOKUPS_TOTAL, "result" => result).increment(1);
+}
+
+pub(crate) fn sync_refused(reason: &'static str) {
+    metrics::counter!(SYNC_REFUSED, "reason" => reason).increment(1);
+}
+
+pub(crate) fn auth_failure(service: &'static str, reason: &'static str) {
+    metrics::counter!(AUTH_FAILURES, "service" => service, "reason" => reason).increment(1);
+}
+
+pub(crate) fn auth_throttled(service: &'static str) {
+    metrics::counter!(AUTH_THROTTLED, "service" => service).increment(1);
+}
+
+pub(crate) fn token_streams_ended(count: usize) {
+    metrics::counter!(TOKEN_STREAMS_ENDED).increment(count as u64);
 }

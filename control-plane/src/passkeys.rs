@@ -1,5 +1,6 @@
 //! Wiring of the passkey side: from the configuration and the bound HTTP address to the
-//! relying party, the session signer (with its first key created on first start), the
+//! relying party, the session signer (its first key made with the first user, and the key
+//! rotated at start when `session_lifetime` changed), the
 //! operator operations, the self-service rules and the HTTP API over them, plus the background
 //! pruning of expired state.
 //!
@@ -17,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, ControlPlaneConfig};
 use crate::error::ControlPlaneError;
-use crate::http::PasskeyApi;
-use crate::rate_limit::Rate;
+use keygate_ratelimit::Rate;
+
+use crate::http::{PasskeyApi, TrustedProxies};
 use crate::sessions::Sessions;
 use crate::store::Store;
 use crate::users::Users;
@@ -34,9 +36,10 @@ pub struct Passkeys {
 }
 
 impl Passkeys {
-    /// Builds the relying party for the configured (or default) id and origin. (The first
-    /// session signing key is created with the first user, so that a control plane used only
-    /// for API keys appends no event of its own.)
+    /// Builds the relying party for the configured (or default) id and origin, and rotates the
+    /// session signing key if it signs another lifetime than the configured one
+    /// ([`Sessions::rotate_for_lifetime`]). (The first session signing key is created with the
+    /// first user, so that a control plane used only for API keys appends no event of its own.)
     pub async fn open(
         config: &ControlPlaneConfig,
         http_addr: SocketAddr,
@@ -48,18 +51,17 @@ impl Passkeys {
                 ControlPlaneError::Config(ConfigError::RelyingParty(error.to_string()))
             })?;
         let sessions = Sessions::new(Arc::clone(&store), config.session_lifetime);
+        sessions.rotate_for_lifetime().await?;
         let users = Users::new(Arc::clone(&store), sessions.clone(), relying_party.origin());
         let limits = Limits {
-            per_address: Rate {
-                per_minute: config.passkey_rate_per_address,
-            },
-            per_user: Rate {
-                per_minute: config.passkey_rate_per_user,
-            },
+            per_address: Rate::per_minute(config.passkey_rate_per_address),
+            per_user: Rate::per_minute(config.passkey_rate_per_user),
+            ceremonies_per_address: config.max_ceremonies_per_address,
         };
         tracing::info!(rp_id = %relying_party.rp_id(), origin = %origin, "passkey relying party ready");
         let rules = SelfService::new(store, relying_party, sessions.clone(), &limits);
-        let api = Arc::new(PasskeyApi::new(rules));
+        let trusted_proxies = TrustedProxies::new(config.trusted_proxies.clone());
+        let api = Arc::new(PasskeyApi::new(rules, trusted_proxies));
         Ok(Self {
             users,
             sessions,

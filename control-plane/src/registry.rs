@@ -12,6 +12,15 @@
 //! gateway that stays disconnected longer than the configured timeout is forgotten — but never
 //! while it may still be serving: a fail-closed gateway serves for at most its propagation bound
 //! after it last heard from the control plane, so until then it still counts for `--wait`.
+//!
+//! Each stream records the credential it authenticated with ([`StreamCredential`], shown by
+//! `keygate gateways` and published with the rest). A named gateway token is one gateway's,
+//! and one connection's at a time: while a stream that used it is live (its gateway heard from
+//! within [`LIVE_WINDOW`], on this replica or, as last read, another), a second stream with it
+//! is refused instead of replacing the first, so a stolen token cannot push the real gateway
+//! off; once the first has gone quiet (a restarted gateway whose old stream is half-open), the
+//! second replaces it as any reconnect does. Revoking a token ends its streams here at once
+//! ([`Registry::end_token_streams`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,6 +62,61 @@ pub struct GatewayHello {
 /// The contract's default bound, assumed for a gateway that does not report its own.
 pub const DEFAULT_PROPAGATION_BOUND: Duration = Duration::from_secs(60);
 
+/// How long after its gateway was last heard from a stream with a named token counts as live,
+/// so that a second stream with the same token is refused. Gateways ping every second by
+/// default and give up on a stream after three silent intervals, so a live one is heard
+/// several times within it; another replica's rows are read every second. A gateway whose
+/// old stream was cut without a word can reconnect this long after it last spoke on it.
+pub const LIVE_WINDOW: Duration = Duration::from_secs(5);
+
+/// What a stream authenticated with.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StreamCredential {
+    /// The shared `--gateway-token`.
+    Shared,
+    /// A verified client certificate naming this gateway id.
+    Certificate(String),
+    /// A named gateway token: one live stream at a time. Its hash lets a revocation find the
+    /// stream.
+    Token { name: String, token_hash: [u8; 32] },
+}
+
+impl StreamCredential {
+    /// How `keygate gateways` shows it: "token:NAME", "certificate:ID" or "shared".
+    pub fn label(&self) -> String {
+        match self {
+            Self::Shared => "shared".to_owned(),
+            Self::Certificate(id) => format!("certificate:{id}"),
+            Self::Token { name, .. } => format!("token:{name}"),
+        }
+    }
+
+    fn token_hash(&self) -> Option<[u8; 32]> {
+        match self {
+            Self::Token { token_hash, .. } => Some(*token_hash),
+            Self::Shared | Self::Certificate(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for StreamCredential {
+    /// The label: the hash stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.label())
+    }
+}
+
+/// Why [`Registry::connect`] refused a stream: its named token is in use by a live one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialInUse {
+    /// The credential's label, "token:NAME".
+    pub credential: String,
+    /// How long ago the live stream's gateway was last heard from.
+    pub heard_ago: Duration,
+    /// The replica serving the live stream, when it is another one.
+    pub replica_id: Option<String>,
+}
+
 /// One gateway as `keygate gateways` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayStatus {
@@ -71,6 +135,8 @@ pub struct GatewayStatus {
     pub staleness_ms: Option<u64>,
     pub propagation_bound: Duration,
     pub stale_policy: String,
+    /// What its stream authenticated with ([`StreamCredential::label`]).
+    pub credential: String,
 }
 
 impl GatewayStatus {
@@ -100,9 +166,11 @@ pub struct WaitOutcome {
 pub struct Session {
     pub gateway_id: String,
     number: u64,
-    /// Cancelled when the stream must end: shutdown, replacement, or the stream's own end.
+    /// Cancelled when the stream must end: shutdown, replacement, revocation of its token, or
+    /// the stream's own end.
     pub stop: CancellationToken,
     replaced: Arc<AtomicBool>,
+    revoked: Arc<AtomicBool>,
 }
 
 impl Session {
@@ -110,11 +178,20 @@ impl Session {
     pub fn was_replaced(&self) -> bool {
         self.replaced.load(Ordering::Acquire)
     }
+
+    /// Whether the named token the stream authenticated with was revoked.
+    pub fn was_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
 }
 
 struct Entry {
     status: GatewayStatus,
     session: Session,
+    /// The hash of the named token the stream used, if it used one.
+    token_hash: Option<[u8; 32]>,
+    /// When the gateway was last heard from on this stream (monotonic: for liveness).
+    heard_at: Instant,
     disconnected_at: Option<Instant>,
     /// The same instant on the wall clock, for other replicas.
     disconnected_unix_ms: Option<i64>,
@@ -124,6 +201,7 @@ struct Entry {
 #[derive(Debug, Clone)]
 struct RemoteGateway {
     status: GatewayStatus,
+    replica_id: String,
     /// When its stream ended (or its replica went silent); `None` while it is connected.
     disconnected_at: Option<Instant>,
 }
@@ -216,15 +294,55 @@ impl Registry {
         &self.replica_id
     }
 
-    /// Registers a new stream. `shutdown` ends it along with the server. An older stream with
-    /// the same gateway id is told to end.
-    pub fn connect(&self, hello: GatewayHello, shutdown: &CancellationToken) -> Session {
+    /// Registers a new stream that authenticated with `credential`. `shutdown` ends it along
+    /// with the server. An older stream with the same gateway id is told to end, unless the
+    /// credential is a named token that a live stream uses: then this one is refused.
+    pub fn connect(
+        &self,
+        hello: GatewayHello,
+        credential: StreamCredential,
+        shutdown: &CancellationToken,
+    ) -> Result<Session, CredentialInUse> {
         let now = now_unix_ms();
+        let label = credential.label();
+        let token_hash = credential.token_hash();
+        let mut gateways = self.lock();
+        if token_hash.is_some() {
+            // This replica's own stream is judged by the monotonic clock; another replica's
+            // by the wall-clock time it published.
+            if let Some(entry) = gateways.get(&hello.id)
+                && entry.status.connected
+                && entry.status.credential == label
+                && entry.heard_at.elapsed() < LIVE_WINDOW
+            {
+                return Err(CredentialInUse {
+                    credential: label,
+                    heard_ago: entry.heard_at.elapsed(),
+                    replica_id: None,
+                });
+            }
+            if let Some(remote) = lock(&self.remote).get(&hello.id)
+                && remote.status.connected
+                && remote.status.credential == label
+            {
+                let heard_ago = Duration::from_millis(
+                    u64::try_from(now.saturating_sub(remote.status.last_seen_unix_ms)).unwrap_or(0),
+                );
+                if heard_ago < LIVE_WINDOW {
+                    return Err(CredentialInUse {
+                        credential: label,
+                        heard_ago,
+                        replica_id: Some(remote.replica_id.clone()),
+                    });
+                }
+            }
+        }
         let session = Session {
             gateway_id: hello.id.clone(),
             number: self.sessions.fetch_add(1, Ordering::Relaxed),
             stop: shutdown.child_token(),
             replaced: Arc::new(AtomicBool::new(false)),
+            revoked: Arc::new(AtomicBool::new(false)),
         };
         let entry = Entry {
             status: GatewayStatus {
@@ -243,12 +361,14 @@ impl Registry {
                 } else {
                     hello.stale_policy
                 },
+                credential: label,
             },
             session: session.clone(),
+            token_hash,
+            heard_at: Instant::now(),
             disconnected_at: None,
             disconnected_unix_ms: None,
         };
-        let mut gateways = self.lock();
         if let Some(old) = gateways.insert(session.gateway_id.clone(), entry)
             && old.disconnected_at.is_none()
         {
@@ -258,12 +378,44 @@ impl Registry {
         self.publish_count(&gateways);
         drop(gateways);
         self.changed();
-        session
+        Ok(session)
+    }
+
+    /// Ends this replica's open streams whose named token `revoked` says is revoked (by its
+    /// hash); returns their gateway ids, sorted. Each stream tells its gateway why, and its
+    /// gateway is then disconnected like any other.
+    pub fn end_token_streams(&self, revoked: impl Fn(&[u8; 32]) -> bool) -> Vec<String> {
+        let gateways = self.lock();
+        let mut ended: Vec<String> = gateways
+            .values()
+            .filter(|entry| entry.disconnected_at.is_none())
+            .filter(|entry| entry.token_hash.as_ref().is_some_and(&revoked))
+            .map(|entry| {
+                entry.session.revoked.store(true, Ordering::Release);
+                entry.session.stop.cancel();
+                entry.status.id.clone()
+            })
+            .collect();
+        ended.sort();
+        ended
+    }
+
+    /// Whether any open stream here authenticated with a named token.
+    pub fn has_token_streams(&self) -> bool {
+        self.lock()
+            .values()
+            .any(|entry| entry.disconnected_at.is_none() && entry.token_hash.is_some())
     }
 
     /// Notes a message of any kind from the gateway.
     pub fn seen(&self, session: &Session) {
-        self.update(session, |status| status.last_seen_unix_ms = now_unix_ms());
+        let mut gateways = self.lock();
+        if let Some(entry) = gateways.get_mut(&session.gateway_id)
+            && entry.session.number == session.number
+        {
+            entry.status.last_seen_unix_ms = now_unix_ms();
+            entry.heard_at = Instant::now();
+        }
     }
 
     /// Notes the staleness a gateway reported in a ping.
@@ -414,6 +566,7 @@ impl Registry {
                     propagation_bound_ms: u64::try_from(status.propagation_bound.as_millis())
                         .unwrap_or(u64::MAX),
                     stale_policy: status.stale_policy.clone(),
+                    credential: status.credential.clone(),
                 }
             })
             .collect()
@@ -451,9 +604,11 @@ impl Registry {
                         staleness_ms: record.staleness_ms,
                         propagation_bound: Duration::from_millis(record.propagation_bound_ms),
                         stale_policy: record.stale_policy,
+                        credential: record.credential,
                     };
                     let gateway = RemoteGateway {
                         status,
+                        replica_id: record.replica_id,
                         disconnected_at: disconnected_unix_ms.map(at),
                     };
                     (gateway.status.id.clone(), gateway)
@@ -551,8 +706,12 @@ mod tests {
     fn newer_stream_with_the_same_id_wins() {
         let registry = Registry::new(Duration::from_secs(60), "cp-test".into());
         let shutdown = CancellationToken::new();
-        let first = registry.connect(hello("gw-1", 3), &shutdown);
-        let second = registry.connect(hello("gw-1", 5), &shutdown);
+        let first = registry
+            .connect(hello("gw-1", 3), StreamCredential::Shared, &shutdown)
+            .unwrap();
+        let second = registry
+            .connect(hello("gw-1", 5), StreamCredential::Shared, &shutdown)
+            .unwrap();
         assert!(first.stop.is_cancelled() && first.was_replaced());
         assert!(!second.stop.is_cancelled());
         // The old stream's late ack and disconnect do not touch the new one's entry.
@@ -570,7 +729,9 @@ mod tests {
     async fn disconnected_gateways_are_dropped_after_the_timeout_and_their_bound() {
         let shutdown = CancellationToken::new();
         let registry = Registry::new(Duration::ZERO, "cp-test".into());
-        let session = registry.connect(hello("gw-1", 0), &shutdown);
+        let session = registry
+            .connect(hello("gw-1", 0), StreamCredential::Shared, &shutdown)
+            .unwrap();
         assert_eq!(
             registry.list().len(),
             1,
@@ -583,7 +744,9 @@ mod tests {
         assert!(registry.list().is_empty());
 
         let registry = Registry::new(Duration::from_secs(300), "cp-test".into());
-        let session = registry.connect(hello("gw-2", 0), &shutdown);
+        let session = registry
+            .connect(hello("gw-2", 0), StreamCredential::Shared, &shutdown)
+            .unwrap();
         registry.disconnect(&session);
         tokio::time::advance(Duration::from_secs(120)).await;
         let list = registry.list();
@@ -597,8 +760,12 @@ mod tests {
     async fn wait_returns_once_every_connected_gateway_has_acked() {
         let shutdown = CancellationToken::new();
         let registry = Arc::new(Registry::new(Duration::from_secs(300), "cp-test".into()));
-        let a = registry.connect(hello("a", 3), &shutdown);
-        let b = registry.connect(hello("b", 3), &shutdown);
+        let a = registry
+            .connect(hello("a", 3), StreamCredential::Shared, &shutdown)
+            .unwrap();
+        let b = registry
+            .connect(hello("b", 3), StreamCredential::Shared, &shutdown)
+            .unwrap();
         let waiter = {
             let registry = Arc::clone(&registry);
             tokio::spawn(async move {
@@ -623,8 +790,12 @@ mod tests {
     async fn wait_times_out_naming_the_gateways_that_did_not_ack() {
         let shutdown = CancellationToken::new();
         let registry = Registry::new(Duration::from_secs(300), "cp-test".into());
-        let a = registry.connect(hello("a", 3), &shutdown);
-        registry.connect(hello("b", 3), &shutdown);
+        let a = registry
+            .connect(hello("a", 3), StreamCredential::Shared, &shutdown)
+            .unwrap();
+        registry
+            .connect(hello("b", 3), StreamCredential::Shared, &shutdown)
+            .unwrap();
         registry.ack(&a, Revision(4));
         let outcome = registry.wait_for(Revision(4), Duration::from_secs(2)).await;
         assert!(!outcome.complete);
@@ -640,10 +811,14 @@ mod tests {
         let registry = Registry::new(Duration::from_secs(300), "cp-test".into());
         let mut lost = hello("lost", 3);
         lost.propagation_bound = Some(Duration::from_secs(5));
-        let session = registry.connect(lost, &shutdown);
+        let session = registry
+            .connect(lost, StreamCredential::Shared, &shutdown)
+            .unwrap();
         let mut serving = hello("serving-when-stale", 3);
         serving.stale_policy = "serve".into();
-        let serve_session = registry.connect(serving, &shutdown);
+        let serve_session = registry
+            .connect(serving, StreamCredential::Shared, &shutdown)
+            .unwrap();
         registry.disconnect(&session);
         registry.disconnect(&serve_session);
 
@@ -660,7 +835,9 @@ mod tests {
         let registry = Registry::new(Duration::from_secs(300), "cp-test".into());
         let mut lost = hello("lost", 3);
         lost.propagation_bound = Some(Duration::from_secs(5));
-        let session = registry.connect(lost, &shutdown);
+        let session = registry
+            .connect(lost, StreamCredential::Shared, &shutdown)
+            .unwrap();
         registry.disconnect(&session);
         let outcome = registry
             .wait_for(Revision(4), Duration::from_secs(60))
@@ -693,6 +870,7 @@ mod tests {
                 staleness_ms: Some(5),
                 propagation_bound_ms: 60_000,
                 stale_policy: "fail-closed".into(),
+                credential: "shared".into(),
             },
             replica_seen_unix_ms,
         }
@@ -702,7 +880,9 @@ mod tests {
     async fn gateways_of_other_replicas_count_for_wait_and_are_listed() {
         let shutdown = CancellationToken::new();
         let registry = Arc::new(Registry::new(Duration::from_secs(300), "cp-test".into()));
-        let local = registry.connect(hello("local", 3), &shutdown);
+        let local = registry
+            .connect(hello("local", 3), StreamCredential::Shared, &shutdown)
+            .unwrap();
         let now = now_unix_ms();
         // Our own row, read back from the store, is ignored: the local entry is the truth.
         registry.set_remote(
@@ -759,12 +939,139 @@ mod tests {
         assert_eq!(outcome.elapsed, Duration::from_secs(31));
     }
 
+    fn token(name: &str, hash: u8) -> StreamCredential {
+        StreamCredential::Token {
+            name: name.into(),
+            token_hash: [hash; 32],
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_named_token_serves_one_live_stream_at_a_time() {
+        let shutdown = CancellationToken::new();
+        let registry = Registry::new(Duration::from_secs(300), "cp-test".into());
+        let first = registry
+            .connect(hello("gw-a", 3), token("gw-a", 1), &shutdown)
+            .unwrap();
+        assert_eq!(registry.list()[0].credential, "token:gw-a");
+
+        // While the first is heard from, a second stream with the token is refused, and the
+        // first goes on undisturbed.
+        for _ in 0..3 {
+            tokio::time::advance(LIVE_WINDOW - Duration::from_secs(1)).await;
+            registry.seen(&first);
+            let refused = registry
+                .connect(hello("gw-a", 3), token("gw-a", 1), &shutdown)
+                .unwrap_err();
+            assert_eq!(refused.credential, "token:gw-a");
+            assert_eq!(refused.replica_id, None);
+            assert!(!first.stop.is_cancelled());
+        }
+
+        // Silent for the whole window (a half-open stream of a restarted gateway): the new
+        // stream takes over, as any reconnect does.
+        tokio::time::advance(LIVE_WINDOW).await;
+        let second = registry
+            .connect(hello("gw-a", 3), token("gw-a", 1), &shutdown)
+            .unwrap();
+        assert!(first.was_replaced() && first.stop.is_cancelled());
+
+        // A stream that ended frees the token at once.
+        registry.disconnect(&second);
+        let third = registry
+            .connect(hello("gw-a", 3), token("gw-a", 1), &shutdown)
+            .unwrap();
+        assert!(!second.was_replaced());
+        assert!(!third.stop.is_cancelled());
+
+        // The shared token and certificates keep the newest-stream-wins rule.
+        let shared = registry
+            .connect(hello("gw-b", 3), StreamCredential::Shared, &shutdown)
+            .unwrap();
+        registry
+            .connect(hello("gw-b", 3), StreamCredential::Shared, &shutdown)
+            .unwrap();
+        assert!(shared.was_replaced());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_live_on_another_replica_is_refused_here() {
+        let shutdown = CancellationToken::new();
+        let registry = Registry::new(Duration::from_secs(300), "cp-test".into());
+        let now = now_unix_ms();
+        let mut row = published("gw-a", "cp-other", 3, now);
+        row.record.credential = "token:gw-a".into();
+        row.record.last_seen_unix_ms = now - 1_000;
+        registry.set_remote(vec![row.clone()], now);
+        let refused = registry
+            .connect(hello("gw-a", 3), token("gw-a", 1), &shutdown)
+            .unwrap_err();
+        assert_eq!(refused.replica_id.as_deref(), Some("cp-other"));
+        assert!(refused.heard_ago >= Duration::from_secs(1), "{refused:?}");
+
+        // Another credential of the same gateway is not that token's stream.
+        let mut other = row.clone();
+        other.record.credential = "shared".into();
+        registry.set_remote(vec![other], now);
+        assert!(
+            registry
+                .connect(hello("gw-a", 3), token("gw-a", 1), &shutdown)
+                .is_ok()
+        );
+
+        // Not heard from for the whole window there: the gateway may move here.
+        let registry = Registry::new(Duration::from_secs(300), "cp-test".into());
+        row.record.last_seen_unix_ms = now - 6_000;
+        registry.set_remote(vec![row], now);
+        assert!(
+            registry
+                .connect(hello("gw-a", 3), token("gw-a", 1), &shutdown)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn revoking_a_token_ends_only_its_open_streams() {
+        let shutdown = CancellationToken::new();
+        let registry = Registry::new(Duration::from_secs(300), "cp-test".into());
+        assert!(!registry.has_token_streams());
+        let a = registry
+            .connect(hello("gw-a", 3), token("gw-a", 1), &shutdown)
+            .unwrap();
+        let b = registry
+            .connect(hello("gw-b", 3), token("gw-b", 2), &shutdown)
+            .unwrap();
+        let shared = registry
+            .connect(hello("gw-c", 3), StreamCredential::Shared, &shutdown)
+            .unwrap();
+        assert!(registry.has_token_streams());
+        assert_eq!(
+            registry.end_token_streams(|hash| *hash == [1; 32]),
+            ["gw-a"]
+        );
+        assert!(a.was_revoked() && a.stop.is_cancelled());
+        assert!(!b.stop.is_cancelled() && !shared.stop.is_cancelled());
+        registry.disconnect(&a);
+        // An ended stream is not ended twice.
+        assert_eq!(
+            registry.end_token_streams(|_| true),
+            ["gw-b"],
+            "the shared stream has no token to revoke"
+        );
+        registry.disconnect(&b);
+        assert!(!registry.has_token_streams());
+    }
+
     #[test]
     fn shutdown_stops_every_session() {
         let shutdown = CancellationToken::new();
         let registry = Registry::new(Duration::from_secs(60), "cp-test".into());
-        let a = registry.connect(hello("a", 0), &shutdown);
-        let b = registry.connect(hello("b", 0), &shutdown);
+        let a = registry
+            .connect(hello("a", 0), StreamCredential::Shared, &shutdown)
+            .unwrap();
+        let b = registry
+            .connect(hello("b", 0), StreamCredential::Shared, &shutdown)
+            .unwrap();
         shutdown.cancel();
         assert!(a.stop.is_cancelled() && b.stop.is_cancelled());
         assert!(!a.was_replaced());

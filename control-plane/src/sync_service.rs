@@ -1,6 +1,14 @@
 //! The Sync gRPC service: one replication stream per gateway, and point lookups of keys that
-//! have not reached a gateway yet. The gateway-token check runs before any method, as an
-//! interceptor (see `auth`).
+//! have not reached a gateway yet. Authentication runs before any method, in the layer around
+//! the service (`auth::layer`), which leaves the [`GatewayCredential`] in the request.
+//!
+//! Who may be which gateway: the shared `--gateway-token` may say hello as any id; a named
+//! gateway token only as the id it is bound to, and with a client CA only as the id the
+//! client certificate names (a Hello claiming another is PERMISSION_DENIED, counted in
+//! `keygate_sync_refused_total{reason}`). A named token serves one live stream at a time (see
+//! `registry`). Acks carry no gateway id: they count for the id the stream said hello as, so a
+//! gateway cannot ack for another. A revoked token's streams end at once on the replica that
+//! revoked it, and within [`TOKEN_RECHECK_INTERVAL`] on every other ([`recheck_tokens`]).
 //!
 //! Each stream is two tasks sharing one bounded outbound channel:
 //! - the writer sends the snapshot or the missed events, then follows the head of the event
@@ -38,9 +46,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::GatewayCredential;
 use crate::event_log::EventLog;
 use crate::metrics;
-use crate::registry::{GatewayHello, Registry, Session};
+use crate::registry::{GatewayHello, Registry, Session, StreamCredential};
 use crate::store::{LogBounds, SessionState, Store};
 
 /// Most keys in one snapshot chunk.
@@ -54,6 +63,10 @@ const MAX_MESSAGE_BYTES: usize = 1 << 20;
 const MAX_GATEWAY_ID_CHARS: usize = 128;
 /// Longest region, version or address in a hello, in characters.
 const MAX_HELLO_FIELD_CHARS: usize = 256;
+/// How often each replica checks that the named tokens of its open streams still exist, so a
+/// token revoked through another replica ends its streams here within this (new calls with it
+/// fail at once everywhere: every call looks its token up).
+pub const TOKEN_RECHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Timing and buffering of sync streams.
 #[derive(Debug, Clone)]
@@ -129,6 +142,7 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         request: Request<Streaming<pb::GatewayMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        let credential = authenticated(&request)?;
         let connection = request.extensions().get::<ConnectInfo>();
         let remote = connection.and_then(|info| info.remote);
         let certified_id = self.shared.certified_gateway(connection, remote)?;
@@ -139,7 +153,10 @@ impl pb::sync_server::Sync for SyncService {
             request.into_inner(),
             tx,
             remote,
-            certified_id,
+            Credentials {
+                presented: credential,
+                certified_id,
+            },
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -148,6 +165,7 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         request: Request<pb::LookupKeyRequest>,
     ) -> Result<Response<pb::LookupKeyResponse>, Status> {
+        authenticated(&request)?;
         let connection = request.extensions().get::<ConnectInfo>();
         self.shared
             .certified_gateway(connection, connection.and_then(|info| info.remote))?;
@@ -175,6 +193,77 @@ impl pb::sync_server::Sync for SyncService {
     }
 }
 
+/// The credential the authentication layer found for `request`. Every call passes that layer;
+/// should one not have, it is refused (fail closed).
+fn authenticated<T>(request: &Request<T>) -> Result<GatewayCredential, Status> {
+    request
+        .extensions()
+        .get::<GatewayCredential>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("missing bearer token"))
+}
+
+/// What a stream's gateway proved about itself: its bearer token and, with a client CA, the id
+/// its certificate names.
+struct Credentials {
+    presented: GatewayCredential,
+    certified_id: Option<String>,
+}
+
+impl Credentials {
+    /// Refuses a Hello for `claimed` when a credential names another gateway id.
+    fn check_claim(
+        &self,
+        claimed: &str,
+        remote: Option<std::net::SocketAddr>,
+    ) -> Result<(), Status> {
+        if let Some(certified) = &self.certified_id
+            && certified != claimed
+        {
+            tracing::warn!(
+                certificate = %certified,
+                claimed = %claimed,
+                remote = ?remote,
+                "sync refused: the Hello claims another gateway id than the client certificate names"
+            );
+            metrics::sync_refused("identity_mismatch");
+            return Err(Status::permission_denied(format!(
+                "the client certificate identifies gateway {certified:?}, but the Hello claims {claimed:?}"
+            )));
+        }
+        if let GatewayCredential::Token(token) = &self.presented
+            && token.gateway_id != claimed
+        {
+            tracing::warn!(
+                token = %token.name,
+                bound_to = %token.gateway_id,
+                claimed = %claimed,
+                remote = ?remote,
+                "sync refused: the Hello claims another gateway id than its gateway token is bound to"
+            );
+            metrics::sync_refused("credential_mismatch");
+            return Err(Status::permission_denied(format!(
+                "the gateway token {:?} is bound to gateway {:?}, but the Hello claims {claimed:?}",
+                token.name, token.gateway_id
+            )));
+        }
+        Ok(())
+    }
+
+    /// The credential the registry records for the stream: the named token when there is one
+    /// (it is what a revocation ends), else the certificate, else the shared token.
+    fn for_registry(&self) -> StreamCredential {
+        match (&self.presented, &self.certified_id) {
+            (GatewayCredential::Token(token), _) => StreamCredential::Token {
+                name: token.name.clone(),
+                token_hash: token.token_hash,
+            },
+            (GatewayCredential::Shared, Some(id)) => StreamCredential::Certificate(id.clone()),
+            (GatewayCredential::Shared, None) => StreamCredential::Shared,
+        }
+    }
+}
+
 impl Shared {
     /// The gateway id the connection's client certificate names, when this control plane
     /// requires one (mutual TLS); `None` when it does not. A connection without a verified
@@ -189,8 +278,7 @@ impl Shared {
         }
         let Some(chain) = connection.and_then(|info| info.peer_certificates.as_ref()) else {
             tracing::warn!(remote = ?remote, "sync refused: no client certificate");
-            ::metrics::counter!("keygate_sync_refused_total", "reason" => "no_client_certificate")
-                .increment(1);
+            metrics::sync_refused("no_client_certificate");
             return Err(Status::unauthenticated(
                 "this control plane requires a client certificate (mutual TLS): set the gateway's client_cert and client_key",
             ));
@@ -202,8 +290,7 @@ impl Shared {
             Some(id) => Ok(Some(id)),
             None => {
                 tracing::warn!(remote = ?remote, "sync refused: the client certificate names no DNS or URI SAN");
-                ::metrics::counter!("keygate_sync_refused_total", "reason" => "certificate_without_name")
-                    .increment(1);
+                metrics::sync_refused("certificate_without_name");
                 Err(Status::unauthenticated(
                     "the client certificate names no DNS or URI subject alternative name to identify the gateway",
                 ))
@@ -229,7 +316,7 @@ async fn run_stream(
     mut inbound: Streaming<pb::GatewayMessage>,
     tx: Outbound,
     remote: Option<std::net::SocketAddr>,
-    certified_id: Option<String>,
+    credentials: Credentials,
 ) {
     let hello = match tokio::time::timeout(shared.settings.hello_timeout, inbound.next()).await {
         Err(_) => {
@@ -258,26 +345,42 @@ async fn run_stream(
             return;
         }
     };
-    if let Some(certified) = certified_id
-        && certified != hello.id
-    {
-        tracing::warn!(
-            certificate = %certified,
-            claimed = %hello.id,
-            remote = ?remote,
-            "sync refused: the Hello claims another gateway id than the client certificate names"
-        );
-        ::metrics::counter!("keygate_sync_refused_total", "reason" => "identity_mismatch")
-            .increment(1);
-        let status = Status::permission_denied(format!(
-            "the client certificate identifies gateway {certified:?}, but the Hello claims {:?}",
-            hello.id
-        ));
+    if let Err(status) = credentials.check_claim(&hello.id, remote) {
         let _ = tx.try_send(Err(status));
         return;
     }
     let applied = hello.applied;
-    let session = shared.registry.connect(hello.clone(), &shared.shutdown);
+    let credential = credentials.for_registry();
+    let session = match shared
+        .registry
+        .connect(hello.clone(), credential.clone(), &shared.shutdown)
+    {
+        Ok(session) => session,
+        Err(in_use) => {
+            let heard_ms = u64::try_from(in_use.heard_ago.as_millis()).unwrap_or(u64::MAX);
+            let replica = in_use.replica_id.as_deref().unwrap_or("this one");
+            tracing::warn!(
+                gateway_id = %hello.id,
+                credential = %in_use.credential,
+                heard_ms,
+                replica,
+                remote = ?remote,
+                "sync refused: a live stream already uses this gateway token"
+            );
+            metrics::sync_refused("credential_in_use");
+            let status = Status::already_exists(format!(
+                "a live sync stream of gateway {:?} already uses {} (heard from {heard_ms} ms ago, \
+                 on control-plane replica {replica}); a gateway token serves one connection at a \
+                 time: is another gateway using this one's token? A restarted gateway is let in \
+                 once its old stream has been silent for {} s",
+                hello.id,
+                in_use.credential,
+                crate::registry::LIVE_WINDOW.as_secs()
+            ));
+            let _ = tx.try_send(Err(status));
+            return;
+        }
+    };
     let _registered = Registered {
         registry: Arc::clone(&shared.registry),
         session: session.clone(),
@@ -289,6 +392,7 @@ async fn run_stream(
         log_id = %gateway_log,
         applied = %applied,
         remote = ?remote,
+        credential = ?credential,
         "gateway connected"
     );
 
@@ -304,6 +408,9 @@ async fn run_stream(
 
     let farewell = match end {
         End::Failed(status) => Some(status),
+        End::Stopped if session.was_revoked() => Some(Status::unauthenticated(
+            "the gateway token this stream authenticated with was revoked",
+        )),
         End::Stopped if session.was_replaced() => Some(Status::aborted(
             "replaced by a newer sync stream with the same gateway id",
         )),
@@ -331,6 +438,47 @@ struct Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         self.registry.disconnect(&self.session);
+    }
+}
+
+/// Ends this replica's streams whose named gateway token no longer exists (revoked through any
+/// replica), every [`TOKEN_RECHECK_INTERVAL`] until `stop`. One store read per round, and
+/// none while no open stream used a named token. A store that cannot be read ends nothing:
+/// the replica cannot vouch for its gateways then anyway (no pongs), so they go stale.
+pub async fn recheck_tokens(
+    registry: Arc<Registry>,
+    store: Arc<dyn Store>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(TOKEN_RECHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if !registry.has_token_streams() {
+            continue;
+        }
+        let tokens = match store.list_tokens().await {
+            Ok(tokens) => tokens,
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(%error, "cannot check the gateway tokens of open sync streams");
+                }
+                failing = true;
+                continue;
+            }
+        };
+        failing = false;
+        let live: std::collections::HashSet<[u8; 32]> =
+            tokens.into_iter().map(|token| token.token_hash).collect();
+        let ended = registry.end_token_streams(|hash| !live.contains(hash));
+        if !ended.is_empty() {
+            metrics::token_streams_ended(ended.len());
+            tracing::warn!(gateways = ?ended, "ended the sync streams of revoked gateway tokens");
+        }
     }
 }
 
@@ -566,6 +714,7 @@ enum SessionEntry {
 }
 
 impl SessionEntry {
+    /// Every entry of `state`.
     fn all(state: &SessionState) -> impl Iterator<Item = Self> + '_ {
         let keys = state
             .signing_keys
@@ -912,6 +1061,71 @@ mod tests {
         assert!(!shared.pong_heads.failing.load(Ordering::Acquire));
     }
 
+    /// A token revoked elsewhere (here: straight in the store, as another replica would) ends
+    /// the streams that used it at the next check; streams of live tokens and of the shared
+    /// token go on.
+    #[tokio::test]
+    async fn streams_of_tokens_revoked_elsewhere_end_at_the_next_check() {
+        use crate::store::sqlite::SqliteStore;
+        use crate::store::{NewToken, TokenStore};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(
+            &dir.path().join("db"),
+            Arc::new(crate::store::suite::Recorder::default()),
+        )
+        .await
+        .unwrap();
+        for (name, hash) in [("gw-a", 1), ("gw-b", 2)] {
+            let token = NewToken {
+                name: name.into(),
+                token_hash: [hash; 32],
+                scopes: Vec::new(),
+                gateway_id: Some(name.into()),
+            };
+            store.create_token(token, "admin").await.unwrap();
+        }
+        let registry = Arc::new(Registry::new(Duration::from_secs(60), "cp-test".into()));
+        let shutdown = CancellationToken::new();
+        let hello = |id: &str| GatewayHello {
+            id: id.into(),
+            region: String::new(),
+            address: String::new(),
+            version: String::new(),
+            applied: Revision::ZERO,
+            propagation_bound: None,
+            stale_policy: String::new(),
+        };
+        let token = |name: &str, hash: u8| StreamCredential::Token {
+            name: name.into(),
+            token_hash: [hash; 32],
+        };
+        let a = registry
+            .connect(hello("gw-a"), token("gw-a", 1), &shutdown)
+            .unwrap();
+        let b = registry
+            .connect(hello("gw-b"), token("gw-b", 2), &shutdown)
+            .unwrap();
+        let shared = registry
+            .connect(hello("gw-c"), StreamCredential::Shared, &shutdown)
+            .unwrap();
+        store.revoke_token("gw-b", "admin").await.unwrap();
+
+        let checker = tokio::spawn(recheck_tokens(
+            Arc::clone(&registry),
+            Arc::new(store),
+            shutdown.clone(),
+        ));
+        tokio::time::timeout(Duration::from_secs(10), b.stop.cancelled())
+            .await
+            .unwrap();
+        // Decided in the same round as gw-b's end.
+        assert!(b.was_revoked());
+        assert!(!a.stop.is_cancelled() && !shared.stop.is_cancelled());
+        shutdown.cancel();
+        checker.await.unwrap();
+    }
+
     /// A gateway that never reads fills its channel and has its stream ended, while another
     /// stream over the same log receives every event.
     #[tokio::test]
@@ -956,7 +1170,10 @@ mod tests {
             stale_policy: String::new(),
         };
         let (slow_tx, _slow_rx) = mpsc::channel(2);
-        let slow_session = shared.registry.connect(hello("slow"), &shutdown);
+        let slow_session = shared
+            .registry
+            .connect(hello("slow"), StreamCredential::Shared, &shutdown)
+            .unwrap();
         let slow = {
             let shared = Arc::clone(&shared);
             tokio::spawn(async move {
@@ -971,7 +1188,10 @@ mod tests {
             })
         };
         let (fast_tx, mut fast_rx) = mpsc::channel(2);
-        let fast_session = shared.registry.connect(hello("fast"), &shutdown);
+        let fast_session = shared
+            .registry
+            .connect(hello("fast"), StreamCredential::Shared, &shutdown)
+            .unwrap();
         let fast = {
             let shared = Arc::clone(&shared);
             tokio::spawn(async move {

@@ -1,6 +1,6 @@
 //! The rules of the operator operations on users and their passkeys: create, disable and
-//! enable users, issue enrollment links, list and revoke passkeys, sign a user out everywhere,
-//! rotate the session signing key. The gRPC layer converts wire messages to the types here; the
+//! enable users, issue, list and revoke enrollment links, list and revoke passkeys, sign a
+//! user out everywhere, list, rotate and revoke session signing keys. The gRPC layer converts wire messages to the types here; the
 //! store makes each operation one transaction with its events and audit row.
 
 use std::time::Duration;
@@ -11,8 +11,9 @@ use keygate_proto::time::now_unix_ms;
 use crate::ids;
 use crate::sessions::Sessions;
 use crate::store::{
-    EnrollmentCreated, NewEnrollment, PasskeyRecord, PasskeyRemoval, PasskeyRemoved, Rotated,
-    Store, StoreError, UserChanged, UserCreated, UserRecord,
+    EnrollmentCreated, EnrollmentRecord, EnrollmentRevoked, NewEnrollment, PasskeyRecord,
+    PasskeyRemoval, PasskeyRemoved, Rotated, SigningKeyRecord, SigningKeyRevoked, Store,
+    StoreError, UserChanged, UserCreated, UserRecord,
 };
 
 /// Longest user id, in characters.
@@ -23,6 +24,11 @@ pub const MAX_PASSKEY_NAME_CHARS: usize = 64;
 pub const DEFAULT_ENROLLMENT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Longest an enrollment link may work.
 pub const MAX_ENROLLMENT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Longest enrollment id accepted (ours are `enr_` and 22 digits); longer ones are refused
+/// before the store is asked.
+const MAX_ENROLLMENT_ID_CHARS: usize = 64;
+/// Longest signing key id accepted (ours are `sk_` and 22 digits).
+const MAX_SIGNING_KEY_ID_CHARS: usize = 64;
 
 /// Why an operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +122,8 @@ impl Users {
         }
     }
 
-    /// Enables or disables a user; a disable revokes every session issued until now.
+    /// Enables or disables a user; a disable revokes every session issued until now and voids
+    /// every open enrollment link of theirs (enabling again revives none).
     pub async fn set_enabled(
         &self,
         user_id: &str,
@@ -165,6 +172,43 @@ impl Users {
                 "user {user_id:?} is disabled; enable them first"
             ))),
         }
+    }
+
+    /// The user's enrollment links in every state, newest first.
+    pub async fn list_enrollments(
+        &self,
+        user_id: &str,
+    ) -> Result<Vec<EnrollmentRecord>, UserError> {
+        check_user_id(user_id)?;
+        if self.store.get_user(user_id).await?.is_none() {
+            return Err(unknown_user(user_id));
+        }
+        Ok(self.store.list_enrollments(user_id).await?)
+    }
+
+    /// Revokes an open enrollment link; one used, expired, revoked or voided already is left
+    /// as it is (`changed` false), which is not an error.
+    pub async fn revoke_enrollment(
+        &self,
+        enrollment_id: &str,
+        actor: &str,
+    ) -> Result<EnrollmentRevoked, UserError> {
+        let chars = enrollment_id.chars().count();
+        if chars == 0
+            || chars > MAX_ENROLLMENT_ID_CHARS
+            || enrollment_id.chars().any(char::is_control)
+        {
+            return Err(UserError::InvalidArgument(format!(
+                "an enrollment id is 1 to {MAX_ENROLLMENT_ID_CHARS} characters without control \
+                 characters, like enr_…"
+            )));
+        }
+        self.store
+            .revoke_enrollment(enrollment_id, actor)
+            .await?
+            .ok_or_else(|| {
+                UserError::NotFound(format!("enrollment link {enrollment_id:?} not found"))
+            })
     }
 
     /// The user's passkeys, oldest first.
@@ -217,6 +261,34 @@ impl Users {
     /// tokens have expired.
     pub async fn rotate_signing_key(&self, actor: &str) -> Result<Rotated, UserError> {
         Ok(self.sessions.rotate(actor).await?)
+    }
+
+    /// Every session signing key still kept (current, retired, revoked), newest first.
+    pub async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, UserError> {
+        Ok(self.sessions.signing_keys().await?)
+    }
+
+    /// Revokes a session signing key: every session it signed is refused (REVOKED). Revoking
+    /// the current key makes a new one current in the same transaction. A key revoked before
+    /// is [`SigningKeyRevoked::AlreadyRevoked`], not an error; an unknown one is `NotFound`.
+    pub async fn revoke_signing_key(
+        &self,
+        key_id: &str,
+        actor: &str,
+    ) -> Result<SigningKeyRevoked, UserError> {
+        let chars = key_id.chars().count();
+        if chars == 0 || chars > MAX_SIGNING_KEY_ID_CHARS || key_id.chars().any(char::is_control) {
+            return Err(UserError::InvalidArgument(format!(
+                "a signing key id is 1 to {MAX_SIGNING_KEY_ID_CHARS} characters without control \
+                 characters, like sk_… (see `keygate signing-keys list`)"
+            )));
+        }
+        match self.sessions.revoke_signing_key(key_id, actor).await? {
+            SigningKeyRevoked::NotFound => Err(UserError::NotFound(format!(
+                "signing key {key_id:?} not found (see `keygate signing-keys list`)"
+            ))),
+            outcome => Ok(outcome),
+        }
     }
 }
 

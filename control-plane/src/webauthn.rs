@@ -4,14 +4,14 @@
 //! Passkeys only: user verification is required in both ceremonies (the library's passkey
 //! flows insist on it), the origin must be exactly the configured one (port included), and
 //! registration asks for a discoverable credential, so that a user can sign in without typing
-//! a user id. The library's serialised credential is what the store keeps; from it come the
-//! counter and the backup flags.
+//! a user id. Sign-in is always discoverable (no list of the user's credentials in the
+//! options), so its options look the same whoever is named. The library's serialised
+//! credential is what the store keeps; from it come the counter and the backup flags.
 
 use serde_json::Value;
 use webauthn_rs::prelude::{
-    Credential, DiscoverableAuthentication, Passkey, PasskeyAuthentication, PasskeyRegistration,
-    PublicKeyCredential, RegisterPublicKeyCredential, Url, Uuid, Webauthn, WebauthnBuilder,
-    WebauthnError,
+    Credential, DiscoverableAuthentication, Passkey, PasskeyRegistration, PublicKeyCredential,
+    RegisterPublicKeyCredential, Url, Uuid, Webauthn, WebauthnBuilder, WebauthnError,
 };
 
 use crate::store::{PasskeyRecord, UpdatedCredential, UserRecord};
@@ -114,14 +114,13 @@ pub struct VerifiedPasskey {
     pub backed_up: bool,
 }
 
-/// The state of an authentication ceremony between begin and finish.
+/// The state of an authentication ceremony between begin and finish. Always discoverable: any
+/// of the site's passkeys may answer, naming its user by the user handle. (A sign-in for a
+/// named user once listed that user's credentials in the options, which told anyone who asked
+/// whether the user existed and which passkeys they had.)
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub enum LoginState {
-    /// No user named: any of the site's discoverable credentials may answer.
-    Discoverable(DiscoverableAuthentication),
-    /// Only the named user's passkeys may answer.
-    ForUser(PasskeyAuthentication),
-}
+#[serde(transparent)]
+pub struct LoginState(DiscoverableAuthentication);
 
 /// The relying party.
 pub struct RelyingParty {
@@ -220,39 +219,15 @@ impl RelyingParty {
         })
     }
 
-    /// Starts an authentication: for the given user's passkeys, or (None) discoverable.
-    /// Returns the `publicKey` request options for `navigator.credentials.get`.
-    pub fn start_authentication(
-        &self,
-        passkeys: Option<&[PasskeyRecord]>,
-    ) -> Result<(Value, LoginState), CeremonyError> {
-        let (options, state) = match passkeys {
-            Some(passkeys) if !passkeys.is_empty() => {
-                let credentials = passkeys
-                    .iter()
-                    .map(stored_passkey)
-                    .collect::<Result<Vec<_>, _>>()?;
-                let (options, state) = self
-                    .webauthn
-                    .start_passkey_authentication(&credentials)
-                    .map_err(|e| ceremony_error(&e, Ceremony::Authentication))?;
-                (
-                    serde_json::to_value(&options).map_err(internal)?,
-                    LoginState::ForUser(state),
-                )
-            }
-            _ => {
-                let (options, state) = self
-                    .webauthn
-                    .start_discoverable_authentication()
-                    .map_err(|e| ceremony_error(&e, Ceremony::Authentication))?;
-                (
-                    serde_json::to_value(&options).map_err(internal)?,
-                    LoginState::Discoverable(state),
-                )
-            }
-        };
-        Ok((take_public_key(options), state))
+    /// Starts a discoverable authentication. Returns the `publicKey` request options for
+    /// `navigator.credentials.get`.
+    pub fn start_authentication(&self) -> Result<(Value, LoginState), CeremonyError> {
+        let (options, state) = self
+            .webauthn
+            .start_discoverable_authentication()
+            .map_err(|e| ceremony_error(&e, Ceremony::Authentication))?;
+        let options = serde_json::to_value(&options).map_err(internal)?;
+        Ok((take_public_key(options), LoginState(state)))
     }
 
     /// Which credential (and, for a discoverable one, which user handle) answered.
@@ -272,15 +247,10 @@ impl RelyingParty {
         passkey: &PasskeyRecord,
     ) -> Result<Option<UpdatedCredential>, CeremonyError> {
         let mut stored = stored_passkey(passkey)?;
-        let result = match state {
-            LoginState::Discoverable(state) => self
-                .webauthn
-                .finish_discoverable_authentication_v2(credential, state, &stored),
-            LoginState::ForUser(state) => self
-                .webauthn
-                .finish_passkey_authentication(credential, &state),
-        }
-        .map_err(|e| ceremony_error(&e, Ceremony::Authentication))?;
+        let result = self
+            .webauthn
+            .finish_discoverable_authentication_v2(credential, state.0, &stored)
+            .map_err(|e| ceremony_error(&e, Ceremony::Authentication))?;
         if !result.user_verified() {
             return Err(ceremony_error(
                 &WebauthnError::UserNotVerified,
@@ -384,8 +354,7 @@ mod tests {
     #[test]
     fn authentication_options_require_user_verification() {
         let rp = RelyingParty::new("localhost", "http://localhost:7080").unwrap();
-        let (options, state) = rp.start_authentication(None).unwrap();
-        assert!(matches!(state, LoginState::Discoverable(_)));
+        let (options, _state) = rp.start_authentication().unwrap();
         assert_eq!(options["userVerification"], "required");
         assert_eq!(options["rpId"], "localhost");
         let empty = options["allowCredentials"]

@@ -209,10 +209,19 @@ async fn wrong_or_missing_gateway_tokens_are_refused() {
     let missing = cp.open_stream(None).await.err().unwrap();
     assert_eq!(missing.code(), Code::Unauthenticated);
     assert_eq!(missing.message(), "missing bearer token");
-    for wrong in ["not-the-gateway-token", ADMIN_TOKEN] {
+    for (wrong, message) in [
+        (
+            "not-the-gateway-token",
+            "invalid gateway token (unknown or revoked)",
+        ),
+        (
+            ADMIN_TOKEN,
+            "this is an operator token: the Sync service takes a gateway token",
+        ),
+    ] {
         let status = cp.open_stream(Some(wrong)).await.err().unwrap();
         assert_eq!(status.code(), Code::Unauthenticated);
-        assert_eq!(status.message(), "invalid gateway token");
+        assert_eq!(status.message(), message);
     }
     let mut client = cp.sync_client().await;
     let lookup = pb::LookupKeyRequest {

@@ -9,7 +9,8 @@
 //! - never a panic;
 //! - a route only gets the kinds of credential it accepts, and nothing on `none` routes;
 //! - one credential per request: a token found in a header is the only one the headers carry
-//!   (at most one `Authorization` value; every API-key value names the same token);
+//!   (at most one `Authorization` value; every API-key value names the same token); session
+//!   cookies that disagree are `Ambiguous`;
 //! - after `strip`, no credential is left for any mode (only `Ambiguous`, when two
 //!   `Authorization` values of other schemes remain), headers other than the credential
 //!   headers are untouched, and stripping again changes nothing.
@@ -193,8 +194,13 @@ fn check_found(
         _ => {}
     }
     if carrier == Carrier::Cookie {
+        // `Ambiguous`: session cookies (either name) with different values.
         assert!(
-            takes_sessions && matches!(credential, Credential::Session(_) | Credential::Unreadable)
+            takes_sessions
+                && matches!(
+                    credential,
+                    Credential::Session(_) | Credential::Unreadable | Credential::Ambiguous
+                )
         );
     }
     // One credential per request.

@@ -31,6 +31,8 @@ use keygate_proxy::{Code, Grant, Replica, Verdict, Verifier};
 use libfuzzer_sys::fuzz_target;
 
 const NOW: i64 = 1_800_000_000_000;
+/// The longest session the signing keys may sign (the control plane's default, 12 h).
+const LIFETIME: i64 = 12 * 3_600_000;
 const CURRENT_SECRET: [u8; 32] = [7; 32];
 const RETIRED_SECRET: [u8; 32] = [9; 32];
 /// The last instant RFC 3339 (four-digit years) can write: 9999-12-31T23:59:59.999Z.
@@ -52,12 +54,16 @@ static REPLICA: LazyLock<Arc<Replica>> = LazyLock::new(|| {
             public_key: CURRENT.public_key(),
             created_unix_ms: 0,
             verify_until_unix_ms: None,
+            revoked: false,
+            max_session_lifetime_ms: Some(LIFETIME),
         }),
         Change::SigningKey(SessionVerifyingKey {
             key_id: "sk_old".into(),
             public_key: RETIRED.public_key(),
             created_unix_ms: 0,
             verify_until_unix_ms: Some(NOW - 1),
+            revoked: false,
+            max_session_lifetime_ms: Some(LIFETIME),
         }),
         Change::SessionRevoked(SessionRevocation {
             session_id: "ses_revoked".into(),
@@ -237,6 +243,13 @@ fn oracle(token: &str) -> Result<SessionClaims, Code> {
     let claims = parsed.verify(&public_key).map_err(|_| Code::Malformed)?;
     if http::HeaderValue::from_str(&claims.user_id).is_err()
         || http::HeaderValue::from_str(&claims.session_id).is_err()
+    {
+        return Err(Code::Malformed);
+    }
+    // Issued beyond the clock skew, or living longer than the key's lifetime: not a token any
+    // control plane issued.
+    if claims.issued_unix_ms > NOW + session::MAX_CLOCK_SKEW_MS
+        || claims.expires_unix_ms.saturating_sub(claims.issued_unix_ms) > LIFETIME
     {
         return Err(Code::Malformed);
     }

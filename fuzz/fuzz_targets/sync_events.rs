@@ -447,6 +447,8 @@ impl ChangeInput {
                 public_key: *public_key,
                 created_unix_ms: *created,
                 verify_until_unix_ms: *until,
+                revoked: false,
+                max_session_lifetime_ms: None,
             }),
             ChangeInput::SessionRevoked {
                 id,

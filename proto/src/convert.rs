@@ -201,6 +201,8 @@ impl From<&SessionVerifyingKey> for pb::SigningKey {
             public_key: key.public_key.to_vec(),
             created_unix_ms: key.created_unix_ms,
             verify_until_unix_ms: key.verify_until_unix_ms,
+            revoked: key.revoked,
+            max_session_lifetime_ms: key.max_session_lifetime_ms,
         }
     }
 }
@@ -216,6 +218,8 @@ impl TryFrom<pb::SigningKey> for SessionVerifyingKey {
             public_key,
             created_unix_ms: key.created_unix_ms,
             verify_until_unix_ms: key.verify_until_unix_ms,
+            revoked: key.revoked,
+            max_session_lifetime_ms: key.max_session_lifetime_ms,
         })
     }
 }
@@ -269,6 +273,8 @@ mod tests {
                 public_key: [7; 32],
                 created_unix_ms: 1,
                 verify_until_unix_ms: Some(2),
+                revoked: true,
+                max_session_lifetime_ms: Some(3),
             }),
         ] {
             let event = Event {

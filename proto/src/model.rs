@@ -106,7 +106,8 @@ pub enum Change {
     SessionRevoked(SessionRevocation),
     /// A user was disabled, enabled, or signed out everywhere; replaces the user's earlier state.
     UserState(UserState),
-    /// A session signing key was added or retired; replaces the earlier record of that key id.
+    /// A session signing key was added, retired or revoked; replaces the earlier record of
+    /// that key id.
     SigningKey(SessionVerifyingKey),
 }
 
@@ -149,6 +150,14 @@ pub struct SessionVerifyingKey {
     /// Ed25519 public key.
     pub public_key: [u8; 32],
     pub created_unix_ms: i64,
-    /// Once retired: tokens signed with it verify until then. `None`: current.
+    /// Once retired: tokens signed with it verify until then. `None`: current. On a revoked
+    /// key: until when a token it signed can be unexpired, so until when receivers keep it.
     pub verify_until_unix_ms: Option<i64>,
+    /// Every token signed with it is refused (REVOKED), from the moment this is applied.
+    pub revoked: bool,
+    /// The longest session (expiry − issue time) a token verified with it may claim: the
+    /// session lifetime the key signs with, recorded when it was made and kept when it is
+    /// retired or revoked. `None` for a key made before keys recorded it (or from a control
+    /// plane older than the field): only the clock-skew check applies to its tokens.
+    pub max_session_lifetime_ms: Option<i64>,
 }

@@ -7,11 +7,18 @@
 //! shared state) and then [`UnverifiedToken::verify`] with the public key its replica holds for
 //! [`UnverifiedToken::key_id`]. Whether the session is revoked is the gateway's business, not
 //! this module's.
+//!
+//! What a verified token's times must satisfy is one rule, [`SessionClaims::check_times`],
+//! which the gateways and the control plane's own session check both apply: not issued more
+//! than [`MAX_CLOCK_SKEW_MS`] in the future, not living longer than the signing key's maximum
+//! session lifetime, not expired.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::{Signature, Signer, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
+
+use crate::time::rfc3339;
 
 /// Every v4.public token starts with this.
 pub const HEADER: &str = "v4.public.";
@@ -28,6 +35,61 @@ pub struct SessionClaims {
     pub passkey_id: String,
     pub issued_unix_ms: i64,
     pub expires_unix_ms: i64,
+}
+
+/// How far ahead of the verifier's clock a token's issue time may be (DESIGN.md, "Operator
+/// access"): the clocks of the control plane and a gateway disagree a little, never by more.
+pub const MAX_CLOCK_SKEW_MS: i64 = 60_000;
+
+/// Why a token whose signature verified is refused for its times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeRefusal {
+    /// Issued more than [`MAX_CLOCK_SKEW_MS`] after the verifier's now: no control plane with a
+    /// sane clock issued it.
+    IssuedInFuture,
+    /// Its expiry is further from its issue time than the longest session its signing key may
+    /// sign.
+    LongerThanLifetime,
+    /// Its expiry has come.
+    Expired,
+}
+
+impl TimeRefusal {
+    /// The label of metrics and log lines.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::IssuedInFuture => "issued_in_future",
+            Self::LongerThanLifetime => "longer_than_lifetime",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+impl SessionClaims {
+    /// The rule on a verified token's times, at `now_unix_ms`: not issued more than
+    /// [`MAX_CLOCK_SKEW_MS`] in the future, living (expiry − issue) no longer than
+    /// `max_lifetime_ms` (`None`: the signer did not say, no limit), and not expired (the
+    /// expiry instant itself is past). The first two say the token is not one a control plane
+    /// issued, so they are checked first.
+    #[inline]
+    pub fn check_times(
+        &self,
+        now_unix_ms: i64,
+        max_lifetime_ms: Option<i64>,
+    ) -> Result<(), TimeRefusal> {
+        if self.issued_unix_ms > now_unix_ms.saturating_add(MAX_CLOCK_SKEW_MS) {
+            return Err(TimeRefusal::IssuedInFuture);
+        }
+        if let Some(max) = max_lifetime_ms
+            && self.expires_unix_ms.saturating_sub(self.issued_unix_ms) > max
+        {
+            return Err(TimeRefusal::LongerThanLifetime);
+        }
+        if now_unix_ms >= self.expires_unix_ms {
+            return Err(TimeRefusal::Expired);
+        }
+        Ok(())
+    }
 }
 
 /// Why a token was refused before any revocation check.
@@ -210,17 +272,6 @@ fn le64(n: usize) -> [u8; 8] {
     ((n as u64) & (u64::MAX >> 1)).to_le_bytes()
 }
 
-/// The last instant RFC 3339 can write (9999-12-31T23:59:59.999Z), in Unix milliseconds.
-const MAX_RFC3339_MS: i64 = 253_402_300_799_999;
-
-/// `unix_ms` as RFC 3339, clamped to what the format can write (found by fuzzing: humantime
-/// fails past the year 9999, and `to_string` would panic on that).
-fn rfc3339(unix_ms: i64) -> String {
-    let clamped = u64::try_from(unix_ms.clamp(0, MAX_RFC3339_MS)).unwrap_or(0);
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(clamped);
-    humantime::format_rfc3339_millis(at).to_string()
-}
-
 fn parse_rfc3339(text: &str) -> Result<i64, TokenError> {
     let at = humantime::parse_rfc3339(text)
         .map_err(|_| TokenError::Malformed("time claim is not RFC 3339"))?;
@@ -234,6 +285,7 @@ fn parse_rfc3339(text: &str) -> Result<i64, TokenError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::time::MAX_RFC3339_MS;
 
     fn claims() -> SessionClaims {
         SessionClaims {
@@ -301,6 +353,53 @@ mod tests {
         assert_eq!(
             parsed.verify(&signer.public_key()),
             Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn times_are_checked_against_the_skew_the_lifetime_and_the_expiry() {
+        let now = 1_790_000_000_000;
+        let day = 86_400_000;
+        let at = |issued: i64, expires: i64| SessionClaims {
+            issued_unix_ms: issued,
+            expires_unix_ms: expires,
+            ..claims()
+        };
+        let check =
+            |claims: SessionClaims, lifetime: Option<i64>| claims.check_times(now, lifetime);
+        assert_eq!(check(at(now, now + day), Some(day)), Ok(()));
+        // Issued ahead of this clock: within the skew is fine, a millisecond more is not.
+        let skew = MAX_CLOCK_SKEW_MS;
+        assert_eq!(check(at(now + skew, now + skew + day), Some(day)), Ok(()));
+        assert_eq!(
+            check(at(now + skew + 1, now + skew + 1 + day), Some(day)),
+            Err(TimeRefusal::IssuedInFuture)
+        );
+        // Exactly the lifetime is fine; longer is not, unless the key says no lifetime.
+        assert_eq!(
+            check(at(now - 1, now + day), Some(day)),
+            Err(TimeRefusal::LongerThanLifetime)
+        );
+        assert_eq!(check(at(now - 1, now + day), None), Ok(()));
+        assert_eq!(
+            check(at(now + skew + 1, now + 2 * day), None),
+            Err(TimeRefusal::IssuedInFuture),
+            "the skew rule holds without a lifetime"
+        );
+        // Expiry is exclusive.
+        assert_eq!(
+            check(at(now - day, now), Some(day)),
+            Err(TimeRefusal::Expired)
+        );
+        assert_eq!(check(at(now - day + 1, now + 1), Some(day)), Ok(()));
+        // Extreme times saturate rather than overflow.
+        assert_eq!(
+            check(at(i64::MIN, i64::MAX), Some(day)),
+            Err(TimeRefusal::LongerThanLifetime)
+        );
+        assert_eq!(
+            at(i64::MAX, i64::MAX).check_times(i64::MAX, Some(day)),
+            Err(TimeRefusal::Expired)
         );
     }
 

@@ -2,7 +2,9 @@
 //! removing it before the request is forwarded.
 //!
 //! Looked for in this order: `Authorization: Bearer <token>`, then `X-API-Key: <key>`, then the
-//! `keygate_session` cookie; which of them count depends on the route's [`AuthMode`]. A lone
+//! session cookie (`keygate_session` or `__Host-keygate_session`: the control plane sets the
+//! `__Host-` name whenever the cookie is Secure, so both are read); which of them count depends
+//! on the route's [`AuthMode`]. A lone
 //! `Authorization` header with another scheme (e.g. `Basic`) is not ours and is left alone. A
 //! Bearer token is a session on `session` routes, an API key on `key` routes, and on
 //! `key_or_session` routes a session when it starts with `v4.public.` (keys never do).
@@ -11,6 +13,9 @@
 //! value, whatever the schemes, or header values that name different tokens (Bearer and
 //! `X-API-Key`, or two `X-API-Key`s), are [`Credential::Ambiguous`], which is MALFORMED.
 //! Otherwise the gateway would verify one value and forward another that it never checked.
+//! So are two session cookies with different values (either name, or one name twice): which
+//! one a browser lists first is up to whoever managed to set one (a sibling subdomain can
+//! plant a plain cookie, though not a `__Host-` one). The same value twice is one credential.
 //! The cookie is read only when no header carries a credential, and [`Carrier`] says so, for
 //! the CSRF check.
 
@@ -18,6 +23,10 @@ use http::header::{COOKIE, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{AuthMode, ProxyConfig, parse_header_name};
 use crate::error::ConfigError;
+
+/// The cookie-name prefix that makes a browser keep a cookie only if it is Secure, has
+/// `Path=/` and no `Domain`.
+const HOST_PREFIX: &str = "__Host-";
 
 /// The credential a request carries for a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +73,8 @@ impl<'a> Credential<'a> {
 pub struct CredentialHeaders {
     authorization: HeaderName,
     api_key: HeaderName,
-    session_cookie: String,
+    /// The session cookie's two names: the configured one and its `__Host-` twin.
+    session_cookies: [String; 2],
 }
 
 impl Default for CredentialHeaders {
@@ -72,8 +82,17 @@ impl Default for CredentialHeaders {
         Self {
             authorization: http::header::AUTHORIZATION,
             api_key: HeaderName::from_static("x-api-key"),
-            session_cookie: "keygate_session".to_owned(),
+            session_cookies: session_cookie_names("keygate_session"),
         }
+    }
+}
+
+/// `name` and its `__Host-` twin: `keygate_session` and `__Host-keygate_session`, whichever of
+/// the two is configured.
+fn session_cookie_names(name: &str) -> [String; 2] {
+    match name.strip_prefix(HOST_PREFIX) {
+        Some(bare) if !bare.is_empty() => [name.to_owned(), bare.to_owned()],
+        _ => [format!("{HOST_PREFIX}{name}"), name.to_owned()],
     }
 }
 
@@ -83,7 +102,7 @@ impl CredentialHeaders {
         Ok(Self {
             authorization: parse_header_name("authorization_header", &config.authorization_header)?,
             api_key: parse_header_name("api_key_header", &config.api_key_header)?,
-            session_cookie: config.session_cookie.clone(),
+            session_cookies: session_cookie_names(&config.session_cookie),
         })
     }
 
@@ -135,19 +154,38 @@ impl CredentialHeaders {
             (None, Some(key)) => return header(Credential::ApiKey(key)),
             (None, None) => {}
         }
-        if sessions {
-            for value in headers.get_all(COOKIE) {
-                if let Some(cookie) = cookie_value(value.as_bytes(), self.session_cookie.as_bytes())
-                {
-                    let credential = match std::str::from_utf8(cookie) {
-                        Ok(token) => Credential::Session(token),
-                        Err(_) => Credential::Unreadable,
-                    };
-                    return (credential, Carrier::Cookie);
+        if sessions && let Some(credential) = self.session_cookie(headers) {
+            return (credential, Carrier::Cookie);
+        }
+        (Credential::Missing, Carrier::Nothing)
+    }
+
+    /// The session cookie under either name, in every `Cookie` header: one value however
+    /// often it appears, else [`Credential::Ambiguous`]; `None` when there is none.
+    fn session_cookie<'a>(&self, headers: &'a HeaderMap) -> Option<Credential<'a>> {
+        let mut found: Option<&'a [u8]> = None;
+        for value in headers.get_all(COOKIE) {
+            for cookie in self.session_cookie_values(value.as_bytes()) {
+                match found {
+                    Some(seen) if seen != cookie => return Some(Credential::Ambiguous),
+                    _ => found = Some(cookie),
                 }
             }
         }
-        (Credential::Missing, Carrier::Nothing)
+        Some(match std::str::from_utf8(found?) {
+            Ok(token) => Credential::Session(token),
+            Err(_) => Credential::Unreadable,
+        })
+    }
+
+    /// The values of the session cookie, under either name, in one `Cookie` header.
+    fn session_cookie_values<'a>(&self, header: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
+        let [one, other] = &self.session_cookies;
+        header.split(|&b| b == b';').filter_map(move |pair| {
+            let pair = pair.trim_ascii();
+            cookie_pair_value(pair, one.as_bytes())
+                .or_else(|| cookie_pair_value(pair, other.as_bytes()))
+        })
     }
 
     /// Removes every credential the gateway consumes: every Bearer `Authorization` value (other
@@ -175,18 +213,17 @@ impl CredentialHeaders {
             }
         }
         headers.remove(&self.api_key);
-        let name = self.session_cookie.as_bytes();
-        if !headers
-            .get_all(COOKIE)
-            .iter()
-            .any(|value| cookie_value(value.as_bytes(), name).is_some())
-        {
+        if !headers.get_all(COOKIE).iter().any(|value| {
+            self.session_cookie_values(value.as_bytes())
+                .next()
+                .is_some()
+        }) {
             return;
         }
         let kept: Vec<Vec<u8>> = headers
             .get_all(COOKIE)
             .iter()
-            .map(|value| without_cookie(value.as_bytes(), name))
+            .map(|value| without_cookies(value.as_bytes(), &self.session_cookies))
             .filter(|value| !value.is_empty())
             .collect();
         headers.remove(COOKIE);
@@ -227,22 +264,18 @@ fn is_bearer(value: &[u8]) -> bool {
         && matches!(value.get(BEARER.len()), None | Some(b' ' | b'\t'))
 }
 
-/// The value of cookie `name` in one `Cookie` header (`a=1; b=2`).
-fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    header.split(|&b| b == b';').find_map(|pair| {
-        let pair = pair.trim_ascii();
-        let rest = pair.strip_prefix(name)?;
-        rest.strip_prefix(b"=")
-    })
+/// The value of one `name=value` pair (trimmed) if it is cookie `name`.
+fn cookie_pair_value<'a>(pair: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    pair.strip_prefix(name)?.strip_prefix(b"=")
 }
 
-/// One `Cookie` header without cookie `name`.
-fn without_cookie(header: &[u8], name: &[u8]) -> Vec<u8> {
+/// One `Cookie` header without the cookies named `names`.
+fn without_cookies(header: &[u8], names: &[String; 2]) -> Vec<u8> {
     let mut kept = Vec::with_capacity(header.len());
     for pair in header.split(|&b| b == b';').map(<[u8]>::trim_ascii) {
-        let is_session = pair
-            .strip_prefix(name)
-            .is_some_and(|rest| rest.starts_with(b"="));
+        let is_session = names
+            .iter()
+            .any(|name| cookie_pair_value(pair, name.as_bytes()).is_some());
         if pair.is_empty() || is_session {
             continue;
         }
@@ -490,6 +523,89 @@ mod tests {
             .collect();
         assert_eq!(left, vec![&b"Basic abc"[..], &b"Digest d"[..]]);
         assert!(several.get("x-api-key").is_none());
+    }
+
+    #[test]
+    fn both_cookie_names_are_read_and_conflicting_duplicates_are_ambiguous() {
+        let names = CredentialHeaders::default();
+        let secure = headers(&[("cookie", b"a=b; __Host-keygate_session=sess")]);
+        assert_eq!(
+            names.find(&secure, AuthMode::Session),
+            (Credential::Session("sess"), Carrier::Cookie)
+        );
+        let same: [&[(&str, &[u8])]; 3] = [
+            &[("cookie", b"__Host-keygate_session=s; keygate_session=s")],
+            &[
+                ("cookie", b"keygate_session=s"),
+                ("cookie", b"keygate_session=s"),
+            ],
+            &[
+                ("cookie", b"keygate_session=s"),
+                ("cookie", b"__Host-keygate_session=s"),
+            ],
+        ];
+        for pairs in same {
+            assert_eq!(
+                names.extract(&headers(pairs), AuthMode::Session),
+                Credential::Session("s"),
+                "{pairs:?}"
+            );
+        }
+        let conflicting: [&[(&str, &[u8])]; 4] = [
+            &[("cookie", b"__Host-keygate_session=s; keygate_session=t")],
+            &[("cookie", b"keygate_session=s; keygate_session=t")],
+            &[
+                ("cookie", b"keygate_session=s"),
+                ("cookie", b"keygate_session=t"),
+            ],
+            &[
+                ("cookie", b"__Host-keygate_session=s"),
+                ("cookie", b"__Host-keygate_session=t"),
+            ],
+        ];
+        for pairs in conflicting {
+            assert_eq!(
+                names.find(&headers(pairs), AuthMode::KeyOrSession),
+                (Credential::Ambiguous, Carrier::Cookie),
+                "{pairs:?}"
+            );
+        }
+        // A header credential still comes first; the cookies are then not looked at.
+        let bearer = headers(&[
+            ("authorization", b"Bearer v4.public.x"),
+            ("cookie", b"keygate_session=s; keygate_session=t"),
+        ]);
+        assert_eq!(
+            names.extract(&bearer, AuthMode::Session),
+            Credential::Session("v4.public.x")
+        );
+        let lookalike = headers(&[("cookie", b"__Host-keygate_session_old=1")]);
+        assert_eq!(
+            names.extract(&lookalike, AuthMode::Session),
+            Credential::Missing
+        );
+        // Both names are stripped before forwarding.
+        let mut map = headers(&[(
+            "cookie",
+            b"__Host-keygate_session=s; theme=dark; keygate_session=s",
+        )]);
+        names.strip(&mut map);
+        assert_eq!(
+            map.get(COOKIE).map(HeaderValue::as_bytes),
+            Some(&b"theme=dark"[..])
+        );
+    }
+
+    #[test]
+    fn a_configured_host_name_has_its_bare_twin() {
+        assert_eq!(
+            session_cookie_names("__Host-sid"),
+            ["__Host-sid".to_owned(), "sid".to_owned()]
+        );
+        assert_eq!(
+            session_cookie_names("sid"),
+            ["__Host-sid".to_owned(), "sid".to_owned()]
+        );
     }
 
     #[test]

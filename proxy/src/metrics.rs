@@ -4,6 +4,7 @@
 //! then; the request path only increments handles it already holds and never looks a metric
 //! up by name. [`prometheus_builder`] gives the histogram buckets these metrics expect.
 
+use keygate_proto::session::TimeRefusal;
 use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
@@ -39,6 +40,10 @@ pub const SESSION_CACHE: &str = "keygate_session_cache_total";
 /// Entries in the replicated session state, by set (`signing_keys`, `revoked_sessions`,
 /// `revoked_passkeys`, `users`).
 pub const SESSION_STATE: &str = "keygate_session_state_entries";
+/// Session tokens with a valid signature refused (MALFORMED) for their times, by reason
+/// (`issued_in_future`: more than the clock skew ahead; `longer_than_lifetime`: expiry − issue
+/// beyond the signing key's maximum session lifetime).
+pub const SESSION_TIME_REFUSALS: &str = "keygate_session_time_refusals_total";
 
 /// A `PrometheusBuilder` with buckets suited to the gateway's latency histograms (from 10 µs):
 /// without buckets the exporter renders histograms as summaries.
@@ -95,6 +100,8 @@ pub(crate) struct Metrics {
     session_cache: [Counter; 2],
     /// Signing keys, revoked sessions, revoked passkeys, users.
     session_state: [Gauge; 4],
+    /// Issued in the future, longer than the lifetime.
+    session_time_refusals: [Counter; 2],
 }
 
 impl Metrics {
@@ -133,6 +140,10 @@ impl Metrics {
             "Lookups in the verified session signature cache"
         );
         metrics::describe_gauge!(SESSION_STATE, "Entries in the replicated session state");
+        metrics::describe_counter!(
+            SESSION_TIME_REFUSALS,
+            "Signed session tokens refused for their times, by reason"
+        );
         Self {
             verifications: Code::ALL
                 .map(|code| metrics::counter!(VERIFICATIONS, "code" => code.as_str())),
@@ -157,6 +168,11 @@ impl Metrics {
                 "users",
             ]
             .map(|set| metrics::gauge!(SESSION_STATE, "set" => set)),
+            session_time_refusals: [
+                TimeRefusal::IssuedInFuture.reason(),
+                TimeRefusal::LongerThanLifetime.reason(),
+            ]
+            .map(|reason| metrics::counter!(SESSION_TIME_REFUSALS, "reason" => reason)),
         }
     }
 
@@ -175,6 +191,16 @@ impl Metrics {
     #[inline]
     pub fn session_verified(&self, code: Code) {
         self.session_verifications[code as usize].increment(1);
+    }
+
+    /// Counts a signed session token refused for its times (an expired one is not counted
+    /// here: EXPIRED says it all).
+    pub fn session_time_refused(&self, refusal: TimeRefusal) {
+        match refusal {
+            TimeRefusal::IssuedInFuture => self.session_time_refusals[0].increment(1),
+            TimeRefusal::LongerThanLifetime => self.session_time_refusals[1].increment(1),
+            TimeRefusal::Expired => {}
+        }
     }
 
     /// Counts one lookup in the session signature cache.

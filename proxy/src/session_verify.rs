@@ -5,15 +5,24 @@
 //!    is read; anything else wrong with it (base64url, the footer and its key id) after one
 //!    read-only cache probe has missed, by the full parse;
 //! 2. the signing key named by the token's `kid` → MALFORMED when unknown, REVOKED when it was
-//!    retired and its `verify_until` has passed;
+//!    revoked (`keygate signing-keys revoke`), or retired and its `verify_until` has passed;
 //! 3. the Ed25519 signature → MALFORMED when it does not verify;
-//! 4. the expiry → EXPIRED from the instant `exp` on;
+//! 4. the times, by the rule the control plane applies too
+//!    ([`SessionClaims::check_times`](keygate_proto::session::SessionClaims::check_times)) →
+//!    MALFORMED when issued more than 60 s in the future or living longer (expiry − issue) than
+//!    the key's maximum session lifetime, counted by reason in
+//!    `keygate_session_time_refusals_total`; EXPIRED from the instant `exp` on;
 //! 5. the revocation sets → REVOKED when the session, its passkey or its user is revoked.
+//!
+//! The refusal for a token's times is MALFORMED, the code of every other token no control
+//! plane issued (a bad signature, an unknown key): the token is not a session at all, and a
+//! client can do nothing about it but sign in again. EXPIRED would suggest it once was one.
 //!
 //! Step 3 (and the full parse) is skipped for a token verified before: a bounded cache holds
 //! the verified claims, with the key id and public key they were verified with. A hit still
-//! re-reads the signing key (so a retirement or a removed key applies at once) and runs steps 4
-//! and 5.
+//! re-reads the signing key (so a revocation, a retirement or a removed key applies at once:
+//! a cached token of a revoked key is REVOKED from the request after the event is applied) and
+//! runs steps 4 and 5.
 //!
 //! The cache is keyed by a hash of the token's signature (its last 86 body characters: the one
 //! part of a token that makes it a credential, and that is never stored), and an entry keeps the
@@ -31,12 +40,12 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::sync::Arc;
 
 use http::HeaderValue;
-use keygate_proto::session::{self, SessionClaims};
+use keygate_proto::session::{self, SessionClaims, TimeRefusal};
 use moka::sync::Cache;
 
 use crate::metrics::Metrics;
 use crate::replica::{IdentityHasher, Replica};
-use crate::sessions::{SessionIdentity, SessionView};
+use crate::sessions::{SessionIdentity, SessionView, SigningKey};
 use crate::verify::Code;
 
 /// Verified sessions remembered by default.
@@ -198,12 +207,12 @@ impl SessionVerifier {
             .cache
             .get(&hash)
             .filter(|cached| cached.is_token(before, after));
-        let session = match cached {
+        let (session, key) = match cached {
             Some(cached) => {
-                let public_key = accepted_key(&view, &cached.key_id, now_unix_ms)?;
-                if public_key == cached.public_key {
+                let key = accepted_key(&view, &cached.key_id, now_unix_ms)?;
+                if key.public_key == cached.public_key {
                     self.count_cache(true);
-                    cached
+                    (cached, key)
                 } else {
                     // The key id now names another key: what the cache proved no longer holds.
                     self.cache.invalidate(&hash);
@@ -216,8 +225,12 @@ impl SessionVerifier {
                 self.verify_signature(token, hash, &view, now_unix_ms)?
             }
         };
-        if now_unix_ms >= session.claims.expires_unix_ms {
-            return Err(Code::Expired);
+        // On a hit too: the key's lifetime may have changed since the token was cached.
+        if let Err(refusal) = session
+            .claims
+            .check_times(now_unix_ms, key.max_session_lifetime_ms)
+        {
+            return Err(self.refused_for_times(refusal, &session.claims));
         }
         if view.is_revoked(session.identity()) {
             return Err(Code::Revoked);
@@ -225,17 +238,18 @@ impl SessionVerifier {
         Ok(SessionGrant(session))
     }
 
-    /// Steps 1–3 in full for a token not in the cache; caches it when it verifies and has not
-    /// expired.
+    /// Steps 1–3 in full for a token not in the cache; caches it when it verifies and its
+    /// times pass. Returns the session with the key that verified it.
     fn verify_signature(
         &self,
         token: &str,
         hash: TokenHash,
         view: &SessionView,
         now_unix_ms: i64,
-    ) -> Result<Arc<VerifiedSession>, Code> {
+    ) -> Result<(Arc<VerifiedSession>, SigningKey), Code> {
         let parsed = session::parse(token).map_err(|_| Code::Malformed)?;
-        let public_key = accepted_key(view, parsed.key_id(), now_unix_ms)?;
+        let key = accepted_key(view, parsed.key_id(), now_unix_ms)?;
+        let public_key = key.public_key;
         let claims = parsed.verify(&public_key).map_err(|_| Code::Malformed)?;
         // Ids that cannot be header values cannot identify anyone to the upstream.
         let (Ok(user_id_header), Ok(session_id_header)) = (
@@ -253,10 +267,33 @@ impl SessionVerifier {
             user_id_header,
             session_id_header,
         });
-        if now_unix_ms < session.claims.expires_unix_ms {
+        let times_pass = session
+            .claims
+            .check_times(now_unix_ms, key.max_session_lifetime_ms)
+            .is_ok();
+        if times_pass {
             self.cache.insert(hash, Arc::clone(&session));
         }
-        Ok(session)
+        Ok((session, key))
+    }
+
+    /// The code of a token refused for its times; counts and logs why (never the token).
+    #[cold]
+    fn refused_for_times(&self, refusal: TimeRefusal, claims: &SessionClaims) -> Code {
+        if refusal == TimeRefusal::Expired {
+            return Code::Expired;
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.session_time_refused(refusal);
+        }
+        tracing::debug!(
+            reason = refusal.reason(),
+            session_id = %claims.session_id,
+            issued_unix_ms = claims.issued_unix_ms,
+            expires_unix_ms = claims.expires_unix_ms,
+            "signed session token refused for its times"
+        );
+        Code::Malformed
     }
 
     fn count_cache(&self, hit: bool) {
@@ -272,13 +309,14 @@ impl SessionVerifier {
     }
 }
 
-/// The public key `key_id` names, if tokens signed with it are accepted at `now_unix_ms`.
+/// The signing key `key_id` names, if tokens signed with it are accepted at `now_unix_ms`:
+/// unknown → MALFORMED, revoked or retired past its verify-until → REVOKED.
 #[inline]
-fn accepted_key(view: &SessionView, key_id: &str, now_unix_ms: i64) -> Result<[u8; 32], Code> {
+fn accepted_key(view: &SessionView, key_id: &str, now_unix_ms: i64) -> Result<SigningKey, Code> {
     match view.signing_key(key_id) {
         None => Err(Code::Malformed),
-        Some(key) if key.retired_at(now_unix_ms) => Err(Code::Revoked),
-        Some(key) => Ok(key.public_key),
+        Some(key) if key.refuses_at(now_unix_ms) => Err(Code::Revoked),
+        Some(key) => Ok(key),
     }
 }
 
@@ -543,6 +581,106 @@ mod tests {
                 0,
             ));
         assert_eq!(setup.code(&token, NOW), Code::Malformed);
+    }
+
+    /// The key `signer` names, as a revoked key or with a maximum session lifetime.
+    fn key_change(
+        signer: &SessionSigner,
+        verify_until_unix_ms: Option<i64>,
+        revoked: bool,
+        max_session_lifetime_ms: Option<i64>,
+    ) -> keygate_proto::Change {
+        keygate_proto::Change::SigningKey(keygate_proto::SessionVerifyingKey {
+            key_id: signer.key_id().to_owned(),
+            public_key: signer.public_key(),
+            created_unix_ms: 0,
+            verify_until_unix_ms,
+            revoked,
+            max_session_lifetime_ms,
+        })
+    }
+
+    #[test]
+    fn a_revoked_signing_key_revokes_every_token_it_signed_cached_or_not() {
+        let mut setup = Setup::new();
+        let cached = setup.token("ses_1", "alice", "pk_1");
+        assert_eq!(setup.code(&cached, NOW), Code::Valid);
+        // The control plane revokes the current key: a new key first, then the revocation.
+        let next = SessionSigner::generate("sk_2");
+        setup.apply(key_change(&next, None, false, None));
+        setup.apply(key_change(&setup.signer, Some(NOW + HOUR), true, None));
+        let uncached = setup.token("ses_2", "bob", "pk_2");
+        assert_eq!(setup.code(&cached, NOW), Code::Revoked, "a cache hit");
+        assert_eq!(setup.code(&uncached, NOW), Code::Revoked);
+        // Even a token that would otherwise be refused for its times: the key says it all.
+        let future = sign(
+            &setup.signer,
+            "ses_3",
+            "alice",
+            "pk_1",
+            NOW + HOUR,
+            NOW + HOUR,
+        );
+        assert_eq!(setup.code(&future, NOW), Code::Revoked);
+        let fresh = sign(&next, "ses_4", "alice", "pk_1", NOW, NOW + HOUR);
+        assert_eq!(setup.code(&fresh, NOW), Code::Valid, "the new key signs");
+
+        // A gateway that resyncs gets the revoked key in the snapshot and refuses alike.
+        let mut snapshot = crate::replica::Snapshot::new(keygate_proto::Revision(100), 0);
+        let revoked = keygate_proto::SessionVerifyingKey {
+            key_id: "sk_1".into(),
+            public_key: setup.signer.public_key(),
+            created_unix_ms: 0,
+            verify_until_unix_ms: Some(NOW + HOUR),
+            revoked: true,
+            max_session_lifetime_ms: None,
+        };
+        snapshot.sessions_mut().insert_signing_key(&revoked);
+        setup.replica.install_snapshot(snapshot);
+        assert_eq!(setup.code(&cached, NOW), Code::Revoked);
+        assert_eq!(setup.code(&uncached, NOW), Code::Revoked);
+    }
+
+    #[test]
+    fn tokens_issued_in_the_future_or_living_too_long_are_malformed() {
+        let mut setup = Setup::new();
+        let lifetime = 12 * HOUR;
+        setup.apply(key_change(&setup.signer, None, false, Some(lifetime)));
+        let signer = SessionSigner::from_secret("sk_1", setup.signer.secret());
+        let token = |session: &str, issued: i64, expires: i64| {
+            sign(&signer, session, "alice", "pk_1", issued, expires)
+        };
+        let skew = session::MAX_CLOCK_SKEW_MS;
+        let within_skew = token("ses_1", NOW + skew, NOW + skew + HOUR);
+        let beyond_skew = token("ses_2", NOW + skew + 1, NOW + skew + 1 + HOUR);
+        let whole_lifetime = token("ses_3", NOW - HOUR, NOW - HOUR + lifetime);
+        let too_long = token("ses_4", NOW - HOUR, NOW - HOUR + lifetime + 1);
+        assert_eq!(setup.code(&within_skew, NOW), Code::Valid);
+        assert_eq!(setup.code(&beyond_skew, NOW), Code::Malformed);
+        assert_eq!(setup.code(&whole_lifetime, NOW), Code::Valid);
+        assert_eq!(setup.code(&too_long, NOW), Code::Malformed);
+        assert_eq!(
+            setup.verifier.cached_len(),
+            2,
+            "only the tokens that passed are cached"
+        );
+        // The future-dated token is no better once its issue time is near.
+        assert_eq!(setup.code(&beyond_skew, NOW + 1), Code::Valid);
+
+        // A lifetime lowered by the control plane applies to cached tokens at once.
+        setup.apply(key_change(&setup.signer, None, false, Some(HOUR)));
+        assert_eq!(
+            setup.code(&whole_lifetime, NOW),
+            Code::Malformed,
+            "a cache hit"
+        );
+        assert_eq!(setup.code(&within_skew, NOW), Code::Valid);
+
+        // A key that arrives without a lifetime (an older control plane): only the skew rule.
+        setup.apply(key_change(&setup.signer, None, false, None));
+        assert_eq!(setup.code(&too_long, NOW), Code::Valid);
+        let far_future = token("ses_5", NOW + skew + 1, NOW + 2 * HOUR);
+        assert_eq!(setup.code(&far_future, NOW), Code::Malformed);
     }
 
     #[test]

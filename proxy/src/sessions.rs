@@ -42,14 +42,22 @@ pub struct SigningKey {
     /// Once retired: tokens signed with it verify until this instant (inclusive), then are
     /// REVOKED. `None`: the key is current.
     pub verify_until_unix_ms: Option<i64>,
+    /// Revoked: every token signed with it is REVOKED, whatever its times.
+    pub revoked: bool,
+    /// The longest session (expiry − issue) a token signed with it may claim; `None` when the
+    /// control plane did not say (one older than the field): no lifetime check then.
+    pub max_session_lifetime_ms: Option<i64>,
 }
 
 impl SigningKey {
-    /// Whether tokens signed with this key are refused at `now_unix_ms`.
+    /// Whether tokens signed with this key are refused (REVOKED) at `now_unix_ms`: it was
+    /// revoked, or retired and past its verify-until instant.
     #[inline]
-    pub fn retired_at(&self, now_unix_ms: i64) -> bool {
-        self.verify_until_unix_ms
-            .is_some_and(|until| now_unix_ms > until)
+    pub fn refuses_at(&self, now_unix_ms: i64) -> bool {
+        self.revoked
+            || self
+                .verify_until_unix_ms
+                .is_some_and(|until| now_unix_ms > until)
     }
 }
 
@@ -58,6 +66,8 @@ impl From<&SessionVerifyingKey> for SigningKey {
         Self {
             public_key: key.public_key,
             verify_until_unix_ms: key.verify_until_unix_ms,
+            revoked: key.revoked,
+            max_session_lifetime_ms: key.max_session_lifetime_ms,
         }
     }
 }
@@ -174,7 +184,7 @@ impl Tables {
         }
     }
 
-    /// Upsert by key id: a retirement replaces the key's earlier record.
+    /// Upsert by key id: a retirement or a revocation replaces the key's earlier record.
     fn insert_signing_key(&mut self, key: &SessionVerifyingKey) {
         self.signing_keys
             .insert(key.key_id.as_str().into(), SigningKey::from(key));
@@ -298,8 +308,9 @@ impl SessionState {
 
     /// Drops revocations and user states whose `prune_after` has passed at `now_unix_ms`
     /// (users only while enabled); returns how many. Signing keys are never pruned here: the
-    /// control plane's snapshot decides which keys exist, and a retired key must keep
-    /// answering REVOKED rather than MALFORMED.
+    /// control plane's snapshot decides which keys exist, and a retired or revoked key must
+    /// keep answering REVOKED rather than MALFORMED (a snapshot keeps a revoked key until
+    /// every token it signed has expired).
     pub fn prune(&self, now_unix_ms: i64) -> usize {
         let tables = self.tables.load();
         prune_map(&tables.sessions, |prune_after| now_unix_ms > *prune_after)
@@ -428,6 +439,8 @@ pub(crate) mod tests {
             public_key,
             created_unix_ms: 0,
             verify_until_unix_ms,
+            revoked: false,
+            max_session_lifetime_ms: None,
         })
     }
 
@@ -498,7 +511,9 @@ pub(crate) mod tests {
             replica.sessions().view().signing_key("sk_1"),
             Some(SigningKey {
                 public_key: [1; 32],
-                verify_until_unix_ms: None
+                verify_until_unix_ms: None,
+                revoked: false,
+                max_session_lifetime_ms: None,
             })
         );
         assert!(!revoked(&replica, ses));
@@ -572,6 +587,8 @@ pub(crate) mod tests {
             public_key: [2; 32],
             created_unix_ms: 0,
             verify_until_unix_ms: None,
+            revoked: false,
+            max_session_lifetime_ms: None,
         });
         sessions.insert_revoked_passkey(&PasskeyRevocation {
             user_id: "alice".into(),

@@ -9,13 +9,12 @@
 //! "expires"}` for a key, `{"valid","code","userId","sessionId","expires"}` for a session
 //! (refusals too, with the identity fields null).
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use keygate_proto::Meta;
+use keygate_proto::time::rfc3339;
 use serde::{Deserialize, Serialize};
 
 use crate::config::AuthMode;
@@ -184,9 +183,4 @@ pub(crate) async fn answer(
         .headers_mut()
         .insert(response::REQUEST_ID.clone(), request_id.clone());
     response
-}
-
-fn rfc3339(unix_ms: i64) -> String {
-    let since_epoch = Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(UNIX_EPOCH + since_epoch).to_string()
 }

@@ -336,6 +336,57 @@ async fn duplicate_and_conflicting_credentials_are_malformed() {
     setup.still_serves().await;
 }
 
+/// The control plane names the session cookie `__Host-keygate_session` whenever it is Secure:
+/// the gateway reads both names, strips both, and refuses two that disagree (a cookie planted
+/// by a sibling subdomain beside the real one) as it refuses any other pair of credentials.
+#[tokio::test]
+async fn session_cookies_are_read_under_both_names_and_conflicting_ones_are_malformed() {
+    let setup = setup(|_| {}).await;
+    let session = setup.session.as_str();
+    let host = format!("theme=dark; __Host-keygate_session={session}");
+    let both = format!("__Host-keygate_session={session}; keygate_session={session}");
+    let twice = format!("keygate_session={session}");
+    for headers in [
+        vec![("cookie", host.as_str())],
+        vec![("cookie", both.as_str())],
+        vec![("cookie", twice.as_str()), ("cookie", twice.as_str())],
+    ] {
+        let reply = setup.get("/app/x", &headers).await;
+        assert_eq!(reply.status, 200, "{headers:?}: {:?}", reply.body);
+        // Neither name reaches the upstream; other cookies do.
+        let forwarded = reply.upstream_saw("cookie").join("; ");
+        assert!(!forwarded.contains("keygate_session"), "{forwarded}");
+    }
+    assert_eq!(setup.protected.requests(), 3);
+
+    let planted = format!("keygate_session=v4.public.planted; __Host-keygate_session={session}");
+    let split_first = format!("keygate_session={session}");
+    let conflicting: [Headers; 3] = [
+        vec![("cookie", planted.as_str())],
+        vec![
+            ("cookie", split_first.as_str()),
+            ("cookie", "keygate_session=v4.public.other"),
+        ],
+        vec![(
+            "cookie",
+            "__Host-keygate_session=v4.public.a; __Host-keygate_session=v4.public.b",
+        )],
+    ];
+    for headers in &conflicting {
+        for path in ["/app/x", "/either/x"] {
+            let reply = setup.get(path, headers).await;
+            assert_eq!(reply.status, 401, "{path} {headers:?}");
+            assert_eq!(code(&reply), "MALFORMED", "{path} {headers:?}");
+        }
+    }
+    assert_eq!(
+        setup.protected.requests(),
+        3,
+        "nothing conflicting got through"
+    );
+    setup.still_serves().await;
+}
+
 #[tokio::test]
 async fn a_cross_site_cookie_post_is_refused_while_a_bearer_post_passes() {
     let setup = setup(|_| {}).await;

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use keygate_proto::session::{SessionClaims, SessionSigner};
+use keygate_proto::{Change, SessionVerifyingKey};
 use keygate_proxy::{AuthMode, ProxyConfig, RouteConfig};
 use support::*;
 
@@ -397,6 +398,147 @@ async fn signing_keys_rotate_by_event_and_a_retired_key_is_revoked_after_its_dea
         "OK"
     );
     assert_eq!(setup.gateway.status.session_state().signing_keys, 2);
+    setup.gateway.stop().await;
+}
+
+/// Commits and streams `signer`'s key as the control plane announces it: revoked, or with the
+/// longest session it may sign.
+fn announce_key(
+    control_plane: &ControlPlane,
+    signer: &SessionSigner,
+    verify_until_unix_ms: Option<i64>,
+    revoked: bool,
+    max_session_lifetime_ms: Option<i64>,
+) -> u64 {
+    control_plane.commit_change(Change::SigningKey(SessionVerifyingKey {
+        key_id: signer.key_id().to_owned(),
+        public_key: signer.public_key(),
+        created_unix_ms: 0,
+        verify_until_unix_ms,
+        revoked,
+        max_session_lifetime_ms,
+    }))
+}
+
+#[tokio::test]
+async fn a_revoked_signing_key_turns_every_session_it_signed_into_401_revoked() {
+    let setup = setup(|_, _| {}, |_| {}).await;
+    let old_token = session_token(&setup.signer, "ses_old", "alice", "pk_1");
+    // Twice: the second is served from the signature cache, which must not outlive the key.
+    for _ in 0..2 {
+        assert_eq!(
+            outcome(&with_cookie(&setup, "/api", &old_token).await),
+            "OK"
+        );
+    }
+
+    // As the control plane revokes its current key: a new current key, then the revocation.
+    let next = SessionSigner::generate("sk_2");
+    setup.control_plane.signing_key(&next, None);
+    let now = keygate_proto::time::now_unix_ms();
+    let revision = announce_key(
+        &setup.control_plane,
+        &setup.signer,
+        Some(now + HOUR),
+        true,
+        None,
+    );
+    wait_for_revision(&setup, revision).await;
+    let other_session = session_token(&setup.signer, "ses_other", "bob", "pk_2");
+    for token in [&old_token, &other_session] {
+        assert_eq!(
+            outcome(&with_cookie(&setup, "/api", token).await),
+            "REVOKED"
+        );
+        let reply = with_bearer(&setup, "/api", token).await;
+        assert_eq!(
+            (reply.status.as_u16(), outcome(&reply)),
+            (401, "REVOKED".to_owned())
+        );
+    }
+    let new_token = session_token(&next, "ses_new", "alice", "pk_1");
+    assert_eq!(
+        outcome(&with_cookie(&setup, "/api", &new_token).await),
+        "OK"
+    );
+
+    // A gateway that starts now learns the revoked key from the snapshot and refuses alike.
+    let upstream = Upstream::start().await;
+    let mut late_config = config(&setup.control_plane);
+    late_config.routes = vec![route("/", upstream.url(), AuthMode::KeyOrSession, false)];
+    let late = start_ready_gateway(late_config).await;
+    let status = late.status.clone();
+    eventually("both signing keys in the snapshot", WAIT, || {
+        status.session_state().signing_keys == 2
+    })
+    .await;
+    let reply = get_with(
+        &setup.client,
+        &late.url("/api"),
+        &[("authorization", &format!("Bearer {old_token}"))],
+    )
+    .await;
+    assert_eq!(
+        (reply.status.as_u16(), outcome(&reply)),
+        (401, "REVOKED".to_owned())
+    );
+    late.stop().await;
+    setup.gateway.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_issued_in_the_future_or_living_longer_than_the_lifetime_are_malformed() {
+    // The key arrives in the snapshot with a 2-hour session lifetime; `session_token` signs
+    // sessions of exactly two hours.
+    let setup = setup(
+        |control_plane, signer| {
+            announce_key(control_plane, signer, None, false, Some(2 * HOUR));
+        },
+        |_| {},
+    )
+    .await;
+    let sign = |session_id: &str, issued_unix_ms: i64, expires_unix_ms: i64| {
+        setup.signer.sign(&SessionClaims {
+            session_id: session_id.into(),
+            user_id: "alice".into(),
+            passkey_id: "pk_1".into(),
+            issued_unix_ms,
+            expires_unix_ms,
+        })
+    };
+    let now = keygate_proto::time::now_unix_ms();
+    let minute = 60_000;
+    for (token, expected) in [
+        (session_token(&setup.signer, "ses_1", "alice", "pk_1"), "OK"),
+        (sign("ses_2", now + minute / 2, now + HOUR), "OK"),
+        (sign("ses_3", now + 5 * minute, now + HOUR), "MALFORMED"),
+        (sign("ses_4", now - HOUR, now + HOUR + 1), "MALFORMED"),
+        (sign("ses_5", now - HOUR, now + 30 * 24 * HOUR), "MALFORMED"),
+    ] {
+        let reply = with_bearer(&setup, "/api", &token).await;
+        assert_eq!(outcome(&reply), expected, "{token}");
+        if expected != "OK" {
+            assert_eq!(reply.status, 401);
+        }
+        let verdict =
+            verify_body(&setup, "", &[("authorization", &format!("Bearer {token}"))]).await;
+        assert_eq!(
+            verdict["code"],
+            if expected == "OK" { "VALID" } else { expected }
+        );
+    }
+
+    // The lifetime comes with the key: one announced without it (an older control plane)
+    // leaves only the clock-skew rule.
+    let revision = announce_key(&setup.control_plane, &setup.signer, None, false, None);
+    wait_for_revision(&setup, revision).await;
+    let long = sign("ses_6", now - HOUR, now + 30 * 24 * HOUR);
+    assert_eq!(outcome(&with_bearer(&setup, "/api", &long).await), "OK");
+    let future = sign("ses_7", now + 5 * minute, now + HOUR);
+    assert_eq!(
+        outcome(&with_bearer(&setup, "/api", &future).await),
+        "MALFORMED"
+    );
     setup.gateway.stop().await;
 }
 

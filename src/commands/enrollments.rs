@@ -1,21 +1,87 @@
-//! `keygate enrollments create --user U [--expires D]`: a one-time link with which a user
-//! registers a passkey. The link carries a secret token and is printed only here.
+//! `keygate enrollments create|list|revoke`: one-time links with which a user registers a
+//! passkey. A link carries a secret token and is printed only by `create`; `list` and `revoke`
+//! show the link's id and state, never its token.
+
+use std::time::Duration;
 
 use keygate_proto::pb;
 use serde_json::json;
 
 use crate::Failure;
-use crate::admin_client::{self, status_failure};
+use crate::admin_client::{self, AdminClient, status_failure};
 use crate::args::{ClientArgs, EnrollmentsCommand};
-use crate::output::{print_json, rfc3339};
+use crate::output::{enrollment_json, enrollment_line, print_json, rfc3339};
 
 /// Runs one `enrollments` subcommand.
 pub async fn run(client_args: &ClientArgs, command: EnrollmentsCommand) -> Result<(), Failure> {
-    let EnrollmentsCommand::Create { user, expires } = command;
-    if expires.is_zero() {
-        return Err(Failure::Config("--expires must be longer than 0".into()));
+    let json = client_args.json;
+    match command {
+        EnrollmentsCommand::Create { user, expires } => {
+            if expires.is_zero() {
+                return Err(Failure::Config("--expires must be longer than 0".into()));
+            }
+            let mut client = admin_client::connect_as(client_args).await?;
+            create(&mut client, json, user, expires).await
+        }
+        EnrollmentsCommand::List { user } => {
+            let mut client = admin_client::connect_as(client_args).await?;
+            let listed = client
+                .list_enrollments(pb::ListEnrollmentsRequest {
+                    user_id: user.clone(),
+                })
+                .await
+                .map_err(status_failure)?
+                .into_inner();
+            if json {
+                let links: Vec<_> = listed.enrollments.iter().map(enrollment_json).collect();
+                print_json(&json!({ "enrollments": links }));
+            } else if listed.enrollments.is_empty() {
+                println!("User {user} has no enrollment links.");
+            } else {
+                for link in &listed.enrollments {
+                    println!("{}", enrollment_line(link));
+                }
+            }
+            Ok(())
+        }
+        EnrollmentsCommand::Revoke { enrollment_id } => {
+            let mut client = admin_client::connect_as(client_args).await?;
+            let revoked = client
+                .revoke_enrollment(pb::RevokeEnrollmentRequest { enrollment_id })
+                .await
+                .map_err(status_failure)?
+                .into_inner();
+            let link = revoked.enrollment.ok_or_else(|| {
+                Failure::Runtime("the control plane answered without the link".into())
+            })?;
+            if json {
+                print_json(&json!({
+                    "enrollment": enrollment_json(&link),
+                    "changed": revoked.changed,
+                }));
+            } else if revoked.changed {
+                println!(
+                    "Revoked enrollment link {} of {}: it can no longer enroll a passkey.",
+                    link.enrollment_id, link.user_id
+                );
+            } else {
+                println!(
+                    "Enrollment link {} of {} is {} already; nothing changed.",
+                    link.enrollment_id, link.user_id, link.state
+                );
+            }
+            Ok(())
+        }
     }
-    let mut client = admin_client::connect_as(client_args).await?;
+}
+
+/// `enrollments create`: prints the link, which only this answer carries.
+async fn create(
+    client: &mut AdminClient,
+    json: bool,
+    user: String,
+    expires: Duration,
+) -> Result<(), Failure> {
     let enrollment = client
         .create_enrollment(pb::CreateEnrollmentRequest {
             user_id: user,
@@ -24,7 +90,7 @@ pub async fn run(client_args: &ClientArgs, command: EnrollmentsCommand) -> Resul
         .await
         .map_err(status_failure)?
         .into_inner();
-    if client_args.json {
+    if json {
         print_json(&json!({
             "enrollmentId": enrollment.enrollment_id,
             "userId": enrollment.user_id,

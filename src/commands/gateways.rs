@@ -52,11 +52,17 @@ pub fn gateway_line(gateway: &pb::Gateway) -> String {
     let staleness = gateway
         .staleness_ms
         .map_or_else(|| "never proven".to_owned(), millis_text);
+    let credential = if gateway.credential.is_empty() {
+        "credential unknown"
+    } else {
+        gateway.credential.as_str()
+    };
     format!(
-        "{}  region {:?}  {}  applied {} (lag {})  stale {} (bound {}, {})  last seen {}",
+        "{}  region {:?}  {}  {}  applied {} (lag {})  stale {} (bound {}, {})  last seen {}",
         gateway.gateway_id,
         gateway.region,
         state,
+        credential,
         gateway.applied_revision,
         lag,
         staleness,

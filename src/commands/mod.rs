@@ -9,5 +9,6 @@ pub mod passkeys;
 pub mod sessions;
 pub mod signing_keys;
 pub mod store;
+pub mod tokens;
 pub mod users;
 pub mod wait;

@@ -32,6 +32,7 @@ pub async fn run(client_args: &ClientArgs, command: StoreCommand) -> Result<(), 
             "sessions": copied.sessions,
             "events": copied.events,
             "auditRows": copied.audit,
+            "operatorTokens": copied.operator_tokens,
         }));
         return Ok(());
     }
@@ -42,7 +43,7 @@ pub async fn run(client_args: &ClientArgs, command: StoreCommand) -> Result<(), 
     );
     println!(
         "{} keys, {} users, {} passkeys, {} enrollment links, {} sessions, {} passkey \
-         revocations, {} signing keys, {} events, {} audit rows",
+         revocations, {} signing keys, {} events, {} audit rows, {} operator tokens",
         copied.keys,
         copied.users,
         copied.passkeys,
@@ -51,7 +52,8 @@ pub async fn run(client_args: &ClientArgs, command: StoreCommand) -> Result<(), 
         copied.revoked_passkeys,
         copied.signing_keys,
         copied.events,
-        copied.audit
+        copied.audit,
+        copied.operator_tokens
     );
     Ok(())
 }

@@ -12,9 +12,10 @@
 //   KEYGATE_TRUST_CERTS  for https: the servers' certificates (PEM files, separated by `:`)
 //                        that Chromium is to accept, e.g. from a test or `keygate dev --tls` CA
 //
-// Every URL uses `localhost`: the WebAuthn RP id is `localhost`, and the `keygate_session` cookie
-// is host-scoped, so the gateway on another port of the same host receives it. The page and the
-// gateway are both http or both https; over https the session cookie must be Secure. Chromium
+// Every URL uses `localhost`: the WebAuthn RP id is `localhost`, and the session cookie is
+// host-scoped, so the gateway on another port of the same host receives it. The page and the
+// gateway are both http or both https; over https the session cookie must be Secure, and is then
+// named `__Host-keygate_session` (`keygate_session` over http on localhost). Chromium
 // keeps verifying certificates: it accepts only the KEYGATE_TRUST_CERTS certificates, pinned by
 // the SHA-256 of their public keys (--ignore-certificate-errors-spki-list), so WebAuthn sees a
 // secure https origin. Exits 0 when every step passed, 1 with the failed step and what the page
@@ -52,6 +53,8 @@ for (const url of [enrollUrl, gatewayUrl]) {
   if (new URL(url).protocol !== protocol) fail(`${url}: use ${protocol} like ${cpUrl}`);
 }
 const https = protocol === "https:";
+// The control plane names a Secure session cookie with the `__Host-` prefix.
+const cookieName = https ? "__Host-keygate_session" : "keygate_session";
 
 /** base64(SHA-256(SubjectPublicKeyInfo DER)) of a PEM certificate: Chromium's SPKI pin. */
 function spkiPin(path) {
@@ -309,7 +312,7 @@ try {
     await expectView("view-signin");
     await expectNotice("signed out");
     const cookies = await context.cookies(cpUrl);
-    check(!cookies.some((c) => c.name === "keygate_session"), "the session cookie is still set");
+    check(!cookies.some((c) => c.name.endsWith("keygate_session")), "the session cookie is still set");
   });
 
   await step("signed out, the gateway refuses", async () => {
@@ -323,9 +326,9 @@ try {
     await page.getByTestId("signin-button").click();
     await expectSignedInAs(userId);
     await expectPasskeys(1);
-    const cookie = (await context.cookies(cpUrl)).find((c) => c.name === "keygate_session");
-    check(cookie, "no keygate_session cookie after sign-in");
-    check(cookie.httpOnly && cookie.sameSite === "Lax", `cookie is ${JSON.stringify({ ...cookie, value: "…" })}`);
+    const cookie = (await context.cookies(cpUrl)).find((c) => c.name === cookieName);
+    check(cookie, `no ${cookieName} cookie after sign-in`);
+    check(cookie.httpOnly && cookie.sameSite === "Lax" && cookie.path === "/", `cookie is ${JSON.stringify({ ...cookie, value: "…" })}`);
     // Secure over https; over http on localhost it could not be (a Secure cookie is not sent
     // over http).
     check(cookie.secure === https, `cookie is ${JSON.stringify({ ...cookie, value: "…" })} over ${protocol}`);

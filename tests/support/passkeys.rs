@@ -68,13 +68,7 @@ impl Cluster {
 
     /// POSTs JSON to the control plane's HTTP listener.
     pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
-        send(
-            "POST",
-            &self.http_url(path),
-            &[("content-type", b"application/json")],
-            body.to_string().as_bytes(),
-        )
-        .await
+        post_json_to(&self.http_url(path), body).await
     }
 
     /// A request with a session (bearer) to the control plane's HTTP listener.
@@ -132,50 +126,18 @@ impl Cluster {
 
     /// Enrollment with a link token: begin, the device creates a passkey, finish.
     pub async fn enroll(&self, device: &Device, token: &str, name: &str) -> Session {
-        let begun = self
-            .post_json("/v1/enroll/begin", &json!({ "token": token, "name": name }))
-            .await;
-        assert_eq!(
-            begun.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&begun.body)
-        );
-        let begun = begun.json();
-        let credential = device.create(&begun["publicKey"]).await;
-        let finished = self
-            .post_json(
-                "/v1/enroll/finish",
-                &json!({ "ceremonyId": begun["ceremonyId"], "credential": credential }),
-            )
-            .await;
-        Session::from_reply(&finished)
+        enroll_at(&self.http_url(""), device, token, name).await
     }
 
     /// Begins a discoverable sign-in and lets the device answer; returns the finish body
     /// (unsent) for tests that tamper with it.
     pub async fn login_attempt(&self, device: &Device, user_id: Option<&str>) -> Value {
-        let body = match user_id {
-            Some(user_id) => json!({ "userId": user_id }),
-            None => json!({}),
-        };
-        let begun = self.post_json("/v1/login/begin", &body).await;
-        assert_eq!(
-            begun.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&begun.body)
-        );
-        let begun = begun.json();
-        let credential = device.get(&begun["publicKey"]).await;
-        json!({ "ceremonyId": begun["ceremonyId"], "credential": credential })
+        login_attempt_at(&self.http_url(""), device, user_id).await
     }
 
     /// A discoverable sign-in with the device's passkey.
     pub async fn login(&self, device: &Device) -> Session {
-        let finish = self.login_attempt(device, None).await;
-        let reply = self.post_json("/v1/login/finish", &finish).await;
-        Session::from_reply(&reply)
+        login_at(&self.http_url(""), device).await
     }
 
     /// A signed-in user adds a passkey on `device`; returns the new passkey's JSON.
@@ -217,6 +179,67 @@ impl Cluster {
     pub async fn my_passkeys(&self, session: &Session) -> Reply {
         self.as_user(session, "GET", "/v1/me/passkeys", None).await
     }
+}
+
+/// POSTs JSON to `url`.
+pub async fn post_json_to(url: &str, body: &Value) -> Reply {
+    send(
+        "POST",
+        url,
+        &[("content-type", b"application/json")],
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+/// Enrollment with a link token at the control plane whose HTTP listener is `base`
+/// (`http://host:port`): begin, the device creates a passkey, finish.
+pub async fn enroll_at(base: &str, device: &Device, token: &str, name: &str) -> Session {
+    let begun = post_json_to(
+        &format!("{base}/v1/enroll/begin"),
+        &json!({ "token": token, "name": name }),
+    )
+    .await;
+    assert_eq!(
+        begun.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&begun.body)
+    );
+    let begun = begun.json();
+    let credential = device.create(&begun["publicKey"]).await;
+    let finished = post_json_to(
+        &format!("{base}/v1/enroll/finish"),
+        &json!({ "ceremonyId": begun["ceremonyId"], "credential": credential }),
+    )
+    .await;
+    Session::from_reply(&finished)
+}
+
+/// Begins a sign-in at `base` (discoverable without `user_id`) and lets the device answer;
+/// returns the finish body, unsent.
+pub async fn login_attempt_at(base: &str, device: &Device, user_id: Option<&str>) -> Value {
+    let body = match user_id {
+        Some(user_id) => json!({ "userId": user_id }),
+        None => json!({}),
+    };
+    let begun = post_json_to(&format!("{base}/v1/login/begin"), &body).await;
+    assert_eq!(
+        begun.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&begun.body)
+    );
+    let begun = begun.json();
+    let credential = device.get(&begun["publicKey"]).await;
+    json!({ "ceremonyId": begun["ceremonyId"], "credential": credential })
+}
+
+/// A discoverable sign-in with the device's passkey at `base`.
+pub async fn login_at(base: &str, device: &Device) -> Session {
+    let finish = login_attempt_at(base, device, None).await;
+    let reply = post_json_to(&format!("{base}/v1/login/finish"), &finish).await;
+    Session::from_reply(&reply)
 }
 
 /// GET through a gateway with a session token as a bearer.

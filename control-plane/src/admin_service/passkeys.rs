@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use keygate_proto::pb;
+use keygate_proto::time::now_unix_ms;
 use tonic::{Request, Response, Status};
 
-use crate::auth::admin_actor;
+use crate::auth::{Scope, require};
 use crate::http::device_type;
-use crate::store::{PasskeyRecord, UserChanged, UserRecord};
+use crate::store::{EnrollmentRecord, PasskeyRecord, SigningKeyRevoked, UserChanged, UserRecord};
 use crate::users::{UserError, Users};
 
 /// Maps refusals to statuses; store failures are logged and reported without detail.
@@ -59,7 +60,7 @@ pub(super) async fn create_user(
     users: &Users,
     request: Request<pb::CreateUserRequest>,
 ) -> Result<Response<pb::UserChange>, Status> {
-    let actor = admin_actor(request.metadata());
+    let actor = require(&request, Scope::UsersWrite)?.name;
     let user_id = request.into_inner().user_id;
     let user = users.create(&user_id, &actor).await.map_err(status)?;
     tracing::info!(%user_id, %actor, "user created");
@@ -75,7 +76,7 @@ pub(super) async fn set_user_enabled(
     users: &Users,
     request: Request<pb::SetUserEnabledRequest>,
 ) -> Result<Response<pb::UserChange>, Status> {
-    let actor = admin_actor(request.metadata());
+    let actor = require(&request, Scope::UsersWrite)?.name;
     let request = request.into_inner();
     let change = users
         .set_enabled(&request.user_id, request.enabled, &actor)
@@ -89,7 +90,7 @@ pub(super) async fn create_enrollment(
     users: &Users,
     request: Request<pb::CreateEnrollmentRequest>,
 ) -> Result<Response<pb::Enrollment>, Status> {
-    let actor = admin_actor(request.metadata());
+    let actor = require(&request, Scope::PasskeysWrite)?.name;
     let request = request.into_inner();
     let lifetime =
         (request.expires_in_ms > 0).then(|| Duration::from_millis(request.expires_in_ms));
@@ -110,6 +111,7 @@ pub(super) async fn list_passkeys(
     users: &Users,
     request: Request<pb::ListPasskeysRequest>,
 ) -> Result<Response<pb::ListPasskeysResponse>, Status> {
+    require(&request, Scope::PasskeysRead)?;
     let passkeys = users
         .list_passkeys(&request.into_inner().user_id)
         .await
@@ -123,7 +125,7 @@ pub(super) async fn revoke_passkey(
     users: &Users,
     request: Request<pb::RevokePasskeyRequest>,
 ) -> Result<Response<pb::RevokePasskeyResponse>, Status> {
-    let actor = admin_actor(request.metadata());
+    let actor = require(&request, Scope::PasskeysWrite)?.name;
     let request = request.into_inner();
     let revision = users
         .revoke_passkey(&request.user_id, &request.passkey_id, &actor)
@@ -140,7 +142,7 @@ pub(super) async fn revoke_sessions(
     users: &Users,
     request: Request<pb::RevokeSessionsRequest>,
 ) -> Result<Response<pb::RevokeSessionsResponse>, Status> {
-    let actor = admin_actor(request.metadata());
+    let actor = require(&request, Scope::PasskeysWrite)?.name;
     let user_id = request.into_inner().user_id;
     let change = users
         .revoke_sessions(&user_id, &actor)
@@ -157,7 +159,7 @@ pub(super) async fn rotate_signing_key(
     users: &Users,
     request: Request<pb::RotateSigningKeyRequest>,
 ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
-    let actor = admin_actor(request.metadata());
+    let actor = require(&request, Scope::Admin)?.name;
     let rotated = users.rotate_signing_key(&actor).await.map_err(status)?;
     tracing::info!(key_id = %rotated.current.key_id, retired = ?rotated.retired.as_ref().map(|key| &key.key_id), revision = %rotated.revision, %actor, "session signing key rotated");
     Ok(Response::new(pb::RotateSigningKeyResponse {
@@ -172,5 +174,120 @@ pub(super) async fn rotate_signing_key(
             .retired
             .and_then(|key| key.verify_until_unix_ms)
             .unwrap_or_default(),
+    }))
+}
+
+pub(super) async fn list_signing_keys(
+    users: &Users,
+    request: Request<pb::ListSigningKeysRequest>,
+) -> Result<Response<pb::ListSigningKeysResponse>, Status> {
+    require(&request, Scope::Admin)?;
+    let keys = users.list_signing_keys().await.map_err(status)?;
+    Ok(Response::new(pb::ListSigningKeysResponse {
+        keys: keys
+            .iter()
+            .map(|key| pb::SigningKeyInfo {
+                key_id: key.key_id.clone(),
+                created_unix_ms: key.created_unix_ms,
+                verify_until_unix_ms: key.verify_until_unix_ms,
+                revoked_unix_ms: key.revoked_unix_ms,
+                current: key.is_current(),
+            })
+            .collect(),
+    }))
+}
+
+pub(super) async fn revoke_signing_key(
+    users: &Users,
+    request: Request<pb::RevokeSigningKeyRequest>,
+) -> Result<Response<pb::RevokeSigningKeyResponse>, Status> {
+    let actor = require(&request, Scope::Admin)?.name;
+    let key_id = request.into_inner().key_id;
+    let response = match users
+        .revoke_signing_key(&key_id, &actor)
+        .await
+        .map_err(status)?
+    {
+        SigningKeyRevoked::Revoked {
+            key,
+            current,
+            replaced,
+            revision,
+        } => {
+            tracing::info!(%key_id, current_key_id = %current.key_id, new_current_key = replaced, %revision, %actor, "session signing key revoked");
+            pb::RevokeSigningKeyResponse {
+                revision: revision.0,
+                key_id,
+                current_key_id: current.key_id,
+                already_revoked: false,
+                kept_until_unix_ms: key.verify_until_unix_ms.unwrap_or_default(),
+            }
+        }
+        SigningKeyRevoked::AlreadyRevoked { key, current, head } => {
+            tracing::info!(%key_id, %head, %actor, "session signing key was already revoked");
+            pb::RevokeSigningKeyResponse {
+                revision: head.0,
+                key_id,
+                current_key_id: current.map(|key| key.key_id).unwrap_or_default(),
+                already_revoked: true,
+                kept_until_unix_ms: key.verify_until_unix_ms.unwrap_or_default(),
+            }
+        }
+        SigningKeyRevoked::NotFound => {
+            return Err(Status::not_found(format!(
+                "signing key {key_id:?} not found"
+            )));
+        }
+    };
+    Ok(Response::new(response))
+}
+
+/// An enrollment link as operators see it, in its state at `now_unix_ms`; never its token.
+fn enrollment_link_message(link: &EnrollmentRecord, now_unix_ms: i64) -> pb::EnrollmentLink {
+    pb::EnrollmentLink {
+        enrollment_id: link.enrollment_id.clone(),
+        user_id: link.user_id.clone(),
+        created_unix_ms: link.created_unix_ms,
+        expires_unix_ms: link.expires_unix_ms,
+        state: link.state(now_unix_ms).name().to_owned(),
+        used_unix_ms: link.used_unix_ms,
+        voided_unix_ms: link.voided.map(|voided| voided.at_unix_ms),
+        created_by: link.created_by.clone(),
+    }
+}
+
+pub(super) async fn list_enrollments(
+    users: &Users,
+    request: Request<pb::ListEnrollmentsRequest>,
+) -> Result<Response<pb::ListEnrollmentsResponse>, Status> {
+    require(&request, Scope::PasskeysRead)?;
+    let links = users
+        .list_enrollments(&request.into_inner().user_id)
+        .await
+        .map_err(status)?;
+    let now = now_unix_ms();
+    Ok(Response::new(pb::ListEnrollmentsResponse {
+        enrollments: links
+            .iter()
+            .map(|link| enrollment_link_message(link, now))
+            .collect(),
+    }))
+}
+
+pub(super) async fn revoke_enrollment(
+    users: &Users,
+    request: Request<pb::RevokeEnrollmentRequest>,
+) -> Result<Response<pb::RevokeEnrollmentResponse>, Status> {
+    let actor = require(&request, Scope::PasskeysWrite)?.name;
+    let enrollment_id = request.into_inner().enrollment_id;
+    let revoked = users
+        .revoke_enrollment(&enrollment_id, &actor)
+        .await
+        .map_err(status)?;
+    let link = enrollment_link_message(&revoked.link, now_unix_ms());
+    tracing::info!(user_id = %link.user_id, %enrollment_id, changed = revoked.changed, state = %link.state, %actor, "enrollment link revoked");
+    Ok(Response::new(pb::RevokeEnrollmentResponse {
+        enrollment: Some(link),
+        changed: revoked.changed,
     }))
 }

@@ -76,17 +76,21 @@ impl From<Refusal> for ApiError {
     fn from(refusal: Refusal) -> Self {
         let status = match &refusal {
             Refusal::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Refusal::NotSignedIn | Refusal::Session(_) | Refusal::AuthenticationFailed(_) => {
-                StatusCode::UNAUTHORIZED
-            }
+            Refusal::NotSignedIn
+            | Refusal::Session(_)
+            | Refusal::ConflictingSessionCookies
+            | Refusal::AuthenticationFailed(_) => StatusCode::UNAUTHORIZED,
             Refusal::InvalidName(_)
             | Refusal::CeremonyUnknown
             | Refusal::CeremonyExpired
             | Refusal::MalformedCredential(_) => StatusCode::BAD_REQUEST,
             Refusal::EnrollmentNotFound | Refusal::PasskeyNotFound(_) => StatusCode::NOT_FOUND,
-            Refusal::EnrollmentUsed | Refusal::EnrollmentExpired => StatusCode::GONE,
-            Refusal::UserDisabled => StatusCode::FORBIDDEN,
+            Refusal::EnrollmentUsed | Refusal::EnrollmentExpired | Refusal::EnrollmentRevoked => {
+                StatusCode::GONE
+            }
+            Refusal::UserDisabled | Refusal::EnrollmentVoided => StatusCode::FORBIDDEN,
             Refusal::TooManyCeremonies(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::TooManyCeremoniesFromClient(_) => StatusCode::TOO_MANY_REQUESTS,
             Refusal::CredentialExists | Refusal::LastPasskey => StatusCode::CONFLICT,
             Refusal::Ceremony(error) => match error.code {
                 "INTERNAL" => StatusCode::INTERNAL_SERVER_ERROR,
@@ -106,10 +110,14 @@ impl From<Refusal> for ApiError {
         error.retry_after = match refusal {
             Refusal::RateLimited(wait) => Some(wait),
             Refusal::TooManyCeremonies(_) => Some(CEREMONIES_FULL_RETRY),
+            Refusal::TooManyCeremoniesFromClient(full) => Some(full.retry_after),
             _ => None,
         };
-        // A refused session is of no use to the browser any more.
-        error.clear_cookie = matches!(refusal, Refusal::Session(_));
+        // A refused session is of no use to the browser any more; nor are two that disagree.
+        error.clear_cookie = matches!(
+            refusal,
+            Refusal::Session(_) | Refusal::ConflictingSessionCookies
+        );
         error
     }
 }
@@ -161,6 +169,14 @@ mod tests {
             (Refusal::EnrollmentExpired, 410),
             (Refusal::UserDisabled, 403),
             (Refusal::TooManyCeremonies(crate::ceremonies::Full), 503),
+            (
+                Refusal::TooManyCeremoniesFromClient(crate::ceremonies::ClientFull {
+                    limit: 20,
+                    retry_after: Duration::from_secs(90),
+                }),
+                429,
+            ),
+            (Refusal::ConflictingSessionCookies, 401),
             (Refusal::CeremonyUnknown, 400),
             (Refusal::CeremonyExpired, 400),
             (Refusal::MalformedCredential(String::new()), 400),
@@ -185,5 +201,19 @@ mod tests {
         assert_eq!(full.headers()[RETRY_AFTER], "60");
         let revoked = answered(Refusal::Session(SessionRefusal::Revoked));
         assert!(revoked.extensions().get::<ClearSessionCookie>().is_some());
+        let conflicting = answered(Refusal::ConflictingSessionCookies);
+        assert!(
+            conflicting
+                .extensions()
+                .get::<ClearSessionCookie>()
+                .is_some()
+        );
+        let client_full = answered(Refusal::TooManyCeremoniesFromClient(
+            crate::ceremonies::ClientFull {
+                limit: 20,
+                retry_after: Duration::from_millis(89_001),
+            },
+        ));
+        assert_eq!(client_full.headers()[RETRY_AFTER], "90");
     }
 }

@@ -1,11 +1,13 @@
 //! What a passkey API request says about its caller, as axum extractors that run before the
 //! handler, in the order the handler names them:
 //!
-//! - [`Admitted`]: the client address (put on every request by the listener, [`ClientAddr`])
-//!   had a token in its rate bucket, and a state change (anything but GET) came from the
-//!   relying party's own origin: a browser sends `Origin` with every cross-origin POST or
-//!   DELETE, so no other site can act with the user's cookie;
-//! - [`Caller`]: the signed-in user, from `Authorization: Bearer` or the session cookie;
+//! - [`Admitted`]: the client address (the TCP peer the listener puts on every request,
+//!   [`ClientAddr`], or the client a trusted proxy names, `forwarded.rs`) had a token in its
+//!   rate bucket (IPv6 per /64), and a state change (anything but GET) came from the relying
+//!   party's own origin: a browser sends `Origin` with every cross-origin POST or DELETE, so no
+//!   other site can act with the user's cookie;
+//! - [`Caller`]: the signed-in user, from `Authorization: Bearer` or the session cookie (either
+//!   name; two that differ are refused);
 //! - [`UserAgent`]: the `User-Agent` header, kept with new passkeys and sessions.
 
 use std::net::IpAddr;
@@ -17,17 +19,21 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode};
 
 use super::api_error::ApiError;
-use super::cookies::session_cookie;
+use super::cookies::{ConflictingSessionCookies, session_cookie};
 use super::passkey_api::PasskeyApi;
+use crate::passkeys::refusal::Refusal;
 use crate::sessions::SignedIn;
 
-/// The address the connection came from; the listener inserts it into every request.
+/// The address the connection came from (the TCP peer); the listener inserts it into every
+/// request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
 
-/// The request may go on: within its address's rate, and from the page's origin.
+/// The request may go on: within its client's rate, and from the page's origin. Holds the
+/// client's address (behind a trusted proxy, the one it forwarded), which ceremonies are
+/// counted against.
 #[derive(Debug)]
-pub struct Admitted;
+pub struct Admitted(pub IpAddr);
 
 impl FromRequestParts<Arc<PasskeyApi>> for Admitted {
     type Rejection = ApiError;
@@ -36,15 +42,16 @@ impl FromRequestParts<Arc<PasskeyApi>> for Admitted {
         parts: &mut Parts,
         api: &Arc<PasskeyApi>,
     ) -> Result<Self, ApiError> {
-        let Some(ClientAddr(client)) = parts.extensions.get::<ClientAddr>().copied() else {
+        let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>().copied() else {
             tracing::error!("a passkey request arrived without its client address");
             return Err(ApiError::internal());
         };
+        let client = api.trusted_proxies().client(peer, &parts.headers);
         api.rules().admit(client)?;
         if parts.method != Method::GET {
             check_origin(&parts.headers, api.origin())?;
         }
-        Ok(Self)
+        Ok(Self(client))
     }
 }
 
@@ -73,13 +80,15 @@ impl FromRequestParts<Arc<PasskeyApi>> for Caller {
         parts: &mut Parts,
         api: &Arc<PasskeyApi>,
     ) -> Result<Self, ApiError> {
-        let token = session_token(&parts.headers);
+        let token = session_token(&parts.headers)
+            .map_err(|ConflictingSessionCookies| Refusal::ConflictingSessionCookies)?;
         Ok(Self(api.rules().authenticate(token).await?))
     }
 }
 
-/// The session token from `Authorization: Bearer`, else from the session cookie.
-fn session_token(headers: &HeaderMap) -> Option<&str> {
+/// The session token from `Authorization: Bearer`, else from the session cookie (which is then
+/// refused if two differ).
+fn session_token(headers: &HeaderMap) -> Result<Option<&str>, ConflictingSessionCookies> {
     let bearer = headers
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -87,7 +96,10 @@ fn session_token(headers: &HeaderMap) -> Option<&str> {
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim())
         .filter(|token| !token.is_empty());
-    bearer.or_else(|| session_cookie(headers))
+    match bearer {
+        Some(token) => Ok(Some(token)),
+        None => session_cookie(headers),
+    }
 }
 
 /// The `User-Agent` header as text (empty when absent or not text).
@@ -116,19 +128,26 @@ mod tests {
     #[test]
     fn tokens_come_from_bearer_or_cookie() {
         let mut headers = HeaderMap::new();
-        assert_eq!(session_token(&headers), None);
+        assert_eq!(session_token(&headers), Ok(None));
         headers.insert(
             COOKIE,
             HeaderValue::from_static("a=b; keygate_session=v4.public.x; c=d"),
         );
-        assert_eq!(session_token(&headers), Some("v4.public.x"));
+        assert_eq!(session_token(&headers), Ok(Some("v4.public.x")));
         headers.insert(
             AUTHORIZATION,
             HeaderValue::from_static("Bearer v4.public.y"),
         );
-        assert_eq!(session_token(&headers), Some("v4.public.y"));
+        assert_eq!(session_token(&headers), Ok(Some("v4.public.y")));
         headers.insert(AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(session_token(&headers), Some("v4.public.x"));
+        assert_eq!(session_token(&headers), Ok(Some("v4.public.x")));
+        headers.insert(
+            COOKIE,
+            HeaderValue::from_static(
+                "keygate_session=v4.public.x; __Host-keygate_session=v4.public.z",
+            ),
+        );
+        assert_eq!(session_token(&headers), Err(ConflictingSessionCookies));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! - `POST /v1/enroll/begin {"token","name"?}`, `POST /v1/enroll/finish {"ceremonyId","credential"}`
 //! - `POST /v1/login/begin {"userId"?}`, `POST /v1/login/finish {"ceremonyId","credential"}`
-//! - signed in (cookie `keygate_session` or `Authorization: Bearer`): `GET /v1/me/passkeys`,
+//! - signed in (cookie `__Host-keygate_session`, or `keygate_session` on plain-HTTP localhost,
+//!   or `Authorization: Bearer`): `GET /v1/me/passkeys`,
 //!   `POST /v1/me/passkeys/begin {"name"?}` + `/finish`, `DELETE /v1/me/passkeys/{id}`,
 //!   `POST /v1/logout`
 //! - `GET /` (and `/index.html`, `/app.js`): the page (`page.rs`).
@@ -14,7 +15,6 @@
 //! with `Allow`. Every answer is `Cache-Control: no-store` and `nosniff`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -24,7 +24,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::map_response_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
-use keygate_proto::time::now_unix_ms;
+use keygate_proto::time::{now_unix_ms, rfc3339};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use super::api_error::ApiError;
 use super::caller::{Admitted, Caller, UserAgent};
 use super::cookies::{ClearSessionCookie, SessionCookie};
+use super::forwarded::TrustedProxies;
 use super::json_body::{JsonBody, JsonBodyOrEmpty};
 use super::page;
 use crate::passkeys::refusal::Refusal;
@@ -42,23 +43,31 @@ use crate::store::PasskeyRecord;
 const API_PREFIX: &str = "/v1/";
 const PASSKEY_PATH_PREFIX: &str = "/v1/me/passkeys/";
 
-/// The passkey API's state: the rules, and how this control plane sets its cookie.
+/// The passkey API's state: the rules, how this control plane sets its cookie, and whose
+/// forwarding headers it believes.
 pub struct PasskeyApi {
     rules: SelfService,
     cookie: SessionCookie,
     /// The relying party's origin, the only one state changes may come from.
     origin: String,
+    trusted_proxies: TrustedProxies,
 }
 
 impl PasskeyApi {
-    pub fn new(rules: SelfService) -> Self {
+    pub fn new(rules: SelfService, trusted_proxies: TrustedProxies) -> Self {
         let cookie = SessionCookie::for_relying_party(rules.relying_party());
         let origin = rules.relying_party().origin();
         Self {
             rules,
             cookie,
             origin,
+            trusted_proxies,
         }
+    }
+
+    /// The proxies whose `X-Forwarded-For` / `Forwarded` name the client.
+    pub fn trusted_proxies(&self) -> &TrustedProxies {
+        &self.trusted_proxies
     }
 
     pub fn rules(&self) -> &SelfService {
@@ -159,9 +168,7 @@ async fn finish(State(api): State<Arc<PasskeyApi>>, mut response: Response) -> R
         .remove::<ClearSessionCookie>()
         .is_some()
     {
-        response
-            .headers_mut()
-            .insert(SET_COOKIE, api.cookie.clear());
+        api.cookie.clear_in(response.headers_mut());
     }
     with_api_headers(response)
 }
@@ -227,13 +234,13 @@ type Api = State<Arc<PasskeyApi>>;
 
 async fn enroll_begin(
     State(api): Api,
-    _: Admitted,
+    Admitted(client): Admitted,
     UserAgent(user_agent): UserAgent,
     JsonBody(body): JsonBody<EnrollBegin>,
 ) -> Result<Response, ApiError> {
     let begun = api
         .rules
-        .begin_enrollment(&body.token, body.name.as_deref(), &user_agent)
+        .begin_enrollment(client, &body.token, body.name.as_deref(), &user_agent)
         .await?;
     Ok(begun_reply(begun))
 }
@@ -253,10 +260,10 @@ async fn enroll_finish(
 
 async fn login_begin(
     State(api): Api,
-    _: Admitted,
+    Admitted(client): Admitted,
     JsonBodyOrEmpty(body): JsonBodyOrEmpty<LoginBegin>,
 ) -> Result<Response, ApiError> {
-    let begun = api.rules.begin_login(body.user_id).await?;
+    let begun = api.rules.begin_login(client, body.user_id).await?;
     Ok(begun_reply(begun))
 }
 
@@ -294,14 +301,14 @@ async fn my_passkeys(
 
 async fn add_begin(
     State(api): Api,
-    _: Admitted,
+    Admitted(client): Admitted,
     Caller(signed_in): Caller,
     UserAgent(user_agent): UserAgent,
     JsonBodyOrEmpty(body): JsonBodyOrEmpty<AddBegin>,
 ) -> Result<Response, ApiError> {
     let begun = api
         .rules
-        .begin_adding(&signed_in, body.name.as_deref(), &user_agent)
+        .begin_adding(client, &signed_in, body.name.as_deref(), &user_agent)
         .await?;
     Ok(begun_reply(begun))
 }
@@ -344,9 +351,7 @@ async fn remove_passkey(
         }),
     );
     if removed.signed_out {
-        response
-            .headers_mut()
-            .insert(SET_COOKIE, api.cookie.clear());
+        api.cookie.clear_in(response.headers_mut());
     }
     Ok(response)
 }
@@ -361,9 +366,7 @@ async fn logout(
         StatusCode::OK,
         &json!({ "signedOut": true, "revision": revision.map(|r| r.0) }),
     );
-    response
-        .headers_mut()
-        .insert(SET_COOKIE, api.cookie.clear());
+    api.cookie.clear_in(response.headers_mut());
     Ok(response)
 }
 
@@ -395,11 +398,6 @@ pub fn device_type(backup_eligible: bool) -> &'static str {
     } else {
         "single_device"
     }
-}
-
-fn rfc3339(unix_ms: i64) -> String {
-    let at = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(at).to_string()
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use crate::ceremonies::Full;
+use crate::ceremonies::{ClientFull, Full, NoRoom};
 use crate::sessions::SessionRefusal;
-use crate::store::StoreError;
+use crate::store::{EnrollmentState, StoreError};
 use crate::webauthn::CeremonyError;
 
 /// Longest part of a caller-supplied passkey id repeated in a message.
@@ -26,6 +26,12 @@ pub enum Refusal {
     /// The presented session is not (or no longer) valid.
     #[error("{0}")]
     Session(SessionRefusal),
+    /// Two session cookies (under either name) with different values.
+    #[error(
+        "the request carries two different session cookies; sign in again (or clear this \
+         site's cookies)"
+    )]
+    ConflictingSessionCookies,
     /// The device name breaks the rules (`users::clean_passkey_name`).
     #[error("{0}")]
     InvalidName(String),
@@ -35,11 +41,21 @@ pub enum Refusal {
     EnrollmentUsed,
     #[error("this enrollment link has expired; ask for a new one")]
     EnrollmentExpired,
+    /// An operator revoked the link.
+    #[error("this enrollment link was revoked; ask for a new one")]
+    EnrollmentRevoked,
+    /// The link was voided when its user was disabled; enabling the user does not revive it.
+    /// Its code is `USER_DISABLED`, as for a disabled user.
+    #[error("this enrollment link was voided when the account was disabled; ask for a new one")]
+    EnrollmentVoided,
     #[error("this account is disabled")]
     UserDisabled,
     /// The ceremonies in progress are at their cap.
     #[error("{0}")]
     TooManyCeremonies(Full),
+    /// The client (address, or IPv6 /64) has as many ceremonies in progress as it may.
+    #[error("{0}")]
+    TooManyCeremoniesFromClient(ClientFull),
     /// No such ceremony (finished already, never begun, another kind, or another session's).
     #[error("no such ceremony in progress (finished already, or never begun); start again")]
     CeremonyUnknown,
@@ -79,12 +95,15 @@ impl Refusal {
             Self::RateLimited(_) => "RATE_LIMITED",
             Self::NotSignedIn => "MISSING",
             Self::Session(refusal) => refusal.code(),
+            Self::ConflictingSessionCookies => "MALFORMED",
             Self::InvalidName(_) => "INVALID_NAME",
             Self::EnrollmentNotFound => "ENROLLMENT_NOT_FOUND",
             Self::EnrollmentUsed => "ENROLLMENT_USED",
             Self::EnrollmentExpired => "ENROLLMENT_EXPIRED",
-            Self::UserDisabled => "USER_DISABLED",
+            Self::EnrollmentRevoked => "ENROLLMENT_REVOKED",
+            Self::EnrollmentVoided | Self::UserDisabled => "USER_DISABLED",
             Self::TooManyCeremonies(_) => "TOO_MANY_CEREMONIES",
+            Self::TooManyCeremoniesFromClient(_) => "TOO_MANY_CEREMONIES_FROM_ADDRESS",
             Self::CeremonyUnknown => "CEREMONY_UNKNOWN",
             Self::CeremonyExpired => "CEREMONY_EXPIRED",
             Self::Ceremony(error) => error.code,
@@ -94,6 +113,20 @@ impl Refusal {
             Self::PasskeyNotFound(_) => "NOT_FOUND",
             Self::LastPasskey => "LAST_PASSKEY",
             Self::Store(_) | Self::Internal(_) => "INTERNAL",
+        }
+    }
+}
+
+impl Refusal {
+    /// Why an enrollment link in `state` cannot begin or finish an enrollment, if it cannot:
+    /// only an open link can.
+    pub fn for_link(state: EnrollmentState) -> Option<Self> {
+        match state {
+            EnrollmentState::Open => None,
+            EnrollmentState::Used => Some(Self::EnrollmentUsed),
+            EnrollmentState::Expired => Some(Self::EnrollmentExpired),
+            EnrollmentState::Revoked => Some(Self::EnrollmentRevoked),
+            EnrollmentState::Voided => Some(Self::EnrollmentVoided),
         }
     }
 }
@@ -109,6 +142,15 @@ impl From<SessionRefusal> for Refusal {
         match refusal {
             SessionRefusal::Store(error) => Self::Store(error),
             refusal => Self::Session(refusal),
+        }
+    }
+}
+
+impl From<NoRoom> for Refusal {
+    fn from(no_room: NoRoom) -> Self {
+        match no_room {
+            NoRoom::Full(full) => Self::TooManyCeremonies(full),
+            NoRoom::Client(client) => Self::TooManyCeremoniesFromClient(client),
         }
     }
 }
@@ -131,6 +173,27 @@ mod tests {
         assert!(matches!(refusal, Refusal::Store(_)));
         assert_eq!(refusal.code(), "INTERNAL");
         assert!(!refusal.to_string().contains("disk"), "no detail leaks");
+    }
+
+    #[test]
+    fn every_closed_link_has_its_own_refusal_and_an_open_one_none() {
+        let refused = |state| Refusal::for_link(state).map(|refusal| refusal.code());
+        assert_eq!(refused(EnrollmentState::Open), None);
+        assert_eq!(refused(EnrollmentState::Used), Some("ENROLLMENT_USED"));
+        assert_eq!(
+            refused(EnrollmentState::Expired),
+            Some("ENROLLMENT_EXPIRED")
+        );
+        assert_eq!(
+            refused(EnrollmentState::Revoked),
+            Some("ENROLLMENT_REVOKED")
+        );
+        assert_eq!(refused(EnrollmentState::Voided), Some("USER_DISABLED"));
+        let revoked = Refusal::EnrollmentRevoked.to_string();
+        assert_eq!(
+            revoked,
+            "this enrollment link was revoked; ask for a new one"
+        );
     }
 
     #[test]

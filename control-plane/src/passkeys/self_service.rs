@@ -8,9 +8,15 @@
 //!   options; the finish, on any replica, takes that state out exactly once (before any WebAuthn
 //!   check), so a replayed finish finds nothing. A ceremony answered in the wrong flow, or an add begun
 //!   in another session, is unknown.
-//! - Limits: every call takes a token from its client address's bucket ([`SelfService::admit`]),
-//!   and once the user is known (signed in, named at sign-in, or behind an enrollment link or a
-//!   passkey) one from the user's.
+//! - Limits: every call takes a token from its client's bucket ([`SelfService::admit`]: the
+//!   address, an IPv6 one per /64), and a call made *as* a user (signed in, or holding the
+//!   user's enrollment link) one from the user's. An unauthenticated caller never spends a
+//!   user's bucket: naming a user at sign-in, or answering with their credential id, charges
+//!   only the caller's own, so nobody can lock a user out. Ceremonies in progress are capped
+//!   per client as well as in all ([`Ceremonies`]).
+//! - Sign-in is discoverable whether or not a user is named, so begin answers the same shape
+//!   for a user who exists, one who does not, and none; a named user is remembered, and the
+//!   finish refuses another user's passkey exactly as it refuses an unknown one.
 //! - Flows: refusals that depend on stored state (a used link, the last passkey, a disabled
 //!   user, a credential registered twice) are decided by the store inside its transaction and
 //!   come back as outcomes, mapped here to refusals.
@@ -25,27 +31,34 @@ use serde_json::Value;
 use webauthn_rs::prelude::{PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential};
 
 use super::refusal::Refusal;
+use keygate_ratelimit::{KeyedLimiter, Rate, client_bucket};
+
 use crate::ceremonies::{CEREMONY_TTL, Ceremonies, MAX_CEREMONIES, Taken};
 use crate::ids;
-use crate::rate_limit::{Rate, RateLimiter};
 use crate::sessions::{SessionRefusal, Sessions, SignedIn};
 use crate::store::{
-    LoggedIn, Login, NewPasskey, NewSession, PasskeyRecord, PasskeyRemoval, PasskeyRemoved,
-    Registered, RegisteredVia, Registration, SessionRecord, Store,
+    CeremonyLimits, LoggedIn, Login, NewPasskey, NewSession, PasskeyRecord, PasskeyRemoval,
+    PasskeyRemoved, Registered, RegisteredVia, Registration, SessionRecord, Store,
 };
-use crate::users::clean_passkey_name;
+use crate::users::{MAX_USER_ID_CHARS, clean_passkey_name};
 use crate::webauthn::{LoginState, RelyingParty, VerifiedPasskey};
 
 /// Longest `User-Agent` kept with a passkey or a session.
 const MAX_USER_AGENT_CHARS: usize = 256;
+/// Most clients (and most users) whose rate buckets are remembered; past it, the least
+/// recently seen are forgotten (`keygate_ratelimit::KeyedLimiter`), never everyone.
+const MAX_BUCKETS: usize = 100_000;
 
-/// How fast one client and one user may call the passkey endpoints.
+/// How fast one client and one user may call the passkey endpoints, and how many ceremonies
+/// one client may keep open.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Requests per minute per client address (0: unlimited).
+    /// Requests per client address, IPv6 per /64 (`Rate::per_minute(0)`: unlimited).
     pub per_address: Rate,
-    /// Requests per minute per user (0: unlimited).
+    /// Requests per signed-in user (`Rate::per_minute(0)`: unlimited).
     pub per_user: Rate,
+    /// Most ceremonies one client address (IPv6: /64) may have in progress (0: no cap).
+    pub ceremonies_per_address: usize,
 }
 
 /// A ceremony between its begin and its finish, as kept in the store.
@@ -67,7 +80,7 @@ enum Pending {
         state: PasskeyRegistration,
     },
     Login {
-        /// The user named at begin, if any.
+        /// The user named at begin, if any (only this user's passkeys may finish it).
         user_id: Option<String>,
         state: LoginState,
     },
@@ -114,8 +127,8 @@ pub struct SelfService {
     relying_party: RelyingParty,
     sessions: Sessions,
     ceremonies: Ceremonies,
-    per_address: RateLimiter<IpAddr>,
-    per_user: RateLimiter<String>,
+    per_address: KeyedLimiter<IpAddr>,
+    per_user: KeyedLimiter<String>,
 }
 
 impl SelfService {
@@ -126,12 +139,19 @@ impl SelfService {
         limits: &Limits,
     ) -> Self {
         Self {
-            ceremonies: Ceremonies::new(Arc::clone(&store), CEREMONY_TTL, MAX_CEREMONIES),
+            ceremonies: Ceremonies::new(
+                Arc::clone(&store),
+                CEREMONY_TTL,
+                CeremonyLimits {
+                    capacity: MAX_CEREMONIES,
+                    per_client: limits.ceremonies_per_address,
+                },
+            ),
             store,
             relying_party,
             sessions,
-            per_address: RateLimiter::new(limits.per_address),
-            per_user: RateLimiter::new(limits.per_user),
+            per_address: KeyedLimiter::new(limits.per_address, MAX_BUCKETS),
+            per_user: KeyedLimiter::new(limits.per_user, MAX_BUCKETS),
         }
     }
 
@@ -140,13 +160,14 @@ impl SelfService {
         &self.relying_party
     }
 
-    /// Takes a token from `client`'s bucket; every call of the API does, first.
+    /// Takes a token from `client`'s bucket (IPv6: its /64's); every call of the API does,
+    /// first.
     pub fn admit(&self, client: IpAddr) -> Result<(), Refusal> {
-        limited(self.per_address.check(client))
+        limited(self.per_address.check(&client_bucket(client)))
     }
 
-    /// The caller's session (`token`, if one was presented), checked, and a token from the
-    /// user's bucket.
+    /// The caller's session (`token`, if one was presented), checked, and then (the caller
+    /// is that user) a token from the user's bucket.
     pub async fn authenticate(&self, token: Option<&str>) -> Result<SignedIn, Refusal> {
         let token = token.ok_or(Refusal::NotSignedIn)?;
         let signed_in = self.sessions.authenticate(token).await?;
@@ -155,10 +176,13 @@ impl SelfService {
     }
 
     /// Begins registering a passkey named `name` through the enrollment link whose token is
-    /// `token`. The link is checked (known, unused, unexpired) but not consumed: the finish
-    /// consumes it in the transaction that stores the passkey.
+    /// `token`. The link is checked (known and open: not used, expired, revoked or voided) but
+    /// not consumed: the finish checks it again and consumes it in the transaction that
+    /// stores the passkey. `client` began it. Holding the link's secret makes the caller that
+    /// user, so this charges the user's bucket.
     pub async fn begin_enrollment(
         &self,
+        client: IpAddr,
         token: &str,
         name: Option<&str>,
         user_agent: &str,
@@ -170,11 +194,8 @@ impl SelfService {
             .enrollment_by_token_hash(token_hash)
             .await?
             .ok_or(Refusal::EnrollmentNotFound)?;
-        if enrollment.used_unix_ms.is_some() {
-            return Err(Refusal::EnrollmentUsed);
-        }
-        if enrollment.expires_unix_ms <= now_unix_ms() {
-            return Err(Refusal::EnrollmentExpired);
+        if let Some(refused) = Refusal::for_link(enrollment.state(now_unix_ms())) {
+            return Err(refused);
         }
         self.limit_user(&enrollment.user_id)?;
         let user = self
@@ -186,6 +207,7 @@ impl SelfService {
         let existing = self.store.list_passkeys(&user.user_id).await?;
         let (public_key, state) = self.relying_party.start_registration(&user, &existing)?;
         self.begun(
+            client,
             Pending::Enroll {
                 user_id: user.user_id,
                 token_hash,
@@ -237,35 +259,37 @@ impl SelfService {
             )),
             Registered::EnrollmentUsed => Err(Refusal::EnrollmentUsed),
             Registered::EnrollmentExpired => Err(Refusal::EnrollmentExpired),
+            Registered::EnrollmentRevoked => Err(Refusal::EnrollmentRevoked),
+            Registered::EnrollmentVoided => Err(Refusal::EnrollmentVoided),
             Registered::UserDisabled | Registered::SessionInvalid => Err(Refusal::UserDisabled),
             Registered::CredentialExists => Err(Refusal::CredentialExists),
         }
     }
 
-    /// Begins a sign-in: for the named user's passkeys, or (no user) with any discoverable one.
-    /// An unknown or disabled user gets a discoverable ceremony like anyone else, so begin does
-    /// not tell who exists; the finish refuses.
-    pub async fn begin_login(&self, user_id: Option<String>) -> Result<Begun, Refusal> {
-        let user_id = user_id.filter(|id| !id.is_empty());
-        let passkeys = match &user_id {
-            Some(user_id) => {
-                self.limit_user(user_id)?;
-                match self.store.get_user(user_id).await? {
-                    Some(user) if !user.disabled => self.store.list_passkeys(user_id).await?,
-                    _ => Vec::new(),
-                }
-            }
-            None => Vec::new(),
-        };
-        let (public_key, state) = self
-            .relying_party
-            .start_authentication(Some(passkeys.as_slice()))?;
-        self.begun(Pending::Login { user_id, state }, public_key)
+    /// Begins a sign-in for `client`, always discoverable (any of the site's passkeys may
+    /// answer). Whether `user_id` names a user who exists, one who does not, or nobody, the
+    /// answer has the same fields and sizes and the store is not asked, so begin tells nobody
+    /// who exists. A named user is kept in the ceremony for the finish. Nothing is charged to
+    /// the named user: the caller is not them (yet).
+    pub async fn begin_login(
+        &self,
+        client: IpAddr,
+        user_id: Option<String>,
+    ) -> Result<Begun, Refusal> {
+        // No user id is longer than MAX_USER_ID_CHARS, so one char more still names nobody,
+        // and bounds what the ceremony keeps.
+        let user_id = user_id
+            .filter(|id| !id.is_empty())
+            .map(|id| id.chars().take(MAX_USER_ID_CHARS + 1).collect());
+        let (public_key, state) = self.relying_party.start_authentication()?;
+        self.begun(client, Pending::Login { user_id, state }, public_key)
             .await
     }
 
     /// Finishes a sign-in: the answering passkey must be registered, belong to the user named
-    /// at begin (if any) and carry its user's handle; then a session is opened.
+    /// at begin (if any; another user's passkey is refused exactly as an unknown one, so the
+    /// finish does not tell either whether a credential exists) and carry its user's handle;
+    /// then a session is opened.
     pub async fn finish_login(
         &self,
         ceremony_id: &str,
@@ -280,47 +304,40 @@ impl SelfService {
             return Err(Refusal::CeremonyUnknown);
         };
         let (credential_id, handle) = self.relying_party.identify(credential);
+        // No per-user charge here: the credential id is not a secret, and its signature is
+        // not checked yet, so the caller may not be this user.
         let passkey = self
             .store
             .passkey_by_credential_id(&credential_id)
             .await?
-            .ok_or(Refusal::AuthenticationFailed(
-                "this passkey is not registered (any more)",
-            ))?;
-        if named
-            .as_ref()
-            .is_some_and(|named| *named != passkey.user_id)
-        {
-            return Err(Refusal::AuthenticationFailed(
-                "this passkey belongs to another user",
-            ));
-        }
-        self.limit_user(&passkey.user_id)?;
+            .filter(|passkey| named.as_ref().is_none_or(|named| *named == passkey.user_id))
+            .ok_or(Refusal::AuthenticationFailed(NOT_REGISTERED))?;
         let user = self
             .store
             .get_user(&passkey.user_id)
             .await?
             .ok_or(Refusal::AuthenticationFailed("this passkey's user is gone"))?;
-        let discoverable = matches!(state, LoginState::Discoverable(_));
         match handle {
             Some(handle) if handle != user.handle => {
                 return Err(Refusal::AuthenticationFailed(
                     "the passkey's user handle does not match its user",
                 ));
             }
-            None if discoverable => {
+            None => {
                 return Err(Refusal::MalformedCredential(
                     "a discoverable sign-in must return the user handle".into(),
                 ));
             }
-            _ => {}
-        }
-        if user.disabled {
-            return Err(Refusal::UserDisabled);
+            Some(_) => {}
         }
         let updated = self
             .relying_party
             .finish_authentication(credential, state, &passkey)?;
+        // Only after the signature: whoever merely knows a credential id learns nothing of
+        // its user's state.
+        if user.disabled {
+            return Err(Refusal::UserDisabled);
+        }
         let login = Login {
             passkey_id: passkey.passkey_id.clone(),
             updated_credential: updated,
@@ -332,9 +349,7 @@ impl SelfService {
             .await?
         {
             LoggedIn::Done(session) => self.issue(session).await,
-            LoggedIn::PasskeyGone => Err(Refusal::AuthenticationFailed(
-                "this passkey is not registered (any more)",
-            )),
+            LoggedIn::PasskeyGone => Err(Refusal::AuthenticationFailed(NOT_REGISTERED)),
             LoggedIn::UserDisabled => Err(Refusal::UserDisabled),
         }
     }
@@ -344,10 +359,11 @@ impl SelfService {
         Ok(self.store.list_passkeys(&signed_in.user_id).await?)
     }
 
-    /// Begins adding a passkey named `name` for the signed-in user; only this session may
-    /// finish it.
+    /// Begins adding a passkey named `name` for the signed-in user, from `client`; only this
+    /// session may finish it.
     pub async fn begin_adding(
         &self,
+        client: IpAddr,
         signed_in: &SignedIn,
         name: Option<&str>,
         user_agent: &str,
@@ -361,6 +377,7 @@ impl SelfService {
         let existing = self.store.list_passkeys(&user.user_id).await?;
         let (public_key, state) = self.relying_party.start_registration(&user, &existing)?;
         self.begun(
+            client,
             Pending::AddPasskey {
                 user_id: user.user_id,
                 session_id: signed_in.session_id.clone(),
@@ -413,7 +430,9 @@ impl SelfService {
             Registered::SessionInvalid => Err(SessionRefusal::Revoked.into()),
             Registered::UserDisabled
             | Registered::EnrollmentUsed
-            | Registered::EnrollmentExpired => Err(Refusal::UserDisabled),
+            | Registered::EnrollmentExpired
+            | Registered::EnrollmentRevoked
+            | Registered::EnrollmentVoided => Err(Refusal::UserDisabled),
             Registered::CredentialExists => Err(Refusal::CredentialExists),
         }
     }
@@ -463,17 +482,19 @@ impl SelfService {
         Ok(revision)
     }
 
+    /// Takes a token from `user_id`'s bucket: only for calls made as that user.
     fn limit_user(&self, user_id: &str) -> Result<(), Refusal> {
-        limited(self.per_user.check(user_id.to_owned()))
+        limited(self.per_user.check(&user_id.to_owned()))
     }
 
-    /// Keeps a ceremony until its finish.
-    async fn begun(&self, pending: Pending, public_key: Value) -> Result<Begun, Refusal> {
-        let ceremony_id = self
-            .ceremonies
-            .insert(&pending)
-            .await?
-            .map_err(Refusal::TooManyCeremonies)?;
+    /// Keeps a ceremony begun by `client` until its finish.
+    async fn begun(
+        &self,
+        client: IpAddr,
+        pending: Pending,
+        public_key: Value,
+    ) -> Result<Begun, Refusal> {
+        let ceremony_id = self.ceremonies.insert(&pending, client).await??;
         Ok(Begun {
             ceremony_id,
             public_key,
@@ -499,15 +520,18 @@ impl SelfService {
 
     /// Signs the token of a session the store has just opened.
     async fn issue(&self, session: SessionRecord) -> Result<IssuedSession, Refusal> {
-        let token = self.sessions.sign(&session).await?;
+        let signed = self.sessions.sign(&session).await?;
         Ok(IssuedSession {
             user_id: session.user_id,
             passkey_id: session.passkey_id,
-            token,
-            expires_unix_ms: session.expires_unix_ms,
+            token: signed.token,
+            expires_unix_ms: signed.expires_unix_ms,
         })
     }
 }
+
+/// The refusal of an unknown passkey, and of another user's than the one named at begin.
+const NOT_REGISTERED: &str = "this passkey is not registered (any more)";
 
 fn limited(check: Result<(), Duration>) -> Result<(), Refusal> {
     check.map_err(Refusal::RateLimited)
@@ -595,8 +619,9 @@ mod tests {
 
     fn unlimited() -> Limits {
         Limits {
-            per_address: Rate { per_minute: 0 },
-            per_user: Rate { per_minute: 0 },
+            per_address: Rate::per_minute(0),
+            per_user: Rate::per_minute(0),
+            ceremonies_per_address: 0,
         }
     }
 
@@ -625,7 +650,7 @@ mod tests {
         async fn enroll(&self, device: &Device, token: &str) -> IssuedSession {
             let begun = self
                 .rules
-                .begin_enrollment(token, Some("laptop"), "test agent")
+                .begin_enrollment(CLIENT, token, Some("laptop"), "test agent")
                 .await
                 .unwrap();
             let credential = device.create(&begun.public_key).await;
@@ -637,7 +662,7 @@ mod tests {
 
         /// A discoverable sign-in with `device`.
         async fn login(&self, device: &Device) -> Result<IssuedSession, Refusal> {
-            let begun = self.rules.begin_login(None).await?;
+            let begun = self.rules.begin_login(CLIENT, None).await?;
             let credential = device.get(&begun.public_key).await;
             self.rules
                 .finish_login(&begun.ceremony_id, &parsed(credential), "test agent")
@@ -652,7 +677,7 @@ mod tests {
         async fn add(&self, signed_in: &SignedIn, device: &Device) -> PasskeyRecord {
             let begun = self
                 .rules
-                .begin_adding(signed_in, Some("phone"), "phone agent")
+                .begin_adding(CLIENT, signed_in, Some("phone"), "phone agent")
                 .await
                 .unwrap();
             let credential = device.create(&begun.public_key).await;
@@ -682,7 +707,7 @@ mod tests {
             (passkeys[0].name.as_str(), passkeys[0].user_agent.as_str()),
             ("laptop", "test agent")
         );
-        let again = setup.rules.begin_enrollment(&token, None, "").await;
+        let again = setup.rules.begin_enrollment(CLIENT, &token, None, "").await;
         assert!(matches!(again, Err(Refusal::EnrollmentUsed)), "{again:?}");
     }
 
@@ -693,7 +718,7 @@ mod tests {
         let long_name = "n".repeat(65);
         let refused = setup
             .rules
-            .begin_enrollment(&token, Some(&long_name), "")
+            .begin_enrollment(CLIENT, &token, Some(&long_name), "")
             .await;
         assert!(
             matches!(refused, Err(Refusal::InvalidName(_))),
@@ -701,26 +726,27 @@ mod tests {
         );
         let refused = setup
             .rules
-            .begin_enrollment("no-such-token", None, "")
+            .begin_enrollment(CLIENT, "no-such-token", None, "")
             .await;
         assert!(
             matches!(refused, Err(Refusal::EnrollmentNotFound)),
             "{refused:?}"
         );
-        setup
-            .users
-            .set_enabled("alice", false, "admin")
-            .await
-            .unwrap();
-        let refused = setup.rules.begin_enrollment(&token, None, "").await;
-        // Disabling a user voids their links, or (if the link survives) refuses the user.
-        assert!(
-            matches!(
-                refused,
-                Err(Refusal::UserDisabled | Refusal::EnrollmentUsed | Refusal::EnrollmentNotFound)
-            ),
-            "{refused:?}"
-        );
+        // Disabling a user voids their open links (USER_DISABLED), and enabling them again
+        // revives none.
+        for enabled in [false, true] {
+            setup
+                .users
+                .set_enabled("alice", enabled, "admin")
+                .await
+                .unwrap();
+            let refused = setup.rules.begin_enrollment(CLIENT, &token, None, "").await;
+            assert!(
+                matches!(&refused, Err(Refusal::EnrollmentVoided)),
+                "{refused:?}"
+            );
+            assert_eq!(refused.unwrap_err().code(), "USER_DISABLED");
+        }
     }
 
     #[tokio::test]
@@ -730,7 +756,7 @@ mod tests {
         let device = Device::new(ORIGIN);
         let enrolled = setup.enroll(&device, &token).await;
 
-        let begun = setup.rules.begin_login(None).await.unwrap();
+        let begun = setup.rules.begin_login(CLIENT, None).await.unwrap();
         let credential = parsed::<PublicKeyCredential>(device.get(&begun.public_key).await);
         let session = setup
             .rules
@@ -753,38 +779,155 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_sign_in_for_a_named_user_refuses_another_users_passkey() {
+    async fn only_a_verified_signature_learns_that_a_user_is_disabled() {
         let setup = setup(unlimited()).await;
-        let (alice, bob) = (Device::new(ORIGIN), Device::new(ORIGIN));
+        let alice = Device::new(ORIGIN);
+        let token = setup.user_with_link("alice").await;
+        setup.enroll(&alice, &token).await;
+        setup
+            .users
+            .set_enabled("alice", false, "test")
+            .await
+            .unwrap();
+
+        // Alice's credential id, signed over another ceremony's challenge: whoever replays it
+        // holds no signature for this ceremony.
+        let first = setup.rules.begin_login(CLIENT, None).await.unwrap();
+        let second = setup.rules.begin_login(CLIENT, None).await.unwrap();
+        let replayed = alice.get(&second.public_key).await;
+        let refusal = setup
+            .rules
+            .finish_login(&first.ceremony_id, &parsed(replayed), "test agent")
+            .await
+            .unwrap_err();
+        assert_ne!(refusal.code(), "USER_DISABLED", "{refusal}");
+
+        // Alice herself, with a good signature, is told.
+        let refusal = setup.login(&alice).await.unwrap_err();
+        assert_eq!(refusal.code(), "USER_DISABLED", "{refusal}");
+    }
+
+    #[tokio::test]
+    async fn a_sign_in_for_a_named_user_refuses_another_users_passkey_as_unknown() {
+        let setup = setup(unlimited()).await;
+        let (alice, bob, stranger) = (
+            Device::new(ORIGIN),
+            Device::new(ORIGIN),
+            Device::new(ORIGIN),
+        );
         let token = setup.user_with_link("alice").await;
         setup.enroll(&alice, &token).await;
         let token = setup.user_with_link("bob").await;
         setup.enroll(&bob, &token).await;
+        // A passkey this site never registered (enrolled nowhere).
+        let _ = stranger
+            .create(
+                &setup
+                    .rules
+                    .relying_party()
+                    .start_registration(
+                        &crate::store::UserRecord {
+                            user_id: "stranger".into(),
+                            handle: [9; 16],
+                            created_unix_ms: 0,
+                            disabled: false,
+                            sessions_revoked_before_unix_ms: 0,
+                            state_prune_after_unix_ms: 0,
+                        },
+                        &[],
+                    )
+                    .unwrap()
+                    .0,
+            )
+            .await;
 
-        // Unknown users get a ceremony too: begin does not tell who exists.
-        setup
+        let refusal = |outcome: Result<IssuedSession, Refusal>| match outcome {
+            Err(refusal) => (refusal.code(), refusal.to_string()),
+            Ok(session) => panic!("signed in as {}", session.user_id),
+        };
+        // Bob's passkey, for a sign-in naming alice.
+        let begun = setup
             .rules
-            .begin_login(Some("nobody".into()))
+            .begin_login(CLIENT, Some("alice".into()))
             .await
             .unwrap();
-        let begun = setup.rules.begin_login(Some("alice".into())).await.unwrap();
-        // Bob's device answers a discoverable-style request with his own passkey.
-        let mut options = begun.public_key.clone();
-        options["allowCredentials"] = Value::Array(Vec::new());
-        let credential = bob.get(&options).await;
-        let refused = setup
+        let credential = bob.get(&begun.public_key).await;
+        let another_users = refusal(
+            setup
+                .rules
+                .finish_login(&begun.ceremony_id, &parsed(credential), "")
+                .await,
+        );
+        // A passkey nobody registered.
+        let begun = setup
+            .rules
+            .begin_login(CLIENT, Some("alice".into()))
+            .await
+            .unwrap();
+        let credential = stranger.get(&begun.public_key).await;
+        let unknown = refusal(
+            setup
+                .rules
+                .finish_login(&begun.ceremony_id, &parsed(credential), "")
+                .await,
+        );
+        assert_eq!(
+            another_users, unknown,
+            "the same refusal: nothing to tell them apart"
+        );
+        assert_eq!(unknown.0, "AUTHENTICATION_FAILED");
+
+        // Alice's own passkey signs in for her, named or not.
+        let begun = setup
+            .rules
+            .begin_login(CLIENT, Some("alice".into()))
+            .await
+            .unwrap();
+        let credential = alice.get(&begun.public_key).await;
+        let session = setup
             .rules
             .finish_login(&begun.ceremony_id, &parsed(credential), "")
-            .await;
-        assert!(
-            matches!(
-                refused,
-                Err(Refusal::AuthenticationFailed(
-                    "this passkey belongs to another user"
-                ))
-            ),
-            "{refused:?}"
+            .await
+            .unwrap();
+        assert_eq!(session.user_id, "alice");
+    }
+
+    #[tokio::test]
+    async fn begin_looks_the_same_for_an_existing_a_missing_and_no_user() {
+        let setup = setup(unlimited()).await;
+        let token = setup.user_with_link("alice").await;
+        setup.enroll(&Device::new(ORIGIN), &token).await;
+        let shape = |begun: Begun| {
+            let mut options = begun.public_key;
+            // The challenge is random; only its length may be compared.
+            let challenge = options["challenge"].take();
+            (
+                begun.ceremony_id.len(),
+                challenge.as_str().map(str::len),
+                options,
+            )
+        };
+        let existing = shape(
+            setup
+                .rules
+                .begin_login(CLIENT, Some("alice".into()))
+                .await
+                .unwrap(),
         );
+        let missing = shape(
+            setup
+                .rules
+                .begin_login(CLIENT, Some("nobody".into()))
+                .await
+                .unwrap(),
+        );
+        let none = shape(setup.rules.begin_login(CLIENT, None).await.unwrap());
+        assert_eq!(existing, missing);
+        assert_eq!(existing, none);
+        let empty = existing.2["allowCredentials"]
+            .as_array()
+            .is_none_or(Vec::is_empty);
+        assert!(empty, "no credentials listed: {}", existing.2);
     }
 
     #[tokio::test]
@@ -794,7 +937,7 @@ mod tests {
         let device = Device::new(ORIGIN);
         let begun = setup
             .rules
-            .begin_enrollment(&token, None, "")
+            .begin_enrollment(CLIENT, &token, None, "")
             .await
             .unwrap();
         let credential =
@@ -833,7 +976,11 @@ mod tests {
             setup.signed_in(&second).await.unwrap(),
         );
         let phone = Device::new(ORIGIN);
-        let begun = setup.rules.begin_adding(&first, None, "").await.unwrap();
+        let begun = setup
+            .rules
+            .begin_adding(CLIENT, &first, None, "")
+            .await
+            .unwrap();
         let credential = phone.create(&begun.public_key).await;
         let stolen = setup
             .rules
@@ -914,8 +1061,9 @@ mod tests {
     #[tokio::test]
     async fn addresses_and_users_have_their_own_buckets() {
         let setup = setup(Limits {
-            per_address: Rate { per_minute: 2 },
-            per_user: Rate { per_minute: 2 },
+            per_address: Rate::per_minute(2),
+            per_user: Rate::per_minute(2),
+            ceremonies_per_address: 0,
         })
         .await;
         setup.rules.admit(CLIENT).unwrap();
@@ -929,17 +1077,42 @@ mod tests {
             .rules
             .admit(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)))
             .unwrap();
+        // IPv6 clients count per /64.
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        setup.rules.admit(ip("2001:db8::1")).unwrap();
+        setup.rules.admit(ip("2001:db8::2")).unwrap();
+        assert!(setup.rules.admit(ip("2001:db8::3")).is_err());
+        setup.rules.admit(ip("2001:db8:0:1::1")).unwrap();
+    }
 
-        for _ in 0..2 {
-            setup.rules.begin_login(Some("carol".into())).await.unwrap();
+    #[tokio::test]
+    async fn naming_a_user_never_spends_their_bucket_only_their_own_calls_do() {
+        let setup = setup(Limits {
+            per_address: Rate::per_minute(0),
+            per_user: Rate::per_minute(2),
+            ceremonies_per_address: 0,
+        })
+        .await;
+        let token = setup.user_with_link("carol").await;
+        let device = Device::new(ORIGIN);
+        // The link's holder is carol: enrolling spends one of her two.
+        setup.enroll(&device, &token).await;
+        // Anyone may name carol at sign-in as often as the address limit allows.
+        for _ in 0..50 {
+            setup
+                .rules
+                .begin_login(CLIENT, Some("carol".into()))
+                .await
+                .unwrap();
         }
-        let refused = setup.rules.begin_login(Some("carol".into())).await;
+        // She still signs in, and her own calls are what her bucket counts.
+        let session = setup.login(&device).await.unwrap();
+        setup.signed_in(&session).await.unwrap();
+        let refused = setup.signed_in(&session).await;
         assert!(
             matches!(refused, Err(Refusal::RateLimited(_))),
             "{refused:?}"
         );
-        setup.rules.begin_login(Some("dave".into())).await.unwrap();
-        setup.rules.begin_login(None).await.unwrap();
     }
 
     #[test]

@@ -4,6 +4,10 @@
 //!
 //! Each ceremony is taken exactly once, atomically: of two concurrent finishes, on one replica
 //! or two, only one finds it.
+//!
+//! Each is kept with the client bucket that began it (`client`: an IPv4 address or an IPv6 /64,
+//! as text), so a put can refuse a client that has too many open already: one address (or one
+//! /64) cannot fill the table that everyone shares.
 
 use async_trait::async_trait;
 
@@ -17,6 +21,30 @@ pub struct NewCeremony {
     /// The relying party's state, serialised by the caller (it names the kind of ceremony).
     pub state_json: String,
     pub expires_unix_ms: i64,
+    /// The client bucket that began it (`keygate_ratelimit::client_bucket`, as text).
+    pub client: String,
+}
+
+/// How many ceremonies a put may leave in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CeremonyLimits {
+    /// Most ceremonies kept at once, across every client (and every replica).
+    pub capacity: usize,
+    /// Most unexpired ceremonies one client may have open; 0: no per-client cap.
+    pub per_client: usize,
+}
+
+/// What [`CeremonyStore::put_ceremony`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CeremonyPut {
+    Kept,
+    /// The table is at its capacity, even without its expired ceremonies.
+    Full,
+    /// This client has `per_client` unexpired ceremonies open already; the first of them
+    /// expires at `next_expiry_unix_ms`.
+    ClientFull {
+        next_expiry_unix_ms: i64,
+    },
 }
 
 /// What [`CeremonyStore::take_ceremony`] found.
@@ -47,14 +75,15 @@ impl CeremonyTaken {
 /// Ceremonies in progress.
 #[async_trait]
 pub trait CeremonyStore: Send + Sync {
-    /// Keeps `ceremony` unless `capacity` unexpired ceremonies are kept already; then expired
-    /// ones are deleted and, if there is still no room, it returns false.
+    /// Keeps `ceremony` unless its client has `limits.per_client` unexpired ceremonies open
+    /// ([`CeremonyPut::ClientFull`]) or `limits.capacity` ceremonies are kept already; then
+    /// expired ones are deleted and, if there is still no room, [`CeremonyPut::Full`].
     async fn put_ceremony(
         &self,
         ceremony: NewCeremony,
-        capacity: usize,
+        limits: CeremonyLimits,
         now_unix_ms: i64,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<CeremonyPut, StoreError>;
 
     /// Deletes the ceremony and returns its state: a second call finds nothing.
     async fn take_ceremony(

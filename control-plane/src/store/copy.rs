@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use keygate_proto::{PasskeyRevocation, Revision};
 
 use super::{
-    AuditEntry, EnrollmentRecord, KeyRecord, LogBounds, PasskeyRecord, SessionRecord,
-    SigningKeyRecord, StoreError, UserRecord,
+    AuditEntry, EnrollmentRecord, KeyRecord, LogBounds, OperatorTokenRecord, PasskeyRecord,
+    SessionRecord, SigningKeyRecord, StoreError, UserRecord,
 };
 
 /// Every table the copy moves, with its columns. Each backend's tests check that its schema has
@@ -96,6 +96,9 @@ pub const COPIED_TABLES: &[(&str, &[&str])] = &[
             "created_ms",
             "expires_ms",
             "used_ms",
+            "voided_ms",
+            "voided_reason",
+            "created_by",
         ],
     ),
     (
@@ -121,6 +124,19 @@ pub const COPIED_TABLES: &[(&str, &[&str])] = &[
             "public_key",
             "created_ms",
             "verify_until_ms",
+            "revoked_ms",
+            "max_session_lifetime_ms",
+        ],
+    ),
+    (
+        "operator_tokens",
+        &[
+            "name",
+            "token_hash",
+            "scopes",
+            "gateway_id",
+            "created_ms",
+            "created_by",
         ],
     ),
 ];
@@ -144,6 +160,8 @@ pub struct Dump {
     /// The events the log still retains, from `log.oldest_retained` to `log.head`.
     pub events: Vec<EventRow>,
     pub audit: Vec<AuditEntry>,
+    /// Named tokens, by hash, so every operator and gateway token keeps working on the copy.
+    pub operator_tokens: Vec<OperatorTokenRecord>,
 }
 
 /// An enrollment link as stored: the hash of its token and the record. `Debug` leaves the hash
@@ -186,6 +204,7 @@ pub struct DumpSummary {
     pub signing_keys: usize,
     pub events: usize,
     pub audit: usize,
+    pub operator_tokens: usize,
 }
 
 impl Dump {
@@ -227,9 +246,13 @@ impl Dump {
             signing_keys: self.signing_keys.len(),
             events: self.events.len(),
             audit: self.audit.len(),
+            operator_tokens: self.operator_tokens.len(),
         }
     }
 }
+
+/// How many tables [`COUNT_ROWS`] counts.
+pub(crate) const COUNTED_TABLES: usize = 10;
 
 /// One query, plain SQL that both backends run, counting the rows of every copied table in
 /// [`DumpSummary::from_counts`]'s order.
@@ -237,11 +260,12 @@ pub(crate) const COUNT_ROWS: &str = "SELECT
     (SELECT COUNT(*) FROM keys), (SELECT COUNT(*) FROM users), (SELECT COUNT(*) FROM passkeys),
     (SELECT COUNT(*) FROM enrollments), (SELECT COUNT(*) FROM sessions),
     (SELECT COUNT(*) FROM revoked_passkeys), (SELECT COUNT(*) FROM signing_keys),
-    (SELECT COUNT(*) FROM events), (SELECT COUNT(*) FROM audit)";
+    (SELECT COUNT(*) FROM events), (SELECT COUNT(*) FROM audit),
+    (SELECT COUNT(*) FROM operator_tokens)";
 
 impl DumpSummary {
     /// The summary of a store with the log `log` and the row counts [`COUNT_ROWS`] returned.
-    pub(crate) fn from_counts(log: LogBounds, counts: [i64; 9]) -> Self {
+    pub(crate) fn from_counts(log: LogBounds, counts: [i64; COUNTED_TABLES]) -> Self {
         let [
             keys,
             users,
@@ -252,6 +276,7 @@ impl DumpSummary {
             signing_keys,
             events,
             audit,
+            operator_tokens,
         ] = counts.map(|count| usize::try_from(count).unwrap_or(0));
         Self {
             log,
@@ -264,6 +289,7 @@ impl DumpSummary {
             signing_keys,
             events,
             audit,
+            operator_tokens,
         }
     }
 
@@ -281,6 +307,7 @@ impl DumpSummary {
                 self.signing_keys,
                 self.events,
                 self.audit,
+                self.operator_tokens,
             ]
             .iter()
             .all(|&rows| rows == 0)
@@ -301,6 +328,7 @@ impl fmt::Display for DumpSummary {
             (self.signing_keys, "signing keys"),
             (self.events, "events"),
             (self.audit, "audit rows"),
+            (self.operator_tokens, "operator tokens"),
         ] {
             if rows > 0 {
                 write!(f, "{what}: {rows}, ")?;
@@ -340,8 +368,9 @@ mod tests {
     use crate::store::sqlite::SqliteStore;
     use crate::store::suite::Recorder;
     use crate::store::{
-        EnrollmentCreated, LoggedIn, Login, NewEnrollment, NewPasskey, NewSession, PasskeyRemoval,
-        PasskeyRemoved, Registered, RegisteredVia, Registration, Store,
+        EnrollmentCreated, LoggedIn, Login, NewEnrollment, NewPasskey, NewSession, NewToken,
+        PasskeyRemoval, PasskeyRemoved, Registered, RegisteredVia, Registration, SigningKeyRevoked,
+        Store, TokenCreated,
     };
 
     const HOUR_MS: i64 = 3600 * 1000;
@@ -368,6 +397,9 @@ mod tests {
             public_key: [byte.wrapping_add(100); 32],
             created_unix_ms: now_unix_ms(),
             verify_until_unix_ms: None,
+            revoked_unix_ms: None,
+            // The first as made before the column; the others sign `byte` hours.
+            max_session_lifetime_ms: (byte > 1).then_some(i64::from(byte) * HOUR_MS),
         }
     }
 
@@ -425,8 +457,10 @@ mod tests {
     }
 
     /// Fills `store`, through its ordinary operations, with every kind of row: keys (one
-    /// deleted, one rerolled, one disabled), two signing keys after a rotation, users (one
-    /// disabled), passkeys (one removed: a revocation), a used and an unused enrollment link,
+    /// deleted, one rerolled, one disabled), two signing keys after a rotation (the retired one
+    /// revoked), users (one
+    /// disabled), passkeys (one removed: a revocation), a used, a revoked and a voided
+    /// enrollment link,
     /// sessions (one revoked), audit rows, and a compacted log (oldest retained > 1). Returns
     /// the hashes of every key ever made, the deleted ones too.
     async fn populate(store: &Arc<dyn Store>) -> Vec<KeyHash> {
@@ -462,6 +496,12 @@ mod tests {
             .rotate_signing_key(signing_key("sk_2", 2), now_unix_ms() + HOUR_MS, "admin")
             .await
             .unwrap();
+        // The retired key revoked: its `revoked_ms` must travel too.
+        let revoked = store
+            .revoke_signing_key("sk_1", signing_key("sk_3", 3), HOUR_MS, "admin")
+            .await
+            .unwrap();
+        assert!(matches!(revoked, SigningKeyRevoked::Revoked { .. }));
         // Everything so far leaves the log; what follows stays in it.
         let bounds = store.compact(now_unix_ms() + 1).await.unwrap();
         assert!(bounds.oldest_retained > Revision(1), "{bounds:?}");
@@ -524,10 +564,27 @@ mod tests {
             "{removed:?}"
         );
         enroll(&**store, "carol", 8).await;
+        let revoked = store.revoke_enrollment("enr_8", "admin").await.unwrap();
+        assert!(revoked.is_some_and(|revoked| revoked.changed));
+        // Bob's open link is voided when he is disabled.
+        enroll(&**store, "bob", 9).await;
         store
             .set_user_enabled("bob", false, 24 * HOUR_MS, "admin")
             .await
             .unwrap();
+        for (name, scopes, gateway_id, hash) in [
+            ("ci", vec!["keys:create".to_owned()], None, 1),
+            ("edge-1", Vec::new(), Some("edge-1".to_owned()), 2),
+        ] {
+            let token = NewToken {
+                name: name.into(),
+                token_hash: [hash; 32],
+                scopes,
+                gateway_id,
+            };
+            let created = store.create_token(token, "admin").await.unwrap();
+            assert!(matches!(created, TokenCreated::Created(_)), "{created:?}");
+        }
         let late = keys.create(create("dave", false), "admin").await.unwrap();
         hashes.push(late.record.hash);
         hashes
@@ -569,10 +626,18 @@ mod tests {
             copy.session_context("ses_2").await.unwrap(),
             original.session_context("ses_2").await.unwrap()
         );
+        for user in ["alice", "bob", "carol"] {
+            assert_eq!(
+                copy.list_enrollments(user).await.unwrap(),
+                original.list_enrollments(user).await.unwrap()
+            );
+        }
         assert_eq!(
-            copy.enrollment_by_token_hash([8; 32]).await.unwrap(),
-            original.enrollment_by_token_hash([8; 32]).await.unwrap()
+            copy.list_tokens().await.unwrap(),
+            original.list_tokens().await.unwrap()
         );
+        let edge = copy.token_by_hash([2; 32]).await.unwrap().unwrap();
+        assert_eq!(edge.gateway_id.as_deref(), Some("edge-1"));
     }
 
     /// SQLite → PostgreSQL → SQLite: every row and the log identity arrive as they left, the
@@ -593,15 +658,16 @@ mod tests {
                 summary.passkeys,
                 summary.enrollments
             ),
-            (4, 3, 1, 2)
+            (4, 3, 1, 3)
         );
         assert_eq!(
             (
                 summary.sessions,
                 summary.revoked_passkeys,
-                summary.signing_keys
+                summary.signing_keys,
+                summary.operator_tokens
             ),
-            (2, 1, 2)
+            (2, 1, 2, 2)
         );
         assert!(
             summary.events > 0 && summary.audit > summary.events,
@@ -698,6 +764,7 @@ mod tests {
             signing_keys: Vec::new(),
             events: events.iter().copied().map(event).collect(),
             audit: Vec::new(),
+            operator_tokens: Vec::new(),
         };
         assert!(dump(1, 0, &[]).check_log().is_ok(), "fresh");
         assert!(dump(1, 3, &[1, 2, 3]).check_log().is_ok());

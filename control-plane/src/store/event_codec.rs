@@ -77,6 +77,13 @@ struct StoredSigningKey {
     created_ms: i64,
     #[serde(default)]
     verify_until_ms: Option<i64>,
+    /// Added with signing-key revocation; absent (false) in older rows.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    revoked: bool,
+    /// The lifetime the key signs with (its `signing_keys.max_session_lifetime_ms`); absent in
+    /// rows from before, and for keys made before the column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_session_lifetime_ms: Option<i64>,
 }
 
 /// Encodes a change for the log.
@@ -133,6 +140,8 @@ pub fn encode(change: &Change) -> Result<EncodedChange, StoreError> {
                 public_key: hex::encode(key.public_key),
                 created_ms: key.created_unix_ms,
                 verify_until_ms: key.verify_until_unix_ms,
+                revoked: key.revoked,
+                max_session_lifetime_ms: key.max_session_lifetime_ms,
             }),
         ),
     };
@@ -201,6 +210,8 @@ pub fn decode(kind: &str, json: &str) -> Result<Change, StoreError> {
                 public_key,
                 created_unix_ms: k.created_ms,
                 verify_until_unix_ms: k.verify_until_ms,
+                revoked: k.revoked,
+                max_session_lifetime_ms: k.max_session_lifetime_ms,
             })
         }
         other => return Err(corrupt(other, "unknown event kind")),
@@ -265,8 +276,33 @@ mod tests {
                 public_key: [3; 32],
                 created_unix_ms: 10,
                 verify_until_unix_ms: None,
+                revoked: false,
+                max_session_lifetime_ms: None,
+            }),
+            Change::SigningKey(SessionVerifyingKey {
+                key_id: "sk_2".to_owned(),
+                public_key: [4; 32],
+                created_unix_ms: 11,
+                verify_until_unix_ms: Some(12),
+                revoked: true,
+                max_session_lifetime_ms: Some(13),
             }),
         ]
+    }
+
+    #[test]
+    fn a_signing_key_row_from_before_revocation_reads_as_not_revoked() {
+        let public_key = "03".repeat(32);
+        let json = format!(
+            r#"{{"key_id":"sk_1","public_key":"{public_key}","created_ms":10,"verify_until_ms":null}}"#
+        );
+        assert_eq!(
+            decode(SIGNING_KEY, &json).unwrap(),
+            every_kind()[5],
+            "the defaults of the fields added later"
+        );
+        // And a key that is neither revoked nor carries a lifetime is written as before.
+        assert_eq!(encode(&every_kind()[5]).unwrap().json, json);
     }
 
     #[test]

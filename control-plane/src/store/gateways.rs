@@ -26,6 +26,8 @@ pub struct GatewayRecord {
     pub staleness_ms: Option<u64>,
     pub propagation_bound_ms: u64,
     pub stale_policy: String,
+    /// What the stream authenticated with: "token:NAME", "certificate:ID" or "shared".
+    pub credential: String,
 }
 
 /// A published row with the last heartbeat of the replica that wrote it.

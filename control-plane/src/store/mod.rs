@@ -11,6 +11,7 @@
 //!   replica can finish what another began;
 //! - [`GatewayStore`] (`gateways`): the gateway registry as each replica publishes it, so
 //!   `keygate gateways` and `--wait` on any replica see every gateway;
+//! - [`TokenStore`] (`tokens`): named operator tokens and per-gateway credentials, by hash;
 //! - [`CopyStore`] (`copy`): the whole store exported and imported (`keygate store copy`).
 //!
 //! Every write that changes replicated state is one transaction that changes the tables,
@@ -34,14 +35,18 @@ pub mod signing_keys;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;
+pub mod tokens;
 pub mod users;
 
 use keygate_proto::KeyId;
 
 pub use audit::{AuditEntry, AuditNote, AuditStore};
-pub use ceremonies::{CeremonyStore, CeremonyTaken, NewCeremony};
+pub use ceremonies::{CeremonyLimits, CeremonyPut, CeremonyStore, CeremonyTaken, NewCeremony};
 pub use copy::{CopyStore, Dump, DumpSummary};
-pub use enrollments::{EnrollmentCreated, EnrollmentRecord, EnrollmentStore, NewEnrollment};
+pub use enrollments::{
+    EnrollmentCreated, EnrollmentRecord, EnrollmentRevoked, EnrollmentState, EnrollmentStore,
+    NewEnrollment, VoidReason, Voided,
+};
 pub use gateways::{GatewayRecord, GatewayStore, PublishedGateway};
 pub use keys::{
     EnabledChange, KeyQuery, KeyRecord, KeyStore, NewKey, OwnerRevoked, Reroll, Rerolled,
@@ -52,7 +57,8 @@ pub use passkeys::{
     Registered, RegisteredVia, Registration, UpdatedCredential,
 };
 pub use sessions::{NewSession, Pruned, SessionContext, SessionRecord, SessionState, SessionStore};
-pub use signing_keys::{Rotated, SigningKeyRecord, SigningKeyStore};
+pub use signing_keys::{Rotated, SigningKeyRecord, SigningKeyRevoked, SigningKeyStore};
+pub use tokens::{NewToken, OperatorTokenRecord, TokenCreated, TokenStore};
 pub use users::{UserChanged, UserCreated, UserRecord, UserStore};
 
 /// Why a store operation failed.
@@ -104,6 +110,7 @@ pub trait Store:
     + SigningKeyStore
     + CeremonyStore
     + GatewayStore
+    + TokenStore
     + CopyStore
     + Send
     + Sync
@@ -122,6 +129,7 @@ impl<T> Store for T where
         + SigningKeyStore
         + CeremonyStore
         + GatewayStore
+        + TokenStore
         + CopyStore
         + Send
         + Sync

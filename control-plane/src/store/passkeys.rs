@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use keygate_proto::{PasskeyRevocation, Revision};
 use serde_json::json;
 
-use super::{AuditNote, NewSession, SessionRecord, StoreError};
+use super::{AuditNote, EnrollmentRecord, EnrollmentState, NewSession, SessionRecord, StoreError};
 
 /// A registered passkey.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +121,11 @@ pub enum Registered {
     EnrollmentUsed,
     /// The enrollment link expired between its ceremony's begin and its finish.
     EnrollmentExpired,
+    /// An operator revoked the enrollment link.
+    EnrollmentRevoked,
+    /// The enrollment link was voided when its user was disabled (enabling does not revive
+    /// it).
+    EnrollmentVoided,
     /// The user is disabled or gone.
     UserDisabled,
     /// The signed-in session adding the passkey was revoked or expired meanwhile.
@@ -130,15 +135,28 @@ pub enum Registered {
 }
 
 impl Registered {
-    /// Why an enrollment link could not be consumed at `now`, from what its row holds
-    /// (`(expires, used)`, or `None` when there is no such link for that user): expired when
-    /// it is unused and past its expiry, else spent (or never issued).
-    pub fn link_refusal(row: Option<(i64, Option<i64>)>, now_unix_ms: i64) -> Self {
-        match row {
-            Some((expires_unix_ms, None)) if expires_unix_ms <= now_unix_ms => {
-                Self::EnrollmentExpired
+    /// Consumes the enrollment link `link` (`None`: no link has the registration's token) for
+    /// a registration of `user_id` at `now_unix_ms`: the link marked used, for the backend to
+    /// write in the registration's transaction, or why it cannot be. Only an open link of that
+    /// user can; a link of someone else's is as good as spent (its existence is not this
+    /// caller's business).
+    pub fn consume_link(
+        link: Option<EnrollmentRecord>,
+        user_id: &str,
+        now_unix_ms: i64,
+    ) -> Result<EnrollmentRecord, Self> {
+        let Some(mut link) = link.filter(|link| link.user_id == user_id) else {
+            return Err(Self::EnrollmentUsed);
+        };
+        match link.state(now_unix_ms) {
+            EnrollmentState::Open => {
+                link.used_unix_ms = Some(now_unix_ms);
+                Ok(link)
             }
-            _ => Self::EnrollmentUsed,
+            EnrollmentState::Used => Err(Self::EnrollmentUsed),
+            EnrollmentState::Expired => Err(Self::EnrollmentExpired),
+            EnrollmentState::Revoked => Err(Self::EnrollmentRevoked),
+            EnrollmentState::Voided => Err(Self::EnrollmentVoided),
         }
     }
 }

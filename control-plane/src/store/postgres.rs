@@ -22,7 +22,7 @@
 //!
 //! Each aggregate's queries are in a submodule named after it, as in the SQLite store: `log`,
 //! `keys`, `audit`, `users`, `enrollments`, `passkeys`, `sessions`, `signing_keys`,
-//! `ceremonies`, `gateways`; and `copy`, the whole store exported and imported.
+//! `ceremonies`, `gateways`, `tokens`; and `copy`, the whole store exported and imported.
 
 mod audit;
 mod ceremonies;
@@ -34,6 +34,7 @@ mod log;
 mod passkeys;
 mod sessions;
 mod signing_keys;
+mod tokens;
 mod users;
 
 use std::str::FromStr;
@@ -773,6 +774,7 @@ mod tests {
             staleness_ms: Some(5),
             propagation_bound_ms: 1_000,
             stale_policy: "closed".into(),
+            credential: "shared".into(),
         };
         // Listed twice: the later stream wins, and the upsert does not trip over itself.
         let older = GatewayRecord {

@@ -12,8 +12,8 @@
 //! This module holds the connection handling and the schema's one list of migrations; each
 //! aggregate's queries are in a submodule named after it: `log` (the writer, and with it the
 //! contiguity invariant; the log's bounds, events and snapshots), `keys`, `audit`, `users`,
-//! `enrollments`, `passkeys`, `sessions`, `signing_keys`, `ceremonies`, `gateways`; and `copy`,
-//! the whole store exported and imported.
+//! `enrollments`, `passkeys`, `sessions`, `signing_keys`, `ceremonies`, `gateways`, `tokens`; and
+//! `copy`, the whole store exported and imported.
 
 mod audit;
 mod ceremonies;
@@ -25,6 +25,7 @@ mod log;
 mod passkeys;
 mod sessions;
 mod signing_keys;
+mod tokens;
 mod users;
 
 use std::fs::{File, TryLockError};
@@ -198,6 +199,35 @@ const MIGRATIONS: &[Migration] = &[
         updated_ms           INTEGER NOT NULL
     );
     CREATE INDEX gateways_by_update ON gateways (updated_ms);",
+    ),
+    // 8: operator access (DESIGN.md, "Operator access" and "Hostile traffic"): named tokens
+    // (hash only), revocable enrollment links, revocable signing keys, ceremonies counted per
+    // client address, and the credential each gateway used.
+    Migration::Sql(
+        "-- scopes: space-separated scope names. gateway_id set: a gateway credential that only
+    -- that gateway id may use (and no operator scope).
+    CREATE TABLE operator_tokens (
+        name       TEXT PRIMARY KEY,
+        token_hash BLOB NOT NULL UNIQUE,
+        scopes     TEXT NOT NULL,
+        gateway_id TEXT,
+        created_ms INTEGER NOT NULL,
+        created_by TEXT NOT NULL
+    );
+    -- voided_reason: 'revoked' (by an operator) or 'user_disabled'.
+    ALTER TABLE enrollments ADD COLUMN voided_ms INTEGER;
+    ALTER TABLE enrollments ADD COLUMN voided_reason TEXT;
+    ALTER TABLE enrollments ADD COLUMN created_by TEXT NOT NULL DEFAULT '';
+    CREATE INDEX enrollments_by_user ON enrollments (user_id);
+    -- revoked_ms set: every session the key signed is refused (verify_until_ms is set too).
+    ALTER TABLE signing_keys ADD COLUMN revoked_ms INTEGER;
+    -- max_session_lifetime_ms: the longest session the key signs (the session_lifetime it was
+    -- made under); NULL for keys made before: no lifetime check on their tokens.
+    ALTER TABLE signing_keys ADD COLUMN max_session_lifetime_ms INTEGER;
+    -- client: the rate-limit bucket of the address that began the ceremony.
+    ALTER TABLE ceremonies ADD COLUMN client TEXT NOT NULL DEFAULT '';
+    CREATE INDEX ceremonies_by_client ON ceremonies (client, expires_ms);
+    ALTER TABLE gateways ADD COLUMN credential TEXT NOT NULL DEFAULT '';",
     ),
 ];
 

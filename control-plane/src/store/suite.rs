@@ -17,12 +17,15 @@ use async_trait::async_trait;
 use keygate_proto::time::now_unix_ms;
 use keygate_proto::{Change, Event, KeyHash, KeyId, Meta, Revision};
 
+use super::{CeremonyLimits, CeremonyPut};
 use super::{
     CeremonyTaken, CommitObserver, EnrollmentCreated, GatewayRecord, KeyQuery, LoggedIn, Login,
     NewCeremony, NewEnrollment, NewKey, NewPasskey, NewSession, PasskeyRemoval, PasskeyRemoved,
-    PublishedGateway, Registered, RegisteredVia, Registration, SigningKeyRecord, Store, StoreError,
-    UpdatedCredential, UserCreated,
+    PublishedGateway, Registered, RegisteredVia, Registration, SigningKeyRecord, SigningKeyRevoked,
+    Store, StoreError, UpdatedCredential, UserCreated,
 };
+use super::{EnrollmentRecord, EnrollmentState, VoidReason};
+use super::{NewToken, TokenCreated};
 use crate::keys::{CreateKey, KeyError, Keys, ListKeys};
 
 /// A backend under test: one database, empty before its first [`SuiteBackend::open`].
@@ -68,13 +71,19 @@ macro_rules! store_suite {
             an_enrollment_link_registers_exactly_one_passkey_and_signs_in,
             an_enrollment_finished_after_its_expiry_is_refused_and_changes_nothing,
             enrollments_for_unknown_or_disabled_users_are_refused,
+            enrollment_links_are_listed_newest_first_and_revoked_only_while_open,
+            disabling_a_user_voids_only_their_open_links_and_enabling_revives_none,
             revocations_are_events_and_in_the_snapshot_until_pruned,
             a_login_updates_the_passkey_and_is_refused_for_a_disabled_user,
             signing_keys_are_created_once_and_rotated_with_two_events,
+            a_revoked_signing_key_is_announced_replaced_and_kept_until_its_tokens_expire,
+            each_signing_key_keeps_its_lifetime_and_a_new_lifetime_rotates_once,
             a_ceremony_is_taken_exactly_once,
             an_expired_ceremony_is_expired_once_then_unknown,
             ceremonies_are_capped_and_expired_ones_make_room,
+            ceremonies_are_capped_per_client,
             gateways_are_published_listed_and_forgotten,
+            operator_tokens_are_found_by_hash_listed_and_revoked_with_audit_rows,
         );
     };
     (@each $backend:expr; $($test:ident),+ $(,)?) => {
@@ -611,6 +620,16 @@ fn signing_key(id: &str, byte: u8) -> SigningKeyRecord {
         public_key: [byte; 32],
         created_unix_ms: 0,
         verify_until_unix_ms: None,
+        revoked_unix_ms: None,
+        max_session_lifetime_ms: None,
+    }
+}
+
+/// A signing key that signs sessions lasting `lifetime_ms`.
+fn signing_key_for(id: &str, byte: u8, lifetime_ms: i64) -> SigningKeyRecord {
+    SigningKeyRecord {
+        max_session_lifetime_ms: Some(lifetime_ms),
+        ..signing_key(id, byte)
     }
 }
 
@@ -813,6 +832,286 @@ pub(crate) async fn enrollments_for_unknown_or_disabled_users_are_refused(
             .unwrap(),
         EnrollmentCreated::UserDisabled
     );
+}
+
+/// Creates the link `enr_{token}` for `user_id`, expiring at `expires_unix_ms`.
+async fn enroll_until(store: &dyn Store, user_id: &str, token: u8, expires_unix_ms: i64) {
+    let created = store
+        .create_enrollment(
+            NewEnrollment {
+                enrollment_id: format!("enr_{token}"),
+                token_hash: [token; 32],
+                user_id: user_id.into(),
+                expires_unix_ms,
+            },
+            "ops",
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(created, EnrollmentCreated::Created(_)),
+        "{created:?}"
+    );
+}
+
+/// The user's links as (id, state now), as listed.
+async fn link_states(store: &dyn Store, user_id: &str) -> Vec<(String, EnrollmentState)> {
+    let now = now_unix_ms();
+    store
+        .list_enrollments(user_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|link| (link.enrollment_id.clone(), link.state(now)))
+        .collect()
+}
+
+/// A registration for `user_id` through the link `enr_{token}` is refused with `refused`, and
+/// nothing changed: no new passkey, no session, the link as it was (unused).
+async fn assert_refused_and_nothing_changed(
+    store: &dyn Store,
+    user_id: &str,
+    token: u8,
+    refused: Registered,
+) {
+    let via = RegisteredVia::Enrollment {
+        token_hash: [token; 32],
+    };
+    let passkeys = store.list_passkeys(user_id).await.unwrap();
+    let link = store.enrollment_by_token_hash([token; 32]).await.unwrap();
+    assert_eq!(
+        register(store, user_id, "pk_refused", 99, via, Some("ses_refused")).await,
+        refused
+    );
+    assert_eq!(store.list_passkeys(user_id).await.unwrap(), passkeys);
+    assert!(
+        store
+            .session_context("ses_refused")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let after = store.enrollment_by_token_hash([token; 32]).await.unwrap();
+    assert_eq!(after, link, "the link is as it was");
+    assert_eq!(after.unwrap().used_unix_ms, None);
+}
+
+pub(crate) async fn enrollment_links_are_listed_newest_first_and_revoked_only_while_open(
+    backend: &dyn SuiteBackend,
+) {
+    let f = open(backend).await;
+    let store = &*f.store;
+    store.create_user("alice", [1; 16], "admin").await.unwrap();
+    store.create_user("bob", [2; 16], "admin").await.unwrap();
+    let later = now_unix_ms() + DAY_MS;
+    enroll_until(store, "alice", 1, later).await;
+    enroll_until(store, "alice", 2, later).await;
+    enroll_until(store, "bob", 3, later).await;
+    enroll_until(store, "alice", 4, now_unix_ms() - 1).await;
+    let used = register(
+        store,
+        "alice",
+        "pk_a",
+        1,
+        RegisteredVia::Enrollment {
+            token_hash: [1; 32],
+        },
+        Some("ses_a"),
+    )
+    .await;
+    assert!(matches!(used, Registered::Done { .. }), "{used:?}");
+    let listed = store.list_enrollments("alice").await.unwrap();
+    assert!(
+        listed
+            .windows(2)
+            .all(|pair| pair[0].created_unix_ms >= pair[1].created_unix_ms),
+        "newest first: {listed:?}"
+    );
+    assert!(listed.iter().all(|link| link.created_by == "ops"));
+    assert_eq!(
+        link_states(store, "alice").await,
+        [
+            ("enr_4".to_owned(), EnrollmentState::Expired),
+            ("enr_2".to_owned(), EnrollmentState::Open),
+            ("enr_1".to_owned(), EnrollmentState::Used),
+        ]
+    );
+    assert!(store.list_enrollments("nobody").await.unwrap().is_empty());
+    let events_before = f.recorder.events().len();
+
+    let revoked = store
+        .revoke_enrollment("enr_2", "oncall")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(revoked.changed);
+    let voided = revoked.link.voided.unwrap();
+    assert_eq!(voided.reason, VoidReason::Revoked);
+    assert_eq!(revoked.link.state(now_unix_ms()), EnrollmentState::Revoked);
+    assert_eq!(
+        store.enrollment_by_token_hash([2; 32]).await.unwrap(),
+        Some(revoked.link.clone()),
+        "stored as answered"
+    );
+    // Revoked, used or expired already: nothing changes, and the answer says what it is.
+    for (id, state) in [
+        ("enr_2", EnrollmentState::Revoked),
+        ("enr_1", EnrollmentState::Used),
+        ("enr_4", EnrollmentState::Expired),
+    ] {
+        let before = store.list_enrollments("alice").await.unwrap();
+        let again = store
+            .revoke_enrollment(id, "oncall")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!again.changed, "{id}");
+        assert_eq!(again.link.state(now_unix_ms()), state, "{id}");
+        assert_eq!(store.list_enrollments("alice").await.unwrap(), before);
+    }
+    assert_eq!(
+        store.revoke_enrollment("enr_nope", "oncall").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        link_states(store, "bob").await,
+        [("enr_3".to_owned(), EnrollmentState::Open)],
+        "another user's link is untouched"
+    );
+
+    // A ceremony begun before the revocation cannot finish with the link (and someone
+    // else's link is as good as spent).
+    assert_refused_and_nothing_changed(store, "alice", 2, Registered::EnrollmentRevoked).await;
+    assert_refused_and_nothing_changed(store, "bob", 2, Registered::EnrollmentUsed).await;
+
+    // Gateways know nothing of links: no event. Every revocation is audited, by its actor,
+    // against the user, naming the link and never its token.
+    assert_eq!(f.recorder.events().len(), events_before);
+    let audit = store.list_audit(100).await.unwrap();
+    let revocations: Vec<_> = audit
+        .iter()
+        .filter(|entry| entry.action == "enrollment.revoke")
+        .collect();
+    assert_eq!(revocations.len(), 4, "{revocations:?}");
+    let first = revocations.last().unwrap();
+    assert_eq!(
+        (first.actor.as_str(), first.target.as_str(), first.revision),
+        ("oncall", "alice", Revision::ZERO)
+    );
+    let detail: serde_json::Value = serde_json::from_str(&first.detail_json).unwrap();
+    assert_eq!(detail["enrollmentId"], "enr_2");
+    assert_eq!(detail["changed"], true);
+    assert_eq!(detail.as_object().unwrap().len(), 2, "{detail}");
+}
+
+pub(crate) async fn disabling_a_user_voids_only_their_open_links_and_enabling_revives_none(
+    backend: &dyn SuiteBackend,
+) {
+    let f = open(backend).await;
+    let store = &*f.store;
+    store.create_user("alice", [1; 16], "admin").await.unwrap();
+    store.create_user("bob", [2; 16], "admin").await.unwrap();
+    let later = now_unix_ms() + DAY_MS;
+    enroll_until(store, "alice", 1, later).await;
+    enroll_until(store, "alice", 2, later).await;
+    enroll_until(store, "alice", 3, now_unix_ms() - 1).await;
+    enroll_until(store, "alice", 4, later).await;
+    enroll_until(store, "alice", 5, later).await;
+    enroll_until(store, "bob", 6, later).await;
+    let via = RegisteredVia::Enrollment {
+        token_hash: [1; 32],
+    };
+    let used = register(store, "alice", "pk_a", 1, via, None).await;
+    assert!(matches!(used, Registered::Done { .. }), "{used:?}");
+    store
+        .revoke_enrollment("enr_4", "ops")
+        .await
+        .unwrap()
+        .unwrap();
+    let before: Vec<EnrollmentRecord> = store.list_enrollments("alice").await.unwrap();
+
+    let disabled = store
+        .set_user_enabled("alice", false, DAY_MS, "oncall")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(disabled.changed);
+    let mut voided = disabled.voided_enrollments.clone();
+    voided.sort();
+    assert_eq!(voided, ["enr_2", "enr_5"]);
+    let after = store.list_enrollments("alice").await.unwrap();
+    for (old, new) in before.iter().zip(&after) {
+        if voided.contains(&new.enrollment_id) {
+            assert_eq!(new.voided.unwrap().reason, VoidReason::UserDisabled);
+            assert_eq!(
+                EnrollmentRecord {
+                    voided: None,
+                    ..new.clone()
+                },
+                *old,
+                "only voided"
+            );
+        } else {
+            assert_eq!(new, old, "a used, expired or revoked link stays as it was");
+        }
+    }
+    let mut states = link_states(store, "alice").await;
+    states.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        states,
+        [
+            ("enr_1".to_owned(), EnrollmentState::Used),
+            ("enr_2".to_owned(), EnrollmentState::Voided),
+            ("enr_3".to_owned(), EnrollmentState::Expired),
+            ("enr_4".to_owned(), EnrollmentState::Revoked),
+            ("enr_5".to_owned(), EnrollmentState::Voided),
+        ]
+    );
+    assert_eq!(
+        link_states(store, "bob").await,
+        [("enr_6".to_owned(), EnrollmentState::Open)]
+    );
+    let audit = store.list_audit(1).await.unwrap();
+    assert_eq!(audit[0].action, "user.disable");
+    let detail: serde_json::Value = serde_json::from_str(&audit[0].detail_json).unwrap();
+    let mut audited: Vec<&str> = detail["voidedEnrollments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap())
+        .collect();
+    audited.sort_unstable();
+    assert_eq!(audited, ["enr_2", "enr_5"]);
+
+    // While disabled, the user is refused first.
+    assert_refused_and_nothing_changed(store, "alice", 2, Registered::UserDisabled).await;
+
+    // Disabling again changes nothing; enabling revives no link.
+    let again = store
+        .set_user_enabled("alice", false, DAY_MS, "oncall")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!again.changed && again.voided_enrollments.is_empty());
+    let enabled = store
+        .set_user_enabled("alice", true, DAY_MS, "oncall")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(enabled.changed && enabled.voided_enrollments.is_empty());
+    assert_eq!(store.list_enrollments("alice").await.unwrap(), after);
+    for token in [2, 5] {
+        assert_refused_and_nothing_changed(store, "alice", token, Registered::EnrollmentVoided)
+            .await;
+    }
+    assert_eq!(store.list_enrollments("alice").await.unwrap(), after);
+    // A new link works again.
+    enroll_until(store, "alice", 7, later).await;
+    let via = RegisteredVia::Enrollment {
+        token_hash: [7; 32],
+    };
+    let fresh = register(store, "alice", "pk_b", 2, via, None).await;
+    assert!(matches!(fresh, Registered::Done { .. }), "{fresh:?}");
 }
 
 pub(crate) async fn revocations_are_events_and_in_the_snapshot_until_pruned(
@@ -1095,13 +1394,388 @@ pub(crate) async fn signing_keys_are_created_once_and_rotated_with_two_events(
     );
 }
 
+pub(crate) async fn a_revoked_signing_key_is_announced_replaced_and_kept_until_its_tokens_expire(
+    backend: &dyn SuiteBackend,
+) {
+    let f = open(backend).await;
+    let store = &*f.store;
+    store
+        .ensure_signing_key(signing_key("sk_1", 1), "system")
+        .await
+        .unwrap();
+    let retire_until = now_unix_ms() + DAY_MS;
+    store
+        .rotate_signing_key(signing_key("sk_2", 2), retire_until, "admin")
+        .await
+        .unwrap();
+    let announced = |from: usize| -> Vec<(String, bool, Option<i64>)> {
+        f.recorder.events()[from..]
+            .iter()
+            .map(|event| match &event.change {
+                Change::SigningKey(key) => {
+                    (key.key_id.clone(), key.revoked, key.verify_until_unix_ms)
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+
+    // An unknown key: nothing changes.
+    let unknown = store
+        .revoke_signing_key("sk_nope", signing_key("sk_x", 9), DAY_MS, "admin")
+        .await
+        .unwrap();
+    assert_eq!(unknown, SigningKeyRevoked::NotFound);
+    assert_eq!(f.recorder.events().len(), 3);
+
+    // A retired key: revoked and kept until its verify-until (it signed nothing since its
+    // retirement); the current key stays, and no other is made.
+    let revoked = store
+        .revoke_signing_key("sk_1", signing_key("sk_x", 9), DAY_MS, "ops")
+        .await
+        .unwrap();
+    let SigningKeyRevoked::Revoked {
+        key,
+        current,
+        replaced,
+        revision,
+    } = revoked
+    else {
+        panic!("{revoked:?}");
+    };
+    assert_eq!(
+        (key.key_id.as_str(), current.key_id.as_str(), replaced),
+        ("sk_1", "sk_2", false)
+    );
+    assert_eq!(key.verify_until_unix_ms, Some(retire_until));
+    assert!(key.revoked_unix_ms.is_some());
+    assert_eq!(revision, Revision(4));
+    assert_eq!(
+        announced(3),
+        [("sk_1".to_owned(), true, Some(retire_until))]
+    );
+    assert!(store.signing_key("sk_x").await.unwrap().is_none());
+
+    // Again: nothing changes, and the head (which covers the revocation) comes back.
+    let again = store
+        .revoke_signing_key("sk_1", signing_key("sk_x", 9), DAY_MS, "ops")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &again,
+            SigningKeyRevoked::AlreadyRevoked { key, current: Some(current), head }
+                if key.key_id == "sk_1" && current.key_id == "sk_2" && *head == Revision(4)
+        ),
+        "{again:?}"
+    );
+    assert_eq!(f.recorder.events().len(), 4);
+
+    // The current key: `next` becomes current first (its event first), then the revocation;
+    // the revoked key is kept for a session lifetime, as long as a token it just signed lives.
+    let revoked = store
+        .revoke_signing_key("sk_2", signing_key("sk_3", 3), DAY_MS, "ops")
+        .await
+        .unwrap();
+    let SigningKeyRevoked::Revoked {
+        key,
+        current,
+        replaced,
+        revision,
+    } = revoked
+    else {
+        panic!("{revoked:?}");
+    };
+    assert_eq!(
+        (key.key_id.as_str(), current.key_id.as_str(), replaced),
+        ("sk_2", "sk_3", true)
+    );
+    let revoked_at = key.revoked_unix_ms.unwrap();
+    let kept_until = revoked_at + DAY_MS;
+    assert_eq!(key.verify_until_unix_ms, Some(kept_until));
+    assert_eq!(
+        current.created_unix_ms, revoked_at,
+        "made in the same transaction"
+    );
+    assert_eq!(revision, Revision(6));
+    assert_eq!(
+        announced(4),
+        [
+            ("sk_3".to_owned(), false, None),
+            ("sk_2".to_owned(), true, Some(kept_until))
+        ]
+    );
+    assert_eq!(
+        store.current_signing_key().await.unwrap().unwrap().key_id,
+        "sk_3"
+    );
+    assert_eq!(all_events(store).await, f.recorder.events());
+
+    // Listed newest first; the snapshot carries the revoked keys, marked revoked, at its
+    // revision.
+    let listed: Vec<(String, bool, bool)> = store
+        .list_signing_keys()
+        .await
+        .unwrap()
+        .iter()
+        .map(|key| {
+            (
+                key.key_id.clone(),
+                key.is_current(),
+                key.revoked_unix_ms.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("sk_3".to_owned(), true, false),
+            ("sk_2".to_owned(), false, true),
+            ("sk_1".to_owned(), false, true),
+        ]
+    );
+    let snapshot = store.snapshot().await.unwrap();
+    assert_eq!(snapshot.revision, Revision(6));
+    let mut in_snapshot: Vec<(String, bool)> = snapshot
+        .sessions
+        .signing_keys
+        .iter()
+        .map(|key| (key.key_id.clone(), key.revoked))
+        .collect();
+    in_snapshot.sort();
+    assert_eq!(
+        in_snapshot,
+        [
+            ("sk_1".to_owned(), true),
+            ("sk_2".to_owned(), true),
+            ("sk_3".to_owned(), false)
+        ]
+    );
+
+    let audit = store.list_audit(10).await.unwrap();
+    let revocations: Vec<(&str, &str, u64)> = audit
+        .iter()
+        .filter(|entry| entry.action == "signing_key.revoke")
+        .map(|entry| {
+            (
+                entry.actor.as_str(),
+                entry.target.as_str(),
+                entry.revision.0,
+            )
+        })
+        .collect();
+    assert_eq!(revocations, [("ops", "sk_2", 6), ("ops", "sk_1", 4)]);
+    assert!(
+        audit
+            .iter()
+            .all(|entry| !entry.detail_json.contains("secret"))
+    );
+
+    // Kept until their last token has expired, then pruned like retired keys; the revocation
+    // survives a reopen.
+    let pruned = store.prune(retire_until.min(kept_until) - 1).await.unwrap();
+    assert_eq!(pruned.signing_keys, 0);
+    drop(f);
+    let store = backend.open(Arc::new(Recorder::default())).await;
+    let sk_2 = store.signing_key("sk_2").await.unwrap().unwrap();
+    assert_eq!(sk_2.revoked_unix_ms, Some(revoked_at));
+    assert_eq!(sk_2.verify_until_unix_ms, Some(kept_until));
+    let pruned = store.prune(retire_until.max(kept_until)).await.unwrap();
+    assert_eq!(pruned.signing_keys, 2);
+    let left = store.session_state().await.unwrap().signing_keys;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].key_id, "sk_3");
+}
+
+pub(crate) async fn each_signing_key_keeps_its_lifetime_and_a_new_lifetime_rotates_once(
+    backend: &dyn SuiteBackend,
+) {
+    const HOUR_MS: i64 = 3_600_000;
+    let f = open(backend).await;
+    let store = &*f.store;
+    // No key yet (no user): nothing to rotate, and no event.
+    let nothing = store
+        .rotate_signing_key_for_lifetime(signing_key_for("sk_0", 9, HOUR_MS), DAY_MS, "system")
+        .await
+        .unwrap();
+    assert_eq!(nothing, None);
+    assert!(store.current_signing_key().await.unwrap().is_none());
+    assert!(f.recorder.events().is_empty());
+
+    let first = store
+        .ensure_signing_key(signing_key_for("sk_1", 1, HOUR_MS), "system")
+        .await
+        .unwrap();
+    assert_eq!(first.max_session_lifetime_ms, Some(HOUR_MS));
+    // The same lifetime: no rotation, no event, no audit row.
+    let audit_rows = store.list_audit(100).await.unwrap().len();
+    let same = store
+        .rotate_signing_key_for_lifetime(signing_key_for("sk_x", 9, HOUR_MS), DAY_MS, "system")
+        .await
+        .unwrap();
+    assert_eq!(same, None);
+    assert_eq!(f.recorder.events().len(), 1);
+    assert_eq!(store.list_audit(100).await.unwrap().len(), audit_rows);
+    assert!(store.signing_key("sk_x").await.unwrap().is_none());
+
+    // Another lifetime: one rotation; the retired key keeps the lifetime it signed with.
+    let retire_until = now_unix_ms() + HOUR_MS;
+    let rotated = store
+        .rotate_signing_key_for_lifetime(
+            signing_key_for("sk_2", 2, 2 * HOUR_MS),
+            retire_until,
+            "system",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rotated.current.key_id, "sk_2");
+    assert_eq!(rotated.current.max_session_lifetime_ms, Some(2 * HOUR_MS));
+    let retired = rotated.retired.clone().unwrap();
+    assert_eq!(
+        (retired.key_id.as_str(), retired.verify_until_unix_ms),
+        ("sk_1", Some(retire_until))
+    );
+    assert_eq!(retired.max_session_lifetime_ms, Some(HOUR_MS));
+    // Then it is the current lifetime: no second rotation.
+    let again = store
+        .rotate_signing_key_for_lifetime(
+            signing_key_for("sk_y", 9, 2 * HOUR_MS),
+            retire_until,
+            "system",
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, None);
+    let rotations: Vec<String> = store
+        .list_audit(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|entry| entry.action == "signing_key.rotate")
+        .map(|entry| format!("{} {}", entry.actor, entry.target))
+        .collect();
+    assert_eq!(rotations, ["system sk_2"]);
+
+    // Each key's own lifetime is in its events (the new key first), in the log and in the
+    // snapshot.
+    let lifetimes = |events: Vec<Event>| -> Vec<(String, Option<i64>, Option<i64>)> {
+        events
+            .into_iter()
+            .map(|event| match event.change {
+                Change::SigningKey(key) => (
+                    key.key_id,
+                    key.verify_until_unix_ms,
+                    key.max_session_lifetime_ms,
+                ),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let expected = [
+        ("sk_1".to_owned(), None, Some(HOUR_MS)),
+        ("sk_2".to_owned(), None, Some(2 * HOUR_MS)),
+        ("sk_1".to_owned(), Some(retire_until), Some(HOUR_MS)),
+    ];
+    assert_eq!(lifetimes(f.recorder.events()), expected);
+    assert_eq!(lifetimes(all_events(store).await), expected);
+    let mut in_snapshot: Vec<(String, Option<i64>)> = store
+        .snapshot()
+        .await
+        .unwrap()
+        .sessions
+        .signing_keys
+        .iter()
+        .map(|key| (key.key_id.clone(), key.max_session_lifetime_ms))
+        .collect();
+    in_snapshot.sort();
+    assert_eq!(
+        in_snapshot,
+        [
+            ("sk_1".to_owned(), Some(HOUR_MS)),
+            ("sk_2".to_owned(), Some(2 * HOUR_MS))
+        ]
+    );
+
+    // A key from before the column (no lifetime) is rotated for any lifetime.
+    store
+        .rotate_signing_key(signing_key("sk_3", 3), retire_until, "admin")
+        .await
+        .unwrap();
+    let rotated = store
+        .rotate_signing_key_for_lifetime(
+            signing_key_for("sk_4", 4, 2 * HOUR_MS),
+            retire_until,
+            "system",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let retired = rotated.retired.unwrap();
+    assert_eq!(
+        (retired.key_id.as_str(), retired.max_session_lifetime_ms),
+        ("sk_3", None)
+    );
+
+    // The current key revoked is kept for its own lifetime, whatever the caller's.
+    let revoked = store
+        .revoke_signing_key(
+            "sk_4",
+            signing_key_for("sk_5", 5, 3 * HOUR_MS),
+            DAY_MS,
+            "ops",
+        )
+        .await
+        .unwrap();
+    let SigningKeyRevoked::Revoked { key, current, .. } = revoked else {
+        panic!("{revoked:?}");
+    };
+    let revoked_at = key.revoked_unix_ms.unwrap();
+    assert_eq!(key.verify_until_unix_ms, Some(revoked_at + 2 * HOUR_MS));
+    assert_eq!(current.max_session_lifetime_ms, Some(3 * HOUR_MS));
+
+    // Every lifetime survives a reopen.
+    drop(f);
+    let store = backend.open(Arc::new(Recorder::default())).await;
+    let stored: Vec<(String, Option<i64>)> = store
+        .list_signing_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|key| (key.key_id, key.max_session_lifetime_ms))
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            ("sk_5".to_owned(), Some(3 * HOUR_MS)),
+            ("sk_4".to_owned(), Some(2 * HOUR_MS)),
+            ("sk_3".to_owned(), None),
+            ("sk_2".to_owned(), Some(2 * HOUR_MS)),
+            ("sk_1".to_owned(), Some(HOUR_MS)),
+        ]
+    );
+}
+
 // Ceremonies.
 
 fn ceremony(id: &str, expires_unix_ms: i64) -> NewCeremony {
+    ceremony_of("192.0.2.1", id, expires_unix_ms)
+}
+
+fn ceremony_of(client: &str, id: &str, expires_unix_ms: i64) -> NewCeremony {
     NewCeremony {
         ceremony_id: id.into(),
         state_json: format!("{{\"ceremony\":\"{id}\"}}"),
         expires_unix_ms,
+        client: client.into(),
+    }
+}
+
+/// At most `capacity` ceremonies, with no cap per client.
+fn at_most(capacity: usize) -> CeremonyLimits {
+    CeremonyLimits {
+        capacity,
+        per_client: 0,
     }
 }
 
@@ -1119,8 +1793,11 @@ async fn assert_nothing_replicated_or_audited(f: &Opened) {
 pub(crate) async fn a_ceremony_is_taken_exactly_once(backend: &dyn SuiteBackend) {
     let f = open(backend).await;
     let now = now_unix_ms();
-    let put = |id: &str| f.store.put_ceremony(ceremony(id, now + 60_000), 10, now);
-    assert!(put("cer_1").await.unwrap());
+    let put = |id: &str| {
+        f.store
+            .put_ceremony(ceremony(id, now + 60_000), at_most(10), now)
+    };
+    assert_eq!(put("cer_1").await.unwrap(), CeremonyPut::Kept);
     assert_eq!(
         f.store.take_ceremony("cer_1", now).await.unwrap(),
         found("cer_1")
@@ -1136,7 +1813,7 @@ pub(crate) async fn a_ceremony_is_taken_exactly_once(backend: &dyn SuiteBackend)
     );
 
     // Two finishes at once: one finds it.
-    assert!(put("cer_2").await.unwrap());
+    assert_eq!(put("cer_2").await.unwrap(), CeremonyPut::Kept);
     let (one, two) = tokio::join!(
         f.store.take_ceremony("cer_2", now),
         f.store.take_ceremony("cer_2", now)
@@ -1146,7 +1823,7 @@ pub(crate) async fn a_ceremony_is_taken_exactly_once(backend: &dyn SuiteBackend)
     assert_eq!(outcomes, [found("cer_2"), CeremonyTaken::Unknown]);
 
     // The same id twice is a conflict, not a second ceremony.
-    assert!(put("cer_3").await.unwrap());
+    assert_eq!(put("cer_3").await.unwrap(), CeremonyPut::Kept);
     assert!(matches!(put("cer_3").await, Err(StoreError::Conflict(_))));
     assert_nothing_replicated_or_audited(&f).await;
 }
@@ -1154,11 +1831,12 @@ pub(crate) async fn a_ceremony_is_taken_exactly_once(backend: &dyn SuiteBackend)
 pub(crate) async fn an_expired_ceremony_is_expired_once_then_unknown(backend: &dyn SuiteBackend) {
     let f = open(backend).await;
     let now = now_unix_ms();
-    assert!(
+    assert_eq!(
         f.store
-            .put_ceremony(ceremony("cer_1", now + 10), 10, now)
+            .put_ceremony(ceremony("cer_1", now + 10), at_most(10), now)
             .await
-            .unwrap()
+            .unwrap(),
+        CeremonyPut::Kept
     );
     assert_eq!(
         f.store.take_ceremony("cer_1", now + 10).await.unwrap(),
@@ -1176,10 +1854,16 @@ pub(crate) async fn an_expired_ceremony_is_expired_once_then_unknown(backend: &d
 pub(crate) async fn ceremonies_are_capped_and_expired_ones_make_room(backend: &dyn SuiteBackend) {
     let f = open(backend).await;
     let now = now_unix_ms();
-    let put = |id: &str, expires: i64, at: i64| f.store.put_ceremony(ceremony(id, expires), 2, at);
-    assert!(put("cer_a", now + 1_000, now).await.unwrap());
-    assert!(put("cer_b", now + 60_000, now).await.unwrap());
-    assert!(!put("cer_c", now + 60_000, now).await.unwrap(), "full");
+    let put = |id: &str, expires: i64, at: i64| {
+        f.store.put_ceremony(ceremony(id, expires), at_most(2), at)
+    };
+    let kept = CeremonyPut::Kept;
+    assert_eq!(put("cer_a", now + 1_000, now).await.unwrap(), kept);
+    assert_eq!(put("cer_b", now + 60_000, now).await.unwrap(), kept);
+    assert_eq!(
+        put("cer_c", now + 60_000, now).await.unwrap(),
+        CeremonyPut::Full
+    );
     assert_eq!(
         f.store.take_ceremony("cer_c", now).await.unwrap(),
         CeremonyTaken::Unknown,
@@ -1187,22 +1871,102 @@ pub(crate) async fn ceremonies_are_capped_and_expired_ones_make_room(backend: &d
     );
 
     // Once cer_a has expired it makes room, and is gone.
-    assert!(put("cer_c", now + 60_000, now + 1_000).await.unwrap());
+    assert_eq!(put("cer_c", now + 60_000, now + 1_000).await.unwrap(), kept);
     assert_eq!(
         f.store.take_ceremony("cer_a", now + 1_000).await.unwrap(),
         CeremonyTaken::Unknown
     );
-    assert!(!put("cer_d", now + 60_000, now + 1_000).await.unwrap());
+    assert_eq!(
+        put("cer_d", now + 60_000, now + 1_000).await.unwrap(),
+        CeremonyPut::Full
+    );
 
     // Pruning deletes expired ceremonies too: past their expiry, b and c are gone, so two new
     // ones fit even when judged at a time when b and c would still be live.
     f.store.prune(now + 60_000).await.unwrap();
-    assert!(put("cer_e", now + 60_000, now).await.unwrap());
-    assert!(put("cer_f", now + 60_000, now).await.unwrap());
+    assert_eq!(put("cer_e", now + 60_000, now).await.unwrap(), kept);
+    assert_eq!(put("cer_f", now + 60_000, now).await.unwrap(), kept);
     assert_eq!(
         f.store.take_ceremony("cer_b", now).await.unwrap(),
         CeremonyTaken::Unknown
     );
+    assert_nothing_replicated_or_audited(&f).await;
+}
+
+/// One client (an address, or an IPv6 /64) may keep only so many unexpired ceremonies open;
+/// the others are not affected, expired and finished ones free its slots, and the refusal
+/// says when the first of its open ones expires.
+pub(crate) async fn ceremonies_are_capped_per_client(backend: &dyn SuiteBackend) {
+    let f = open(backend).await;
+    let now = now_unix_ms();
+    let limits = CeremonyLimits {
+        capacity: 100,
+        per_client: 2,
+    };
+    let (flooder, other) = ("2001:db8:1:2::", "192.0.2.7");
+    let put = |client: &str, id: &str, expires: i64, at: i64| {
+        f.store
+            .put_ceremony(ceremony_of(client, id, expires), limits, at)
+    };
+    let kept = CeremonyPut::Kept;
+    assert_eq!(
+        put(flooder, "cer_a1", now + 1_000, now).await.unwrap(),
+        kept
+    );
+    assert_eq!(
+        put(flooder, "cer_a2", now + 60_000, now).await.unwrap(),
+        kept
+    );
+    assert_eq!(
+        put(flooder, "cer_a3", now + 60_000, now).await.unwrap(),
+        CeremonyPut::ClientFull {
+            next_expiry_unix_ms: now + 1_000
+        }
+    );
+    assert_eq!(
+        f.store.take_ceremony("cer_a3", now).await.unwrap(),
+        CeremonyTaken::Unknown,
+        "a refused ceremony is not kept"
+    );
+    // Another client is not counted with the flooder.
+    assert_eq!(put(other, "cer_b1", now + 60_000, now).await.unwrap(), kept);
+    assert_eq!(put(other, "cer_b2", now + 60_000, now).await.unwrap(), kept);
+
+    // An expired ceremony no longer counts, even before anything deletes it.
+    assert_eq!(
+        put(flooder, "cer_a4", now + 60_000, now + 1_000)
+            .await
+            .unwrap(),
+        kept
+    );
+    assert!(matches!(
+        put(flooder, "cer_a5", now + 60_000, now + 1_000)
+            .await
+            .unwrap(),
+        CeremonyPut::ClientFull { .. }
+    ));
+    // A finished (taken) ceremony frees its slot.
+    assert_eq!(
+        f.store.take_ceremony("cer_a2", now + 1_000).await.unwrap(),
+        found("cer_a2")
+    );
+    assert_eq!(
+        put(flooder, "cer_a5", now + 60_000, now + 1_000)
+            .await
+            .unwrap(),
+        kept
+    );
+
+    // No per-client cap: only the table's capacity counts.
+    let uncapped = f
+        .store
+        .put_ceremony(
+            ceremony_of(flooder, "cer_a6", now + 60_000),
+            at_most(100),
+            now,
+        )
+        .await;
+    assert_eq!(uncapped.unwrap(), kept);
     assert_nothing_replicated_or_audited(&f).await;
 }
 
@@ -1222,6 +1986,7 @@ fn gateway(gateway_id: &str, replica_id: &str, connected_unix_ms: i64) -> Gatewa
         staleness_ms: Some(120),
         propagation_bound_ms: 30_000,
         stale_policy: "fail_closed".into(),
+        credential: format!("token:{gateway_id}"),
     }
 }
 
@@ -1294,4 +2059,130 @@ pub(crate) async fn gateways_are_published_listed_and_forgotten(backend: &dyn Su
         [published(ended, 4_000)]
     );
     assert_nothing_replicated_or_audited(&f).await;
+}
+
+// Operator tokens.
+
+fn new_token(name: &str, hash: u8, scopes: &[&str], gateway_id: Option<&str>) -> NewToken {
+    NewToken {
+        name: name.into(),
+        token_hash: [hash; 32],
+        scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(),
+        gateway_id: gateway_id.map(str::to_owned),
+    }
+}
+
+pub(crate) async fn operator_tokens_are_found_by_hash_listed_and_revoked_with_audit_rows(
+    backend: &dyn SuiteBackend,
+) {
+    let f = open(backend).await;
+    let store = &*f.store;
+    assert!(store.list_tokens().await.unwrap().is_empty());
+    let before = now_unix_ms();
+    let TokenCreated::Created(ci) = store
+        .create_token(
+            new_token("ci", 1, &["keys:create", "audit:read"], None),
+            "admin",
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("ci not created");
+    };
+    assert_eq!(ci.scopes, ["keys:create", "audit:read"]);
+    assert_eq!(
+        (ci.gateway_id.as_deref(), ci.created_by.as_str()),
+        (None, "admin")
+    );
+    assert!(ci.created_unix_ms >= before - 1_000, "{ci:?}");
+    let TokenCreated::Created(edge) = store
+        .create_token(new_token("edge-1", 2, &[], Some("edge-1")), "ci")
+        .await
+        .unwrap()
+    else {
+        panic!("edge-1 not created");
+    };
+    assert!(edge.scopes.is_empty());
+
+    // A taken name is refused and writes nothing, whatever the new token's hash.
+    assert_eq!(
+        store
+            .create_token(new_token("ci", 3, &["admin"], None), "admin")
+            .await
+            .unwrap(),
+        TokenCreated::AlreadyExists
+    );
+    assert_eq!(store.token_by_hash([3; 32]).await.unwrap(), None);
+
+    assert_eq!(
+        store.token_by_hash([1; 32]).await.unwrap(),
+        Some(ci.clone())
+    );
+    assert_eq!(
+        store.token_by_hash([2; 32]).await.unwrap(),
+        Some(edge.clone())
+    );
+    assert_eq!(store.token_by_hash([9; 32]).await.unwrap(), None);
+    assert_eq!(
+        store.list_tokens().await.unwrap(),
+        [ci.clone(), edge.clone()],
+        "ordered by name"
+    );
+
+    assert_eq!(store.revoke_token("nobody", "admin").await.unwrap(), None);
+    assert_eq!(
+        store.revoke_token("ci", "admin").await.unwrap(),
+        Some(ci.clone())
+    );
+    assert_eq!(
+        store.token_by_hash([1; 32]).await.unwrap(),
+        None,
+        "revoked at once"
+    );
+    assert_eq!(store.revoke_token("ci", "admin").await.unwrap(), None);
+    assert_eq!(store.list_tokens().await.unwrap(), [edge]);
+    // The name is free again, for a new secret.
+    assert!(matches!(
+        store
+            .create_token(new_token("ci", 4, &["keys:read"], None), "admin")
+            .await
+            .unwrap(),
+        TokenCreated::Created(_)
+    ));
+    assert_eq!(store.token_by_hash([1; 32]).await.unwrap(), None);
+
+    // Nothing replicated; one audit row per change, naming the token, never its hash.
+    assert_eq!(store.log_bounds().await.unwrap().head, Revision::ZERO);
+    assert!(f.recorder.events().is_empty());
+    let audit = store.list_audit(10).await.unwrap();
+    let rows: Vec<(&str, &str, &str)> = audit
+        .iter()
+        .map(|e| (e.actor.as_str(), e.action.as_str(), e.target.as_str()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("admin", "token.create", "ci"),
+            ("admin", "token.revoke", "ci"),
+            ("ci", "token.create", "edge-1"),
+            ("admin", "token.create", "ci"),
+        ]
+    );
+    assert!(audit.iter().all(|e| e.revision == Revision::ZERO));
+    let detail: serde_json::Value = serde_json::from_str(&audit[2].detail_json).unwrap();
+    assert_eq!(detail["gatewayId"], "edge-1");
+    let hex_of_hash = hex::encode([1u8; 32]);
+    assert!(audit.iter().all(|e| !e.detail_json.contains(&hex_of_hash)));
+
+    // Tokens survive reopening.
+    drop(f);
+    let f = open(backend).await;
+    assert_eq!(
+        f.store
+            .token_by_hash([2; 32])
+            .await
+            .unwrap()
+            .map(|t| t.name),
+        Some("edge-1".to_owned())
+    );
 }

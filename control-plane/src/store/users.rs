@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use keygate_proto::{Revision, UserState};
 use serde_json::json;
 
-use super::{AuditNote, StoreError};
+use super::{AuditNote, EnrollmentRecord, StoreError, VoidReason};
 
 /// A user, named by the operator's own id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +107,8 @@ pub struct UserChanged {
     /// The event's revision; the unchanged head when nothing changed.
     pub revision: Revision,
     pub changed: bool,
+    /// The enrollment links this change voided (a disable voids every open one).
+    pub voided_enrollments: Vec<String>,
 }
 
 impl UserChanged {
@@ -119,7 +121,40 @@ impl UserChanged {
         }
     }
 
-    /// The audit row of an enable or disable, whether or not it changed anything.
+    /// Whether this change closes the user's enrollment links: a disable that changed the
+    /// state does. Enabling never reopens them.
+    pub fn voids_enrollments(&self) -> bool {
+        self.changed && self.user.disabled
+    }
+
+    /// Voids, at `now_unix_ms`, every open one of the user's enrollment `links` (when
+    /// [`UserChanged::voids_enrollments`]) and notes their ids; returns the voided links, for
+    /// the backend to write in the change's transaction.
+    pub fn void_enrollments(
+        &mut self,
+        links: Vec<EnrollmentRecord>,
+        now_unix_ms: i64,
+    ) -> Vec<EnrollmentRecord> {
+        if !self.voids_enrollments() {
+            return Vec::new();
+        }
+        let voided: Vec<EnrollmentRecord> = links
+            .into_iter()
+            .filter_map(|mut link| {
+                let open = link.user_id == self.user.user_id
+                    && link.void(now_unix_ms, VoidReason::UserDisabled);
+                open.then_some(link)
+            })
+            .collect();
+        self.voided_enrollments = voided
+            .iter()
+            .map(|link| link.enrollment_id.clone())
+            .collect();
+        voided
+    }
+
+    /// The audit row of an enable or disable, whether or not it changed anything, with the
+    /// enrollment links a disable voided.
     pub fn enabled_audit(&self) -> AuditNote {
         AuditNote {
             action: if self.user.disabled {
@@ -128,7 +163,10 @@ impl UserChanged {
                 "user.enable"
             },
             target: self.user.user_id.clone(),
-            detail: json!({ "changed": self.changed }),
+            detail: json!({
+                "changed": self.changed,
+                "voidedEnrollments": self.voided_enrollments,
+            }),
         }
     }
 }
@@ -148,8 +186,9 @@ pub trait UserStore: Send + Sync {
 
     async fn user_by_handle(&self, handle: [u8; 16]) -> Result<Option<UserRecord>, StoreError>;
 
-    /// Disables (revoking every session issued until now) or enables a user; appends one
-    /// `UserState` event when the state changes. `None`: no such user.
+    /// Disables (revoking every session issued until now and voiding every open enrollment
+    /// link, [`UserChanged::void_enrollments`]) or enables a user; appends one `UserState`
+    /// event when the state changes. `None`: no such user.
     async fn set_user_enabled(
         &self,
         user_id: &str,
@@ -211,12 +250,67 @@ mod tests {
     }
 
     #[test]
+    fn a_disable_voids_the_users_open_links_and_an_enable_none() {
+        let link = |id: &str, user_id: &str, expires_unix_ms| {
+            crate::store::NewEnrollment {
+                enrollment_id: id.into(),
+                token_hash: [1; 32],
+                user_id: user_id.into(),
+                expires_unix_ms,
+            }
+            .record(100, "ops")
+        };
+        let links = || {
+            vec![
+                link("enr_open", "alice", 1_000),
+                link("enr_expired", "alice", 200),
+                link("enr_bob", "bob", 1_000),
+            ]
+        };
+        let mut user = UserRecord::new("alice".into(), [1; 16], 100);
+        user.set_enabled(false, 500, LIFETIME_MS);
+        let mut disabled = UserChanged {
+            user,
+            revision: Revision(3),
+            changed: true,
+            voided_enrollments: Vec::new(),
+        };
+        let voided = disabled.void_enrollments(links(), 500);
+        assert_eq!(voided.len(), 1);
+        assert_eq!(voided[0].enrollment_id, "enr_open");
+        assert_eq!(
+            voided[0]
+                .voided
+                .map(|voided| (voided.at_unix_ms, voided.reason)),
+            Some((500, VoidReason::UserDisabled))
+        );
+        assert_eq!(disabled.voided_enrollments, ["enr_open"]);
+        assert_eq!(
+            disabled.enabled_audit().detail["voidedEnrollments"],
+            json!(["enr_open"])
+        );
+
+        let unchanged = UserChanged {
+            changed: false,
+            voided_enrollments: Vec::new(),
+            ..disabled.clone()
+        };
+        let mut enabled = disabled.clone();
+        enabled.user.disabled = false;
+        for mut change in [unchanged, enabled] {
+            assert!(!change.voids_enrollments());
+            assert!(change.void_enrollments(links(), 500).is_empty());
+        }
+    }
+
+    #[test]
     fn only_a_change_names_its_revision_in_the_audit_row() {
         let user = UserRecord::new("alice".into(), [1; 16], 100);
         let unchanged = UserChanged {
             user,
             revision: Revision(7),
             changed: false,
+            voided_enrollments: Vec::new(),
         };
         assert_eq!(unchanged.audited_revision(), Revision::ZERO);
         assert_eq!(unchanged.enabled_audit().action, "user.enable");

@@ -48,10 +48,27 @@ pub fn prometheus() -> metrics_exporter_prometheus::PrometheusHandle {
 
 impl TestControlPlane {
     pub async fn start() -> Self {
+        Self::start_on(None).await
+    }
+
+    /// A control plane on `database` (a `postgres://` URL that other replicas may share), or
+    /// on a SQLite file of its own when `None`.
+    pub async fn start_on(database: Option<&str>) -> Self {
+        Self::start_configured(database, |_| {}).await
+    }
+
+    /// Like [`TestControlPlane::start_on`], with the config changed by `configure` first.
+    pub async fn start_configured(
+        database: Option<&str>,
+        configure: impl FnOnce(&mut ControlPlaneConfig),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let control_plane = ControlPlane::bind(config(&dir), prometheus())
-            .await
-            .unwrap();
+        let mut config = config(&dir);
+        if let Some(database) = database {
+            config.database = database.to_owned();
+        }
+        configure(&mut config);
+        let control_plane = ControlPlane::bind(config, prometheus()).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let grpc_addr = control_plane.grpc_addr();
         let http_addr = control_plane.http_addr();
@@ -212,5 +229,22 @@ impl Gateway {
             }
         }
         events
+    }
+}
+
+/// Polls `check` until it holds; panics after [`DEADLINE`]. For state that changes in the
+/// background (the registry after an ack), never as a stand-in for a sleep.
+pub async fn eventually_async<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

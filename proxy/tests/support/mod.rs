@@ -237,6 +237,8 @@ impl ControlPlane {
             public_key: signer.public_key(),
             created_unix_ms: 0,
             verify_until_unix_ms,
+            revoked: false,
+            max_session_lifetime_ms: None,
         }))
     }
 

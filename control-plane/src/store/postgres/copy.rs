@@ -12,17 +12,21 @@ use sqlx::postgres::{PgConnection, PgRow};
 use tokio_stream::StreamExt;
 
 use super::audit::{audit_columns, audit_from_row};
-use super::enrollments::{enrollment_columns, enrollment_from_row};
+use super::enrollments::{ENROLLMENT_COLUMN_COUNT, enrollment_columns, enrollment_from_row};
 use super::keys::{key_columns, key_from_row};
 use super::passkeys::{
     passkey_columns, passkey_from_row, passkey_revocation_from_row, revoked_passkey_columns,
 };
 use super::sessions::{session_columns, session_from_row};
 use super::signing_keys::{signing_key_columns, signing_key_from_row};
+use super::tokens::{token_columns, token_from_row};
 use super::users::{user_columns, user_from_row};
 use super::{PgStore, array, backend, db_revision, get, log, revision_from_db};
-use crate::store::StoreError;
-use crate::store::copy::{COUNT_ROWS, CopyStore, Dump, DumpSummary, EnrollmentRow, EventRow};
+use crate::store::copy::{
+    COUNT_ROWS, COUNTED_TABLES, CopyStore, Dump, DumpSummary, EnrollmentRow, EventRow,
+};
+use crate::store::tokens::join_scopes;
+use crate::store::{StoreError, Voided};
 
 /// Rows per `INSERT`: large enough that a million keys take a few hundred statements, small
 /// enough that each stays well inside the statement timeout.
@@ -70,7 +74,7 @@ async fn summary(conn: &mut PgConnection) -> Result<DumpSummary, StoreError> {
         .fetch_one(&mut *conn)
         .await
         .map_err(backend)?;
-    let mut counts = [0; 9];
+    let mut counts = [0; COUNTED_TABLES];
     for (index, count) in counts.iter_mut().enumerate() {
         *count = get(&row, index)?;
     }
@@ -178,13 +182,23 @@ async fn export(conn: &mut PgConnection) -> Result<Dump, StoreError> {
             audit_from_row,
         )
         .await?,
+        operator_tokens: rows(
+            conn,
+            concat!(
+                "SELECT ",
+                token_columns!(),
+                " FROM operator_tokens ORDER BY name"
+            ),
+            token_from_row,
+        )
+        .await?,
     })
 }
 
 /// An enrollment link with the hash of its token: `enrollment_columns!()`, then `token_hash`.
 fn enrollment_row_from_row(row: &PgRow) -> Result<EnrollmentRow, StoreError> {
     Ok(EnrollmentRow {
-        token_hash: array(get(row, 5)?, "enrollment token hash")?,
+        token_hash: array(get(row, ENROLLMENT_COLUMN_COUNT)?, "enrollment token hash")?,
         record: enrollment_from_row(row)?,
     })
 }
@@ -265,9 +279,9 @@ async fn import(conn: &mut PgConnection, dump: &Dump) -> Result<(), StoreError> 
     for enrollments in dump.enrollments.chunks(BATCH) {
         sqlx::query(
             "INSERT INTO enrollments (token_hash, enrollment_id, user_id, created_ms,
-                expires_ms, used_ms)
+                expires_ms, used_ms, voided_ms, voided_reason, created_by)
              SELECT * FROM UNNEST($1::BYTEA[], $2::TEXT[], $3::TEXT[], $4::BIGINT[],
-                $5::BIGINT[], $6::BIGINT[])",
+                $5::BIGINT[], $6::BIGINT[], $7::BIGINT[], $8::TEXT[], $9::TEXT[])",
         )
         .bind(column(enrollments, |e| e.token_hash.to_vec()))
         .bind(column(enrollments, |e| e.record.enrollment_id.clone()))
@@ -275,6 +289,11 @@ async fn import(conn: &mut PgConnection, dump: &Dump) -> Result<(), StoreError> 
         .bind(column(enrollments, |e| e.record.created_unix_ms))
         .bind(column(enrollments, |e| e.record.expires_unix_ms))
         .bind(column(enrollments, |e| e.record.used_unix_ms))
+        .bind(column(enrollments, |e| Voided::columns(e.record.voided).0))
+        .bind(column(enrollments, |e| {
+            Voided::columns(e.record.voided).1.map(str::to_owned)
+        }))
+        .bind(column(enrollments, |e| e.record.created_by.clone()))
         .execute(&mut *conn)
         .await
         .map_err(backend)?;
@@ -314,15 +333,36 @@ async fn import(conn: &mut PgConnection, dump: &Dump) -> Result<(), StoreError> 
 
     for keys in dump.signing_keys.chunks(BATCH) {
         sqlx::query(
-            "INSERT INTO signing_keys (key_id, secret, public_key, created_ms, verify_until_ms)
+            "INSERT INTO signing_keys (key_id, secret, public_key, created_ms, verify_until_ms,
+                revoked_ms, max_session_lifetime_ms)
              SELECT * FROM UNNEST($1::TEXT[], $2::BYTEA[], $3::BYTEA[], $4::BIGINT[],
-                $5::BIGINT[])",
+                $5::BIGINT[], $6::BIGINT[], $7::BIGINT[])",
         )
         .bind(column(keys, |k| k.key_id.clone()))
         .bind(column(keys, |k| k.secret.to_vec()))
         .bind(column(keys, |k| k.public_key.to_vec()))
         .bind(column(keys, |k| k.created_unix_ms))
         .bind(column(keys, |k| k.verify_until_unix_ms))
+        .bind(column(keys, |k| k.revoked_unix_ms))
+        .bind(column(keys, |k| k.max_session_lifetime_ms))
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    }
+
+    for tokens in dump.operator_tokens.chunks(BATCH) {
+        sqlx::query(
+            "INSERT INTO operator_tokens (name, token_hash, scopes, gateway_id, created_ms,
+                created_by)
+             SELECT * FROM UNNEST($1::TEXT[], $2::BYTEA[], $3::TEXT[], $4::TEXT[],
+                $5::BIGINT[], $6::TEXT[])",
+        )
+        .bind(column(tokens, |t| t.name.clone()))
+        .bind(column(tokens, |t| t.token_hash.to_vec()))
+        .bind(column(tokens, |t| join_scopes(&t.scopes)))
+        .bind(column(tokens, |t| t.gateway_id.clone()))
+        .bind(column(tokens, |t| t.created_unix_ms))
+        .bind(column(tokens, |t| t.created_by.clone()))
         .execute(&mut *conn)
         .await
         .map_err(backend)?;

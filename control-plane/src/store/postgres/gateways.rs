@@ -28,8 +28,9 @@ fn published_from_row(row: &PgRow) -> Result<PublishedGateway, StoreError> {
             staleness_ms: get::<Option<i64>>(row, 9)?.map(unsigned).transpose()?,
             propagation_bound_ms: unsigned(get(row, 10)?)?,
             stale_policy: get(row, 11)?,
+            credential: get(row, 12)?,
         },
-        replica_seen_unix_ms: get(row, 12)?,
+        replica_seen_unix_ms: get(row, 13)?,
     })
 }
 
@@ -58,6 +59,7 @@ struct Columns {
     staleness_ms: Vec<Option<i64>>,
     propagation_bound_ms: Vec<i64>,
     stale_policy: Vec<String>,
+    credential: Vec<String>,
 }
 
 impl Columns {
@@ -85,6 +87,7 @@ impl Columns {
                 .propagation_bound_ms
                 .push(signed(gateway.propagation_bound_ms));
             columns.stale_policy.push(gateway.stale_policy.clone());
+            columns.credential.push(gateway.credential.clone());
         }
         columns
     }
@@ -117,10 +120,10 @@ impl GatewayStore for PgStore {
             sqlx::query(
                 "INSERT INTO gateways (gateway_id, replica_id, region, address, version,
                     applied, last_seen_ms, connected_ms, disconnected_ms, staleness_ms,
-                    propagation_bound_ms, stale_policy, updated_ms)
-                 SELECT *, $13 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[],
+                    propagation_bound_ms, stale_policy, credential, updated_ms)
+                 SELECT *, $14 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[],
                     $5::TEXT[], $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[],
-                    $10::BIGINT[], $11::BIGINT[], $12::TEXT[])
+                    $10::BIGINT[], $11::BIGINT[], $12::TEXT[], $13::TEXT[])
                  ON CONFLICT (gateway_id) DO UPDATE SET
                     replica_id = EXCLUDED.replica_id, region = EXCLUDED.region,
                     address = EXCLUDED.address, version = EXCLUDED.version,
@@ -129,7 +132,8 @@ impl GatewayStore for PgStore {
                     disconnected_ms = EXCLUDED.disconnected_ms,
                     staleness_ms = EXCLUDED.staleness_ms,
                     propagation_bound_ms = EXCLUDED.propagation_bound_ms,
-                    stale_policy = EXCLUDED.stale_policy, updated_ms = EXCLUDED.updated_ms
+                    stale_policy = EXCLUDED.stale_policy, credential = EXCLUDED.credential,
+                    updated_ms = EXCLUDED.updated_ms
                  -- A gateway that reconnected elsewhere has a newer stream there: the row of
                  -- an older stream (one replica still reporting it lost) must not replace it.
                  -- Ties go to the writer: the same stream, reported again.
@@ -147,6 +151,7 @@ impl GatewayStore for PgStore {
             .bind(c.staleness_ms)
             .bind(c.propagation_bound_ms)
             .bind(c.stale_policy)
+            .bind(c.credential)
             .bind(now_unix_ms)
             .execute(w.conn())
             .await
@@ -168,7 +173,7 @@ impl GatewayStore for PgStore {
             // ago, so the reader treats its stream as lost.
             "SELECT g.gateway_id, g.replica_id, g.region, g.address, g.version, g.applied,
                 g.last_seen_ms, g.connected_ms, g.disconnected_ms, g.staleness_ms,
-                g.propagation_bound_ms, g.stale_policy, COALESCE(r.seen_ms, 0)
+                g.propagation_bound_ms, g.stale_policy, g.credential, COALESCE(r.seen_ms, 0)
              FROM gateways g LEFT JOIN replicas r ON r.replica_id = g.replica_id
              ORDER BY g.gateway_id",
         )

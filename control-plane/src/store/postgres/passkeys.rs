@@ -2,11 +2,12 @@
 //! `PasskeyRevoked` event goes through the log lock like every other event; registrations and
 //! sign-ins append nothing and do not take it.
 //!
-//! Refusals that depend on stored state (a used enrollment link, a session revoked meanwhile,
-//! a credential registered twice, the last passkey) are decided inside the write transaction,
-//! on rows it has locked, so two replicas deciding at once cannot both win: an enrollment link
-//! is consumed by one `UPDATE … WHERE used_ms IS NULL` (the second waits for the first's row
-//! lock and then matches nothing), a sign-in locks its passkey `FOR UPDATE` (so a removal
+//! Refusals that depend on stored state (an enrollment link used, expired, revoked or voided,
+//! a session revoked meanwhile, a credential registered twice, the last passkey) are decided
+//! inside the write transaction, on rows it has locked, so two replicas deciding at once
+//! cannot both win: an enrollment link is read `FOR UPDATE` before it is consumed (the second
+//! registration, or a revocation, waits for the first's row lock and then sees the link
+//! used), a sign-in locks its passkey `FOR UPDATE` (so a removal
 //! committed first makes it `PasskeyGone`), and the user's row is locked `FOR SHARE` against a
 //! concurrent disable.
 
@@ -14,6 +15,7 @@ use async_trait::async_trait;
 use keygate_proto::{Change, PasskeyRevocation, Revision};
 use sqlx::postgres::{PgConnection, PgRow};
 
+use super::enrollments::{LinkBy, lock_enrollment, write_used};
 use super::log::Writer;
 use super::sessions::{SessionLock, get_session};
 use super::users::{UserLock, get_user};
@@ -110,30 +112,14 @@ impl Writer<'_> {
         let now = self.now().await?;
         match &registration.via {
             RegisteredVia::Enrollment { token_hash } => {
-                // Consumes the link, unexpired at this instant (its ceremony may have begun
-                // before the expiry): exactly one registration can win it.
-                let consumed = sqlx::query(
-                    "UPDATE enrollments SET used_ms = $3
-                     WHERE token_hash = $1 AND user_id = $2 AND used_ms IS NULL
-                       AND expires_ms > $3",
-                )
-                .bind(&token_hash[..])
-                .bind(&new.user_id)
-                .bind(now)
-                .execute(self.conn())
-                .await
-                .map_err(backend)?;
-                if consumed.rows_affected() != 1 {
-                    let row: Option<(i64, Option<i64>)> = sqlx::query_as(
-                        "SELECT expires_ms, used_ms FROM enrollments
-                         WHERE token_hash = $1 AND user_id = $2",
-                    )
-                    .bind(&token_hash[..])
-                    .bind(&new.user_id)
-                    .fetch_optional(self.conn())
-                    .await
-                    .map_err(backend)?;
-                    return Ok(Registered::link_refusal(row, now));
+                // Consumes the link if it is open at this instant (its ceremony may have begun
+                // before an expiry or a revocation). The row is locked first, so of two
+                // registrations, or a registration and a revocation, on any replicas, the
+                // second sees what the first committed: exactly one can win the link.
+                let link = lock_enrollment(self.conn(), LinkBy::TokenHash(token_hash)).await?;
+                match Registered::consume_link(link, &new.user_id, now) {
+                    Ok(used) => write_used(self.conn(), &used).await?,
+                    Err(refused) => return Ok(refused),
                 }
             }
             RegisteredVia::Session { session_id } => {

@@ -6,11 +6,14 @@
 //! sign-in or registration locks it `FOR SHARE` before it opens a session. So a session is
 //! either opened before a revocation (and covered by its "revoked before" instant, read after
 //! the lock) or after it (and then sees the user disabled), on whichever replicas they run.
+//! The same lock orders a disable against the user's enrollment links: a disable voids every
+//! open one in its transaction.
 
 use async_trait::async_trait;
 use keygate_proto::{Change, Revision};
 use sqlx::postgres::{PgConnection, PgRow};
 
+use super::enrollments::{enrollments_of_user, write_voided};
 use super::log::Writer;
 use super::{PgStore, array, backend, get};
 use crate::store::{StoreError, UserChanged, UserCreated, UserRecord, UserStore};
@@ -160,11 +163,21 @@ impl UserStore for PgStore {
         } else {
             w.head()?
         };
-        let change = UserChanged {
+        let mut change = UserChanged {
             user,
             revision,
             changed,
+            voided_enrollments: Vec::new(),
         };
+        if change.voids_enrollments() {
+            // The user's row is locked FOR UPDATE, so no link of theirs can be created or
+            // consumed meanwhile (both lock it FOR SHARE); a revocation waits for these rows.
+            let links = enrollments_of_user(w.conn(), user_id, true).await?;
+            let now = w.now().await?;
+            for link in change.void_enrollments(links, now) {
+                write_voided(w.conn(), &link).await?;
+            }
+        }
         w.audit(actor, change.audited_revision(), &change.enabled_audit())
             .await?;
         w.commit().await?;
@@ -190,6 +203,7 @@ impl UserStore for PgStore {
             user,
             revision,
             changed: true,
+            voided_enrollments: Vec::new(),
         }))
     }
 }

@@ -10,7 +10,9 @@ use keygate_proto::{LogId, Revision};
 use rusqlite::{Row, Transaction, params};
 
 use super::audit::{AUDIT_COLUMNS, audit_from_row};
-use super::enrollments::{ENROLLMENT_COLUMNS, enrollment_from_row, insert_enrollment};
+use super::enrollments::{
+    ENROLLMENT_COLUMN_COUNT, ENROLLMENT_COLUMNS, enrollment_from_row, insert_enrollment,
+};
 use super::keys::{KEY_COLUMNS, insert_key, key_from_row};
 use super::passkeys::{
     PASSKEY_COLUMNS, REVOKED_PASSKEY_COLUMNS, insert_passkey, insert_passkey_revocation,
@@ -18,9 +20,12 @@ use super::passkeys::{
 };
 use super::sessions::{SESSION_COLUMNS, insert_session, session_from_row};
 use super::signing_keys::{SIGNING_KEY_COLUMNS, insert_signing_key, signing_key_from_row};
+use super::tokens::{TOKEN_COLUMNS, insert_token, token_from_row};
 use super::users::{USER_COLUMNS, insert_user, user_from_row};
 use super::{SqliteStore, backend, collect, corrupt, log};
-use crate::store::copy::{COUNT_ROWS, CopyStore, Dump, DumpSummary, EnrollmentRow, EventRow};
+use crate::store::copy::{
+    COUNT_ROWS, COUNTED_TABLES, CopyStore, Dump, DumpSummary, EnrollmentRow, EventRow,
+};
 use crate::store::{LogBounds, StoreError};
 
 #[async_trait]
@@ -49,7 +54,7 @@ impl CopyStore for SqliteStore {
 fn summary(tx: &Transaction<'_>) -> Result<DumpSummary, StoreError> {
     let counts = tx
         .query_row(COUNT_ROWS, [], |row| {
-            let mut counts = [0; 9];
+            let mut counts = [0; COUNTED_TABLES];
             for (index, count) in counts.iter_mut().enumerate() {
                 *count = row.get(index)?;
             }
@@ -125,12 +130,18 @@ fn export(tx: &Transaction<'_>) -> Result<Dump, StoreError> {
             [],
             audit_from_row,
         )?,
+        operator_tokens: collect(
+            tx,
+            &format!("SELECT {TOKEN_COLUMNS} FROM operator_tokens ORDER BY name"),
+            [],
+            token_from_row,
+        )?,
     })
 }
 
 /// An enrollment link with the hash of its token: [`ENROLLMENT_COLUMNS`], then `token_hash`.
 fn enrollment_row_from_row(row: &Row<'_>) -> rusqlite::Result<EnrollmentRow> {
-    let token_hash: Vec<u8> = row.get(5)?;
+    let token_hash: Vec<u8> = row.get(ENROLLMENT_COLUMN_COUNT)?;
     Ok(EnrollmentRow {
         token_hash: token_hash
             .try_into()
@@ -162,6 +173,9 @@ fn import(tx: &Transaction<'_>, dump: &Dump) -> Result<(), StoreError> {
     }
     for key in &dump.signing_keys {
         insert_signing_key(tx, key)?;
+    }
+    for token in &dump.operator_tokens {
+        insert_token(tx, token)?;
     }
 
     let mut insert = tx

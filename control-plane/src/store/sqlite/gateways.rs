@@ -12,7 +12,7 @@ use crate::store::{GatewayRecord, GatewayStore, PublishedGateway, StoreError};
 
 const GATEWAY_COLUMNS: &str = "gateway_id, replica_id, region, address, version, applied,
     last_seen_ms, connected_ms, disconnected_ms, staleness_ms, propagation_bound_ms,
-    stale_policy";
+    stale_policy, credential";
 
 /// A `gateways` row (as [`GATEWAY_COLUMNS`], each prefixed `g.`) followed by its replica's
 /// last heartbeat.
@@ -31,8 +31,9 @@ fn published_from_row(row: &Row<'_>) -> rusqlite::Result<PublishedGateway> {
             staleness_ms: row.get(9)?,
             propagation_bound_ms: row.get(10)?,
             stale_policy: row.get(11)?,
+            credential: row.get(12)?,
         },
-        replica_seen_unix_ms: row.get(12)?,
+        replica_seen_unix_ms: row.get(13)?,
     })
 }
 
@@ -56,7 +57,7 @@ impl GatewayStore for SqliteStore {
             let mut upsert =
                 w.tx.prepare_cached(&format!(
                     "INSERT INTO gateways ({GATEWAY_COLUMNS}, updated_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
                      ON CONFLICT (gateway_id) DO UPDATE SET
                         replica_id = excluded.replica_id, region = excluded.region,
                         address = excluded.address, version = excluded.version,
@@ -65,7 +66,8 @@ impl GatewayStore for SqliteStore {
                         disconnected_ms = excluded.disconnected_ms,
                         staleness_ms = excluded.staleness_ms,
                         propagation_bound_ms = excluded.propagation_bound_ms,
-                        stale_policy = excluded.stale_policy, updated_ms = excluded.updated_ms
+                        stale_policy = excluded.stale_policy, credential = excluded.credential,
+                        updated_ms = excluded.updated_ms
                      -- A gateway that reconnected elsewhere has a newer stream there: the
                      -- row of an older stream (one replica still reporting it lost) must not
                      -- replace it. Ties go to the writer: the same stream, reported again.
@@ -87,6 +89,7 @@ impl GatewayStore for SqliteStore {
                         gateway.staleness_ms,
                         gateway.propagation_bound_ms,
                         gateway.stale_policy,
+                        gateway.credential,
                         now_unix_ms,
                     ])
                     .map_err(backend)?;
@@ -104,7 +107,7 @@ impl GatewayStore for SqliteStore {
                 // long ago, so the reader treats its stream as lost.
                 "SELECT g.gateway_id, g.replica_id, g.region, g.address, g.version, g.applied,
                     g.last_seen_ms, g.connected_ms, g.disconnected_ms, g.staleness_ms,
-                    g.propagation_bound_ms, g.stale_policy, COALESCE(r.seen_ms, 0)
+                    g.propagation_bound_ms, g.stale_policy, g.credential, COALESCE(r.seen_ms, 0)
                  FROM gateways g LEFT JOIN replicas r ON r.replica_id = g.replica_id
                  ORDER BY g.gateway_id",
                 [],

@@ -2,13 +2,15 @@
 //! and through the same single writer as keys, so a removal's `PasskeyRevoked` event takes its
 //! place in the one contiguous log.
 //!
-//! Refusals that depend on stored state (a used enrollment link, a session revoked meanwhile,
-//! a credential registered twice, the last passkey) are decided inside the write transaction.
+//! Refusals that depend on stored state (an enrollment link used, expired, revoked or voided,
+//! a session revoked meanwhile, a credential registered twice, the last passkey) are decided
+//! inside the write transaction.
 
 use async_trait::async_trait;
 use keygate_proto::{Change, PasskeyRevocation, Revision};
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 
+use super::enrollments::{enrollment_by_token_hash, write_used};
 use super::sessions::get_session;
 use super::users::get_user;
 use super::{SqliteStore, backend, collect, execute};
@@ -161,27 +163,13 @@ impl PasskeyStore for SqliteStore {
             }
             match &registration.via {
                 RegisteredVia::Enrollment { token_hash } => {
-                    // Consumes the link, unexpired at this instant (its ceremony may have
-                    // begun before the expiry): exactly one registration can win it.
-                    let consumed =
-                        w.tx.execute(
-                            "UPDATE enrollments SET used_ms = ?3
-                             WHERE token_hash = ?1 AND user_id = ?2 AND used_ms IS NULL
-                               AND expires_ms > ?3",
-                            params![&token_hash[..], new.user_id, w.now_unix_ms],
-                        )
-                        .map_err(backend)?;
-                    if consumed != 1 {
-                        let row =
-                            w.tx.query_row(
-                                "SELECT expires_ms, used_ms FROM enrollments
-                                 WHERE token_hash = ?1 AND user_id = ?2",
-                                params![&token_hash[..], new.user_id],
-                                |row| Ok((row.get(0)?, row.get(1)?)),
-                            )
-                            .optional()
-                            .map_err(backend)?;
-                        return Ok(Registered::link_refusal(row, w.now_unix_ms));
+                    // Consumes the link if it is open at this instant (its ceremony may have
+                    // begun before an expiry or a revocation), in this one writer's
+                    // transaction: exactly one registration can win it.
+                    let link = enrollment_by_token_hash(w.tx, token_hash)?;
+                    match Registered::consume_link(link, &new.user_id, w.now_unix_ms) {
+                        Ok(used) => write_used(w.tx, &used)?,
+                        Err(refused) => return Ok(refused),
                     }
                 }
                 RegisteredVia::Session { session_id } => {

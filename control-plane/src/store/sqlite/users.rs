@@ -1,11 +1,12 @@
 //! [`UserStore`] on SQLite: the `users` table. A user's replicated state (disabled, sessions
 //! revoked before, prune after) lives in its row; each change to it appends a `UserState`
-//! event.
+//! event. A disable voids the user's open enrollment links in its transaction.
 
 use async_trait::async_trait;
 use keygate_proto::{Change, Revision};
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 
+use super::enrollments::{enrollments_of_user, write_voided};
 use super::log::Writer;
 use super::{SqliteStore, backend, corrupt, execute};
 use crate::store::{StoreError, UserChanged, UserCreated, UserRecord, UserStore};
@@ -130,11 +131,18 @@ impl UserStore for SqliteStore {
             } else {
                 w.head()
             };
-            let change = UserChanged {
+            let mut change = UserChanged {
                 user,
                 revision,
                 changed,
+                voided_enrollments: Vec::new(),
             };
+            if change.voids_enrollments() {
+                let links = enrollments_of_user(w.tx, &user_id)?;
+                for link in change.void_enrollments(links, w.now_unix_ms) {
+                    write_voided(w.tx, &link)?;
+                }
+            }
             w.audit(&actor, change.audited_revision(), &change.enabled_audit())?;
             Ok(Some(change))
         })
@@ -159,6 +167,7 @@ impl UserStore for SqliteStore {
                 user,
                 revision,
                 changed: true,
+                voided_enrollments: Vec::new(),
             }))
         })
         .await
