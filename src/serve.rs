@@ -1,5 +1,6 @@
 //! `keygate control-plane` and `keygate proxy`: load the config file, lay flags and environment
-//! over it, validate once, bind, print one line per listener, serve until a signal.
+//! over it, validate once, bind, print one line per listener, serve until a signal. The proxy
+//! reloads its routes from the file on SIGHUP.
 
 use keygate_control_plane::{ControlPlane, ControlPlaneConfig, ControlPlaneError};
 use keygate_proxy::{Gateway, ProxyConfig, ProxyError, StalePolicy};
@@ -124,13 +125,19 @@ pub async fn control_plane(flags: ControlPlaneArgs) -> Result<(), Failure> {
 /// Runs `keygate proxy`.
 pub async fn proxy(flags: ProxyArgs) -> Result<(), Failure> {
     let config = proxy_config(&flags)?;
-    let gateway =
+    let mut gateway =
         Gateway::bind(config, telemetry::metrics())
             .await
             .map_err(|error| match error {
                 ProxyError::Config(_) => Failure::Config(error.to_string()),
                 _ => Failure::Runtime(error.to_string()),
             })?;
+    // SIGHUP reads the file again, with the same flags and environment laid over it.
+    if flags.config.is_some() {
+        gateway.reload_routes_on_hangup(move || {
+            proxy_config(&flags).map_err(|failure| failure.to_string())
+        });
+    }
     println!(
         "keygate proxy listening on {} (admin {})",
         gateway.addr(),

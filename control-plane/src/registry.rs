@@ -276,7 +276,10 @@ pub struct Registry {
 impl Registry {
     /// An empty registry that forgets gateways disconnected for longer than `timeout`.
     /// `replica_id` names this control plane among replicas sharing one database.
+    /// Publishes a connected-gateway count of 0 at once, so a control plane that never had a
+    /// gateway shows 0 rather than no series (the alert on it needs a value).
     pub fn new(timeout: Duration, replica_id: String) -> Self {
+        metrics::connected_gateways(0);
         Self {
             gateways: Mutex::new(HashMap::new()),
             remote: Mutex::new(HashMap::new()),

@@ -94,6 +94,9 @@ impl Admin {
         self.metrics
             .staleness
             .set(self.status.staleness_or_uptime().as_secs_f64());
+        self.metrics
+            .propagation_bound
+            .set(self.status.propagation_bound().as_secs_f64());
         self.metrics.set_session_state(self.status.session_state());
     }
 }

@@ -15,6 +15,7 @@ use keygate_transport::{ClientIdentity, Trust};
 use serde::Deserialize;
 
 use crate::error::ConfigError;
+use crate::upstream::UpstreamLimits;
 
 /// Everything a gateway needs to run. `Default` gives DESIGN.md's defaults; unknown TOML keys
 /// are an error so that a typo cannot silently fall back to a default.
@@ -485,6 +486,16 @@ impl ProxyConfig {
         match &self.gateway_id {
             Some(id) if !id.is_empty() => id.clone(),
             _ => format!("{}-{}", hostname(), std::process::id()),
+        }
+    }
+
+    /// The bounds of every upstream pool.
+    pub(crate) fn upstream_limits(&self) -> UpstreamLimits {
+        UpstreamLimits {
+            connect_timeout: self.upstream_connect_timeout,
+            max_connections: self.max_upstream_connections,
+            queue_timeout: self.upstream_queue_timeout,
+            body_idle_timeout: self.upstream_body_timeout,
         }
     }
 

@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use crate::credential::CredentialHeaders;
 use crate::error::error_chain;
 use crate::idle_body::IdleBody;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UpstreamFailure};
 use crate::replica::KEY_ID_TEXT_LEN;
 use crate::response::{self, ProxyBody, REQUEST_ID, codes};
 use crate::route::Route;
@@ -158,6 +158,7 @@ impl Forwarder {
             }
             Ok(Err(error @ UpstreamError::Busy { .. })) => {
                 tracing::warn!(upstream = %route.upstream, error = %error, "upstream busy");
+                self.metrics.upstream_failed(UpstreamFailure::Busy);
                 let mut response = response::error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     codes::UPSTREAM_BUSY,
@@ -183,6 +184,7 @@ impl Forwarder {
             }
             Ok(Err(error)) => {
                 tracing::warn!(upstream = %route.upstream, error = %error_chain(&error), "upstream unavailable");
+                self.metrics.upstream_failed(UpstreamFailure::Unavailable);
                 response::error(
                     StatusCode::BAD_GATEWAY,
                     codes::UPSTREAM_UNAVAILABLE,
@@ -192,6 +194,7 @@ impl Forwarder {
             }
             Err(_) => {
                 tracing::warn!(upstream = %route.upstream, timeout = ?self.response_timeout, "upstream timed out");
+                self.metrics.upstream_failed(UpstreamFailure::Timeout);
                 response::error(
                     StatusCode::GATEWAY_TIMEOUT,
                     codes::UPSTREAM_TIMEOUT,
@@ -205,7 +208,7 @@ impl Forwarder {
 
 /// Adds the verified identity; false when a key's owner is not a valid header value. A
 /// session's header values were built when its signature was verified.
-fn add_grant_headers(headers: &mut HeaderMap, grant: &Grant) -> bool {
+pub(crate) fn add_grant_headers(headers: &mut HeaderMap, grant: &Grant) -> bool {
     let grant = match grant {
         Grant::Key(grant) => grant,
         Grant::Session(session) => {

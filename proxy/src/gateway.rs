@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use keygate_transport::server::ALPN_H2_HTTP1;
@@ -26,6 +27,7 @@ use crate::freshness::Freshness;
 use crate::handler::Handler;
 use crate::metrics::Metrics;
 use crate::miss::{ControlPlaneSlot, MissLookup, MissSettings};
+use crate::reload::{self, ConfigSource, RouteReloader};
 use crate::replica::Replica;
 use crate::response::ProxyBody;
 use crate::route::RouteTable;
@@ -33,7 +35,6 @@ use crate::server::{self, Peer, ServerLimits, Service};
 use crate::sessions;
 use crate::status::{GatewayStatus, SyncState};
 use crate::sync::{ControlPlaneTls, SyncSettings, SyncTask};
-use crate::upstream::UpstreamLimits;
 use crate::verify::Verifier;
 
 /// Connections the admin listener serves at once.
@@ -60,6 +61,9 @@ pub struct Gateway {
     /// For the task pruning session revocations.
     replica: Arc<Replica>,
     limits: ServerLimits,
+    reloader: Arc<RouteReloader>,
+    /// SIGHUP and where to read the configuration again, once asked to reload on it.
+    reload_on_hangup: Option<(tokio::signal::unix::Signal, ConfigSource)>,
 }
 
 impl Gateway {
@@ -70,15 +74,10 @@ impl Gateway {
         metrics: PrometheusHandle,
     ) -> Result<Gateway, ProxyError> {
         config.validate()?;
-        let routes = RouteTable::new(
+        let routes = Arc::new(ArcSwap::from_pointee(RouteTable::new(
             config.resolved_routes()?,
-            UpstreamLimits {
-                connect_timeout: config.upstream_connect_timeout,
-                max_connections: config.max_upstream_connections,
-                queue_timeout: config.upstream_queue_timeout,
-                body_idle_timeout: config.upstream_body_timeout,
-            },
-        )?;
+            config.upstream_limits(),
+        )?));
         let tls = listener_tls(
             "main listener",
             "main",
@@ -204,6 +203,8 @@ impl Gateway {
             admin_addr,
             status: status.clone(),
             state,
+            reloader: Arc::new(RouteReloader::new(Arc::clone(&routes), config.clone())),
+            reload_on_hangup: None,
             handler: Arc::new(Handler {
                 routes,
                 verifier,
@@ -243,6 +244,26 @@ impl Gateway {
     /// A handle on the gateway's state, usable while and after it serves.
     pub fn status(&self) -> GatewayStatus {
         self.status.clone()
+    }
+
+    /// Swaps in the routes of a new configuration on demand (see [`crate::reload`]).
+    pub fn route_reloader(&self) -> Arc<RouteReloader> {
+        Arc::clone(&self.reloader)
+    }
+
+    /// While serving, reloads the routes on every SIGHUP from what `source` returns (the
+    /// configuration read again the way it was at start, or why it cannot be). The signal
+    /// handler is installed by this call, so a SIGHUP after it never terminates the process.
+    pub fn reload_routes_on_hangup(
+        &mut self,
+        source: impl Fn() -> Result<ProxyConfig, String> + Send + Sync + 'static,
+    ) {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hangup) => self.reload_on_hangup = Some((hangup, Arc::new(source))),
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGHUP; routes will not reload");
+            }
+        }
     }
 
     /// Serves until `shutdown` resolves; then stops accepting, lets in-flight requests finish
@@ -285,6 +306,14 @@ impl Gateway {
             keygate_transport::reload::WATCH_INTERVAL,
             stop_background.clone(),
         ));
+        let route_reload = self.reload_on_hangup.map(|(hangup, source)| {
+            tokio::spawn(reload::reload_on_hangup(
+                self.reloader,
+                source,
+                hangup,
+                stop_background.clone(),
+            ))
+        });
         let admin = tokio::spawn(server::serve(
             "admin",
             self.admin_listener,
@@ -318,6 +347,11 @@ impl Gateway {
         }
         if let Err(error) = certificate_watch.await {
             tracing::error!(%error, "certificate watcher failed");
+        }
+        if let Some(task) = route_reload
+            && let Err(error) = task.await
+        {
+            tracing::error!(%error, "route reload task failed");
         }
         tracing::info!("keygate proxy stopped");
         Ok(())

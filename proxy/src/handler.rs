@@ -1,10 +1,14 @@
 //! The main listener's request pipeline: request id, path normalisation, route, CSRF check
-//! for cookie sessions, verdict, then forward or refuse. `POST /_keygate/v1/verify` is
-//! answered here and never forwarded.
+//! for cookie sessions, verdict, then forward or refuse. `POST /_keygate/v1/verify` and the
+//! external-authorization checks (`/_keygate/v1/authz`) are answered here and never forwarded.
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::authz_endpoint;
 use crate::credential::{Carrier, CredentialHeaders};
 use crate::forward::{Forwarder, Forwarding};
 use crate::response::{self, ProxyBody, codes};
@@ -13,9 +17,14 @@ use crate::server::Peer;
 use crate::verify::{Code, Verdict, Verifier};
 use crate::verify_endpoint;
 
+/// Where the gateway's own endpoints live on the main listener.
+const RESERVED_PREFIX: &str = "/_keygate/";
+
 /// Everything a request needs, shared by all connections.
 pub(crate) struct Handler {
-    pub routes: RouteTable,
+    /// The current routes; a reload swaps in a new table (see [`crate::reload`]). A request
+    /// loads it once and keeps that table until it is answered.
+    pub routes: Arc<ArcSwap<RouteTable>>,
     pub verifier: Verifier,
     pub forwarder: Forwarder,
     pub credentials: CredentialHeaders,
@@ -27,10 +36,18 @@ impl Handler {
     /// Answers one request from `peer`.
     pub async fn handle(&self, mut request: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         let request_id = response::request_id(request.headers());
+        let routes = self.routes.load();
         // From here on the request carries its normalised path: the route is chosen by it and
         // the upstream receives it, so what was authorised is what is served.
-        match self.routes.normalize(request.uri()) {
+        match routes.normalize(request.uri()) {
             Ok(None) => {}
+            // A check's original path is its own: dot segments in it must not climb out of the
+            // authz endpoint's path (`/_keygate/v1/authz/x/../../admin` is a check of
+            // `/admin`), so a check is recognised before its path is normalised. An
+            // already-normal path, the common case, takes the test below instead.
+            Ok(Some(_)) if authz_endpoint::serves(request.uri().path()) => {
+                return authz_endpoint::answer(self, &routes, request, &request_id).await;
+            }
             Ok(Some(normalised)) => *request.uri_mut() = normalised,
             Err(error) => {
                 return response::error(
@@ -41,10 +58,17 @@ impl Handler {
                 );
             }
         }
-        if request.uri().path() == verify_endpoint::PATH {
-            return verify_endpoint::answer(self, request, &request_id).await;
+        // One prefix test keeps the gateway's own endpoints off the path of proxied requests.
+        let path = request.uri().path();
+        if path.starts_with(RESERVED_PREFIX) {
+            if path == verify_endpoint::PATH {
+                return verify_endpoint::answer(self, request, &request_id).await;
+            }
+            if authz_endpoint::serves(path) {
+                return authz_endpoint::answer(self, &routes, request, &request_id).await;
+            }
         }
-        let Some(route) = self.routes.find(request.uri().path()) else {
+        let Some(route) = routes.find(request.uri().path()) else {
             return response::error(
                 StatusCode::NOT_FOUND,
                 codes::NO_ROUTE,

@@ -8,7 +8,7 @@
 //! keys not replicated yet), [`sessions`] (signing keys and revocation sets) and
 //! [`session_verify`] (session verdicts, the signature cache), [`freshness`] (the staleness
 //! bound), `sync` (the replication stream), [`path`] (request paths made canonical before
-//! routing), `route`/`forward` (upstreams),
+//! routing), `route`/`forward` (upstreams), [`reload`] (routes swapped on SIGHUP),
 //! `server`/`handler`/`verify_endpoint`/`admin` (HTTP), [`metrics`], `response` (JSON errors)
 //! and `gateway` (wiring, bind and serve).
 //!
@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod authz_endpoint;
 pub mod config;
 pub mod credential;
 mod error;
@@ -36,6 +37,7 @@ mod idle_body;
 pub mod metrics;
 pub mod miss;
 pub mod path;
+pub mod reload;
 pub mod replica;
 mod response;
 pub mod route;

@@ -17,12 +17,18 @@ pub const VERIFICATIONS: &str = "keygate_verifications_total";
 pub const VERIFY_DURATION: &str = "keygate_verify_duration_seconds";
 /// Time until the upstream's response headers, seconds.
 pub const UPSTREAM_DURATION: &str = "keygate_upstream_duration_seconds";
+/// Forwarded requests the upstream did not answer, by reason (`unavailable`: 502, `timeout`:
+/// 504, `busy`: 503, every connection in use).
+pub const UPSTREAM_ERRORS: &str = "keygate_upstream_errors_total";
 /// Keys in the replica.
 pub const REPLICA_KEYS: &str = "keygate_replica_keys";
 /// Revision the replica has applied.
 pub const REPLICA_REVISION: &str = "keygate_replica_revision";
 /// Seconds since the replica was last proven current (since start when never).
 pub const STALENESS: &str = "keygate_staleness_seconds";
+/// The configured propagation bound, seconds: past it the replica is stale (alert at a
+/// fraction of it against [`STALENESS`]).
+pub const PROPAGATION_BOUND: &str = "keygate_propagation_bound_seconds";
 /// 1 while the sync stream is open.
 pub const SYNC_CONNECTED: &str = "keygate_sync_connected";
 /// Full snapshots installed.
@@ -44,6 +50,15 @@ pub const SESSION_STATE: &str = "keygate_session_state_entries";
 /// (`issued_in_future`: more than the clock skew ahead; `longer_than_lifetime`: expiry − issue
 /// beyond the signing key's maximum session lifetime).
 pub const SESSION_TIME_REFUSALS: &str = "keygate_session_time_refusals_total";
+/// Configuration reloads (SIGHUP), by result (`ok`, `error`: the old routes were kept).
+pub const CONFIG_RELOADS: &str = "keygate_config_reload_total";
+/// Unix time, seconds, of the last successful configuration load (start or reload).
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "keygate_config_last_reload_success_timestamp_seconds";
+
+/// External-authorization checks (`/_keygate/v1/authz`) by answer code: a verdict code, or
+/// `NO_AUTH` (allowed on an `auth = "none"` route), `BAD_REQUEST`, `INVALID_PATH`, `NO_ROUTE`,
+/// `INTERNAL`. The verdicts are also counted in [`VERIFICATIONS`].
+pub const AUTHZ_CHECKS: &str = "keygate_authz_checks_total";
 
 /// A `PrometheusBuilder` with buckets suited to the gateway's latency histograms (from 10 µs):
 /// without buckets the exporter renders histograms as summaries.
@@ -68,6 +83,17 @@ pub fn prometheus_builder() -> PrometheusBuilder {
         .unwrap_or_else(|_| PrometheusBuilder::new())
 }
 
+/// Why the upstream did not answer a forwarded request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpstreamFailure {
+    /// Not reachable, or closed the connection (502).
+    Unavailable,
+    /// No response headers within the response timeout (504).
+    Timeout,
+    /// Every connection to it in use (503).
+    Busy,
+}
+
 /// Results of a miss lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LookupResult {
@@ -81,15 +107,33 @@ pub(crate) enum LookupResult {
     Limited,
 }
 
+/// Answers of the external-authorization endpoint that are not a verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthzOutcome {
+    /// Allowed without a credential: the route's `auth` is `none`.
+    Unverified,
+    /// The original URI or method headers are invalid, repeated or disagree.
+    BadRequest,
+    /// Path normalisation refused the original path.
+    InvalidPath,
+    /// No route serves the original path.
+    NoRoute,
+    /// The identity cannot be sent as headers.
+    Internal,
+}
+
 /// Pre-registered handles.
 #[derive(Clone)]
 pub(crate) struct Metrics {
     verifications: [Counter; Code::ALL.len()],
     pub verify_duration: Histogram,
     pub upstream_duration: Histogram,
+    /// Unavailable, timeout, busy.
+    upstream_errors: [Counter; 3],
     pub replica_keys: Gauge,
     pub replica_revision: Gauge,
     pub staleness: Gauge,
+    pub propagation_bound: Gauge,
     pub sync_connected: Gauge,
     pub snapshots: Counter,
     /// Control planes refused for serving an older copy of the gateway's log.
@@ -102,17 +146,25 @@ pub(crate) struct Metrics {
     session_state: [Gauge; 4],
     /// Issued in the future, longer than the lifetime.
     session_time_refusals: [Counter; 2],
+    authz_checks: [Counter; Code::ALL.len()],
+    /// In [`AuthzOutcome`] order.
+    authz_other: [Counter; 5],
 }
 
 impl Metrics {
     /// Registers every handle with the installed recorder (a no-op recorder when none is).
     pub fn register() -> Self {
         metrics::describe_counter!(VERIFICATIONS, "Verifications by verdict code");
+        metrics::describe_counter!(AUTHZ_CHECKS, "External-authorization checks by answer code");
         metrics::describe_histogram!(VERIFY_DURATION, Unit::Seconds, "Time to reach a verdict");
         metrics::describe_histogram!(
             UPSTREAM_DURATION,
             Unit::Seconds,
             "Time until upstream response headers"
+        );
+        metrics::describe_counter!(
+            UPSTREAM_ERRORS,
+            "Forwarded requests the upstream did not answer, by reason"
         );
         metrics::describe_gauge!(REPLICA_KEYS, "Keys in the replica");
         metrics::describe_gauge!(REPLICA_REVISION, "Revision the replica has applied");
@@ -120,6 +172,11 @@ impl Metrics {
             STALENESS,
             Unit::Seconds,
             "Time since the replica was last proven current"
+        );
+        metrics::describe_gauge!(
+            PROPAGATION_BOUND,
+            Unit::Seconds,
+            "The propagation bound: stale past this staleness"
         );
         metrics::describe_gauge!(SYNC_CONNECTED, "1 while the sync stream is open");
         metrics::describe_counter!(SNAPSHOTS, "Full snapshots installed");
@@ -149,9 +206,12 @@ impl Metrics {
                 .map(|code| metrics::counter!(VERIFICATIONS, "code" => code.as_str())),
             verify_duration: metrics::histogram!(VERIFY_DURATION),
             upstream_duration: metrics::histogram!(UPSTREAM_DURATION),
+            upstream_errors: ["unavailable", "timeout", "busy"]
+                .map(|reason| metrics::counter!(UPSTREAM_ERRORS, "reason" => reason)),
             replica_keys: metrics::gauge!(REPLICA_KEYS),
             replica_revision: metrics::gauge!(REPLICA_REVISION),
             staleness: metrics::gauge!(STALENESS),
+            propagation_bound: metrics::gauge!(PROPAGATION_BOUND),
             sync_connected: metrics::gauge!(SYNC_CONNECTED),
             snapshots: metrics::counter!(SNAPSHOTS),
             sync_refused_older_history: metrics::counter!(SYNC_REFUSED, "reason" => "older_history"),
@@ -173,13 +233,38 @@ impl Metrics {
                 TimeRefusal::LongerThanLifetime.reason(),
             ]
             .map(|reason| metrics::counter!(SESSION_TIME_REFUSALS, "reason" => reason)),
+            authz_checks: Code::ALL
+                .map(|code| metrics::counter!(AUTHZ_CHECKS, "code" => code.as_str())),
+            authz_other: [
+                "NO_AUTH",
+                "BAD_REQUEST",
+                "INVALID_PATH",
+                "NO_ROUTE",
+                "INTERNAL",
+            ]
+            .map(|code| metrics::counter!(AUTHZ_CHECKS, "code" => code)),
         }
+    }
+
+    /// Counts one external-authorization check answered with a verdict.
+    pub fn authz_checked(&self, code: Code) {
+        self.authz_checks[code as usize].increment(1);
+    }
+
+    /// Counts one external-authorization check answered without a verdict.
+    pub fn authz_other(&self, outcome: AuthzOutcome) {
+        self.authz_other[outcome as usize].increment(1);
     }
 
     /// Counts one verdict.
     #[inline]
     pub fn verified(&self, code: Code) {
         self.verifications[code as usize].increment(1);
+    }
+
+    /// Counts one forwarded request the upstream did not answer.
+    pub fn upstream_failed(&self, error: UpstreamFailure) {
+        self.upstream_errors[error as usize].increment(1);
     }
 
     /// Counts one miss lookup.

@@ -105,7 +105,23 @@ impl RouteTable {
         resolved: ResolvedRoutes,
         limits: UpstreamLimits,
     ) -> Result<Self, ConfigError> {
+        Self::reusing(resolved, limits, None)
+    }
+
+    /// Like [`RouteTable::new`], but an upstream `previous` already has a pool for (same
+    /// authority and TLS trust) keeps that pool: a route reload neither drops its idle
+    /// connections nor lets in-flight and new requests together exceed its connection limit.
+    pub(crate) fn reusing(
+        resolved: ResolvedRoutes,
+        limits: UpstreamLimits,
+        previous: Option<&RouteTable>,
+    ) -> Result<Self, ConfigError> {
         let mut pools: Vec<Arc<UpstreamPool>> = Vec::new();
+        for route in previous.map_or(&[][..], |table| &table.routes) {
+            if !pools.iter().any(|pool| Arc::ptr_eq(pool, &route.pool)) {
+                pools.push(Arc::clone(&route.pool));
+            }
+        }
         let mut tls_configs: Vec<(Trust, Arc<rustls::ClientConfig>)> = Vec::new();
         let ResolvedRoutes {
             routes: resolved,
@@ -158,6 +174,16 @@ impl RouteTable {
         self.routes
             .iter()
             .find(|route| path.starts_with(route.path_prefix.as_str()))
+    }
+
+    /// How many routes there are.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether there are none (never, for a table built from a validated configuration).
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
     }
 
     /// `uri` with its path normalised under this table's `escaped_slashes` setting (see

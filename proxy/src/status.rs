@@ -130,6 +130,11 @@ impl GatewayStatus {
         self.freshness.staleness()
     }
 
+    /// The configured propagation bound: stale past it.
+    pub fn propagation_bound(&self) -> Duration {
+        self.freshness.bound()
+    }
+
     /// Staleness, or the time since start when never synced (stale all along).
     pub fn staleness_or_uptime(&self) -> Duration {
         self.freshness

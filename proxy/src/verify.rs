@@ -290,6 +290,20 @@ impl Verifier {
         }
     }
 
+    /// Counts an external-authorization check answered with `code` (`/_keygate/v1/authz`).
+    pub(crate) fn authz_checked(&self, code: Code) {
+        if let Some(metrics) = &self.metrics {
+            metrics.authz_checked(code);
+        }
+    }
+
+    /// Counts an external-authorization check answered without a verdict.
+    pub(crate) fn authz_other(&self, outcome: crate::metrics::AuthzOutcome) {
+        if let Some(metrics) = &self.metrics {
+            metrics.authz_other(outcome);
+        }
+    }
+
     async fn decide(&self, credential: Credential<'_>) -> Verdict {
         if self.freshness.refuses_requests() {
             return Verdict::Denied(Code::Stale);

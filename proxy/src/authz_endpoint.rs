@@ -1,0 +1,285 @@
+//! `/_keygate/v1/authz` on the main listener: HTTP external authorization for gateways that ask
+//! before they forward (nginx `auth_request`, Traefik ForwardAuth, Envoy's HTTP `ext_authz`).
+//! Any method is answered; nothing is forwarded.
+//!
+//! The request is a copy of the client's request headers. The credential is read from them as
+//! on a proxied request (`Authorization: Bearer`, the API-key header, the session cookie). The
+//! original path is the part after `/_keygate/v1/authz` (Envoy's `path_prefix` form,
+//! `/_keygate/v1/authz/<original path>`), else `X-Forwarded-Uri` (Traefik) or `X-Original-URI`
+//! (nginx), else `/`; it is normalised like a proxied request's path and selects the route whose
+//! `auth` applies. The original method is `X-Forwarded-Method` or `X-Original-Method`, else the
+//! request's own (Envoy sends the original one); it and the request's `Origin` and
+//! `Sec-Fetch-Site` decide the CSRF rule for a cookie session.
+//!
+//! The asking gateway copies client headers into the check, so a client can send either header
+//! of a pair itself: when both of a pair are present and differ, or one is repeated, the check is
+//! refused (400) rather than trusting either.
+//!
+//! Answers: 200 with the `x-keygate-*` identity headers a forwarded request would carry (none
+//! for an `auth = "none"` route); a refusal with the same status, JSON body and
+//! `WWW-Authenticate` as on a proxied request (401, 403, 503 STALE); 400 for a path
+//! normalisation refuses; 404 when no route serves the path.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+
+use crate::credential::Carrier;
+use crate::forward;
+use crate::handler::Handler;
+use crate::metrics::AuthzOutcome;
+use crate::response::{self, ProxyBody, codes};
+use crate::route::RouteTable;
+use crate::verify::{Code, Verdict};
+
+/// Where the endpoint is served; `PATH` + `/<original path>` is the `path_prefix` form.
+pub const PATH: &str = "/_keygate/v1/authz";
+
+static X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+static X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+static X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+
+/// Whether `path` (normalised) is this endpoint, in either form.
+pub(crate) fn serves(path: &str) -> bool {
+    path.strip_prefix(PATH)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Answers one check. `request`'s path may be unnormalised (see `handler.rs`).
+pub(crate) async fn answer(
+    handler: &Handler,
+    routes: &RouteTable,
+    request: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
+    let (parts, _body) = request.into_parts();
+    check(
+        handler,
+        routes,
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        request_id,
+    )
+    .await
+}
+
+/// The verdict for one check; the body of the check request is never read.
+async fn check(
+    handler: &Handler,
+    routes: &RouteTable,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
+    let refuse = |outcome: AuthzOutcome, status, code, message| {
+        handler.verifier.authz_other(outcome);
+        response::error(status, code, message, request_id)
+    };
+    let Ok(original) = original_uri(uri, headers) else {
+        return refuse(
+            AuthzOutcome::BadRequest,
+            StatusCode::BAD_REQUEST,
+            codes::BAD_REQUEST,
+            "X-Forwarded-Uri and X-Original-URI must be one valid request target, and agree when both are sent",
+        );
+    };
+    let Ok(method) = original_method(method, headers) else {
+        return refuse(
+            AuthzOutcome::BadRequest,
+            StatusCode::BAD_REQUEST,
+            codes::BAD_REQUEST,
+            "X-Forwarded-Method and X-Original-Method must be one valid method, and agree when both are sent",
+        );
+    };
+    let original = match routes.normalize(&original) {
+        Ok(None) => original,
+        Ok(Some(normalised)) => normalised,
+        Err(error) => {
+            return refuse(
+                AuthzOutcome::InvalidPath,
+                StatusCode::BAD_REQUEST,
+                codes::INVALID_PATH,
+                error.message(),
+            );
+        }
+    };
+    let Some(route) = routes.find(original.path()) else {
+        return refuse(
+            AuthzOutcome::NoRoute,
+            StatusCode::NOT_FOUND,
+            codes::NO_ROUTE,
+            "no route for this path",
+        );
+    };
+    if !route.auth.verifies() {
+        handler.verifier.authz_other(AuthzOutcome::Unverified);
+        return allowed(request_id);
+    }
+    let (credential, carrier) = handler.credentials.find(headers, route.auth);
+    if carrier == Carrier::Cookie && !route.accepts_cookie_session(&method, headers) {
+        handler.verifier.refused(Code::ForbiddenOrigin);
+        handler.verifier.authz_checked(Code::ForbiddenOrigin);
+        return response::denied(Code::ForbiddenOrigin, request_id);
+    }
+    let grant = match handler.verifier.verify(credential).await {
+        Verdict::Valid(grant) => grant,
+        Verdict::Denied(code) => {
+            handler.verifier.authz_checked(code);
+            return response::denied(code, request_id);
+        }
+    };
+    let mut response = allowed(request_id);
+    if !forward::add_grant_headers(response.headers_mut(), &grant) {
+        // Allowing without the owner could let the upstream take the request for someone
+        // else's, as when forwarding.
+        handler.verifier.authz_other(AuthzOutcome::Internal);
+        return response::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            codes::INTERNAL,
+            "the key's owner cannot be sent as a header",
+            request_id,
+        );
+    }
+    handler.verifier.authz_checked(Code::Valid);
+    response
+}
+
+fn allowed(request_id: &HeaderValue) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::Right(Default::default()));
+    response
+        .headers_mut()
+        .insert(response::REQUEST_ID.clone(), request_id.clone());
+    response
+}
+
+/// The header pair's single agreed value: `Ok(None)` when neither is sent, `Err` when one is
+/// repeated or both are sent and differ.
+fn one_of<'a>(
+    headers: &'a HeaderMap,
+    first: &HeaderName,
+    second: &HeaderName,
+) -> Result<Option<&'a HeaderValue>, ()> {
+    let single = |name: &HeaderName| {
+        let mut values = headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (value, None) => Ok(value),
+            (Some(_), Some(_)) | (None, Some(_)) => Err(()),
+        }
+    };
+    match (single(first)?, single(second)?) {
+        (Some(a), Some(b)) if a != b => Err(()),
+        (Some(value), _) | (None, Some(value)) => Ok(Some(value)),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The original request target: the path after [`PATH`] with the check's query, else the
+/// headers' origin-form target, else `/`.
+fn original_uri(uri: &Uri, headers: &HeaderMap) -> Result<Uri, ()> {
+    let rest = uri.path().strip_prefix(PATH).unwrap_or_default();
+    if !rest.is_empty() {
+        let target = match uri.query() {
+            Some(query) => format!("{rest}?{query}"),
+            None => rest.to_owned(),
+        };
+        return Uri::try_from(target).map_err(|_| ());
+    }
+    match one_of(headers, &X_FORWARDED_URI, &X_ORIGINAL_URI)? {
+        None => Ok(Uri::from_static("/")),
+        Some(value) => {
+            // Only an origin-form target (`/path?query`) names a path on this gateway.
+            if !value.as_bytes().starts_with(b"/") {
+                return Err(());
+            }
+            Uri::try_from(value.as_bytes()).map_err(|_| ())
+        }
+    }
+}
+
+fn original_method(method: &Method, headers: &HeaderMap) -> Result<Method, ()> {
+    match one_of(headers, &X_FORWARDED_METHOD, &X_ORIGINAL_METHOD)? {
+        None => Ok(method.clone()),
+        Some(value) => Method::from_bytes(value.as_bytes()).map_err(|_| ()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn both_forms_are_served_and_nothing_else() {
+        assert!(serves("/_keygate/v1/authz"));
+        assert!(serves("/_keygate/v1/authz/"));
+        assert!(serves("/_keygate/v1/authz/api/items"));
+        assert!(!serves("/_keygate/v1/authzz"));
+        assert!(!serves("/_keygate/v1/verify"));
+    }
+
+    #[test]
+    fn the_original_target_comes_from_the_path_then_the_headers() {
+        let uri: Uri = "/_keygate/v1/authz/api/items?x=1".parse().expect("uri");
+        let from_path = original_uri(&uri, &headers(&[("x-original-uri", "/other")]))
+            .expect("an original target");
+        assert_eq!(from_path, "/api/items?x=1");
+        let bare: Uri = PATH.parse().expect("uri");
+        assert_eq!(
+            original_uri(&bare, &HeaderMap::new()).expect("an original target"),
+            "/"
+        );
+        let traefik = headers(&[("x-forwarded-uri", "/api?y=2")]);
+        assert_eq!(
+            original_uri(&bare, &traefik).expect("an original target"),
+            "/api?y=2"
+        );
+        let nginx = headers(&[("x-original-uri", "/api")]);
+        assert_eq!(
+            original_uri(&bare, &nginx).expect("an original target"),
+            "/api"
+        );
+        let agreeing = headers(&[("x-original-uri", "/api"), ("x-forwarded-uri", "/api")]);
+        assert_eq!(
+            original_uri(&bare, &agreeing).expect("an original target"),
+            "/api"
+        );
+    }
+
+    #[test]
+    fn a_spoofable_or_absolute_target_is_refused() {
+        let bare: Uri = PATH.parse().expect("uri");
+        for pairs in [
+            &[("x-original-uri", "/private"), ("x-forwarded-uri", "/open")][..],
+            &[("x-original-uri", "/private"), ("x-original-uri", "/open")][..],
+            &[("x-original-uri", "http://elsewhere/open")][..],
+            &[("x-forwarded-uri", "open")][..],
+        ] {
+            assert!(original_uri(&bare, &headers(pairs)).is_err(), "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn the_original_method_comes_from_the_headers_then_the_request() {
+        assert_eq!(
+            original_method(&Method::POST, &HeaderMap::new()).expect("the request's method"),
+            Method::POST
+        );
+        let nginx = headers(&[("x-original-method", "DELETE")]);
+        assert_eq!(
+            original_method(&Method::GET, &nginx).expect("the header's method"),
+            Method::DELETE
+        );
+        let disagreeing = headers(&[("x-original-method", "POST"), ("x-forwarded-method", "GET")]);
+        assert!(original_method(&Method::GET, &disagreeing).is_err());
+    }
+}
