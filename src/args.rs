@@ -13,6 +13,16 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(flatten)]
     pub client: ClientArgs,
+    /// Log lines on stderr: `text`, or `json` (one JSON object a line). Read before any
+    /// `--config` file, so only a flag or the environment sets it.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYGATE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: crate::telemetry::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -188,9 +198,17 @@ pub struct ProxyArgs {
     /// Admin listener: /healthz, /readyz, /metrics [default: 127.0.0.1:9901].
     #[arg(long, env = "KEYGATE_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
+    /// Envoy gRPC ext_authz listener (envoy.service.auth.v3.Authorization/Check); TLS with
+    /// the main listener's certificate when it has one [default: not served].
+    #[arg(long, env = "KEYGATE_AUTHZ_GRPC_LISTEN")]
+    pub authz_grpc_listen: Option<SocketAddr>,
     /// Upstream URL: one route `/` with the default auth (key_or_session).
     #[arg(long, env = "KEYGATE_UPSTREAM")]
     pub upstream: Option<String>,
+    /// Continue or start a W3C `traceparent` on every forwarded request (config
+    /// `trace_context = true`) [default: off, the header passes through untouched].
+    #[arg(long, env = "KEYGATE_TRACE_CONTEXT")]
+    pub trace_context: bool,
     /// Control plane gRPC URL; repeat for failover order.
     #[arg(
         long = "control-plane",

@@ -6,7 +6,7 @@ use clap::Parser;
 
 fn main() {
     let cli = keygate::args::Cli::parse();
-    keygate::telemetry::init_logging(cli.command.is_server());
+    keygate::telemetry::init_logging(cli.command.is_server(), cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -59,6 +59,12 @@ pub fn proxy_config(flags: &ProxyArgs) -> Result<ProxyConfig, Failure> {
     if let Some(addr) = flags.admin_listen {
         config.admin_listen = addr;
     }
+    if flags.authz_grpc_listen.is_some() {
+        config.authz_grpc_listen = flags.authz_grpc_listen;
+    }
+    if flags.trace_context {
+        config.trace_context = true;
+    }
     if flags.upstream.is_some() {
         config.upstream.clone_from(&flags.upstream);
     }
@@ -143,6 +149,9 @@ pub async fn proxy(flags: ProxyArgs) -> Result<(), Failure> {
         gateway.addr(),
         gateway.admin_addr()
     );
+    if let Some(addr) = gateway.authz_grpc_addr() {
+        println!("keygate proxy ext_authz gRPC listening on {addr}");
+    }
     gateway
         .serve(shutdown::on_signal())
         .await

@@ -6,16 +6,30 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tracing_subscriber::EnvFilter;
 
-/// Logs to stderr, filtered by `KEYGATE_LOG` (e.g. `debug`, `keygate_proxy=trace`); servers log
-/// at `info` by default, operator commands only warnings.
-pub fn init_logging(server: bool) {
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line (`timestamp`, `level`, `target`, `fields.message` and the event's
+    /// other fields, and the spans it is in), for log shippers.
+    Json,
+}
+
+/// Logs to stderr in `format`, filtered by `KEYGATE_LOG` (e.g. `debug`, `keygate_proxy=trace`);
+/// servers log at `info` by default, operator commands only warnings.
+pub fn init_logging(server: bool, format: LogFormat) {
     let default = if server { "info" } else { "warn" };
     let filter = EnvFilter::try_from_env("KEYGATE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    // A second initialisation (tests) is harmless: the first subscriber stays.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests) is harmless: the first subscriber stays.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 /// How often histogram samples are folded into their buckets when nobody scrapes `/metrics`.

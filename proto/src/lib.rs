@@ -22,6 +22,39 @@ pub mod pb {
     tonic::include_proto!("keygate.v1");
 }
 
+/// Generated messages, client and server of the subset of Envoy's external authorization API
+/// (`envoy.service.auth.v3.Authorization/Check`) the gateway serves; see `proto/envoy/`. The
+/// modules nest like the protobuf packages, as the generated code expects.
+#[allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
+pub mod envoy_pb {
+    pub mod envoy {
+        pub mod service {
+            pub mod auth {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.service.auth.v3");
+                }
+            }
+        }
+        pub mod config {
+            pub mod core {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.config.core.v3");
+                }
+            }
+        }
+        pub mod r#type {
+            pub mod v3 {
+                tonic::include_proto!("envoy.r#type.v3");
+            }
+        }
+    }
+    pub mod google {
+        pub mod rpc {
+            tonic::include_proto!("google.rpc");
+        }
+    }
+}
+
 pub use error_chain::error_chain;
 pub use ids::KeyId;
 pub use key::{ApiKey, KeyFormatError, KeyHash, KeyPrefix};

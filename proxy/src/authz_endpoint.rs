@@ -94,6 +94,40 @@ async fn check(
             "X-Forwarded-Method and X-Original-Method must be one valid method, and agree when both are sent",
         );
     };
+    decide(handler, routes, &method, original, headers, request_id)
+        .await
+        .response
+}
+
+/// What one check decided; shared by this endpoint and the gRPC one (`authz_grpc.rs`).
+pub(crate) struct Decision {
+    /// 200 with the `x-keygate-*` identity headers to add, or the refusal as on a proxied
+    /// request (status, `WWW-Authenticate`, `Retry-After`, JSON body).
+    pub response: Response<ProxyBody>,
+    /// On 200: whether the upstream must not see the credential (the route does not forward
+    /// it), as `forward.rs` strips it from a proxied request.
+    pub strip_credential: bool,
+}
+
+/// The verdict for a request with the original `method`, target `original` (not yet
+/// normalised) and client `headers`: normalised and routed like a proxied request, the
+/// credential read from `headers` for the route's `auth`, counted in the authz metrics.
+pub(crate) async fn decide(
+    handler: &Handler,
+    routes: &RouteTable,
+    method: &Method,
+    original: Uri,
+    headers: &HeaderMap,
+    request_id: &HeaderValue,
+) -> Decision {
+    let refused = |response| Decision {
+        response,
+        strip_credential: false,
+    };
+    let refuse = |outcome: AuthzOutcome, status, code, message| {
+        handler.verifier.authz_other(outcome);
+        refused(response::error(status, code, message, request_id))
+    };
     let original = match routes.normalize(&original) {
         Ok(None) => original,
         Ok(Some(normalised)) => normalised,
@@ -114,21 +148,25 @@ async fn check(
             "no route for this path",
         );
     };
+    let allow = |response| Decision {
+        response,
+        strip_credential: !route.forward_credential,
+    };
     if !route.auth.verifies() {
         handler.verifier.authz_other(AuthzOutcome::Unverified);
-        return allowed(request_id);
+        return allow(allowed(request_id));
     }
     let (credential, carrier) = handler.credentials.find(headers, route.auth);
-    if carrier == Carrier::Cookie && !route.accepts_cookie_session(&method, headers) {
+    if carrier == Carrier::Cookie && !route.accepts_cookie_session(method, headers) {
         handler.verifier.refused(Code::ForbiddenOrigin);
         handler.verifier.authz_checked(Code::ForbiddenOrigin);
-        return response::denied(Code::ForbiddenOrigin, request_id);
+        return refused(response::denied(Code::ForbiddenOrigin, request_id));
     }
     let grant = match handler.verifier.verify(credential).await {
         Verdict::Valid(grant) => grant,
         Verdict::Denied(code) => {
             handler.verifier.authz_checked(code);
-            return response::denied(code, request_id);
+            return refused(response::denied(code, request_id));
         }
     };
     let mut response = allowed(request_id);
@@ -136,15 +174,15 @@ async fn check(
         // Allowing without the owner could let the upstream take the request for someone
         // else's, as when forwarding.
         handler.verifier.authz_other(AuthzOutcome::Internal);
-        return response::error(
+        return refused(response::error(
             StatusCode::INTERNAL_SERVER_ERROR,
             codes::INTERNAL,
             "the key's owner cannot be sent as a header",
             request_id,
-        );
+        ));
     }
     handler.verifier.authz_checked(Code::Valid);
-    response
+    allow(response)
 }
 
 fn allowed(request_id: &HeaderValue) -> Response<ProxyBody> {

@@ -27,6 +27,10 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// Admin listener for `/healthz`, `/readyz` and `/metrics`. Default `127.0.0.1:9901`.
     pub admin_listen: SocketAddr,
+    /// Listener for Envoy's gRPC external authorization (`envoy.service.auth.v3.Authorization`,
+    /// the `ext_authz` filter's `grpc_service`). Default none (not served). It speaks TLS with
+    /// the main listener's `tls_cert`/`tls_key` when those are set, else plaintext HTTP/2.
+    pub authz_grpc_listen: Option<SocketAddr>,
     /// Shorthand for one route `/` to this URL with the default auth (`key_or_session`).
     /// Default none. May be combined with `[[route]]`s unless one of them is also `/`.
     pub upstream: Option<String>,
@@ -40,6 +44,11 @@ pub struct ProxyConfig {
     /// Paths are otherwise always normalised before a route is chosen (see `path.rs`). Default
     /// `reject`.
     pub escaped_slashes: EscapedSlashes,
+    /// W3C Trace Context on forwarded requests: continue a valid incoming `traceparent` (same
+    /// trace id, a new parent id) or start a trace, and send it upstream (see
+    /// `trace_context.rs`). Default false: `traceparent` and `tracestate` then pass through
+    /// untouched like any other header, and the gateway adds no work to the request.
+    pub trace_context: bool,
     /// Control-plane gRPC URLs (`http://host:port`), tried in this order when (re)connecting.
     /// Default none; at least one is required.
     pub control_plane: Vec<String>,
@@ -157,9 +166,11 @@ impl Default for ProxyConfig {
         Self {
             listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8080)),
             admin_listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9901)),
+            authz_grpc_listen: None,
             upstream: None,
             routes: Vec::new(),
             escaped_slashes: EscapedSlashes::Reject,
+            trace_context: false,
             control_plane: Vec::new(),
             gateway_token: Secret::default(),
             gateway_id: None,

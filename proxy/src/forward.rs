@@ -6,7 +6,8 @@
 //! is removed (no spoofing) before the gateway adds its own, the credential is removed unless
 //! the route forwards it, the `Cookie` fields of an HTTP/2 request are joined into the one
 //! line HTTP/1.1 allows (RFC 9113 §8.2.3), `X-Forwarded-*` are set, `Forwarded` (RFC 7239)
-//! gets this hop appended like `X-Forwarded-For`, and `Host` becomes the upstream's authority.
+//! gets this hop appended like `X-Forwarded-For`, `traceparent` is continued or started when
+//! `trace_context` is on (`trace_context.rs`), and `Host` becomes the upstream's authority.
 //! The path is the one the handler normalised and routed by; it is not changed here.
 //! Bodies stream both ways and are never buffered whole. Upgrades (e.g. WebSocket) are not
 //! proxied: the `Upgrade` header is hop-by-hop and removed.
@@ -28,6 +29,7 @@ use crate::replica::KEY_ID_TEXT_LEN;
 use crate::response::{self, ProxyBody, REQUEST_ID, codes};
 use crate::route::Route;
 use crate::server::Peer;
+use crate::trace_context;
 use crate::upstream::UpstreamError;
 use crate::verify::Grant;
 
@@ -60,6 +62,8 @@ pub(crate) struct Forwarder {
     request_body_timeout: Duration,
     credentials: CredentialHeaders,
     metrics: Metrics,
+    /// Whether `traceparent` is continued or started (`ProxyConfig::trace_context`).
+    trace_context: bool,
 }
 
 impl Forwarder {
@@ -76,7 +80,14 @@ impl Forwarder {
             request_body_timeout,
             credentials,
             metrics,
+            trace_context: false,
         }
+    }
+
+    /// With `enabled`, every forwarded request gets a `traceparent` (`trace_context.rs`).
+    pub fn propagating_trace_context(mut self, enabled: bool) -> Self {
+        self.trace_context = enabled;
+        self
     }
 
     /// Sends `request` upstream; answers 502/504 (JSON) when the upstream cannot be reached or
@@ -130,6 +141,9 @@ impl Forwarder {
         }
         headers.insert(header::HOST, route.upstream_host.clone());
         headers.insert(REQUEST_ID.clone(), forwarding.request_id.clone());
+        if self.trace_context {
+            trace_context::propagate(headers, forwarding.request_id);
+        }
         if let Some(grant) = forwarding.grant
             && !add_grant_headers(headers, grant)
         {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use keygate_transport::server::ALPN_H2_HTTP1;
+use keygate_transport::server::{ALPN_H2, ALPN_H2_HTTP1};
 use keygate_transport::{ReloadingCert, ServerTls, Trust};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
 
 use crate::admin::Admin;
+use crate::authz_grpc;
 use crate::config::ProxyConfig;
 use crate::credential::CredentialHeaders;
 use crate::error::{ConfigError, ProxyError};
@@ -53,6 +54,8 @@ pub struct Gateway {
     admin_tls: Option<ServerTls>,
     addr: SocketAddr,
     admin_addr: SocketAddr,
+    /// Envoy's gRPC external authorization, when `authz_grpc_listen` is set.
+    authz_grpc: Option<AuthzGrpcListener>,
     status: GatewayStatus,
     state: Arc<SyncState>,
     handler: Arc<Handler>,
@@ -64,6 +67,13 @@ pub struct Gateway {
     reloader: Arc<RouteReloader>,
     /// SIGHUP and where to read the configuration again, once asked to reload on it.
     reload_on_hangup: Option<(tokio::signal::unix::Signal, ConfigSource)>,
+}
+
+/// The bound `authz_grpc_listen` listener and its TLS (the main listener's files).
+struct AuthzGrpcListener {
+    listener: TcpListener,
+    tls: Option<ServerTls>,
+    addr: SocketAddr,
 }
 
 impl Gateway {
@@ -151,7 +161,8 @@ impl Gateway {
             config.request_body_timeout,
             credentials.clone(),
             handles.clone(),
-        );
+        )
+        .propagating_trace_context(config.trace_context);
 
         let listener =
             TcpListener::bind(config.listen)
@@ -170,6 +181,29 @@ impl Gateway {
             })?;
         let addr = listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
+        let authz_grpc = match config.authz_grpc_listen {
+            None => None,
+            Some(listen) => {
+                let listener =
+                    TcpListener::bind(listen)
+                        .await
+                        .map_err(|source| ProxyError::Bind {
+                            listener: "authz gRPC",
+                            addr: listen,
+                            source,
+                        })?;
+                Some(AuthzGrpcListener {
+                    addr: listener.local_addr()?,
+                    listener,
+                    tls: listener_tls(
+                        "authz gRPC listener",
+                        "authz-grpc",
+                        config.listener_tls()?,
+                        ALPN_H2,
+                    )?,
+                })
+            }
+        };
 
         let status = GatewayStatus::new(
             Arc::clone(&replica),
@@ -201,6 +235,7 @@ impl Gateway {
             admin_tls,
             addr,
             admin_addr,
+            authz_grpc,
             status: status.clone(),
             state,
             reloader: Arc::new(RouteReloader::new(Arc::clone(&routes), config.clone())),
@@ -239,6 +274,11 @@ impl Gateway {
     /// The admin listener's address (`/healthz`, `/readyz`, `/metrics`).
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The gRPC external-authorization listener's address, when `authz_grpc_listen` is set.
+    pub fn authz_grpc_addr(&self) -> Option<SocketAddr> {
+        self.authz_grpc.as_ref().map(|authz| authz.addr)
     }
 
     /// A handle on the gateway's state, usable while and after it serves.
@@ -299,6 +339,7 @@ impl Gateway {
             .tls
             .iter()
             .chain(&self.admin_tls)
+            .chain(self.authz_grpc.iter().flat_map(|authz| &authz.tls))
             .map(|tls| Arc::clone(tls.certificate()))
             .collect();
         let certificate_watch = tokio::spawn(keygate_transport::watch_certificates(
@@ -322,6 +363,16 @@ impl Gateway {
             admin_limits,
             stop_background.clone(),
         ));
+        let authz_grpc = self.authz_grpc.map(|authz| {
+            tracing::info!(addr = %authz.addr, "envoy ext_authz gRPC serving");
+            tokio::spawn(authz_grpc::serve(
+                authz.listener,
+                authz.tls,
+                Arc::clone(&self.handler),
+                self.limits,
+                stop_main.clone(),
+            ))
+        });
         tracing::info!(addr = %self.addr, admin = %self.admin_addr, "keygate proxy serving");
 
         server::serve(
@@ -334,6 +385,11 @@ impl Gateway {
         )
         .await;
 
+        if let Some(task) = authz_grpc
+            && let Err(error) = task.await
+        {
+            tracing::error!(%error, "authz gRPC listener failed");
+        }
         stop_background.cancel();
         watcher.abort();
         if let Err(error) = sync.await {

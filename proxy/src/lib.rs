@@ -26,6 +26,7 @@
 
 mod admin;
 mod authz_endpoint;
+mod authz_grpc;
 pub mod config;
 pub mod credential;
 mod error;
@@ -46,6 +47,7 @@ pub mod session_verify;
 pub mod sessions;
 mod status;
 mod sync;
+pub mod trace_context;
 mod upstream;
 pub mod verify;
 mod verify_endpoint;

@@ -145,10 +145,12 @@ pub(crate) fn restart_only_changes(running: &ProxyConfig, next: &ProxyConfig) ->
     let ProxyConfig {
         listen,
         admin_listen,
+        authz_grpc_listen,
         // Reloaded: the route table.
         upstream: _,
         routes: _,
         escaped_slashes: _,
+        trace_context,
         control_plane,
         gateway_token,
         gateway_id,
@@ -188,6 +190,11 @@ pub(crate) fn restart_only_changes(running: &ProxyConfig, next: &ProxyConfig) ->
     let changed = [
         ("listen", *listen != running.listen),
         ("admin_listen", *admin_listen != running.admin_listen),
+        (
+            "authz_grpc_listen",
+            *authz_grpc_listen != running.authz_grpc_listen,
+        ),
+        ("trace_context", *trace_context != running.trace_context),
         ("control_plane", *control_plane != running.control_plane),
         ("gateway_token", *gateway_token != running.gateway_token),
         ("gateway_id", *gateway_id != running.gateway_id),

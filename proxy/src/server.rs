@@ -98,8 +98,8 @@ pub(crate) struct ServerLimits {
 /// attack, CVE-2023-44487), and streams the server may have to reset for a client's protocol
 /// errors, before the connection is closed with GOAWAY. The values are the h2 crate's defaults,
 /// set here so that no upgrade can quietly change them.
-const HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
-const HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+pub(crate) const HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+pub(crate) const HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
 /// Serves `listener` until `shutdown` is cancelled, then drains. With `tls`, connections are
 /// HTTPS (the handshake runs in the connection's task, under `header_read_timeout`); the
