@@ -14,21 +14,12 @@ valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$work/cg.o
   $bin/keygate proxy --config "$routes" --listen 127.0.0.1:28081 --admin-listen 127.0.0.1:29901 \
   --control-plane "$cp_url" --gateway-token "$gw" --gateway-id callgrind >/dev/null 2>"$work/valgrind.log" &
 bench_wait_ready 29901
-pid=$(pgrep -f -- "--gateway-id callgrind" | head -1)
+cg_pid=$(pgrep -f -- "--gateway-id callgrind" | head -1)
+cg_url=http://127.0.0.1:28081
 key=$(bench_create_key)
-total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}'; }
-measure() {  # PATH LABEL → "LABEL INSTRUCTIONS"
-  $bin/keygate-bench rps --url "http://127.0.0.1:28081$1" --key "$key" --connections 8 --requests 500 >/dev/null
-  callgrind_control -z "$pid" >/dev/null 2>&1
-  $bin/keygate-bench rps --url "http://127.0.0.1:28081$1" --key "$key" --connections 8 --requests "$n" >/dev/null
-  callgrind_control -d "$2" "$pid" >/dev/null 2>&1
-  sleep 1
-  local file; file=$(ls -t "$work"/cg.out.* | head -1)
-  echo "$2 $(total "$file")"
-}
 echo "callgrind, $n requests per route, $(date -u +%F), $(nproc) cores"
 for round in 1 2; do
-  a=$(measure /public/x no-auth); b=$(measure /x key)
+  a=$(cg_measure /public/x no-auth "$n"); b=$(cg_measure /x key "$n")
   ia=${a#* }; ib=${b#* }
   echo "round $round: no-auth $((ia / n)) instr/req, key $((ib / n)) instr/req, ratio $(python3 -c "print(f'{$ib/$ia:.3f}')")"
 done

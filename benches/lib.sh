@@ -67,6 +67,34 @@ bench_create_key() {
   $bin/keygate keys create --owner bench --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'
 }
 
+# --- Instructions per request under callgrind (benches/callgrind-routes.sh, benches/authz.sh) ---
+# After the caller started the gateway under `valgrind --tool=callgrind --callgrind-out-file=
+# "$work/cg.out"` and set $cg_pid (its pid), $cg_url (its http://host:port) and $key:
+
+# cg_total FILE: the program's total instructions in a callgrind dump.
+cg_total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}'; }
+
+# cg_measure PATH LABEL N [METHOD]: after a warm-up of 500, zeroes the counters, sends exactly N
+# identical requests (8 keep-alive connections, the key as Bearer) and prints
+# "LABEL INSTRUCTIONS" for those N.
+cg_measure() {
+  local path=$1 label=$2 n=$3 method=${4:-GET} file before
+  $bin/keygate-bench rps --method "$method" --url "$cg_url$path" --key "$key" --connections 8 --requests 500 >/dev/null
+  callgrind_control -z "$cg_pid" >/dev/null 2>&1
+  $bin/keygate-bench rps --method "$method" --url "$cg_url$path" --key "$key" --connections 8 --requests "$n" >/dev/null
+  before=$(find "$work" -maxdepth 1 -name 'cg.out.*' | wc -l)
+  callgrind_control -d "$label" "$cg_pid" >/dev/null 2>&1
+  # The gateway writes the dump asynchronously: wait (up to 30 s) for a new file that is
+  # complete (its last line is the totals).
+  for _ in $(seq 300); do
+    file=$(ls -t "$work"/cg.out.* 2>/dev/null | head -1 || true)
+    [ "$(find "$work" -maxdepth 1 -name 'cg.out.*' | wc -l)" -gt "$before" ] &&
+      tail -n 3 "$file" | grep -q '^totals:' && break
+    sleep 0.1
+  done
+  echo "$label $(cg_total "$file")"
+}
+
 # --- Side by side with other proxies (benches/side-by-side.sh, benches/tls-side-by-side.sh) ---
 # These use the caller's globals: $work, $bin, the array pids (every process started, killed on
 # exit), $keys (number of keys), $gw (gateway token), $upstream and $cp (host:port).

@@ -31,7 +31,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::header::{AUTHORIZATION, CONNECTION, HOST};
-use http::{HeaderValue, Request, Uri};
+use http::{HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -83,6 +83,8 @@ pub struct LoadSpec {
     /// One request per connection (`Connection: close`, a new connect for each request)
     /// instead of keep-alive.
     pub new_connection_per_request: bool,
+    /// The request method (GET for proxied requests; POST for the verify endpoint).
+    pub method: Method,
 }
 
 /// Where requests go.
@@ -158,6 +160,7 @@ impl Recorder {
 
 struct Shared {
     target: Target,
+    method: Method,
     mix: Arc<KeyMix>,
     /// Open loop: time between slots, and the start of the first.
     pacing: Option<(Duration, Instant)>,
@@ -246,6 +249,7 @@ pub async fn run(spec: &LoadSpec, mix: Arc<KeyMix>) -> anyhow::Result<LoadReport
     };
     let shared = Arc::new(Shared {
         target,
+        method: spec.method.clone(),
         mix,
         pacing,
         connections: spec.connections,
@@ -464,7 +468,9 @@ async fn connection(shared: Arc<Shared>, index: usize) {
             },
         };
         let (credential, _category) = shared.mix.pick(&mut rng);
-        let mut request = Request::get(shared.target.path.clone())
+        let mut request = Request::builder()
+            .method(shared.method.clone())
+            .uri(shared.target.path.clone())
             .header(HOST, shared.target.authority.clone())
             .body(Empty::<Bytes>::new())
             .unwrap_or_default();

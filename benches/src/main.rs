@@ -65,6 +65,9 @@ enum Bench {
         /// counting under callgrind, where time means little).
         #[arg(long)]
         requests: Option<u64>,
+        /// The request method (e.g. POST for `/_keygate/v1/verify`); the body is empty.
+        #[arg(long, default_value = "GET")]
+        method: http::Method,
     },
     /// The load generator: open loop at `--rate` or closed loop, with a key mix.
     Load(Box<LoadArgs>),
@@ -247,6 +250,7 @@ async fn run(command: Bench) -> anyhow::Result<()> {
             duration,
             connections,
             requests,
+            method,
         } => {
             let spec = LoadSpec {
                 label: format!(
@@ -263,6 +267,7 @@ async fn run(command: Bench) -> anyhow::Result<()> {
                 seed: 1,
                 tls: None,
                 new_connection_per_request: false,
+                method,
             };
             let report = load::run(&spec, Arc::new(KeyMix::single(key.as_deref())?)).await?;
             println!("{}", report.line());
@@ -466,6 +471,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
             },
         }),
         new_connection_per_request: args.new_connection_per_request,
+        method: http::Method::GET,
     };
     let report = load::run(&spec, Arc::new(mix)).await?;
     println!("{}", report.line());

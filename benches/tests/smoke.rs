@@ -112,6 +112,7 @@ async fn load_tool_against_a_gateway_fed_by_the_synthetic_control_plane() {
         seed: 3,
         tls: None,
         new_connection_per_request: false,
+        method: http::Method::GET,
     };
     let report = load::run(&closed, Arc::clone(&mix)).await.unwrap();
     assert_eq!(report.requests, 400, "{}", report.line());
@@ -143,6 +144,7 @@ async fn load_tool_against_a_gateway_fed_by_the_synthetic_control_plane() {
         seed: 4,
         tls: None,
         new_connection_per_request: false,
+        method: http::Method::GET,
     };
     let open_report = load::run(&open, mix).await.unwrap();
     assert!(open_report.requests > 100, "{}", open_report.line());

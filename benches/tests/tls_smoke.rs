@@ -104,6 +104,7 @@ fn spec(server: &Server, fresh: bool, tls: TlsOptions) -> LoadSpec {
         seed: 1,
         tls: Some(tls),
         new_connection_per_request: fresh,
+        method: http::Method::GET,
     }
 }
 
