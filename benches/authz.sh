@@ -77,24 +77,7 @@ start_nginx() {  # map | authreq
     # The deploy example (tests/nginx_authz.rs runs the same file), with this run's addresses.
     sed -e "s/127.0.0.1:8080/$kg/; s/127.0.0.1:3000/$upstream/; s/listen 80;/listen $ng;/" \
       deploy/examples/nginx/keygate.conf >"$work/keygate.conf"
-    mkdir -p "$work/nginx"
-    cat >"$work/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx/body;
-  proxy_temp_path $work/nginx/proxy;
-  fastcgi_temp_path $work/nginx/fastcgi;
-  uwsgi_temp_path $work/nginx/uwsgi;
-  scgi_temp_path $work/nginx/scgi;
-  keepalive_requests 10000000;
-  include $work/keygate.conf;
-}
-NGINX
+    { sbs_nginx_head 1; echo "  include $work/keygate.conf;"; echo "}"; } >"$work/nginx.conf"
   fi
   taskset -c 1 nginx -c "$work/nginx.conf" -e "$work/nginx/error.log" &
   nginx_pid=$!; pids+=("$nginx_pid")

@@ -153,15 +153,13 @@ sbs_start_backends() {
   bench_write_routes "$work/routes.toml" "$upstream"
 }
 
-# sbs_nginx_conf WORKERS SERVER...: writes $work/nginx.conf, nginx doing the key check with the
-# `map` of $work/nginx.map in front of the upstream (keep-alive pool of 64); one `server` per
-# SERVER argument, which holds its `listen` (and e.g. ssl_*) directives.
-sbs_nginx_conf() {
-  local workers=$1 server; shift
+# sbs_nginx_head WORKERS: prints the start of an nginx.conf for the benchmarks, up to and within
+# an open `http {` block: foreground, pid, logs and temp files under $work/nginx (created), no
+# access log, keep-alive without a request limit. The caller adds the rest and the closing `}`.
+sbs_nginx_head() {
   mkdir -p "$work/nginx"
-  {
-    cat <<NGINX
-worker_processes $workers;
+  cat <<NGINX
+worker_processes $1;
 daemon off;
 pid $work/nginx/nginx.pid;
 error_log $work/nginx/error.log warn;
@@ -174,6 +172,17 @@ http {
   uwsgi_temp_path $work/nginx/uwsgi;
   scgi_temp_path $work/nginx/scgi;
   keepalive_requests 10000000;
+NGINX
+}
+
+# sbs_nginx_conf WORKERS SERVER...: writes $work/nginx.conf, nginx doing the key check with the
+# `map` of $work/nginx.map in front of the upstream (keep-alive pool of 64); one `server` per
+# SERVER argument, which holds its `listen` (and e.g. ssl_*) directives.
+sbs_nginx_conf() {
+  local workers=$1 server; shift
+  {
+    sbs_nginx_head "$workers"
+    cat <<NGINX
   map_hash_max_size 4194304;
   map_hash_bucket_size 128;
   map \$http_authorization \$kg_ok {
