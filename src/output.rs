@@ -202,6 +202,7 @@ pub fn signing_key_json(key: &pb::SigningKeyInfo) -> Value {
         "verifyUntil": key.verify_until_unix_ms.map(rfc3339),
         "revoked": key.revoked_unix_ms.map(rfc3339),
         "current": key.current,
+        "maxSessionLifetimeMs": key.max_session_lifetime_ms,
     })
 }
 
@@ -217,8 +218,13 @@ pub fn signing_key_line(key: &pb::SigningKeyInfo) -> String {
         (false, None, Some(until)) => format!("retired, verifies until {}", rfc3339(until)),
         (false, None, None) => "retired".to_owned(),
     };
+    let lifetime = key
+        .max_session_lifetime_ms
+        .and_then(|ms| u64::try_from(ms).ok())
+        .map(|ms| format!("  sessions up to {}", millis_text(ms)))
+        .unwrap_or_default();
     format!(
-        "{}  created {}  {state}",
+        "{}  created {}  {state}{lifetime}",
         key.key_id,
         rfc3339(key.created_unix_ms)
     )

@@ -92,7 +92,7 @@ async fn operators_manage_users_passkeys_and_sessions_from_the_command_line() {
     let current = rotated["keyId"].as_str().unwrap();
     let retired = rotated["retiredKeyId"].as_str().unwrap();
     assert!(
-        lines[0].starts_with(current) && lines[0].ends_with("current"),
+        lines[0].starts_with(current) && lines[0].ends_with("current  sessions up to 12h"),
         "{lines:?}"
     );
     assert!(

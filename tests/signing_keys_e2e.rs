@@ -97,6 +97,8 @@ async fn a_revoked_signing_key_gives_revoked_at_both_gateways_after_wait() {
     assert_eq!(keys[0]["current"], true);
     assert!(keys[0]["verifyUntil"].is_null() && keys[0]["revoked"].is_null());
     assert!(keys[0]["created"].is_string());
+    // The control plane's default session_lifetime, 12 h, recorded on the key.
+    assert_eq!(keys[0]["maxSessionLifetimeMs"], 12 * 3600 * 1000);
     let key_id = keys[0]["keyId"].as_str().unwrap().to_owned();
 
     let revoked = keygate_cli(

@@ -9,8 +9,10 @@
 //! [`session_verify`] (session verdicts, the signature cache), [`freshness`] (the staleness
 //! bound), `sync` (the replication stream), [`path`] (request paths made canonical before
 //! routing), `route`/`forward` (upstreams), [`reload`] (routes swapped on SIGHUP),
-//! `server`/`handler`/`verify_endpoint`/`admin` (HTTP), [`metrics`], `response` (JSON errors)
-//! and `gateway` (wiring, bind and serve).
+//! `server`/`handler`/`verify_endpoint`/`admin` (HTTP), `authz_endpoint` (external
+//! authorization for nginx, Traefik and Envoy's HTTP filter) and `authz_grpc` (Envoy's gRPC
+//! `Check`, the same decision), [`trace_context`] (W3C `traceparent`), [`metrics`], `response`
+//! (JSON errors) and `gateway` (wiring, bind and serve).
 //!
 //! **Invariant:** the hot path ([`Verifier::verify_cached`], [`Verifier::verify_session`])
 //! takes no lock a writer can hold for longer than one map operation, and never logs or stores

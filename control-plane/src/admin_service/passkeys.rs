@@ -192,6 +192,7 @@ pub(super) async fn list_signing_keys(
                 verify_until_unix_ms: key.verify_until_unix_ms,
                 revoked_unix_ms: key.revoked_unix_ms,
                 current: key.is_current(),
+                max_session_lifetime_ms: key.max_session_lifetime_ms,
             })
             .collect(),
     }))
