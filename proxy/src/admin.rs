@@ -102,6 +102,8 @@ impl Admin {
 }
 
 impl Service for Admin {
+    type Body = ProxyBody;
+
     async fn call(&self, request: Request<Incoming>, _peer: &Peer) -> Response<ProxyBody> {
         self.answer(request.uri().path())
     }

@@ -30,11 +30,11 @@
 //! Checks are counted in `keygate_authz_checks_total` like the HTTP endpoint's.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::header::{CONTENT_LENGTH, COOKIE, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either};
+use hyper::body::Incoming;
 use keygate_proto::envoy_pb::envoy::config::core::v3 as core;
 use keygate_proto::envoy_pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use keygate_proto::envoy_pb::envoy::service::auth::v3::authorization_server::{
@@ -46,20 +46,15 @@ use keygate_proto::envoy_pb::envoy::service::auth::v3::{
 };
 use keygate_proto::envoy_pb::envoy::r#type::v3::HttpStatus;
 use keygate_proto::envoy_pb::google::rpc::Status as RpcStatus;
-use keygate_transport::{AcceptSettings, Accepted, ServerTls, accept_loop};
+use keygate_transport::ServerTls;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::authz_endpoint::{self, Decision};
 use crate::handler::Handler;
 use crate::metrics::AuthzOutcome;
 use crate::response::{self, ProxyBody, codes};
-use crate::server::{
-    HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS, HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS, ServerLimits,
-};
+use crate::server::{self, Peer, ServerLimits, Service};
 
 /// gRPC status codes (google.rpc.Code).
 const OK: i32 = 0;
@@ -274,12 +269,31 @@ async fn denied(response: Response<ProxyBody>) -> CheckResponse {
     }
 }
 
-/// Longest wait for open checks after shutdown, beyond the listener's `shutdown_grace`.
-const DRAIN_SLACK: Duration = Duration::from_millis(500);
+/// The `Authorization` server as a service of the gateway's own listener code, so the gRPC
+/// listener's connections are bounded exactly like the main listener's: the connection cap,
+/// the TLS handshake and the first request within `header_read_timeout` (a peer that connects
+/// and never sends the HTTP/2 preface, or never a request, is cut then), idle connections
+/// closed after `idle_timeout`, HTTP/2 stream, header-list, keepalive and reset limits, and the
+/// shutdown drain. Only HTTP/2 is spoken.
+struct GrpcChecks(AuthorizationServer<AuthzGrpc>);
+
+impl Service for GrpcChecks {
+    type Body = tonic::body::Body;
+    const HTTP2_ONLY: bool = true;
+
+    async fn call(&self, request: Request<Incoming>, _peer: &Peer) -> Response<Self::Body> {
+        // The generated server is always ready (`poll_ready` is `Ready(Ok)`), and a clone
+        // shares the one `AuthzGrpc`.
+        let mut server = self.0.clone();
+        match tonic::codegen::Service::call(&mut server, request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+}
 
 /// Serves the `Authorization` service on `listener` until `shutdown`, then drains for up to
-/// `limits.shutdown_grace`. Connections are bounded like the main listener's (count, TLS
-/// handshake time, HTTP/2 streams, header list size, keepalive, reset limits).
+/// `limits.shutdown_grace`, like the main listener (see [`GrpcChecks`]).
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<ServerTls>,
@@ -287,49 +301,8 @@ pub(crate) async fn serve(
     limits: ServerLimits,
     shutdown: CancellationToken,
 ) {
-    let (connections, accepted) = mpsc::unbounded_channel::<Accepted>();
-    let accept = accept_loop(
-        listener,
-        AcceptSettings {
-            name: "authz-grpc",
-            max_connections: limits.max_connections,
-            handshake_timeout: limits.header_read_timeout,
-        },
-        tls,
-        shutdown.clone(),
-        move |connection| {
-            // Fails only once the server has stopped taking connections.
-            let _ = connections.send(connection);
-        },
-    );
-    let incoming = UnboundedReceiverStream::new(accepted).map(Ok::<_, std::io::Error>);
-    let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
-        .http2_keepalive_timeout(Some(limits.http2_keepalive_interval))
-        .max_concurrent_streams(Some(limits.http2_max_concurrent_streams))
-        .http2_max_pending_accept_reset_streams(Some(HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS))
-        .http2_max_local_error_reset_streams(Some(HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS))
-        .http2_max_header_list_size(Some(
-            u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX),
-        ))
-        .add_service(AuthorizationServer::new(AuthzGrpc { handler }))
-        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
-    let serving = async {
-        let (result, ()) = tokio::join!(server, accept);
-        if let Err(error) = result {
-            tracing::error!(%error, "authz gRPC listener failed");
-        }
-    };
-    let drained = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(limits.shutdown_grace + DRAIN_SLACK).await;
-    };
-    tokio::select! {
-        () = serving => {}
-        () = drained => {
-            tracing::warn!("authz gRPC checks still open after the shutdown grace; closing them");
-        }
-    }
+    let service = Arc::new(GrpcChecks(AuthorizationServer::new(AuthzGrpc { handler })));
+    server::serve("authz-grpc", listener, tls, service, limits, shutdown).await;
 }
 
 #[cfg(test)]

@@ -466,6 +466,8 @@ fn listener_tls(
 }
 
 impl Service for Handler {
+    type Body = ProxyBody;
+
     async fn call(&self, request: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         self.handle(request, peer).await
     }

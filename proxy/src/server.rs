@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -23,8 +24,6 @@ use tokio::net::TcpListener;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-use crate::response::ProxyBody;
 
 /// The client end of one connection. Its address is formatted for `X-Forwarded-For` once per
 /// connection, not once per request.
@@ -69,13 +68,21 @@ impl Peer {
 
 /// Something that answers requests.
 pub(crate) trait Service: Send + Sync + 'static {
+    /// What responses carry: the gateway's own bodies, or gRPC's (with trailers).
+    type Body: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
+    /// Speaks only HTTP/2 (a gRPC service); otherwise HTTP/1.1 and h2 are both served.
+    const HTTP2_ONLY: bool = false;
+
     /// Answers one request from `peer`.
     fn call(
         &self,
         request: Request<Incoming>,
         peer: &Peer,
-    ) -> impl Future<Output = Response<ProxyBody>> + Send;
+    ) -> impl Future<Output = Response<Self::Body>> + Send;
 }
+
+/// The error a response body may end with, as hyper takes it.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Bounds of one listener.
 #[derive(Debug, Clone, Copy)]
@@ -98,8 +105,8 @@ pub(crate) struct ServerLimits {
 /// attack, CVE-2023-44487), and streams the server may have to reset for a client's protocol
 /// errors, before the connection is closed with GOAWAY. The values are the h2 crate's defaults,
 /// set here so that no upgrade can quietly change them.
-pub(crate) const HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
-pub(crate) const HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+const HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+const HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
 /// Serves `listener` until `shutdown` is cancelled, then drains. With `tls`, connections are
 /// HTTPS (the handshake runs in the connection's task, under `header_read_timeout`); the
@@ -127,6 +134,9 @@ pub(crate) async fn serve<S: Service>(
         .max_local_error_reset_streams(HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS)
         .keep_alive_interval(limits.http2_keepalive_interval)
         .keep_alive_timeout(limits.http2_keepalive_interval);
+    if S::HTTP2_ONLY {
+        builder = builder.http2_only();
+    }
     let connections = Connections::new();
     let listener_state = Listener {
         builder,

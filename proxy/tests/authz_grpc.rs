@@ -22,7 +22,10 @@ use keygate_proto::envoy_pb::envoy::service::auth::v3::{
 use keygate_proto::session::SessionSigner;
 use keygate_proxy::{AuthMode, Gateway, GatewayStatus, ProxyConfig, RouteConfig};
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -36,6 +39,8 @@ struct Setup {
     control_plane: ControlPlane,
     upstream: Upstream,
     status: GatewayStatus,
+    /// The gRPC listener.
+    addr: SocketAddr,
     client: AuthorizationClient<Channel>,
     key: String,
     disabled: String,
@@ -97,6 +102,7 @@ async fn setup(adjust: impl FnOnce(&mut ProxyConfig)) -> Setup {
         control_plane,
         upstream,
         status,
+        addr,
         client,
         key,
         disabled,
@@ -421,4 +427,70 @@ fn the_envoy_examples_ask_keygate_fail_closed_and_pass_the_identity_on() {
     let check = http.find("name: envoy.filters.http.ext_authz").unwrap();
     let credential = http.find("- remove: x-api-key").unwrap();
     assert!(spoof < check && check < credential);
+}
+
+/// Whether the gateway closes `stream` (EOF or reset) before `deadline`, reading and dropping
+/// whatever it sends first (its HTTP/2 SETTINGS, a GOAWAY).
+async fn closed_by_gateway(stream: &mut TcpStream, deadline: Instant) -> bool {
+    let mut buffer = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_connections_to_the_grpc_listener_are_cut_by_their_deadlines() {
+    let setup = setup(|config| {
+        config.header_read_timeout = Duration::from_secs(1);
+        config.idle_timeout = Duration::from_secs(2);
+    })
+    .await;
+    // One that sends nothing; one that stops inside the HTTP/2 preface; one with the preface
+    // and SETTINGS and then silence; one that speaks HTTP/1.1 to a listener that speaks only
+    // HTTP/2. Without their deadlines each would hold a connection slot for ever.
+    let mut silent = TcpStream::connect(setup.addr).await.unwrap();
+    let mut partial = TcpStream::connect(setup.addr).await.unwrap();
+    partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let mut preface = TcpStream::connect(setup.addr).await.unwrap();
+    preface
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut http1 = TcpStream::connect(setup.addr).await.unwrap();
+    http1
+        .write_all(b"POST /envoy.service.auth.v3.Authorization/Check HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT * 3;
+    for (name, connection) in [
+        ("silent", &mut silent),
+        ("partial preface", &mut partial),
+        ("preface then silence", &mut preface),
+        ("HTTP/1.1", &mut http1),
+    ] {
+        assert!(
+            closed_by_gateway(connection, deadline).await,
+            "the {name} connection is still open"
+        );
+    }
+    // The listener still serves. (A new client: the setup's connected before the silent ones
+    // and, having sent nothing for longer than the first-request deadline, was cut as well.)
+    let mut client = AuthorizationClient::connect(format!("http://{}", setup.addr))
+        .await
+        .unwrap();
+    let bearer = format!("Bearer {}", setup.key);
+    let allowed = client
+        .check(envoy_check("GET", "/api", &[("authorization", &bearer)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        header(&ok(&allowed).headers, "x-keygate-owner"),
+        Some("alice")
+    );
+    setup.stop().await;
 }
