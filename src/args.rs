@@ -23,6 +23,11 @@ pub struct Cli {
         default_value = "text"
     )]
     pub log_format: crate::telemetry::LogFormat,
+    /// Export spans over OTLP/gRPC to this collector (`http://host:4317`, or `https://` with
+    /// the system's roots): the gateway's request, verify, forward and sync-apply spans.
+    /// Servers only; read before any `--config` file [default: no spans].
+    #[arg(long, global = true, env = "KEYGATE_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -41,11 +41,11 @@ impl Failure {
 }
 
 /// Runs one parsed command to completion.
-pub async fn run(cli: Cli) -> Result<(), Failure> {
+pub async fn run(cli: Cli, export_spans: bool) -> Result<(), Failure> {
     match cli.command {
         Command::Dev(dev) => dev::run(dev).await,
         Command::ControlPlane(flags) => serve::control_plane(flags).await,
-        Command::Proxy(flags) => serve::proxy(flags).await,
+        Command::Proxy(flags) => serve::proxy(flags, export_spans).await,
         Command::Keys(keys) => commands::keys::run(&cli.client, keys).await,
         Command::Gateways => commands::gateways::run(&cli.client).await,
         Command::Audit(audit) => commands::audit::run(&cli.client, audit).await,

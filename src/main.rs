@@ -6,7 +6,6 @@ use clap::Parser;
 
 fn main() {
     let cli = keygate::args::Cli::parse();
-    keygate::telemetry::init_logging(cli.command.is_server(), cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -17,7 +16,26 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(failure) = runtime.block_on(keygate::run(cli)) {
+    // The span exporter's channel lives on the runtime.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        keygate::telemetry::init(
+            cli.command.is_server(),
+            cli.log_format,
+            cli.otlp_endpoint.as_deref(),
+        )
+    };
+    let telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            let failure = keygate::Failure::Config(error);
+            eprintln!("error: {failure}");
+            std::process::exit(failure.exit_code());
+        }
+    };
+    let result = runtime.block_on(keygate::run(cli, telemetry.exports_spans()));
+    telemetry.shutdown();
+    if let Err(failure) = result {
         eprintln!("error: {failure}");
         std::process::exit(failure.exit_code());
     }

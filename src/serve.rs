@@ -129,8 +129,10 @@ pub async fn control_plane(flags: ControlPlaneArgs) -> Result<(), Failure> {
 }
 
 /// Runs `keygate proxy`.
-pub async fn proxy(flags: ProxyArgs) -> Result<(), Failure> {
-    let config = proxy_config(&flags)?;
+/// With `export_spans` (`--otlp-endpoint`), the gateway makes spans for the exporter.
+pub async fn proxy(flags: ProxyArgs, export_spans: bool) -> Result<(), Failure> {
+    let mut config = proxy_config(&flags)?;
+    config.spans = export_spans;
     let mut gateway =
         Gateway::bind(config, telemetry::metrics())
             .await

@@ -1,10 +1,18 @@
-//! Logging (tracing to stderr) and the process-wide Prometheus recorder.
+//! Logging (tracing to stderr), span export over OTLP (`--otlp-endpoint`), and the
+//! process-wide Prometheus recorder.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, fmt};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -17,19 +25,111 @@ pub enum LogFormat {
     Json,
 }
 
+/// How long one export to the collector may take before it is abandoned (the spans in it are
+/// dropped; serving never waits for the collector).
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Logging, and span export when it was asked for; [`Telemetry::shutdown`] flushes the spans
+/// still queued.
+#[must_use = "shut down at exit, or queued spans are lost"]
+pub struct Telemetry {
+    spans: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported (servers then create them; see `keygate_proxy::spans`).
+    pub fn exports_spans(&self) -> bool {
+        self.spans.is_some()
+    }
+
+    /// Exports the spans still queued (each export bounded by its timeout) and stops.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.spans
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("warning: spans not exported at shutdown: {error}");
+        }
+    }
+}
+
 /// Logs to stderr in `format`, filtered by `KEYGATE_LOG` (e.g. `debug`, `keygate_proxy=trace`);
-/// servers log at `info` by default, operator commands only warnings.
-pub fn init_logging(server: bool, format: LogFormat) {
+/// servers log at `info` by default, operator commands only warnings. With `otlp` (servers
+/// only), the spans of [`keygate_proxy::spans::TARGET`] are also exported there over OTLP/gRPC
+/// (batched, in the background); they are kept out of the log lines. Must be called inside
+/// the Tokio runtime: the exporter's channel lives on it.
+pub fn init(server: bool, format: LogFormat, otlp: Option<&str>) -> Result<Telemetry, String> {
     let default = if server { "info" } else { "warn" };
-    let filter = EnvFilter::try_from_env("KEYGATE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second initialisation (tests) is harmless: the first subscriber stays.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let log_filter = EnvFilter::try_from_env("KEYGATE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(default))
+        .add_directive(
+            format!("{}=off", keygate_proxy::spans::TARGET)
+                .parse()
+                .map_err(|error| format!("span target filter: {error}"))?,
+        );
+    let log = match format {
+        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
+    }
+    .with_filter(log_filter);
+    let provider = match otlp {
+        Some(endpoint) if server => Some(span_provider(endpoint)?),
+        _ => None,
     };
+    let export = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("keygate"))
+            .with_filter(
+                Targets::new().with_target(keygate_proxy::spans::TARGET, tracing::Level::INFO),
+            )
+    });
+    // A second initialisation (tests) is harmless: the first subscriber stays.
+    let _ = tracing_subscriber::registry()
+        .with(log)
+        .with(export)
+        .try_init();
+    Ok(Telemetry { spans: provider })
+}
+
+/// Logs only, as [`init`] without span export (operator commands, tests).
+pub fn init_logging(server: bool, format: LogFormat) {
+    // Without an endpoint nothing can fail.
+    let _ = init(server, format, None);
+}
+
+/// The tracer provider exporting to `endpoint` (`http://` or `https://`, the system's roots),
+/// in batches from a background thread. Sampling and batching follow the standard
+/// `OTEL_TRACES_SAMPLER`(`_ARG`) and `OTEL_BSP_*` variables (default: a child of a sampled
+/// trace is sampled, a new trace always); the service is `keygate` unless `OTEL_SERVICE_NAME`
+/// says otherwise.
+fn span_provider(endpoint: &str) -> Result<SdkTracerProvider, String> {
+    let scheme = endpoint.split_once("://").map_or("", |(scheme, _)| scheme);
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .with_timeout(EXPORT_TIMEOUT);
+    match scheme {
+        "http" => {}
+        "https" => {
+            exporter = exporter
+                .with_tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots());
+        }
+        other => {
+            return Err(format!(
+                "--otlp-endpoint {endpoint:?}: give an http:// or https:// URL (OTLP over gRPC), not {other:?}"
+            ));
+        }
+    }
+    let exporter = exporter
+        .build()
+        .map_err(|error| format!("--otlp-endpoint {endpoint:?}: {error}"))?;
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name("keygate");
+    }
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build())
 }
 
 /// How often histogram samples are folded into their buckets when nobody scrapes `/metrics`.

@@ -49,6 +49,12 @@ pub struct ProxyConfig {
     /// `trace_context.rs`). Default false: `traceparent` and `tracestate` then pass through
     /// untouched like any other header, and the gateway adds no work to the request.
     pub trace_context: bool,
+    /// Spans for each request (verify, forward) and each sync apply, for an OpenTelemetry
+    /// layer to export (see `spans.rs`); implies `trace_context`, so the upstream's
+    /// `traceparent` names the gateway's forward span. Set by `--otlp-endpoint`, not by the file.
+    /// Default false: no span is created.
+    #[serde(skip)]
+    pub spans: bool,
     /// Control-plane gRPC URLs (`http://host:port`), tried in this order when (re)connecting.
     /// Default none; at least one is required.
     pub control_plane: Vec<String>,
@@ -171,6 +177,7 @@ impl Default for ProxyConfig {
             routes: Vec::new(),
             escaped_slashes: EscapedSlashes::Reject,
             trace_context: false,
+            spans: false,
             control_plane: Vec::new(),
             gateway_token: Secret::default(),
             gateway_id: None,

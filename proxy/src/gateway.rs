@@ -17,6 +17,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
+use tracing::Instrument;
 
 use crate::admin::Admin;
 use crate::authz_grpc;
@@ -30,10 +31,11 @@ use crate::metrics::Metrics;
 use crate::miss::{ControlPlaneSlot, MissLookup, MissSettings};
 use crate::reload::{self, ConfigSource, RouteReloader};
 use crate::replica::Replica;
-use crate::response::ProxyBody;
+use crate::response::{ProxyBody, REQUEST_ID};
 use crate::route::RouteTable;
 use crate::server::{self, Peer, ServerLimits, Service};
 use crate::sessions;
+use crate::spans::{self, Traced, Untraced};
 use crate::status::{GatewayStatus, SyncState};
 use crate::sync::{ControlPlaneTls, SyncSettings, SyncTask};
 use crate::verify::Verifier;
@@ -162,7 +164,8 @@ impl Gateway {
             credentials.clone(),
             handles.clone(),
         )
-        .propagating_trace_context(config.trace_context);
+        // With spans, the handler sets the `traceparent` itself, naming its forward span.
+        .propagating_trace_context(config.trace_context && !config.spans);
 
         let listener =
             TcpListener::bind(config.listen)
@@ -246,6 +249,7 @@ impl Gateway {
                 forwarder,
                 credentials,
                 request_body_timeout: config.request_body_timeout,
+                spans: config.spans,
             }),
             admin: Arc::new(Admin {
                 status,
@@ -375,15 +379,28 @@ impl Gateway {
         });
         tracing::info!(addr = %self.addr, admin = %self.admin_addr, "keygate proxy serving");
 
-        server::serve(
-            "main",
-            self.listener,
-            self.tls,
-            self.handler,
-            self.limits,
-            stop_main,
-        )
-        .await;
+        if self.handler.spans {
+            let service = Arc::new(InSpans(self.handler));
+            server::serve(
+                "main",
+                self.listener,
+                self.tls,
+                service,
+                self.limits,
+                stop_main,
+            )
+            .await;
+        } else {
+            server::serve(
+                "main",
+                self.listener,
+                self.tls,
+                self.handler,
+                self.limits,
+                stop_main,
+            )
+            .await;
+        }
 
         if let Some(task) = authz_grpc
             && let Err(error) = task.await
@@ -469,6 +486,33 @@ impl Service for Handler {
     type Body = ProxyBody;
 
     async fn call(&self, request: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
-        self.handle(request, peer).await
+        self.handle(request, peer, &Untraced).await
+    }
+}
+
+/// The main listener's service when spans are exported: each request inside a `request` span
+/// (`spans.rs`). A type of its own, chosen when the listener starts, so that [`Handler`]'s
+/// own path carries no trace of it.
+struct InSpans(Arc<Handler>);
+
+impl Service for InSpans {
+    type Body = ProxyBody;
+
+    async fn call(&self, request: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+        let span = spans::request(request.method(), request.uri().path(), request.headers());
+        let response = self
+            .0
+            .handle(request, peer, &Traced(span.clone()))
+            .instrument(span.clone())
+            .await;
+        spans::record_status(&span, response.status());
+        if let Some(id) = response
+            .headers()
+            .get(&REQUEST_ID)
+            .and_then(|id| id.to_str().ok())
+        {
+            span.record("keygate.request_id", id);
+        }
+        response
     }
 }

@@ -14,6 +14,8 @@ use crate::forward::{Forwarder, Forwarding};
 use crate::response::{self, ProxyBody, codes};
 use crate::route::RouteTable;
 use crate::server::Peer;
+use crate::spans::RequestSpans;
+use crate::trace_context;
 use crate::verify::{Code, Verdict, Verifier};
 use crate::verify_endpoint;
 
@@ -30,11 +32,20 @@ pub(crate) struct Handler {
     pub credentials: CredentialHeaders,
     /// Longest wait for a request body the gateway reads itself (the verify endpoint's).
     pub request_body_timeout: std::time::Duration,
+    /// Whether requests get spans for export (`ProxyConfig::spans`, `spans.rs`).
+    pub spans: bool,
 }
 
 impl Handler {
-    /// Answers one request from `peer`.
-    pub async fn handle(&self, mut request: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+    /// Answers one request from `peer`, recording what `spans` records: nothing
+    /// ([`spans::Untraced`], whose calls compile to the plain code) or the `verify` and
+    /// `forward` spans of a request span ([`spans::Traced`]).
+    pub async fn handle<S: RequestSpans>(
+        &self,
+        mut request: Request<Incoming>,
+        peer: &Peer,
+        spans: &S,
+    ) -> Response<ProxyBody> {
         let request_id = response::request_id(request.headers());
         let routes = self.routes.load();
         // From here on the request carries its normalised path: the route is chosen by it and
@@ -86,19 +97,42 @@ impl Handler {
                 self.verifier.refused(Code::ForbiddenOrigin);
                 return response::denied(Code::ForbiddenOrigin, &request_id);
             }
-            match self.verifier.verify(credential).await {
+            // Spans off, the verification is awaited in place: wrapping it, even in a call
+            // that hands it back, moved the whole future (BENCHMARKS.md).
+            let verdict = if S::TRACED {
+                spans.verify(self.verifier.verify(credential)).await
+            } else {
+                self.verifier.verify(credential).await
+            };
+            match verdict {
                 Verdict::Valid(grant) => Some(grant),
                 Verdict::Denied(code) => return response::denied(code, &request_id),
             }
         } else {
             None
         };
+        if !S::TRACED {
+            let forwarding = Forwarding {
+                route,
+                peer,
+                request_id: &request_id,
+                grant: grant.as_ref(),
+            };
+            return self.forwarder.forward(request, forwarding).await;
+        }
+        // The upstream's `traceparent` names the forward span (the forwarder itself leaves
+        // trace context alone when spans are on; see `gateway.rs`).
+        let forward_span = spans.forward_span(route.upstream.as_str());
+        match S::hop(&forward_span) {
+            Some(hop) => trace_context::forward_as(request.headers_mut(), hop),
+            None => trace_context::propagate(request.headers_mut(), &request_id),
+        }
         let forwarding = Forwarding {
             route,
             peer,
             request_id: &request_id,
             grant: grant.as_ref(),
         };
-        self.forwarder.forward(request, forwarding).await
+        S::forward(forward_span, self.forwarder.forward(request, forwarding)).await
     }
 }

@@ -47,6 +47,7 @@ pub mod route;
 mod server;
 pub mod session_verify;
 pub mod sessions;
+pub mod spans;
 mod status;
 mod sync;
 pub mod trace_context;

@@ -151,6 +151,8 @@ pub(crate) fn restart_only_changes(running: &ProxyConfig, next: &ProxyConfig) ->
         routes: _,
         escaped_slashes: _,
         trace_context,
+        // Set by `--otlp-endpoint` for the process, never by the file.
+        spans: _,
         control_plane,
         gateway_token,
         gateway_id,

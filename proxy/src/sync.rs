@@ -63,6 +63,7 @@ use crate::freshness::{Freshness, PendingProofs};
 use crate::metrics::Metrics;
 use crate::miss::ControlPlaneSlot;
 use crate::replica::{Gap, Replica, Snapshot};
+use crate::spans;
 use crate::status::SyncState;
 
 /// First reconnect delay; doubles per consecutive failure.
@@ -473,6 +474,7 @@ impl SyncTask {
                     )));
                 }
                 let keys = built.len();
+                let _span = spans::sync_apply("snapshot", end.revision, keys).entered();
                 if stream.switching {
                     // Another store: nothing looked up in the old one may survive the switch.
                     self.replica.install_snapshot_of_another_log(built);
@@ -497,6 +499,8 @@ impl SyncTask {
                 if batch.events.is_empty() {
                     return Ok(None);
                 }
+                let last = batch.events.last().map_or(0, |event| event.revision);
+                let _span = spans::sync_apply("events", last, batch.events.len()).entered();
                 for event in batch.events {
                     let event = Event::try_from(event)
                         .map_err(|error| SyncError::Protocol(format!("invalid event: {error}")))?;

@@ -28,7 +28,7 @@ pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// Length of a version 00 `traceparent`: `00-<32 hex>-<16 hex>-<2 hex>`.
 const LEN: usize = 55;
 /// The `sampled` flag, the only flag version 00 defines.
-const SAMPLED: u8 = 0x01;
+pub(crate) const SAMPLED: u8 = 0x01;
 
 /// One parsed `traceparent`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,18 +111,20 @@ impl TraceParent {
     }
 }
 
+/// The request's own `traceparent`, when it has exactly one and that one is valid.
+pub(crate) fn incoming(headers: &HeaderMap) -> Option<TraceParent> {
+    let mut values = headers.get_all(&TRACEPARENT).iter();
+    match (values.next(), values.next()) {
+        (Some(only), None) => TraceParent::parse(only.as_bytes()),
+        // None at all, or several: the spec gives several no meaning.
+        _ => None,
+    }
+}
+
 /// Sets the `traceparent` the upstream gets (and drops a `tracestate` that has no valid
 /// `traceparent` to go with), as the module header describes.
 pub(crate) fn propagate(headers: &mut HeaderMap, request_id: &HeaderValue) {
-    let incoming = {
-        let mut values = headers.get_all(&TRACEPARENT).iter();
-        match (values.next(), values.next()) {
-            (Some(only), None) => TraceParent::parse(only.as_bytes()),
-            // None at all, or several: the spec gives several no meaning.
-            _ => None,
-        }
-    };
-    let next = match incoming {
+    let next = match incoming(headers) {
         Some(parent) => parent.child(),
         None => {
             headers.remove(&TRACESTATE);
@@ -130,6 +132,15 @@ pub(crate) fn propagate(headers: &mut HeaderMap, request_id: &HeaderValue) {
         }
     };
     headers.insert(TRACEPARENT.clone(), next.to_header());
+}
+
+/// Sets `hop` as the `traceparent` the upstream gets: the gateway's own span when spans are
+/// exported (`spans.rs`). `tracestate` goes on only when `hop` continues the request's trace.
+pub(crate) fn forward_as(headers: &mut HeaderMap, hop: TraceParent) {
+    if incoming(headers).map(|parent| parent.trace_id) != Some(hop.trace_id) {
+        headers.remove(&TRACESTATE);
+    }
+    headers.insert(TRACEPARENT.clone(), hop.to_header());
 }
 
 /// Lowercase hex digits (at most 32) as a number; `None` on any other character.
