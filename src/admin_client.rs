@@ -125,6 +125,7 @@ pub fn status_failure(status: tonic::Status) -> Failure {
         | tonic::Code::InvalidArgument
         | tonic::Code::FailedPrecondition
         | tonic::Code::AlreadyExists
+        | tonic::Code::Aborted
         | tonic::Code::ResourceExhausted => Failure::Runtime(message.to_owned()),
         code => Failure::Runtime(format!("{code:?}: {message}")),
     }

@@ -181,6 +181,10 @@ pub struct ControlPlaneArgs {
         value_delimiter = ','
     )]
     pub trusted_proxies: Vec<keygate_control_plane::config::Cidr>,
+    /// JSON file of passkey provider names by AAGUID (the community list's format) replacing
+    /// the vendored list [default: the vendored list].
+    #[arg(long, env = "KEYGATE_AAGUID_NAMES", value_name = "FILE")]
+    pub aaguid_names: Option<PathBuf>,
 }
 
 /// What a gateway does when it cannot prove it is within the propagation bound.
@@ -369,11 +373,24 @@ pub enum UsersCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum EnrollmentsCommand {
-    /// Issue a one-time link with which the user registers a passkey; printed only here.
+    /// Issue a one-time link with which the user registers a passkey; printed only here, or
+    /// emailed by the control plane (--email, needs its smtp_url). --users-file enrolls every
+    /// user of a CSV file.
     Create {
         /// The user who will enroll.
-        #[arg(long)]
-        user: String,
+        #[arg(long, required_unless_present = "users_file")]
+        user: Option<String>,
+        /// Email the link to this address instead of printing it.
+        #[arg(long, value_name = "ADDRESS", requires = "user")]
+        email: Option<String>,
+        /// A CSV file with a header row and a `user` column: one link per row, printed as JSON
+        /// lines (or emailed, with --email-column). Users must exist already.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["user", "email"])]
+        users_file: Option<PathBuf>,
+        /// With --users-file: the column holding each user's email address; the links are
+        /// emailed to them.
+        #[arg(long, value_name = "COLUMN", requires = "users_file")]
+        email_column: Option<String>,
         /// How long the link works, e.g. 24h, 30m (at most 30 days).
         #[arg(long, value_parser = parse_duration, default_value = "24h")]
         expires: Duration,
@@ -394,10 +411,22 @@ pub enum EnrollmentsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum PasskeysCommand {
-    /// List a user's passkeys: id, name, created, last used, user agent, backed up, device type.
+    /// List a user's passkeys: id, name, provider, created, last used, user agent, backed up,
+    /// device type.
     List {
+        #[arg(long, required_unless_present = "policy_violations")]
+        user: Option<String>,
+        /// Only the stored passkeys the control plane's [passkey_policy] would refuse now (every
+        /// user's, or --user's), each with the rule it breaks.
+        #[arg(long)]
+        policy_violations: bool,
+    },
+    /// Give a user's passkey a new device name (1 to 64 characters).
+    Rename {
         #[arg(long)]
         user: String,
+        passkey_id: String,
+        name: String,
     },
     /// Delete a user's passkey: every session it minted is refused (401 REVOKED).
     Revoke {

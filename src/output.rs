@@ -103,6 +103,9 @@ pub fn passkey_json(passkey: &pb::Passkey) -> Value {
         "userAgent": passkey.user_agent,
         "backedUp": passkey.backed_up,
         "deviceType": passkey.device_type,
+        "provider": passkey.provider,
+        "providerIcon": passkey.provider_icon,
+        "aaguid": (!passkey.aaguid.is_empty()).then_some(&passkey.aaguid),
     })
 }
 
@@ -122,8 +125,9 @@ pub fn passkey_line(passkey: &pb::Passkey) -> String {
         "not backed up"
     };
     format!(
-        "{}  {name}  created {}  last used {last_used}  {}, {backed_up}  {}",
+        "{}  {name}  {}  created {}  last used {last_used}  {}, {backed_up}  {}",
         passkey.passkey_id,
+        passkey.provider,
         rfc3339(passkey.created_unix_ms),
         passkey.device_type,
         passkey.user_agent

@@ -2,6 +2,7 @@
 //! over it, validate once, bind, print one line per listener, serve until a signal. The proxy
 //! reloads its routes from the file on SIGHUP.
 
+use keygate_control_plane::config::SmtpCredentials;
 use keygate_control_plane::{ControlPlane, ControlPlaneConfig, ControlPlaneError};
 use keygate_proxy::{Gateway, ProxyConfig, ProxyError, StalePolicy};
 
@@ -39,15 +40,40 @@ pub fn control_plane_config(flags: &ControlPlaneArgs) -> Result<ControlPlaneConf
         (&flags.tls_cert, &mut config.tls_cert),
         (&flags.tls_key, &mut config.tls_key),
         (&flags.client_ca, &mut config.client_ca),
+        (&flags.aaguid_names, &mut config.aaguid_names),
     ] {
         if flag.is_some() {
             setting.clone_from(flag);
         }
     }
+    config.smtp_credentials = smtp_credentials_from_env()?;
     config
         .validate()
         .map_err(|error| Failure::Config(format!("invalid control plane config: {error}")))?;
     Ok(config)
+}
+
+/// The SMTP relay's user and password, from `KEYGATE_SMTP_USER` and `KEYGATE_SMTP_PASSWORD`
+/// (the only place they come from: not a flag, which other users could read in the process
+/// list, nor the config file): both or neither.
+fn smtp_credentials_from_env() -> Result<Option<SmtpCredentials>, Failure> {
+    let read = |name: &str| match std::env::var(name) {
+        Ok(value) if value.is_empty() => Ok(None),
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(Failure::Config(format!(
+            "invalid control plane config: {name} is not valid UTF-8"
+        ))),
+    };
+    match (read("KEYGATE_SMTP_USER")?, read("KEYGATE_SMTP_PASSWORD")?) {
+        (Some(user), Some(password)) => Ok(Some(SmtpCredentials::new(user, password))),
+        (None, None) => Ok(None),
+        _ => Err(Failure::Config(
+            "invalid control plane config: set both KEYGATE_SMTP_USER and \
+             KEYGATE_SMTP_PASSWORD, or neither"
+                .into(),
+        )),
+    }
 }
 
 /// The gateway's config: file, then flags/environment, then validation.

@@ -1,8 +1,15 @@
 //! The passkey page in a real browser: a control plane, one gateway and the echo upstream
 //! in-process, and `tests/browser/passkeys.mjs` driving headless Chromium with a CDP virtual
-//! authenticator through enrollment from a link, sign-in, the list, adding a second passkey,
-//! removing one, the refusal to remove the last, sign-out, sign-in again, and an API call through
-//! the gateway with the session cookie.
+//! authenticator through enrollment from a link, sign-in, the list with each passkey's provider,
+//! adding a second passkey, renaming it, removing one, the refusal to remove the last, sign-out,
+//! a sign-in with the removed passkey, sign-in again with the button and from autofill
+//! (conditional mediation, where Chromium offers it), and an API call through the gateway with
+//! the session cookie. The script also checks the WebAuthn Signal API calls the page makes.
+//!
+//! The control plane gets an `--aaguid-names` list that names the AAGUID of Chromium's virtual
+//! platform authenticator, with an icon, so the page has a provider name and icon to show (the
+//! community list does not name a test device); the virtual security key's passkey shows
+//! "Unknown authenticator".
 //!
 //! The same flow runs twice: over plain HTTP (the origin `http://localhost:<port>`, which browsers
 //! treat as a secure context), and over HTTPS, with the control plane (gRPC and HTTP) and the
@@ -34,6 +41,14 @@ const BROWSER_DEADLINE: Duration = Duration::from_secs(120);
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const USER_ID: &str = "ada@example.com";
+
+/// The AAGUID of Chromium's virtual platform (`internal`) authenticator. Its virtual USB
+/// security key reports the all-zero AAGUID, so that passkey stays "Unknown authenticator".
+const VIRTUAL_AUTHENTICATOR_AAGUID: &str = "01020304-0506-0708-0102-030405060708";
+/// The provider name the test's AAGUID list gives them.
+const VIRTUAL_PROVIDER: &str = "Chromium virtual authenticator";
+/// Its icon: a key on a blue tile.
+const VIRTUAL_PROVIDER_SVG: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24"><rect width="24" height="24" rx="5" fill="#2456d6"/><circle cx="8.5" cy="12" r="3.5" fill="none" stroke="#fff" stroke-width="2"/><path d="M12 12h8m-3 0v3m3-3v2" fill="none" stroke="#fff" stroke-width="2" stroke-linecap="round"/></svg>"##;
 
 /// One Chromium at a time: the two runs share a small machine, and each has a time bound.
 static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -79,9 +94,27 @@ impl Scheme {
     }
 }
 
+/// An `--aaguid-names` list (the community list's format) naming Chromium's virtual
+/// authenticators, written into `dir`.
+fn aaguid_names(dir: &Path) -> PathBuf {
+    use base64::Engine as _;
+    let icon = format!(
+        "data:image/svg+xml;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(VIRTUAL_PROVIDER_SVG)
+    );
+    let list = serde_json::json!({
+        VIRTUAL_AUTHENTICATOR_AAGUID: { "name": VIRTUAL_PROVIDER, "icon_light": icon },
+    });
+    let path = dir.join("aaguid-names.json");
+    std::fs::write(&path, list.to_string()).unwrap();
+    path
+}
+
 /// A control plane and one gateway, over plain HTTP or, with `pki`, over TLS throughout.
 struct Servers {
     cluster: Cluster,
+    /// Holds the AAGUID list the control plane read at start.
+    _names_dir: tempfile::TempDir,
     /// The CA and the server certificates (kept on disk while the servers run).
     pki: Option<Pki>,
     /// The server certificates Chromium is to accept.
@@ -93,14 +126,20 @@ impl Servers {
         // The RP id is `localhost` and the origin defaults to <scheme>://localhost:<HTTP port>:
         // the browser must use `localhost`, not 127.0.0.1, for WebAuthn to accept the page and
         // for the host-scoped session cookie to reach the gateway on another port of the host.
+        let names_dir = tempfile::tempdir().unwrap();
+        let names = aaguid_names(names_dir.path());
         if scheme == Scheme::Http {
             let cluster = Cluster::start_configured(
                 1,
-                Some(Box::new(|config| config.rp_id = Some("localhost".into()))),
+                Some(Box::new(move |config| {
+                    config.rp_id = Some("localhost".into());
+                    config.aaguid_names = Some(names.clone());
+                })),
             )
             .await;
             return Self {
                 cluster,
+                _names_dir: names_dir,
                 pki: None,
                 server_certs: Vec::new(),
             };
@@ -112,6 +151,7 @@ impl Servers {
             0,
             Some(Box::new(move |config: &mut ControlPlaneConfig| {
                 config.rp_id = Some("localhost".into());
+                config.aaguid_names = Some(names.clone());
                 config.tls_cert = Some(cert.clone());
                 config.tls_key = Some(cp_key.clone());
             })),
@@ -128,6 +168,7 @@ impl Servers {
         cluster.add_gateway_with(config).await;
         Self {
             cluster,
+            _names_dir: names_dir,
             pki: Some(pki),
             server_certs: vec![cp_cert, gateway_cert],
         }
@@ -180,6 +221,7 @@ async fn passkey_flow(scheme: Scheme, screenshot_name: &str) {
         .create_enrollment(pb::CreateEnrollmentRequest {
             user_id: USER_ID.into(),
             expires_in_ms: 0,
+            ..Default::default()
         })
         .await
         .expect("create enrollment")
@@ -215,6 +257,7 @@ async fn passkey_flow(scheme: Scheme, screenshot_name: &str) {
         .env("KEYGATE_CP_URL", format!("{page_origin}/"))
         .env("KEYGATE_GATEWAY_URL", &gateway_url)
         .env("KEYGATE_SCREENSHOT", &screenshot)
+        .env("KEYGATE_PROVIDER", VIRTUAL_PROVIDER)
         .env("KEYGATE_CHROMIUM", CHROMIUM)
         .env("KEYGATE_TRUST_CERTS", &trusted)
         .kill_on_drop(true)

@@ -118,6 +118,7 @@ async fn operator_passkeys(cluster: &Cluster, user_id: &str) -> Vec<pb::Passkey>
         .await
         .list_passkeys(pb::ListPasskeysRequest {
             user_id: user_id.into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -612,6 +613,7 @@ async fn bad_ceremonies_are_refused_with_their_code_and_change_nothing() {
         .create_enrollment(pb::CreateEnrollmentRequest {
             user_id: "alice".into(),
             expires_in_ms: 1,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -854,9 +856,28 @@ async fn the_self_service_page_is_served() {
     ] {
         assert!(html.contains(&format!("data-testid=\"{id}\"")), "{id}");
     }
-    let script = send("GET", &cluster.http_url("/app.js"), &[], b"").await;
-    assert_eq!(script.status, 200);
-    assert!(String::from_utf8_lossy(&script.body).contains("navigator.credentials.create"));
+    assert!(html.contains(r#"<script type="module" src="/app.js"></script>"#));
+    // The entry module and the modules it imports, as JavaScript (a module script served as
+    // anything else does not run).
+    for (path, holds) in [
+        ("/app.js", "from \"./ceremonies.js\""),
+        ("/ceremonies.js", "navigator.credentials.create"),
+        ("/signals.js", "signalAllAcceptedCredentials"),
+    ] {
+        let script = send("GET", &cluster.http_url(path), &[], b"").await;
+        assert_eq!(script.status, 200, "{path}");
+        assert!(
+            script.headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/javascript"),
+            "{path}"
+        );
+        assert!(
+            String::from_utf8_lossy(&script.body).contains(holds),
+            "{path}"
+        );
+    }
 }
 
 /// Raising `session_lifetime` reaches a gateway that stays connected: the restarted control

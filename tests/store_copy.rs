@@ -50,6 +50,11 @@ async fn verdicts(gateway: &TestGateway, credentials: &[(String, String)]) -> Ve
     answers
 }
 
+/// Google Password Manager's AAGUID (ea9b8d66-4d01-1d21-3ce4-b6b48cb575d4).
+const GOOGLE_AAGUID: [u8; 16] = [
+    0xea, 0x9b, 0x8d, 0x66, 0x4d, 0x01, 0x1d, 0x21, 0x3c, 0xe4, 0xb6, 0xb4, 0x8c, 0xb5, 0x75, 0xd4,
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sqlite_store_copied_to_postgres_answers_every_verification_as_the_original() {
     let postgres = TestPostgres::start().unwrap();
@@ -112,7 +117,8 @@ async fn a_sqlite_store_copied_to_postgres_answers_every_verification_as_the_ori
     ));
     credentials.push(("malformed".into(), "kg_0000".into()));
 
-    let device = Device::new(&cluster.passkey_origin());
+    // Alice's passkey is Google Password Manager's (its AAGUID), bob's of an unknown model.
+    let device = Device::new(&cluster.passkey_origin()).with_aaguid(GOOGLE_AAGUID);
     let token = cluster.user_with_enrollment("alice").await;
     let alice: Session = cluster.enroll(&device, &token, "Laptop").await;
     let bob_device = Device::new(&cluster.passkey_origin());
@@ -122,6 +128,11 @@ async fn a_sqlite_store_copied_to_postgres_answers_every_verification_as_the_ori
     credentials.push(("alice's session".into(), alice.token.clone()));
     credentials.push(("bob's revoked session".into(), bob.token.clone()));
 
+    let alices_passkeys = cli.json(&["passkeys", "list", "--user", "alice"]).await;
+    assert_eq!(
+        alices_passkeys["passkeys"][0]["provider"],
+        "Google Password Manager"
+    );
     let original = cli.json(&["gateways"]).await;
     let head = original["headRevision"].as_u64().unwrap();
     cluster.wait_applied(head).await;
@@ -222,6 +233,11 @@ async fn a_sqlite_store_copied_to_postgres_answers_every_verification_as_the_ori
         audit_before
     );
     assert_eq!(cli.json(&["gateways"]).await["headRevision"], head);
+    // Passkeys keep their AAGUID (so their provider) and backup flags.
+    assert_eq!(
+        cli.json(&["passkeys", "list", "--user", "alice"]).await,
+        alices_passkeys
+    );
 
     // The original's gateway resumes where it was: same log, no snapshot.
     let status = cluster.gateways[0].status.clone();

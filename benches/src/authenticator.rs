@@ -134,7 +134,49 @@ impl UserValidationMethod for AlwaysVerified {
 pub struct Device {
     pub credentials: Credentials,
     pub origin: Url,
+    /// The authenticator model's AAGUID in its registrations (all zero by default, as an
+    /// authenticator that keeps its model private).
+    pub aaguid: [u8; 16],
+    /// The backup flags its registrations carry: eligible (BE: a synced, multi-device passkey)
+    /// and backed up (BS). By default both are set, as passkey-rs always sets them (it acts
+    /// as a syncing password manager).
+    pub backup: BackupFlags,
 }
+
+/// The backup flags of a registration's authenticator data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupFlags {
+    /// BE: the credential may be backed up (synced to the provider's other devices).
+    pub eligible: bool,
+    /// BS: the credential is backed up now.
+    pub backed_up: bool,
+}
+
+impl BackupFlags {
+    /// A synced passkey, backed up: what passkey-rs sends.
+    pub const SYNCED: Self = Self {
+        eligible: true,
+        backed_up: true,
+    };
+    /// A passkey that never leaves its device (a security key, a platform authenticator
+    /// without sync).
+    pub const DEVICE_BOUND: Self = Self {
+        eligible: false,
+        backed_up: false,
+    };
+}
+
+impl Default for BackupFlags {
+    fn default() -> Self {
+        Self::SYNCED
+    }
+}
+
+/// The flags byte's BE and BS bits (WebAuthn, "Authenticator Data").
+const FLAG_BE: u8 = 1 << 3;
+const FLAG_BS: u8 = 1 << 4;
+/// Where the flags byte is in authenticator data: after the 32-byte RP id hash.
+const FLAGS_AT: usize = 32;
 
 impl Device {
     /// A device whose browser shows pages of `origin` (e.g. `http://localhost:7080`).
@@ -142,15 +184,38 @@ impl Device {
     /// # Panics
     /// If `origin` is not a URL (it is the caller's constant, not received data).
     pub fn new(origin: &str) -> Self {
+        Self::on(Url::parse(origin).expect("the device's origin is a URL"))
+    }
+
+    /// A device whose browser shows pages of `origin`, with no credentials yet, an all-zero
+    /// AAGUID and passkey-rs's backup flags.
+    pub fn on(origin: Url) -> Self {
         Self {
             credentials: Credentials::default(),
-            origin: Url::parse(origin).expect("the device's origin is a URL"),
+            origin,
+            aaguid: [0; 16],
+            backup: BackupFlags::default(),
         }
+    }
+
+    /// The same device, registering as the authenticator model `aaguid`.
+    #[must_use]
+    pub fn with_aaguid(self, aaguid: [u8; 16]) -> Self {
+        Self { aaguid, ..self }
+    }
+
+    /// The same device, registering with these backup flags (a password manager that syncs
+    /// sets `eligible`). Sign-ins still carry passkey-rs's own flags (both set, and signed),
+    /// and a relying party refuses a sign-in whose backup eligibility changed: use a device
+    /// with other flags than [`BackupFlags::SYNCED`] to register only.
+    #[must_use]
+    pub fn with_backup(self, backup: BackupFlags) -> Self {
+        Self { backup, ..self }
     }
 
     fn authenticator(&self) -> Authenticator<Credentials, AlwaysVerified, AvailableBackend> {
         let mut authenticator = Authenticator::new(
-            Aaguid::new_empty(),
+            Aaguid::from(self.aaguid),
             self.credentials.clone(),
             AlwaysVerified,
             AvailableBackend,
@@ -192,12 +257,14 @@ impl Device {
             .register(origin, options, DefaultClientData)
             .await
             .map_err(|error| format!("the authenticator refused to register: {error:?}"))?;
+        let mut attestation_object = created.response.attestation_object.to_vec();
+        set_backup_flags(&mut attestation_object, self.backup)?;
         Ok(json!({
             "id": created.id,
             "rawId": b64(&created.raw_id),
             "type": "public-key",
             "response": {
-                "attestationObject": b64(&created.response.attestation_object),
+                "attestationObject": b64(&attestation_object),
                 "clientDataJSON": b64(&created.response.client_data_json),
                 "transports": ["internal"],
             },
@@ -247,6 +314,38 @@ impl Device {
     pub fn credential_count(&self) -> usize {
         self.credentials.all().len()
     }
+}
+
+/// Sets the backup flags in the authenticator data of a "none" attestation object (CBOR
+/// `{"fmt", "attStmt", "authData"}`). Nothing signs the authenticator data of a "none"
+/// attestation, so the relying party sees exactly what a syncing provider would send.
+fn set_backup_flags(attestation_object: &mut [u8], backup: BackupFlags) -> Result<(), String> {
+    // The text key "authData" (CBOR major type 3, length 8), then a byte string header.
+    const KEY: &[u8] = b"\x68authData";
+    let malformed = || "the attestation object has no authData to set flags in".to_owned();
+    let key_at = attestation_object
+        .windows(KEY.len())
+        .position(|window| window == KEY)
+        .ok_or_else(malformed)?;
+    let header_at = key_at + KEY.len();
+    let header_len = match attestation_object.get(header_at) {
+        Some(0x40..=0x57) => 1,
+        Some(0x58) => 2,
+        Some(0x59) => 3,
+        Some(0x5a) => 5,
+        _ => return Err(malformed()),
+    };
+    let flags = attestation_object
+        .get_mut(header_at + header_len + FLAGS_AT)
+        .ok_or_else(malformed)?;
+    *flags &= !(FLAG_BE | FLAG_BS);
+    if backup.eligible {
+        *flags |= FLAG_BE;
+    }
+    if backup.backed_up {
+        *flags |= FLAG_BS;
+    }
+    Ok(())
 }
 
 /// Unpadded base64url, as WebAuthn's JSON forms use.

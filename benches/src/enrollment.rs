@@ -14,7 +14,7 @@ use keygate_proto::pb;
 use serde_json::{Value, json};
 use url::Url;
 
-use crate::authenticator::{Credentials, Device};
+use crate::authenticator::Device;
 use crate::probe;
 
 /// A passkey just enrolled, and the session its enrollment signed in.
@@ -61,6 +61,7 @@ impl PasskeyApi {
             .create_enrollment(pb::CreateEnrollmentRequest {
                 user_id: user_id.into(),
                 expires_in_ms: 0,
+                ..Default::default()
             })
             .await
             .map_err(|status| format!("CreateEnrollment({user_id}): {status}"))?
@@ -69,11 +70,10 @@ impl PasskeyApi {
         let (origin, token) = link
             .split_once("/#enroll=")
             .ok_or_else(|| format!("an enrollment link without a token: {link}"))?;
-        let device = Device {
-            credentials: Credentials::default(),
-            origin: Url::parse(origin)
+        let device = Device::on(
+            Url::parse(origin)
                 .map_err(|e| format!("an enrollment link on no origin ({link}): {e}"))?,
-        };
+        );
 
         let begun = self
             .post(

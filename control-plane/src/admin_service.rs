@@ -379,6 +379,13 @@ impl pb::admin_server::Admin for AdminService {
         passkeys::list_passkeys(&self.users, request).await
     }
 
+    async fn rename_passkey(
+        &self,
+        request: Request<pb::RenamePasskeyRequest>,
+    ) -> Result<Response<pb::Passkey>, Status> {
+        passkeys::rename_passkey(&self.users, request).await
+    }
+
     async fn revoke_passkey(
         &self,
         request: Request<pb::RevokePasskeyRequest>,

@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::cidr::{Cidr, CidrError};
+pub use crate::mail::SmtpCredentials;
+pub use crate::passkeys::policy::{Aaguid, AaguidMode, BackupRule, PasskeyPolicy};
 
 /// Shortest accepted admin or gateway token: anything shorter is guessable.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -90,6 +92,31 @@ pub struct ControlPlaneConfig {
     /// gateway's id from its certificate's first DNS or URI SAN. Operators need none. Default
     /// none.
     pub client_ca: Option<PathBuf>,
+    /// SMTP relay that enrollment links are emailed through (`keygate enrollments create
+    /// --email`): `smtp://host[:port]` (default port 587; STARTTLS when the relay offers it,
+    /// required with credentials or `?tls=required`) or `smtps://host[:port]` (TLS from the
+    /// first byte, default port 465). Default none: `--email` is refused.
+    pub smtp_url: Option<String>,
+    /// Sender of enrollment emails, `address@example.com` or `Name <address@example.com>`.
+    /// Required with `smtp_url`. Default none.
+    pub smtp_from: Option<String>,
+    /// The organisation the enrollment emails name ("… invites you to set up a passkey"), at
+    /// most 100 characters. Required with `smtp_url`. Default none.
+    pub org_name: Option<String>,
+    /// User and password for the SMTP relay, from `KEYGATE_SMTP_USER` and
+    /// `KEYGATE_SMTP_PASSWORD` only (never from the file, never printed). Default none: no
+    /// authentication.
+    #[serde(skip)]
+    pub smtp_credentials: Option<SmtpCredentials>,
+    /// JSON file of passkey provider names and icons by AAGUID, in the community list's format
+    /// (passkeydeveloper/passkey-authenticator-aaguids, `aaguid.json`); it replaces the list
+    /// compiled in, and is read once at start (`{}`: every passkey is "Unknown
+    /// authenticator"). Default none: the vendored list.
+    pub aaguid_names: Option<PathBuf>,
+    /// `[passkey_policy]`: which authenticator models (`mode = "allow" | "block"` over
+    /// `aaguids = ["<uuid>", …]`) and which kinds of passkeys (`backup = "any" |
+    /// "device_bound" | "synced"`) may register. Default: any passkey.
+    pub passkey_policy: PasskeyPolicy,
 }
 
 impl Default for ControlPlaneConfig {
@@ -112,6 +139,12 @@ impl Default for ControlPlaneConfig {
             tls_cert: None,
             tls_key: None,
             client_ca: None,
+            smtp_url: None,
+            smtp_from: None,
+            org_name: None,
+            smtp_credentials: None,
+            aaguid_names: None,
+            passkey_policy: PasskeyPolicy::default(),
         }
     }
 }
@@ -147,6 +180,15 @@ impl fmt::Debug for ControlPlaneConfig {
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
             .field("client_ca", &self.client_ca)
+            .field(
+                "smtp_url",
+                &self.smtp_url.as_deref().map(DatabaseUrl::redacted),
+            )
+            .field("smtp_from", &self.smtp_from)
+            .field("org_name", &self.org_name)
+            .field("smtp_credentials", &self.smtp_credentials)
+            .field("aaguid_names", &self.aaguid_names)
+            .field("passkey_policy", &self.passkey_policy)
             .finish()
     }
 }
@@ -245,6 +287,12 @@ pub enum ConfigError {
     ClientCaWithoutTls,
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("email settings: {0}")]
+    Smtp(String),
+    #[error("{0}")]
+    PasskeyPolicy(String),
+    #[error("aaguid_names: {0}")]
+    AaguidNames(String),
 }
 
 impl ControlPlaneConfig {
@@ -281,6 +329,10 @@ impl ControlPlaneConfig {
         if self.client_ca.is_some() && self.tls_cert.is_none() {
             return Err(ConfigError::ClientCaWithoutTls);
         }
+        crate::mail::SmtpSettings::from_config(self)?;
+        self.passkey_policy
+            .check()
+            .map_err(ConfigError::PasskeyPolicy)?;
         Ok(())
     }
 

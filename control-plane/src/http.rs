@@ -292,7 +292,7 @@ mod tests {
         assert!(head.starts_with("HTTP/1.1 405 "), "{head}");
         assert!(head.contains("allow: GET\r\n"), "{head}");
         let removal = request(addr, "GET", "/v1/me/passkeys/pk_x", "").await;
-        assert!(removal.contains("allow: DELETE\r\n"), "{removal}");
+        assert!(removal.contains("allow: DELETE, PATCH\r\n"), "{removal}");
 
         let api = request(addr, "GET", "/v1/nope", "").await;
         assert!(api.starts_with("HTTP/1.1 404 "), "{api}");

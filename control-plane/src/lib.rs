@@ -32,6 +32,7 @@ mod event_log;
 mod http;
 mod ids;
 mod keys;
+mod mail;
 pub mod metrics;
 mod passkeys;
 mod registry;
@@ -67,7 +68,7 @@ use crate::auth::layer::Authenticated;
 use crate::config::{ConfigError, DatabaseUrl};
 use crate::event_log::{DEFAULT_RING_CAPACITY, EventLog};
 use crate::keys::Keys;
-use crate::passkeys::Passkeys;
+use crate::passkeys::{Passkeys, Providers};
 use crate::registry::Registry;
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
@@ -148,6 +149,8 @@ impl ControlPlane {
     ) -> Result<ControlPlane, ControlPlaneError> {
         config.validate()?;
         let tls = ListenerTls::load(&config)?;
+        // Like the certificates, before the store is touched: a bad file changes nothing.
+        let providers = Providers::load(&config)?;
         crate::metrics::describe();
         let event_log = Arc::new(EventLog::new(DEFAULT_RING_CAPACITY));
         let (store, shared) = open_store(&config.database, Arc::clone(&event_log) as _).await?;
@@ -175,7 +178,7 @@ impl ControlPlane {
         };
         let grpc_addr = local_addr(&grpc_listener, "gRPC", config.grpc_listen)?;
         let http_addr = local_addr(&http_listener, "HTTP", config.http_listen)?;
-        let passkeys = Passkeys::open(&config, http_addr, Arc::clone(&store)).await?;
+        let passkeys = Passkeys::open(&config, http_addr, Arc::clone(&store), providers).await?;
         Ok(ControlPlane {
             registry: Arc::new(Registry::new(config.gateway_timeout, replica_id)),
             shared,

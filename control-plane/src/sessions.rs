@@ -340,6 +340,7 @@ mod tests {
                             backup_eligible: true,
                             backed_up: false,
                             credential_json: "{}".into(),
+                            aaguid: [0; 16],
                         },
                         via: RegisteredVia::Enrollment { token_hash },
                         session: Some(NewSession {

@@ -1,19 +1,25 @@
 //! The rules of the operator operations on users and their passkeys: create, disable and
-//! enable users, issue, list and revoke enrollment links, list and revoke passkeys, sign a
+//! enable users, issue, list and revoke enrollment links, list, rename and revoke passkeys
+//! (and list those the passkey policy would refuse), sign a
 //! user out everywhere, list, rotate and revoke session signing keys. The gRPC layer converts wire messages to the types here; the
 //! store makes each operation one transaction with its events and audit row.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use keygate_proto::Revision;
 use keygate_proto::time::now_unix_ms;
 
 use crate::ids;
+use crate::mail::enrollment::EnrollmentMail;
+use crate::mail::{self, Mailer};
+use crate::passkeys::policy::{PasskeyPolicy, Violation};
+use crate::passkeys::providers::Providers;
 use crate::sessions::Sessions;
 use crate::store::{
     EnrollmentCreated, EnrollmentRecord, EnrollmentRevoked, NewEnrollment, PasskeyRecord,
-    PasskeyRemoval, PasskeyRemoved, Rotated, SigningKeyRecord, SigningKeyRevoked, Store,
-    StoreError, UserChanged, UserCreated, UserRecord,
+    PasskeyRemoval, PasskeyRemoved, PasskeyRename, PasskeyRenamed, Rotated, SigningKeyRecord,
+    SigningKeyRevoked, Store, StoreError, UserChanged, UserCreated, UserRecord, VoidReason,
 };
 
 /// Longest user id, in characters.
@@ -41,6 +47,9 @@ pub enum UserError {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The link was made, its email could not be sent, and the link was revoked.
+    #[error("{0}")]
+    EmailNotSent(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -67,6 +76,36 @@ pub fn clean_passkey_name(name: &str) -> Result<String, String> {
     Ok(name.to_owned())
 }
 
+/// A passkey's new name, given in a rename: as [`clean_passkey_name`], but not empty (a
+/// registration may leave the name out; a rename to nothing is a mistake).
+pub fn clean_new_passkey_name(name: &str) -> Result<String, String> {
+    let name = clean_passkey_name(name)?;
+    if name.is_empty() {
+        return Err(format!(
+            "a passkey's new name must be 1 to {MAX_PASSKEY_NAME_CHARS} characters"
+        ));
+    }
+    Ok(name)
+}
+
+/// How many stored passkeys one page of [`Users::policy_violations`] looks at.
+pub const VIOLATIONS_SCAN_PAGE: usize = 1000;
+
+/// A stored passkey the policy would refuse, and the rule it breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyViolator {
+    pub passkey: PasskeyRecord,
+    pub violation: Violation,
+}
+
+/// One page of [`Users::policy_violations`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViolationsPage {
+    pub violators: Vec<PolicyViolator>,
+    /// Where the next page starts (a passkey id); `None`: the scan is complete.
+    pub next: Option<String>,
+}
+
 /// A freshly issued enrollment link: the only place its token appears.
 #[derive(Clone, PartialEq, Eq)]
 pub struct IssuedEnrollment {
@@ -87,6 +126,15 @@ impl std::fmt::Debug for IssuedEnrollment {
     }
 }
 
+/// An enrollment link that went out by email: everything but the link itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailedEnrollment {
+    pub enrollment_id: String,
+    pub user_id: String,
+    pub emailed_to: String,
+    pub expires_unix_ms: i64,
+}
+
 /// Operator operations on users, passkeys and sessions.
 #[derive(Clone)]
 pub struct Users {
@@ -94,6 +142,12 @@ pub struct Users {
     sessions: Sessions,
     /// Where enrollment links point (the relying party's origin).
     origin: String,
+    /// The SMTP relay enrollment links are emailed through; `None`: email is not configured.
+    mailer: Option<Mailer>,
+    /// Which passkeys may register (to list the stored ones it would refuse).
+    policy: PasskeyPolicy,
+    /// Provider names and icons by AAGUID.
+    providers: Arc<Providers>,
 }
 
 impl Users {
@@ -102,7 +156,30 @@ impl Users {
             store,
             sessions,
             origin,
+            mailer: None,
+            policy: PasskeyPolicy::default(),
+            providers: Arc::new(Providers::empty()),
         }
+    }
+
+    /// These operations, judging stored passkeys by `policy` and naming their providers from
+    /// `providers` (by default nothing violates and every provider is unknown).
+    pub fn with_passkey_policy(self, policy: PasskeyPolicy, providers: Arc<Providers>) -> Self {
+        Self {
+            policy,
+            providers,
+            ..self
+        }
+    }
+
+    /// Provider names and icons by AAGUID.
+    pub fn providers(&self) -> &Providers {
+        &self.providers
+    }
+
+    /// These operations, emailing enrollment links through `mailer` when there is one.
+    pub fn with_mailer(self, mailer: Option<Mailer>) -> Self {
+        Self { mailer, ..self }
     }
 
     /// Creates a user. The first user also brings the first session signing key, so that
@@ -174,6 +251,83 @@ impl Users {
         }
     }
 
+    /// Issues a one-time enrollment link for the user and emails it to `email` instead of
+    /// returning it. Refused before any link exists when email is not configured or the
+    /// address is malformed. When the relay does not take the message, the link is revoked
+    /// (audited as `enrollment.void`, reason `email_failed`) and the error says so: the token
+    /// has then been nowhere but in this process.
+    pub async fn email_enrollment(
+        &self,
+        user_id: &str,
+        lifetime: Option<Duration>,
+        email: &str,
+        actor: &str,
+    ) -> Result<EmailedEnrollment, UserError> {
+        let Some(mailer) = self.mailer.clone() else {
+            return Err(UserError::FailedPrecondition(
+                "this control plane sends no email: set smtp_url, smtp_from and org_name in \
+                 its config to email enrollment links"
+                    .into(),
+            ));
+        };
+        let to = mail::recipient(email).map_err(UserError::InvalidArgument)?;
+        let issued = self.create_enrollment(user_id, lifetime, actor).await?;
+        // Sending and, on failure, revoking run to the end even when the caller goes away
+        // meanwhile: the link ends up emailed, or revoked, never open and undelivered.
+        let store = std::sync::Arc::clone(&self.store);
+        let actor = actor.to_owned();
+        let delivery = tokio::spawn(async move {
+            let mail = EnrollmentMail {
+                org_name: mailer.org_name(),
+                from: mailer.from(),
+                to: &to,
+                user_id: &issued.user_id,
+                link: &issued.link,
+                expires_unix_ms: issued.expires_unix_ms,
+            };
+            let sent = match mail.message() {
+                Ok(message) => mailer.send(message).await,
+                Err(error) => Err(error),
+            };
+            let error = match sent {
+                Ok(()) => {
+                    return Ok(EmailedEnrollment {
+                        enrollment_id: issued.enrollment_id,
+                        user_id: issued.user_id,
+                        emailed_to: to.to_string(),
+                        expires_unix_ms: issued.expires_unix_ms,
+                    });
+                }
+                Err(error) => error,
+            };
+            let (id, user_id) = (&issued.enrollment_id, &issued.user_id);
+            tracing::warn!(%user_id, enrollment_id = %id, relay = %mailer.relay(), %error, "enrollment email not sent; revoking the link");
+            let failed =
+                format!("could not email the enrollment link for {user_id:?} to {to}: {error}");
+            match store
+                .void_enrollment(id, VoidReason::EmailFailed, &actor)
+                .await
+            {
+                Ok(Some(_)) => Err(UserError::EmailNotSent(format!(
+                    "{failed}; the link ({id}) was revoked and cannot be used"
+                ))),
+                outcome => {
+                    let store_error = outcome.err().map(|error| error.to_string());
+                    tracing::error!(enrollment_id = %id, ?store_error, "could not revoke the link whose email failed");
+                    Err(UserError::EmailNotSent(format!(
+                        "{failed}; revoking the link failed too: revoke it with `keygate \
+                         enrollments revoke {id}` (nobody was shown it)"
+                    )))
+                }
+            }
+        });
+        delivery.await.unwrap_or_else(|error| {
+            Err(UserError::EmailNotSent(format!(
+                "the enrollment email task failed ({error}); see `keygate enrollments list`"
+            )))
+        })
+    }
+
     /// The user's enrollment links in every state, newest first.
     pub async fn list_enrollments(
         &self,
@@ -242,6 +396,64 @@ impl Users {
                 format!("user {user_id:?} has no passkey {passkey_id:?}"),
             )),
         }
+    }
+
+    /// Gives one of the user's passkeys a new device name (1 to 64 characters); the passkey as
+    /// it is now.
+    pub async fn rename_passkey(
+        &self,
+        user_id: &str,
+        passkey_id: &str,
+        name: &str,
+        actor: &str,
+    ) -> Result<PasskeyRecord, UserError> {
+        check_user_id(user_id)?;
+        let name = clean_new_passkey_name(name).map_err(UserError::InvalidArgument)?;
+        let rename = PasskeyRename {
+            user_id: user_id.to_owned(),
+            passkey_id: passkey_id.to_owned(),
+            name,
+            action: "passkey.rename",
+        };
+        match self.store.rename_passkey(rename, actor).await? {
+            PasskeyRenamed::Renamed(passkey) => Ok(*passkey),
+            PasskeyRenamed::NotFound => Err(UserError::NotFound(format!(
+                "user {user_id:?} has no passkey {passkey_id:?}"
+            ))),
+        }
+    }
+
+    /// The stored passkeys the policy would refuse now, each with the rule it breaks: `user_id`'s
+    /// all at once, or every user's a page at a time (a scan of at most
+    /// [`VIOLATIONS_SCAN_PAGE`] passkeys after the passkey id `after`; `next` continues it).
+    pub async fn policy_violations(
+        &self,
+        user_id: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<ViolationsPage, UserError> {
+        let (scanned, next) = match user_id {
+            Some(user_id) => (self.list_passkeys(user_id).await?, None),
+            None => {
+                let page = self
+                    .store
+                    .passkeys_page(after, VIOLATIONS_SCAN_PAGE)
+                    .await?;
+                let next = (page.len() == VIOLATIONS_SCAN_PAGE)
+                    .then(|| page.last().map(|passkey| passkey.passkey_id.clone()))
+                    .flatten();
+                (page, next)
+            }
+        };
+        let violators = scanned
+            .into_iter()
+            .filter_map(|passkey| {
+                let judged = self.policy.judge(passkey.aaguid, passkey.backup_eligible);
+                judged
+                    .err()
+                    .map(|violation| PolicyViolator { passkey, violation })
+            })
+            .collect();
+        Ok(ViolationsPage { violators, next })
     }
 
     /// Revokes every session of the user issued until now ("sign out everywhere").

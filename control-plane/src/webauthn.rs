@@ -112,6 +112,9 @@ pub struct VerifiedPasskey {
     pub credential_json: String,
     pub backup_eligible: bool,
     pub backed_up: bool,
+    /// The authenticator model, from the attested credential data (all zero when the
+    /// authenticator keeps it private).
+    pub aaguid: [u8; 16],
 }
 
 /// The state of an authentication ceremony between begin and finish. Always discoverable: any
@@ -209,6 +212,9 @@ impl RelyingParty {
             .webauthn
             .finish_passkey_registration(credential, state)
             .map_err(|e| ceremony_error(&e, Ceremony::Registration))?;
+        // The library checked the attestation object; it does not hand out the AAGUID of a
+        // "none" attestation, so it is read here from the same bytes.
+        let aaguid = registered_aaguid(&credential.response.attestation_object)?;
         let credential_json = serde_json::to_string(&passkey).map_err(internal)?;
         let inner = Credential::from(passkey);
         Ok(VerifiedPasskey {
@@ -216,6 +222,7 @@ impl RelyingParty {
             credential_json,
             backup_eligible: inner.backup_eligible,
             backed_up: inner.backup_state,
+            aaguid,
         })
     }
 
@@ -274,6 +281,45 @@ impl RelyingParty {
             backed_up: inner.backup_state,
         }))
     }
+}
+
+/// Offsets in authenticator data: the RP id hash (32 bytes), the flags (1), the signature
+/// counter (4), then, when the AT flag is set, the attested credential data, which begins with
+/// the AAGUID (16).
+const FLAGS_AT: usize = 32;
+const AAGUID_AT: usize = 37;
+/// The "attested credential data included" flag.
+const FLAG_AT: u8 = 1 << 6;
+
+/// The AAGUID in a registration's attestation object (CBOR `{"fmt","attStmt","authData"}`).
+fn registered_aaguid(attestation_object: &[u8]) -> Result<[u8; 16], CeremonyError> {
+    let malformed = || {
+        CeremonyError::new(
+            "MALFORMED_CREDENTIAL",
+            "the attestation object carries no attested credential data",
+        )
+    };
+    let object: ciborium::Value =
+        ciborium::from_reader(attestation_object).map_err(|_| malformed())?;
+    let auth_data = object
+        .as_map()
+        .and_then(|entries| {
+            entries
+                .iter()
+                .find(|(key, _)| key.as_text() == Some("authData"))
+        })
+        .and_then(|(_, value)| value.as_bytes())
+        .ok_or_else(malformed)?;
+    aaguid_in_auth_data(auth_data).ok_or_else(malformed)
+}
+
+/// The AAGUID in authenticator data, if it has attested credential data.
+fn aaguid_in_auth_data(auth_data: &[u8]) -> Option<[u8; 16]> {
+    let flags = *auth_data.get(FLAGS_AT)?;
+    if flags & FLAG_AT == 0 {
+        return None;
+    }
+    auth_data.get(AAGUID_AT..AAGUID_AT + 16)?.try_into().ok()
 }
 
 /// The library's options are `{"publicKey": {…}, …}`; the API answers with the inner object.
@@ -349,6 +395,29 @@ mod tests {
         assert!(!public.is_plain_http_localhost());
         let lookalike = RelyingParty::new("localhost.example.com", "http://localhost.example.com");
         assert!(!lookalike.unwrap().is_plain_http_localhost());
+    }
+
+    #[test]
+    fn the_aaguid_is_read_from_attested_credential_data_only() {
+        let mut auth_data = vec![0u8; 37];
+        auth_data[FLAGS_AT] = FLAG_AT | 0x05;
+        auth_data.extend_from_slice(&[0xab; 16]);
+        auth_data.extend_from_slice(&[0, 16]);
+        assert_eq!(aaguid_in_auth_data(&auth_data), Some([0xab; 16]));
+        let mut object = Vec::new();
+        let value = ciborium::Value::Map(vec![
+            ("fmt".into(), "none".into()),
+            ("attStmt".into(), ciborium::Value::Map(vec![])),
+            ("authData".into(), ciborium::Value::Bytes(auth_data.clone())),
+        ]);
+        ciborium::into_writer(&value, &mut object).unwrap();
+        assert_eq!(registered_aaguid(&object).unwrap(), [0xab; 16]);
+
+        auth_data[FLAGS_AT] = 0x05;
+        assert_eq!(aaguid_in_auth_data(&auth_data), None, "no AT flag");
+        assert_eq!(aaguid_in_auth_data(&[0; 40]), None, "too short");
+        let refused = registered_aaguid(b"not cbor").unwrap_err();
+        assert_eq!(refused.code, "MALFORMED_CREDENTIAL");
     }
 
     #[test]

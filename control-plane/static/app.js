@@ -1,247 +1,111 @@
-// The self-service passkey page: enroll from a link, sign in, list, add and remove passkeys,
-// sign out. Plain JavaScript, no build step. The session lives in an HttpOnly cookie that this
-// script never sees; the API answers 401 when there is none.
-"use strict";
+// The self-service passkey page, no build step: enroll from a link, sign in (from the username
+// field's autofill where the browser offers passkeys there, and always with a button), see and
+// manage one's passkeys, sign out. This is the entry module; the others are
+//   api.js         the JSON API and its errors
+//   view.js        which view shows, the error and notice boxes
+//   ceremonies.js  the WebAuthn ceremonies (enroll, add, sign in)
+//   list.js        the passkey list: provider, rename, remove
+//   signals.js     the WebAuthn Signal API (tell the password manager what still works)
+// The session lives in an HttpOnly cookie that this script never sees; the API answers 401 when
+// there is none.
 
-const $ = (id) => document.getElementById(id);
+import { ApiError, api } from "./api.js";
+import * as ceremonies from "./ceremonies.js";
+import { renderPasskeys } from "./list.js";
+import * as signals from "./signals.js";
+import { $, busy, isShown, show, showError, showNotice } from "./view.js";
 
-// --- base64url <-> ArrayBuffer -------------------------------------------------------------
+/** What the passkey list may ask of the page. */
+const account = { reload: loadAccount, signedOut: showSignIn };
 
-function fromBase64url(text) {
-  const base64 = text.replace(/-/g, "+").replace(/_/g, "/");
-  const padded = base64 + "=".repeat((4 - (base64.length % 4)) % 4);
-  const binary = atob(padded);
-  const bytes = new Uint8Array(binary.length);
-  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
-  return bytes.buffer;
-}
-
-function toBase64url(buffer) {
-  const bytes = new Uint8Array(buffer);
-  let binary = "";
-  for (const byte of bytes) binary += String.fromCharCode(byte);
-  return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-}
-
-/** The server's creation options (binary fields base64url) as the browser wants them. */
-function creationOptions(json) {
-  const options = { ...json, challenge: fromBase64url(json.challenge) };
-  options.user = { ...json.user, id: fromBase64url(json.user.id) };
-  if (json.excludeCredentials) {
-    options.excludeCredentials = json.excludeCredentials.map((c) => ({ ...c, id: fromBase64url(c.id) }));
-  }
-  return options;
-}
-
-/** The server's request options as the browser wants them. */
-function requestOptions(json) {
-  const options = { ...json, challenge: fromBase64url(json.challenge) };
-  if (json.allowCredentials) {
-    options.allowCredentials = json.allowCredentials.map((c) => ({ ...c, id: fromBase64url(c.id) }));
-  }
-  return options;
-}
-
-/** A registration result as JSON for the server. */
-function registrationJson(credential) {
-  const response = credential.response;
-  return {
-    id: credential.id,
-    rawId: toBase64url(credential.rawId),
-    type: credential.type,
-    response: {
-      attestationObject: toBase64url(response.attestationObject),
-      clientDataJSON: toBase64url(response.clientDataJSON),
-      transports: typeof response.getTransports === "function" ? response.getTransports() : undefined,
-    },
-    extensions: credential.getClientExtensionResults(),
-  };
-}
-
-/** An authentication result as JSON for the server. */
-function assertionJson(credential) {
-  const response = credential.response;
-  return {
-    id: credential.id,
-    rawId: toBase64url(credential.rawId),
-    type: credential.type,
-    response: {
-      authenticatorData: toBase64url(response.authenticatorData),
-      clientDataJSON: toBase64url(response.clientDataJSON),
-      signature: toBase64url(response.signature),
-      userHandle: response.userHandle ? toBase64url(response.userHandle) : null,
-    },
-    extensions: credential.getClientExtensionResults(),
-  };
-}
-
-// --- the API -------------------------------------------------------------------------------
-
-class ApiError extends Error {
-  constructor(status, code, message) {
-    super(message);
-    this.status = status;
-    this.code = code;
-  }
-}
-
-async function api(method, path, body) {
-  const init = { method, credentials: "same-origin", headers: {} };
-  if (body !== undefined) {
-    init.headers["content-type"] = "application/json";
-    init.body = JSON.stringify(body);
-  }
-  const response = await fetch(path, init);
-  const text = await response.text();
-  let json = null;
-  try { json = text ? JSON.parse(text) : null; } catch (_) { json = null; }
-  if (!response.ok) {
-    const error = (json && json.error) || {};
-    throw new ApiError(response.status, error.code || "HTTP_" + response.status,
-      error.message || "The server answered " + response.status + ".");
-  }
-  return json;
-}
-
-// --- what the page shows -------------------------------------------------------------------
-
-const views = ["view-loading", "view-enroll", "view-signin", "view-account"];
-
-function show(view) {
-  for (const id of views) $(id).hidden = id !== view;
-}
-
-function showError(error) {
-  const box = $("error");
-  if (!error) { box.hidden = true; box.textContent = ""; return; }
-  let message = error.message || String(error);
-  if (error.name === "NotAllowedError") {
-    message = "The passkey prompt was closed or timed out. Nothing was changed.";
-  } else if (error.name === "InvalidStateError") {
-    message = "This authenticator already holds a passkey for this account.";
-  }
-  box.textContent = message;
-  box.dataset.code = error.code || error.name || "";
-  box.hidden = false;
-}
-
-function showNotice(text) {
-  const box = $("notice");
-  box.textContent = text || "";
-  box.hidden = !text;
-}
-
-function formatTime(value) {
-  if (!value) return "never";
-  const date = new Date(value);
-  return date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
-}
-
-async function busy(button, work) {
-  showError(null);
-  showNotice(null);
-  button.disabled = true;
-  try {
-    await work();
-  } catch (error) {
-    showError(error);
-    if (error instanceof ApiError && error.status === 401 && !$("view-account").hidden) {
-      show("view-signin");
-    }
-  } finally {
-    button.disabled = false;
-  }
-}
-
-function renderPasskeys(me) {
-  $("account-user").textContent = me.userId;
-  const list = $("passkey-list");
-  list.replaceChildren();
-  for (const passkey of me.passkeys) {
-    const item = document.createElement("li");
-    item.dataset.passkeyId = passkey.id;
-    item.dataset.testid = "passkey";
-
-    const text = document.createElement("div");
-    const name = document.createElement("div");
-    name.className = "passkey-name";
-    name.dataset.testid = "passkey-name";
-    name.textContent = passkey.name || "Unnamed passkey";
-    if (passkey.id === me.currentPasskeyId) {
-      const badge = document.createElement("span");
-      badge.className = "badge";
-      badge.textContent = "signed in with this one";
-      name.append(badge);
-    }
-    const meta = document.createElement("div");
-    meta.className = "passkey-meta";
-    meta.dataset.testid = "passkey-meta";
-    const kind = passkey.deviceType === "multi_device" ? "synced passkey" : "device-bound passkey";
-    meta.textContent = "Created " + formatTime(passkey.created) + " · last used "
-      + formatTime(passkey.lastUsed) + " · " + kind;
-    text.append(name, meta);
-
-    const remove = document.createElement("button");
-    remove.type = "button";
-    remove.className = "danger";
-    remove.dataset.testid = "remove-passkey";
-    remove.textContent = "Remove";
-    remove.addEventListener("click", () => removePasskey(remove, passkey));
-
-    item.append(text, remove);
-    list.append(item);
-  }
-}
+/** The autofill sign-in waiting for the user to pick a passkey, if one is. */
+let autofill = null;
 
 async function loadAccount() {
   const me = await api("GET", "/v1/me/passkeys");
-  renderPasskeys(me);
+  stopAutofill();
+  renderPasskeys(me, account);
   show("view-account");
+  // The list is the server's word on which of the user's passkeys still work: the password
+  // manager may forget the others (removed here, or revoked by an operator), and should show
+  // the user's current name.
+  signals.acceptedCredentials(me);
+  signals.currentUserDetails(me);
+}
+
+/** Shows the sign-in view, with `notice` if given, and offers passkeys in autofill. */
+function showSignIn(notice) {
+  show("view-signin");
+  if (notice) showNotice(notice);
+  offerAutofill();
+}
+
+/** How the last sign-in happened ("autofill" or "button"), for whoever watches the page. */
+async function signedIn(via) {
+  document.body.dataset.signedInVia = via;
+  await loadAccount();
+}
+
+/**
+ * Where the browser offers passkeys in autofill, shows the username field and starts a
+ * conditional request that waits until the user picks a passkey there (or the button, or a
+ * sign-in, stops it). Elsewhere only the button is shown.
+ */
+async function offerAutofill() {
+  stopAutofill();
+  const offered = await ceremonies.autofillAvailable();
+  $("signin-autofill").hidden = !offered;
+  $("signin-username").hidden = !offered;
+  $("view-signin").dataset.autofill = offered ? "offered" : "unavailable";
+  if (!offered || !isShown("view-signin")) return;
+  stopAutofill();
+  const controller = new AbortController();
+  autofill = controller;
+  try {
+    await ceremonies.signIn({ autofill: true, signal: controller.signal });
+  } catch (error) {
+    if (autofill === controller) autofill = null;
+    // Stopped on purpose, or nothing picked (a browser with no passkey for this site may end
+    // the request at once): the button is still there.
+    if (controller.signal.aborted || error.name === "NotAllowedError" || error.name === "AbortError") return;
+    showError(error);
+    return;
+  }
+  if (autofill === controller) autofill = null;
+  showError(null);
+  showNotice(null);
+  await signedIn("autofill").catch(showError);
+}
+
+function stopAutofill() {
+  if (autofill) {
+    autofill.abort();
+    autofill = null;
+  }
 }
 
 // --- actions -------------------------------------------------------------------------------
 
 async function enroll(token) {
-  const begun = await api("POST", "/v1/enroll/begin", { token, name: $("enroll-name").value });
-  const credential = await navigator.credentials.create({ publicKey: creationOptions(begun.publicKey) });
-  await api("POST", "/v1/enroll/finish", { ceremonyId: begun.ceremonyId, credential: registrationJson(credential) });
+  await ceremonies.enroll(token, $("enroll-name").value);
   // The link is spent: forget it, so a reload does not offer it again.
   history.replaceState(null, "", location.pathname);
   await loadAccount();
   showNotice("Your passkey is registered and you are signed in.");
 }
 
-async function signIn() {
-  const begun = await api("POST", "/v1/login/begin", {});
-  const credential = await navigator.credentials.get({ publicKey: requestOptions(begun.publicKey) });
-  await api("POST", "/v1/login/finish", { ceremonyId: begun.ceremonyId, credential: assertionJson(credential) });
-  await loadAccount();
+async function signInWithButton() {
+  // A browser runs one passkey request at a time: the button's replaces autofill's.
+  stopAutofill();
+  await ceremonies.signIn();
+  await signedIn("button");
 }
 
 async function addPasskey() {
-  const begun = await api("POST", "/v1/me/passkeys/begin", { name: $("add-name").value });
-  const credential = await navigator.credentials.create({ publicKey: creationOptions(begun.publicKey) });
-  await api("POST", "/v1/me/passkeys/finish", { ceremonyId: begun.ceremonyId, credential: registrationJson(credential) });
+  await ceremonies.addPasskey($("add-name").value);
   $("add-name").value = "";
   await loadAccount();
   showNotice("Passkey added.");
-}
-
-async function removePasskey(button, passkey) {
-  const name = passkey.name || "this unnamed passkey";
-  if (!confirm("Remove " + name + "? It will no longer sign you in, and every session it started ends.")) {
-    return;
-  }
-  await busy(button, async () => {
-    const removed = await api("DELETE", "/v1/me/passkeys/" + encodeURIComponent(passkey.id));
-    if (removed.signedOut) {
-      show("view-signin");
-      showNotice("Passkey removed. It was the one you signed in with, so you are signed out.");
-      return;
-    }
-    await loadAccount();
-    showNotice("Passkey removed.");
-  });
 }
 
 async function signOut() {
@@ -250,8 +114,19 @@ async function signOut() {
   } catch (error) {
     if (!(error instanceof ApiError && error.status === 401)) throw error;
   }
-  show("view-signin");
-  showNotice("You are signed out.");
+  showSignIn("You are signed out.");
+}
+
+/** Where a 401 from an account action takes the user: to sign in again. */
+function sessionEnded() {
+  if (isShown("view-account")) showSignIn();
+}
+
+/** What to tell someone whose session cookie the server refused at load. */
+function endedSessionNotice(error) {
+  if (error.code === "REVOKED") return "Your session was ended (it, or the passkey it came from, was revoked). Sign in again.";
+  if (error.code === "EXPIRED") return "Your session has expired. Sign in again.";
+  return null;
 }
 
 // --- start ---------------------------------------------------------------------------------
@@ -263,9 +138,12 @@ async function start() {
   const match = /^#enroll=([A-Za-z0-9_-]+)$/.exec(location.hash);
   const token = match ? match[1] : null;
   $("enroll-button").addEventListener("click", (event) => busy(event.currentTarget, () => enroll(token)));
-  $("signin-button").addEventListener("click", (event) => busy(event.currentTarget, signIn));
-  $("add-button").addEventListener("click", (event) => busy(event.currentTarget, addPasskey));
-  $("signout-button").addEventListener("click", (event) => busy(event.currentTarget, signOut));
+  $("signin-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    busy($("signin-button"), signInWithButton);
+  });
+  $("add-button").addEventListener("click", (event) => busy(event.currentTarget, addPasskey, sessionEnded));
+  $("signout-button").addEventListener("click", (event) => busy(event.currentTarget, signOut, sessionEnded));
   if (token) {
     show("view-enroll");
     return;
@@ -273,8 +151,12 @@ async function start() {
   try {
     await loadAccount();
   } catch (error) {
-    show("view-signin");
-    if (!(error instanceof ApiError && error.status === 401)) showError(error);
+    if (error instanceof ApiError && error.status === 401) {
+      showSignIn(endedSessionNotice(error));
+    } else {
+      showSignIn();
+      showError(error);
+    }
   }
 }
 

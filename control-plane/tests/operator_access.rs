@@ -57,6 +57,8 @@ enum Rpc {
     SetUserEnabled,
     CreateEnrollment,
     ListPasskeys,
+    ListPolicyViolations,
+    RenamePasskey,
     RevokePasskey,
     RevokeSessions,
     RotateSigningKey,
@@ -107,6 +109,12 @@ const ALLOWED: &[(&str, Rpc, &[&str])] = &[
         &["passkeys:write"],
     ),
     ("ListPasskeys", Rpc::ListPasskeys, &["passkeys:read"]),
+    (
+        "ListPasskeys",
+        Rpc::ListPolicyViolations,
+        &["passkeys:read"],
+    ),
+    ("RenamePasskey", Rpc::RenamePasskey, &["passkeys:write"]),
     ("RevokePasskey", Rpc::RevokePasskey, &["passkeys:write"]),
     ("RevokeSessions", Rpc::RevokeSessions, &["passkeys:write"]),
     ("RotateSigningKey", Rpc::RotateSigningKey, &[]),
@@ -254,6 +262,7 @@ async fn call(
                 pb::CreateEnrollmentRequest {
                     user_id: "alice".into(),
                     expires_in_ms: 0,
+                    ..Default::default()
                 },
                 t,
             ))
@@ -263,6 +272,28 @@ async fn call(
             .list_passkeys(with_token(
                 pb::ListPasskeysRequest {
                     user_id: "alice".into(),
+                    ..Default::default()
+                },
+                t,
+            ))
+            .await
+            .map(drop),
+        Rpc::ListPolicyViolations => client
+            .list_passkeys(with_token(
+                pb::ListPasskeysRequest {
+                    policy_violations: true,
+                    ..Default::default()
+                },
+                t,
+            ))
+            .await
+            .map(drop),
+        Rpc::RenamePasskey => client
+            .rename_passkey(with_token(
+                pb::RenamePasskeyRequest {
+                    user_id: "alice".into(),
+                    passkey_id: "pk_0000000000000000000000".into(),
+                    name: "renamed".into(),
                 },
                 t,
             ))

@@ -2,6 +2,7 @@
 //! directly instead) and prints either one JSON object (`--json`) or short lines for a person.
 
 pub mod audit;
+pub mod bulk_enrollments;
 pub mod enrollments;
 pub mod gateways;
 pub mod keys;

@@ -1,4 +1,5 @@
-//! `keygate passkeys list|revoke --user U …`.
+//! `keygate passkeys list|rename|revoke --user U …`, and `keygate passkeys list
+//! --policy-violations`.
 
 use keygate_proto::pb;
 use serde_json::json;
@@ -14,10 +15,15 @@ pub async fn run(client_args: &ClientArgs, command: PasskeysCommand) -> Result<(
     let mut client = admin_client::connect_as(client_args).await?;
     let json = client_args.json;
     match command {
-        PasskeysCommand::List { user } => {
+        PasskeysCommand::List {
+            user,
+            policy_violations: false,
+        } => {
+            let user = user.unwrap_or_default();
             let listed = client
                 .list_passkeys(pb::ListPasskeysRequest {
                     user_id: user.clone(),
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_failure)?
@@ -31,6 +37,64 @@ pub async fn run(client_args: &ClientArgs, command: PasskeysCommand) -> Result<(
                 for passkey in &listed.passkeys {
                     println!("{}", passkey_line(passkey));
                 }
+            }
+            Ok(())
+        }
+        PasskeysCommand::List {
+            user,
+            policy_violations: true,
+        } => {
+            let violators = policy_violations(&mut client, user.as_deref()).await?;
+            if json {
+                let passkeys: Vec<_> = violators
+                    .iter()
+                    .map(|passkey| {
+                        let mut listed = passkey_json(passkey);
+                        listed["policyViolation"] = passkey.policy_violation.clone().into();
+                        listed
+                    })
+                    .collect();
+                print_json(&json!({
+                    "userId": user,
+                    "policyViolations": true,
+                    "passkeys": passkeys,
+                }));
+            } else if violators.is_empty() {
+                println!("No stored passkey breaks the passkey policy.");
+            } else {
+                for passkey in &violators {
+                    println!("{}  user {}", passkey_line(passkey), passkey.user_id);
+                    println!("    refused: {}", passkey.policy_violation);
+                }
+            }
+            Ok(())
+        }
+        PasskeysCommand::Rename {
+            user,
+            passkey_id,
+            name,
+        } => {
+            let renamed = client
+                .rename_passkey(pb::RenamePasskeyRequest {
+                    user_id: user.clone(),
+                    passkey_id,
+                    name,
+                })
+                .await
+                .map_err(status_failure)?
+                .into_inner();
+            if json {
+                print_json(&json!({
+                    "userId": user,
+                    "passkeyId": renamed.passkey_id,
+                    "name": renamed.name,
+                    "passkey": passkey_json(&renamed),
+                }));
+            } else {
+                println!(
+                    "Renamed passkey {} of {user} to {:?}.",
+                    renamed.passkey_id, renamed.name
+                );
             }
             Ok(())
         }
@@ -65,5 +129,31 @@ pub async fn run(client_args: &ClientArgs, command: PasskeysCommand) -> Result<(
                 waited,
             )
         }
+    }
+}
+
+/// Every stored passkey (of `user`, or of everyone) that the control plane's passkey policy
+/// refuses, following the scan's cursor to its end.
+async fn policy_violations(
+    client: &mut admin_client::AdminClient,
+    user: Option<&str>,
+) -> Result<Vec<pb::Passkey>, Failure> {
+    let mut violators = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = client
+            .list_passkeys(pb::ListPasskeysRequest {
+                user_id: user.unwrap_or_default().to_owned(),
+                policy_violations: true,
+                cursor,
+            })
+            .await
+            .map_err(status_failure)?
+            .into_inner();
+        violators.extend(page.passkeys);
+        if page.cursor.is_empty() {
+            return Ok(violators);
+        }
+        cursor = page.cursor;
     }
 }

@@ -8,6 +8,7 @@ pub mod fault;
 pub mod otlp;
 pub mod passkeys;
 pub mod processes;
+pub mod smtp;
 pub mod tls;
 
 use std::future::Future;

@@ -10,7 +10,7 @@ mod authenticator;
 
 // Each test binary uses a different part of it.
 #[allow(unused_imports)]
-pub use authenticator::{Credentials, Device, b64};
+pub use authenticator::{BackupFlags, Credentials, Device, b64};
 use serde_json::{Value, json};
 
 use super::{Cluster, Reply, send};
@@ -113,6 +113,7 @@ impl Cluster {
             .create_enrollment(keygate_proto::pb::CreateEnrollmentRequest {
                 user_id: user_id.into(),
                 expires_in_ms: 0,
+                ..Default::default()
             })
             .await
             .expect("create enrollment")

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{Scope, require};
 use crate::http::device_type;
+use crate::passkeys::providers::{Providers, aaguid_text};
 use crate::store::{EnrollmentRecord, PasskeyRecord, SigningKeyRevoked, UserChanged, UserRecord};
 use crate::users::{UserError, Users};
 
@@ -19,6 +20,7 @@ fn status(error: UserError) -> Status {
         UserError::NotFound(message) => Status::not_found(message),
         UserError::AlreadyExists(message) => Status::already_exists(message),
         UserError::FailedPrecondition(message) => Status::failed_precondition(message),
+        UserError::EmailNotSent(message) => Status::aborted(message),
         UserError::Store(error) => {
             tracing::error!(%error, "admin operation failed in the store");
             Status::internal("internal store error; see the control plane's log")
@@ -43,7 +45,8 @@ fn change_message(change: &UserChanged) -> pb::UserChange {
     }
 }
 
-fn passkey_message(passkey: &PasskeyRecord) -> pb::Passkey {
+/// A passkey as operators see it, its provider named from `providers`.
+fn passkey_message(passkey: &PasskeyRecord, providers: &Providers) -> pb::Passkey {
     pb::Passkey {
         passkey_id: passkey.passkey_id.clone(),
         user_id: passkey.user_id.clone(),
@@ -53,6 +56,10 @@ fn passkey_message(passkey: &PasskeyRecord) -> pb::Passkey {
         user_agent: passkey.user_agent.clone(),
         backed_up: passkey.backed_up,
         device_type: device_type(passkey.backup_eligible).to_owned(),
+        provider: providers.name(passkey.aaguid).to_owned(),
+        provider_icon: providers.icon(passkey.aaguid).map(str::to_owned),
+        aaguid: passkey.aaguid.map(aaguid_text).unwrap_or_default(),
+        policy_violation: String::new(),
     }
 }
 
@@ -94,6 +101,20 @@ pub(super) async fn create_enrollment(
     let request = request.into_inner();
     let lifetime =
         (request.expires_in_ms > 0).then(|| Duration::from_millis(request.expires_in_ms));
+    if !request.email.is_empty() {
+        let emailed = users
+            .email_enrollment(&request.user_id, lifetime, &request.email, &actor)
+            .await
+            .map_err(status)?;
+        tracing::info!(user_id = %emailed.user_id, enrollment_id = %emailed.enrollment_id, expires_unix_ms = emailed.expires_unix_ms, %actor, "enrollment link created and emailed");
+        return Ok(Response::new(pb::Enrollment {
+            enrollment_id: emailed.enrollment_id,
+            user_id: emailed.user_id,
+            link: String::new(),
+            expires_unix_ms: emailed.expires_unix_ms,
+            emailed_to: emailed.emailed_to,
+        }));
+    }
     let issued = users
         .create_enrollment(&request.user_id, lifetime, &actor)
         .await
@@ -104,6 +125,7 @@ pub(super) async fn create_enrollment(
         user_id: issued.user_id,
         link: issued.link,
         expires_unix_ms: issued.expires_unix_ms,
+        emailed_to: String::new(),
     }))
 }
 
@@ -112,13 +134,59 @@ pub(super) async fn list_passkeys(
     request: Request<pb::ListPasskeysRequest>,
 ) -> Result<Response<pb::ListPasskeysResponse>, Status> {
     require(&request, Scope::PasskeysRead)?;
-    let passkeys = users
-        .list_passkeys(&request.into_inner().user_id)
+    let request = request.into_inner();
+    let providers = users.providers();
+    if !request.policy_violations {
+        let passkeys = users
+            .list_passkeys(&request.user_id)
+            .await
+            .map_err(status)?;
+        return Ok(Response::new(pb::ListPasskeysResponse {
+            passkeys: passkeys
+                .iter()
+                .map(|passkey| passkey_message(passkey, providers))
+                .collect(),
+            cursor: String::new(),
+        }));
+    }
+    let user_id = (!request.user_id.is_empty()).then_some(request.user_id.as_str());
+    let after = (!request.cursor.is_empty()).then_some(request.cursor.as_str());
+    let page = users
+        .policy_violations(user_id, after)
         .await
         .map_err(status)?;
+    let passkeys = page
+        .violators
+        .iter()
+        .map(|violator| {
+            let passkey = &violator.passkey;
+            let explained = violator
+                .violation
+                .explain(providers.name(passkey.aaguid), passkey.aaguid);
+            pb::Passkey {
+                policy_violation: explained.to_string(),
+                ..passkey_message(passkey, providers)
+            }
+        })
+        .collect();
     Ok(Response::new(pb::ListPasskeysResponse {
-        passkeys: passkeys.iter().map(passkey_message).collect(),
+        passkeys,
+        cursor: page.next.unwrap_or_default(),
     }))
+}
+
+pub(super) async fn rename_passkey(
+    users: &Users,
+    request: Request<pb::RenamePasskeyRequest>,
+) -> Result<Response<pb::Passkey>, Status> {
+    let actor = require(&request, Scope::PasskeysWrite)?.name;
+    let request = request.into_inner();
+    let passkey = users
+        .rename_passkey(&request.user_id, &request.passkey_id, &request.name, &actor)
+        .await
+        .map_err(status)?;
+    tracing::info!(user_id = %passkey.user_id, passkey_id = %passkey.passkey_id, %actor, "passkey renamed");
+    Ok(Response::new(passkey_message(&passkey, users.providers())))
 }
 
 pub(super) async fn revoke_passkey(

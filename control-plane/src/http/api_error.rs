@@ -81,6 +81,7 @@ impl From<Refusal> for ApiError {
             | Refusal::ConflictingSessionCookies
             | Refusal::AuthenticationFailed(_) => StatusCode::UNAUTHORIZED,
             Refusal::InvalidName(_)
+            | Refusal::PolicyRefused(_)
             | Refusal::CeremonyUnknown
             | Refusal::CeremonyExpired
             | Refusal::MalformedCredential(_) => StatusCode::BAD_REQUEST,
@@ -164,6 +165,7 @@ mod tests {
             (Refusal::NotSignedIn, 401),
             (Refusal::Session(SessionRefusal::Expired), 401),
             (Refusal::InvalidName(String::new()), 400),
+            (Refusal::PolicyRefused(String::new()), 400),
             (Refusal::EnrollmentNotFound, 404),
             (Refusal::EnrollmentUsed, 410),
             (Refusal::EnrollmentExpired, 410),

@@ -6,8 +6,8 @@
 //! - signed in (cookie `__Host-keygate_session`, or `keygate_session` on plain-HTTP localhost,
 //!   or `Authorization: Bearer`): `GET /v1/me/passkeys`,
 //!   `POST /v1/me/passkeys/begin {"name"?}` + `/finish`, `DELETE /v1/me/passkeys/{id}`,
-//!   `POST /v1/logout`
-//! - `GET /` (and `/index.html`, `/app.js`): the page (`page.rs`).
+//!   `PATCH /v1/me/passkeys/{id} {"name"}` (rename), `POST /v1/logout`
+//! - `GET /` (and `/index.html`, its scripts `/app.js`, …): the page (`page.rs`).
 //!
 //! A handler extracts (caller checks in `caller.rs`, bodies in `json_body.rs`), calls one rule,
 //! and maps its outcome to a status, JSON and cookies. Every refusal is
@@ -24,6 +24,8 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::map_response_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use keygate_proto::time::{now_unix_ms, rfc3339};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -35,6 +37,7 @@ use super::cookies::{ClearSessionCookie, SessionCookie};
 use super::forwarded::TrustedProxies;
 use super::json_body::{JsonBody, JsonBodyOrEmpty};
 use super::page;
+use crate::passkeys::providers::{Providers, aaguid_text};
 use crate::passkeys::refusal::Refusal;
 use crate::passkeys::self_service::{Begun, IssuedSession, SelfService};
 use crate::store::PasskeyRecord;
@@ -105,10 +108,13 @@ impl PasskeyApi {
 
 /// The page's and the API's routes.
 pub fn router(api: Arc<PasskeyApi>) -> Router {
-    Router::new()
+    page::SCRIPTS
+        .into_iter()
+        .fold(Router::new(), |router, (path, source)| {
+            router.route(path, get_only(move || page::script(source)))
+        })
         .route("/", get_only(page::index))
         .route("/index.html", get_only(page::index))
-        .route("/app.js", get_only(page::script))
         .route("/v1/enroll/begin", post_only(enroll_begin))
         .route("/v1/enroll/finish", post_only(enroll_finish))
         .route("/v1/login/begin", post_only(login_begin))
@@ -116,7 +122,10 @@ pub fn router(api: Arc<PasskeyApi>) -> Router {
         .route("/v1/me/passkeys", get_only(my_passkeys))
         .route("/v1/me/passkeys/begin", post_only(add_begin))
         .route("/v1/me/passkeys/finish", post_only(add_finish))
-        .route("/v1/me/passkeys/{passkey_id}", delete_only(remove_passkey))
+        .route(
+            "/v1/me/passkeys/{passkey_id}",
+            delete_or_patch(remove_passkey, rename_passkey),
+        )
         .route("/v1/logout", post_only(logout))
         .layer(map_response_with_state(Arc::clone(&api), finish))
         .with_state(api)
@@ -132,8 +141,18 @@ fn post_only<H: Handler<T, Arc<PasskeyApi>>, T: 'static>(handler: H) -> ApiRoute
     only(MethodFilter::POST, "POST", handler)
 }
 
-fn delete_only<H: Handler<T, Arc<PasskeyApi>>, T: 'static>(handler: H) -> ApiRoute {
-    only(MethodFilter::DELETE, "DELETE", handler)
+/// One passkey's route: `DELETE` removes it, `PATCH` renames it.
+fn delete_or_patch<D, P, TD, TP>(delete: D, patch: P) -> ApiRoute
+where
+    D: Handler<TD, Arc<PasskeyApi>>,
+    P: Handler<TP, Arc<PasskeyApi>>,
+    TD: 'static,
+    TP: 'static,
+{
+    refusing_others(
+        on(MethodFilter::DELETE, delete).on(MethodFilter::PATCH, patch),
+        "DELETE, PATCH",
+    )
 }
 
 /// A route answering one method; any other (HEAD included: axum would run the GET handler) is
@@ -143,6 +162,12 @@ where
     H: Handler<T, Arc<PasskeyApi>>,
     T: 'static,
 {
+    refusing_others(on(method, handler), allowed)
+}
+
+/// `route`, answering every method it does not (HEAD included) with 405 METHOD_NOT_ALLOWED and
+/// `Allow: allowed`.
+fn refusing_others(route: ApiRoute, allowed: &'static str) -> ApiRoute {
     let refuse = move |uri: Uri| async move {
         let mut response = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -155,9 +180,7 @@ where
             .insert(ALLOW, HeaderValue::from_static(allowed));
         response
     };
-    on(method, handler)
-        .on(MethodFilter::HEAD, refuse)
-        .fallback(refuse)
+    route.on(MethodFilter::HEAD, refuse).fallback(refuse)
 }
 
 /// What every answer of the API gets: no caching, no sniffing, and the cleared cookie an error
@@ -208,6 +231,13 @@ struct LoginBegin {
 struct AddBegin {
     #[serde(default)]
     name: Option<String>,
+}
+
+/// `{"name"}`
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Rename {
+    name: String,
 }
 
 /// `{"ceremonyId","credential"}`
@@ -287,11 +317,20 @@ async fn my_passkeys(
     Caller(signed_in): Caller,
 ) -> Result<Response, ApiError> {
     let passkeys = api.rules.passkeys(&signed_in).await?;
-    let passkeys: Vec<Value> = passkeys.iter().map(passkey_json).collect();
+    let handle = api.rules.user_handle(&signed_in).await?;
+    let providers = api.rules.providers();
+    let passkeys: Vec<Value> = passkeys
+        .iter()
+        .map(|passkey| passkey_json(passkey, providers))
+        .collect();
     Ok(super::json_response(
         StatusCode::OK,
         &json!({
             "userId": signed_in.user_id,
+            // What the page's WebAuthn Signal API calls name: the relying party, the user's
+            // handle (base64url) and, on each passkey, its credential id.
+            "rpId": api.rules.relying_party().rp_id(),
+            "userHandle": URL_SAFE_NO_PAD.encode(handle),
             "currentPasskeyId": signed_in.passkey_id,
             "sessionExpires": rfc3339(signed_in.expires_unix_ms),
             "passkeys": passkeys,
@@ -326,7 +365,7 @@ async fn add_finish(
         .await?;
     Ok(super::json_response(
         StatusCode::CREATED,
-        &json!({ "passkey": passkey_json(&passkey) }),
+        &json!({ "passkey": passkey_json(&passkey, api.rules.providers()) }),
     ))
 }
 
@@ -336,11 +375,7 @@ async fn remove_passkey(
     Caller(signed_in): Caller,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    // The id as sent, not percent-decoded: ids are base62, so an encoded one is no id.
-    let passkey_id = uri
-        .path()
-        .strip_prefix(PASSKEY_PATH_PREFIX)
-        .unwrap_or_default();
+    let passkey_id = passkey_id_in(&uri);
     let removed = api.rules.remove_passkey(&signed_in, passkey_id).await?;
     let mut response = super::json_response(
         StatusCode::OK,
@@ -354,6 +389,24 @@ async fn remove_passkey(
         api.cookie.clear_in(response.headers_mut());
     }
     Ok(response)
+}
+
+async fn rename_passkey(
+    State(api): Api,
+    _: Admitted,
+    Caller(signed_in): Caller,
+    uri: Uri,
+    JsonBody(body): JsonBody<Rename>,
+) -> Result<Response, ApiError> {
+    let passkey_id = passkey_id_in(&uri);
+    let passkey = api
+        .rules
+        .rename_passkey(&signed_in, passkey_id, &body.name)
+        .await?;
+    Ok(super::json_response(
+        StatusCode::OK,
+        &json!({ "passkey": passkey_json(&passkey, api.rules.providers()) }),
+    ))
 }
 
 async fn logout(
@@ -370,6 +423,14 @@ async fn logout(
     Ok(response)
 }
 
+/// The passkey id in `/v1/me/passkeys/{id}`, as sent, not percent-decoded: ids are base62, so
+/// an encoded one is no id.
+fn passkey_id_in(uri: &Uri) -> &str {
+    uri.path()
+        .strip_prefix(PASSKEY_PATH_PREFIX)
+        .unwrap_or_default()
+}
+
 /// `{"ceremonyId","publicKey"}`
 fn begun_reply(begun: Begun) -> Response {
     super::json_response(
@@ -378,16 +439,21 @@ fn begun_reply(begun: Begun) -> Response {
     )
 }
 
-/// One passkey as the page lists it.
-fn passkey_json(passkey: &PasskeyRecord) -> Value {
+/// One passkey as the page lists it, with its provider ("Unknown authenticator" when its
+/// AAGUID is not on the list) and the provider's icon (a data URI, or null).
+fn passkey_json(passkey: &PasskeyRecord, providers: &Providers) -> Value {
     json!({
         "id": passkey.passkey_id,
+        "credentialId": URL_SAFE_NO_PAD.encode(&passkey.credential_id),
         "name": passkey.name,
         "created": rfc3339(passkey.created_unix_ms),
         "lastUsed": passkey.last_used_unix_ms.map(rfc3339),
         "userAgent": passkey.user_agent,
         "backedUp": passkey.backed_up,
         "deviceType": device_type(passkey.backup_eligible),
+        "provider": providers.name(passkey.aaguid),
+        "providerIcon": providers.icon(passkey.aaguid),
+        "aaguid": passkey.aaguid.map(aaguid_text),
     })
 }
 

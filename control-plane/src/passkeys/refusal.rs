@@ -72,6 +72,10 @@ pub enum Refusal {
     AuthenticationFailed(&'static str),
     #[error("this passkey is registered already")]
     CredentialExists,
+    /// The passkey breaks `[passkey_policy]` (the message names the rule and the
+    /// authenticator); nothing was stored.
+    #[error("this passkey is not accepted here: {0}; use another passkey provider or device")]
+    PolicyRefused(String),
     /// The signed-in user has no passkey with this id (as given, shortened).
     #[error("you have no passkey {:?}", .0.chars().take(MAX_ECHOED_ID_CHARS).collect::<String>())]
     PasskeyNotFound(String),
@@ -110,6 +114,7 @@ impl Refusal {
             Self::MalformedCredential(_) => "MALFORMED_CREDENTIAL",
             Self::AuthenticationFailed(_) => "AUTHENTICATION_FAILED",
             Self::CredentialExists => "CREDENTIAL_EXISTS",
+            Self::PolicyRefused(_) => "POLICY_REFUSED",
             Self::PasskeyNotFound(_) => "NOT_FOUND",
             Self::LastPasskey => "LAST_PASSKEY",
             Self::Store(_) | Self::Internal(_) => "INTERNAL",

@@ -30,6 +30,8 @@ use keygate_proto::time::now_unix_ms;
 use serde_json::Value;
 use webauthn_rs::prelude::{PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential};
 
+use super::policy::PasskeyPolicy;
+use super::providers::Providers;
 use super::refusal::Refusal;
 use keygate_ratelimit::{KeyedLimiter, Rate, client_bucket};
 
@@ -38,9 +40,10 @@ use crate::ids;
 use crate::sessions::{SessionRefusal, Sessions, SignedIn};
 use crate::store::{
     CeremonyLimits, LoggedIn, Login, NewPasskey, NewSession, PasskeyRecord, PasskeyRemoval,
-    PasskeyRemoved, Registered, RegisteredVia, Registration, SessionRecord, Store,
+    PasskeyRemoved, PasskeyRename, PasskeyRenamed, Registered, RegisteredVia, Registration,
+    SessionRecord, Store,
 };
-use crate::users::{MAX_USER_ID_CHARS, clean_passkey_name};
+use crate::users::{MAX_USER_ID_CHARS, clean_new_passkey_name, clean_passkey_name};
 use crate::webauthn::{LoginState, RelyingParty, VerifiedPasskey};
 
 /// Longest `User-Agent` kept with a passkey or a session.
@@ -129,6 +132,10 @@ pub struct SelfService {
     ceremonies: Ceremonies,
     per_address: KeyedLimiter<IpAddr>,
     per_user: KeyedLimiter<String>,
+    /// Which passkeys may register.
+    policy: PasskeyPolicy,
+    /// Provider names by AAGUID, for the listing and for refusals.
+    providers: Arc<Providers>,
 }
 
 impl SelfService {
@@ -152,7 +159,24 @@ impl SelfService {
             sessions,
             per_address: KeyedLimiter::new(limits.per_address, MAX_BUCKETS),
             per_user: KeyedLimiter::new(limits.per_user, MAX_BUCKETS),
+            policy: PasskeyPolicy::default(),
+            providers: Arc::new(Providers::empty()),
         }
+    }
+
+    /// These rules, refusing registrations that break `policy` and naming providers from
+    /// `providers` (by default nothing is refused and every provider is unknown).
+    pub fn with_passkey_policy(self, policy: PasskeyPolicy, providers: Arc<Providers>) -> Self {
+        Self {
+            policy,
+            providers,
+            ..self
+        }
+    }
+
+    /// Provider names and icons by AAGUID.
+    pub fn providers(&self) -> &Providers {
+        &self.providers
     }
 
     /// The relying party (its origin is the only one the page's requests may come from).
@@ -237,6 +261,7 @@ impl SelfService {
             return Err(Refusal::CeremonyUnknown);
         };
         let verified = self.relying_party.finish_registration(credential, &state)?;
+        self.admissible(&verified)?;
         let registration = Registration {
             passkey: new_passkey(&user_id, name, user_agent.clone(), verified),
             via: RegisteredVia::Enrollment { token_hash },
@@ -359,6 +384,17 @@ impl SelfService {
         Ok(self.store.list_passkeys(&signed_in.user_id).await?)
     }
 
+    /// The signed-in user's WebAuthn user handle (the `user.id` of the creation options), which
+    /// the page hands to the WebAuthn Signal API with the credential ids it may keep.
+    pub async fn user_handle(&self, signed_in: &SignedIn) -> Result<[u8; 16], Refusal> {
+        let user = self
+            .store
+            .get_user(&signed_in.user_id)
+            .await?
+            .ok_or(Refusal::UserDisabled)?;
+        Ok(user.handle)
+    }
+
     /// Begins adding a passkey named `name` for the signed-in user, from `client`; only this
     /// session may finish it.
     pub async fn begin_adding(
@@ -413,6 +449,7 @@ impl SelfService {
             return Err(Refusal::CeremonyUnknown);
         }
         let verified = self.relying_party.finish_registration(credential, &state)?;
+        self.admissible(&verified)?;
         let registration = Registration {
             passkey: new_passkey(&user_id, name, user_agent, verified),
             via: RegisteredVia::Session { session_id },
@@ -471,6 +508,37 @@ impl SelfService {
         }
     }
 
+    /// Gives one of the signed-in user's passkeys a new device name (1 to 64 characters, no
+    /// control characters). Someone else's passkey is not found, as for a removal.
+    pub async fn rename_passkey(
+        &self,
+        signed_in: &SignedIn,
+        passkey_id: &str,
+        name: &str,
+    ) -> Result<PasskeyRecord, Refusal> {
+        if !ids::is_valid("pk", passkey_id) {
+            return Err(Refusal::PasskeyNotFound(passkey_id.to_owned()));
+        }
+        let name = clean_new_passkey_name(name).map_err(Refusal::InvalidName)?;
+        let rename = PasskeyRename {
+            user_id: signed_in.user_id.clone(),
+            passkey_id: passkey_id.to_owned(),
+            name,
+            action: "passkey.rename",
+        };
+        match self
+            .store
+            .rename_passkey(rename, &user_actor(&signed_in.user_id))
+            .await?
+        {
+            PasskeyRenamed::Renamed(passkey) => {
+                tracing::info!(user_id = %signed_in.user_id, %passkey_id, "passkey renamed by its user");
+                Ok(*passkey)
+            }
+            PasskeyRenamed::NotFound => Err(Refusal::PasskeyNotFound(passkey_id.to_owned())),
+        }
+    }
+
     /// Ends the caller's session. The revision of its revocation, or `None` when it had ended
     /// already.
     pub async fn sign_out(&self, signed_in: &SignedIn) -> Result<Option<Revision>, Refusal> {
@@ -480,6 +548,19 @@ impl SelfService {
             .await?;
         tracing::info!(user_id = %signed_in.user_id, session_id = %signed_in.session_id, "signed out");
         Ok(revision)
+    }
+
+    /// Refuses a verified passkey that the policy does not admit, before anything is stored
+    /// (the enrollment link stays unused).
+    fn admissible(&self, verified: &VerifiedPasskey) -> Result<(), Refusal> {
+        let aaguid = Some(verified.aaguid);
+        self.policy
+            .judge(aaguid, verified.backup_eligible)
+            .map_err(|violation| {
+                let reason = violation.explain(self.providers.name(aaguid), aaguid);
+                tracing::info!(%reason, "passkey registration refused by the policy");
+                Refusal::PolicyRefused(reason.to_string())
+            })
     }
 
     /// Takes a token from `user_id`'s bucket: only for calls made as that user.
@@ -571,6 +652,7 @@ fn new_passkey(
         backup_eligible: verified.backup_eligible,
         backed_up: verified.backed_up,
         credential_json: verified.credential_json,
+        aaguid: verified.aaguid,
     }
 }
 
@@ -1035,6 +1117,54 @@ mod tests {
             .remove_passkey(&signed_in, &added.passkey_id)
             .await;
         assert!(matches!(last, Err(Refusal::LastPasskey)), "{last:?}");
+    }
+
+    #[tokio::test]
+    async fn a_user_renames_their_own_passkey_only_and_never_to_nothing() {
+        let setup = setup(unlimited()).await;
+        let alice = setup.user_with_link("alice").await;
+        let bob = setup.user_with_link("bob").await;
+        let (alices, bobs) = (Device::new(ORIGIN), Device::new(ORIGIN));
+        let alice = setup
+            .signed_in(&setup.enroll(&alices, &alice).await)
+            .await
+            .unwrap();
+        let bob = setup
+            .signed_in(&setup.enroll(&bobs, &bob).await)
+            .await
+            .unwrap();
+
+        let renamed = setup
+            .rules
+            .rename_passkey(&alice, &alice.passkey_id, "  work laptop ")
+            .await
+            .unwrap();
+        assert_eq!(renamed.name, "work laptop");
+        assert_eq!(renamed.passkey_id, alice.passkey_id);
+        let listed = setup.rules.passkeys(&alice).await.unwrap();
+        assert_eq!(listed, [renamed]);
+
+        let someone_elses = setup
+            .rules
+            .rename_passkey(&bob, &alice.passkey_id, "mine now")
+            .await;
+        assert!(
+            matches!(someone_elses, Err(Refusal::PasskeyNotFound(_))),
+            "{someone_elses:?}"
+        );
+        for bad in ["", "   ", &"x".repeat(65), "tab\there"] {
+            let refused = setup.rules.rename_passkey(&bob, &bob.passkey_id, bad).await;
+            assert!(
+                matches!(&refused, Err(refusal) if refusal.code() == "INVALID_NAME"),
+                "{bad:?}: {refused:?}"
+            );
+        }
+        let unchanged = setup.rules.passkeys(&bob).await.unwrap();
+        assert_eq!(unchanged[0].name, "laptop");
+        assert_eq!(
+            setup.rules.passkeys(&alice).await.unwrap()[0].name,
+            "work laptop"
+        );
     }
 
     #[tokio::test]

@@ -85,6 +85,7 @@ pub const COPIED_TABLES: &[(&str, &[&str])] = &[
             "backup_eligible",
             "backed_up",
             "credential_json",
+            "aaguid",
         ],
     ),
     (
@@ -413,6 +414,7 @@ mod tests {
             backup_eligible: true,
             backed_up: false,
             credential_json: format!("{{\"credential\":{credential}}}"),
+            aaguid: [credential; 16],
         }
     }
 

@@ -1,7 +1,8 @@
 //! Enrollment links: one-time, expiring, revocable, stored only as the hash of their token.
 //!
-//! A link is open until it is used, expires, is revoked by an operator, or is voided because
-//! its user was disabled ([`EnrollmentState`]); only an open link begins or finishes an
+//! A link is open until it is used, expires, is revoked by an operator (or, the same for its
+//! holder, by the control plane when the email carrying it could not be sent), or is voided
+//! because its user was disabled ([`EnrollmentState`]); only an open link begins or finishes an
 //! enrollment. Revoking and voiding are decided here ([`EnrollmentRecord::void`]); the
 //! backends read and write the rows.
 
@@ -38,7 +39,7 @@ pub enum EnrollmentState {
     Open,
     Used,
     Expired,
-    /// Revoked by an operator.
+    /// Revoked by an operator, or because the email carrying it could not be sent.
     Revoked,
     /// Voided because its user was disabled; enabling the user again does not revive it.
     Voided,
@@ -71,6 +72,9 @@ pub enum VoidReason {
     Revoked,
     /// Its user was disabled.
     UserDisabled,
+    /// The email that was to carry it could not be sent (`enrollments create --email`): nobody
+    /// holds it, and nobody may.
+    EmailFailed,
 }
 
 impl VoidReason {
@@ -79,6 +83,7 @@ impl VoidReason {
         match self {
             Self::Revoked => "revoked",
             Self::UserDisabled => "user_disabled",
+            Self::EmailFailed => "email_failed",
         }
     }
 }
@@ -94,6 +99,7 @@ impl Voided {
             None => None,
             Some("revoked") => Some(VoidReason::Revoked),
             Some("user_disabled") => Some(VoidReason::UserDisabled),
+            Some("email_failed") => Some(VoidReason::EmailFailed),
             Some(other) => return Err(format!("enrollment void reason {other:?}")),
         };
         match (at_unix_ms, reason) {
@@ -126,7 +132,7 @@ impl EnrollmentRecord {
             (
                 None,
                 Some(Voided {
-                    reason: VoidReason::Revoked,
+                    reason: VoidReason::Revoked | VoidReason::EmailFailed,
                     ..
                 }),
             ) => EnrollmentState::Revoked,
@@ -162,6 +168,23 @@ impl EnrollmentRecord {
             action: "enrollment.revoke",
             target: self.user_id.clone(),
             detail: json!({ "enrollmentId": self.enrollment_id, "changed": changed }),
+        }
+    }
+
+    /// The audit row of closing the link early for `reason`, whether or not it changed
+    /// anything: an operator's revocation, or `enrollment.void` naming the reason.
+    pub fn void_audit(&self, reason: VoidReason, changed: bool) -> AuditNote {
+        match reason {
+            VoidReason::Revoked => self.revoked_audit(changed),
+            VoidReason::UserDisabled | VoidReason::EmailFailed => AuditNote {
+                action: "enrollment.void",
+                target: self.user_id.clone(),
+                detail: json!({
+                    "enrollmentId": self.enrollment_id,
+                    "reason": reason.as_str(),
+                    "changed": changed,
+                }),
+            },
         }
     }
 
@@ -260,13 +283,26 @@ pub trait EnrollmentStore: Send + Sync {
     /// The user's links (every state, until pruned), newest first.
     async fn list_enrollments(&self, user_id: &str) -> Result<Vec<EnrollmentRecord>, StoreError>;
 
-    /// Revokes the link `enrollment_id` if it is open, with its audit row (written whether or
-    /// not it changed anything) in the same transaction. `None`: no such link.
+    /// Closes the link `enrollment_id` for `reason` if it is open, with its audit row
+    /// ([`EnrollmentRecord::void_audit`], written whether or not it changed anything) in the
+    /// same transaction. `None`: no such link.
+    async fn void_enrollment(
+        &self,
+        enrollment_id: &str,
+        reason: VoidReason,
+        actor: &str,
+    ) -> Result<Option<EnrollmentRevoked>, StoreError>;
+
+    /// An operator's revocation: [`EnrollmentStore::void_enrollment`] for
+    /// [`VoidReason::Revoked`].
     async fn revoke_enrollment(
         &self,
         enrollment_id: &str,
         actor: &str,
-    ) -> Result<Option<EnrollmentRevoked>, StoreError>;
+    ) -> Result<Option<EnrollmentRevoked>, StoreError> {
+        self.void_enrollment(enrollment_id, VoidReason::Revoked, actor)
+            .await
+    }
 }
 
 #[cfg(test)]
@@ -341,6 +377,10 @@ mod tests {
                 at_unix_ms: 6,
                 reason: VoidReason::UserDisabled,
             }),
+            Some(Voided {
+                at_unix_ms: 7,
+                reason: VoidReason::EmailFailed,
+            }),
         ] {
             let (at, reason) = Voided::columns(voided);
             assert_eq!(Voided::from_columns(at, reason), Ok(voided));
@@ -348,6 +388,24 @@ mod tests {
         assert!(Voided::from_columns(Some(5), None).is_err());
         assert!(Voided::from_columns(None, Some("revoked")).is_err());
         assert!(Voided::from_columns(Some(5), Some("lost")).is_err());
+    }
+
+    #[test]
+    fn a_link_whose_email_failed_is_revoked_for_its_holder_and_audited_with_the_reason() {
+        let mut link = link(1_000);
+        assert!(link.void(600, VoidReason::EmailFailed));
+        assert_eq!(link.state(700), EnrollmentState::Revoked);
+        let note = link.void_audit(VoidReason::EmailFailed, true);
+        assert_eq!(
+            (note.action, note.target.as_str()),
+            ("enrollment.void", "alice")
+        );
+        assert_eq!(
+            note.detail,
+            json!({ "enrollmentId": "enr_1", "reason": "email_failed", "changed": true })
+        );
+        let revoked = link.void_audit(VoidReason::Revoked, false);
+        assert_eq!(revoked.action, "enrollment.revoke");
     }
 
     #[test]

@@ -53,8 +53,8 @@ pub use keys::{
 };
 pub use log::{CommitObserver, EventLogStore, LogBounds, Snapshot};
 pub use passkeys::{
-    LoggedIn, Login, NewPasskey, PasskeyRecord, PasskeyRemoval, PasskeyRemoved, PasskeyStore,
-    Registered, RegisteredVia, Registration, UpdatedCredential,
+    LoggedIn, Login, NewPasskey, PasskeyRecord, PasskeyRemoval, PasskeyRemoved, PasskeyRename,
+    PasskeyRenamed, PasskeyStore, Registered, RegisteredVia, Registration, UpdatedCredential,
 };
 pub use sessions::{NewSession, Pruned, SessionContext, SessionRecord, SessionState, SessionStore};
 pub use signing_keys::{Rotated, SigningKeyRecord, SigningKeyRevoked, SigningKeyStore};

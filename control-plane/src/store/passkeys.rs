@@ -30,6 +30,10 @@ pub struct PasskeyRecord {
     pub backed_up: bool,
     /// The relying party library's serialised credential (public key, counter, flags).
     pub credential_json: String,
+    /// The authenticator model's AAGUID from the registration's authenticator data (all zero
+    /// when the authenticator keeps it private); `None` for passkeys registered before keygate
+    /// recorded it.
+    pub aaguid: Option<[u8; 16]>,
 }
 
 /// A passkey that finished registration, to store.
@@ -43,6 +47,8 @@ pub struct NewPasskey {
     pub backup_eligible: bool,
     pub backed_up: bool,
     pub credential_json: String,
+    /// The AAGUID in the registration's attested credential data.
+    pub aaguid: [u8; 16],
 }
 
 /// Registers a passkey: by enrollment link (consumed in the same transaction) or by a signed-in
@@ -71,6 +77,7 @@ impl Registration {
             backup_eligible: new.backup_eligible,
             backed_up: new.backed_up,
             credential_json: new.credential_json.clone(),
+            aaguid: Some(new.aaguid),
         }
     }
 
@@ -255,11 +262,60 @@ pub enum PasskeyRemoved {
     LastPasskey,
 }
 
+/// A new device name for one of a user's passkeys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasskeyRename {
+    pub user_id: String,
+    pub passkey_id: String,
+    /// The new name, checked already (`users::clean_passkey_name`).
+    pub name: String,
+    /// The audit action: `passkey.rename` (by its user or by an operator).
+    pub action: &'static str,
+}
+
+impl PasskeyRename {
+    /// Whether `passkey` is one this rename may change: the user's own. Someone else's passkey
+    /// is "not found", as for a removal.
+    pub fn may_rename(&self, passkey: &PasskeyRecord) -> bool {
+        passkey.user_id == self.user_id
+    }
+
+    /// The audit row of the rename of `passkey` (as it was before).
+    pub fn audit(&self, passkey: &PasskeyRecord) -> AuditNote {
+        AuditNote {
+            action: self.action,
+            target: passkey.user_id.clone(),
+            detail: json!({
+                "passkeyId": passkey.passkey_id,
+                "oldName": passkey.name,
+                "name": self.name,
+            }),
+        }
+    }
+}
+
+/// Result of [`PasskeyStore::rename_passkey`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasskeyRenamed {
+    /// The passkey as it is now.
+    Renamed(Box<PasskeyRecord>),
+    /// No such passkey for this user (it may belong to someone else).
+    NotFound,
+}
+
 /// Passkeys.
 #[async_trait]
 pub trait PasskeyStore: Send + Sync {
     /// The user's passkeys, oldest first.
     async fn list_passkeys(&self, user_id: &str) -> Result<Vec<PasskeyRecord>, StoreError>;
+
+    /// Every user's passkeys in passkey id order, at most `limit` of them after the passkey id
+    /// `after` (from the start when `None`): one page of a scan over all passkeys.
+    async fn passkeys_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<PasskeyRecord>, StoreError>;
 
     async fn passkey_by_credential_id(
         &self,
@@ -275,6 +331,14 @@ pub trait PasskeyStore: Send + Sync {
 
     /// Records a sign-in: updates the passkey (last used, counter) and opens a session.
     async fn record_login(&self, login: Login, actor: &str) -> Result<LoggedIn, StoreError>;
+
+    /// Gives one of the user's passkeys a new name, with an audit row. No event: gateways do
+    /// not know passkey names.
+    async fn rename_passkey(
+        &self,
+        rename: PasskeyRename,
+        actor: &str,
+    ) -> Result<PasskeyRenamed, StoreError>;
 
     /// Deletes a passkey and revokes every session it minted: one `PasskeyRevoked` event.
     async fn remove_passkey(

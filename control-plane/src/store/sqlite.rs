@@ -229,6 +229,9 @@ const MIGRATIONS: &[Migration] = &[
     CREATE INDEX ceremonies_by_client ON ceremonies (client, expires_ms);
     ALTER TABLE gateways ADD COLUMN credential TEXT NOT NULL DEFAULT '';",
     ),
+    // 9: each passkey's authenticator model (DESIGN.md, "Passkeys beyond the basics"): the
+    // AAGUID of its registration, 16 bytes; NULL for passkeys registered before.
+    Migration::Sql("ALTER TABLE passkeys ADD COLUMN aaguid BLOB;"),
 ];
 
 /// Idle read connections kept open for reuse.
@@ -513,6 +516,49 @@ mod tests {
         ));
         drop(clone);
         SqliteStore::open(&db.path(), recorder).await.unwrap();
+    }
+
+    /// A passkey registered before migration 9 has no AAGUID (it lists as "Unknown
+    /// authenticator"); one registered after keeps its own.
+    #[tokio::test]
+    async fn passkeys_registered_before_aaguids_were_kept_have_none() {
+        let db = Sqlite::new();
+        {
+            let mut conn = Connection::open(db.path()).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_migrations (
+                    version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
+            )
+            .unwrap();
+            let tx = conn.transaction().unwrap();
+            for (index, migration) in MIGRATIONS[..8].iter().enumerate() {
+                match migration {
+                    Migration::Sql(sql) => tx.execute_batch(sql).unwrap(),
+                    Migration::Rust(step) => step(&tx).unwrap(),
+                }
+                tx.execute(
+                    "INSERT INTO schema_migrations VALUES (?1, 0)",
+                    params![index + 1],
+                )
+                .unwrap();
+            }
+            tx.execute_batch(
+                "INSERT INTO users VALUES ('alice', x'01010101010101010101010101010101', 0, 0, 0, 0);
+                 INSERT INTO passkeys VALUES ('pk_old', 'alice', x'0909', 'old', 0, NULL, 'ua',
+                    1, 1, '{}');",
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = SqliteStore::open(&db.path(), Arc::new(Recorder::default()))
+            .await
+            .unwrap();
+        let old = crate::store::PasskeyStore::list_passkeys(&store, "alice")
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!((old.passkey_id.as_str(), old.aaguid), ("pk_old", None));
+        assert!(old.backup_eligible && old.backed_up);
     }
 
     /// A database as stores before migration 4 left it: key events in columns, other events

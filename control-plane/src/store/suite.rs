@@ -20,9 +20,10 @@ use keygate_proto::{Change, Event, KeyHash, KeyId, Meta, Revision};
 use super::{CeremonyLimits, CeremonyPut};
 use super::{
     CeremonyTaken, CommitObserver, EnrollmentCreated, GatewayRecord, KeyQuery, LoggedIn, Login,
-    NewCeremony, NewEnrollment, NewKey, NewPasskey, NewSession, PasskeyRemoval, PasskeyRemoved,
-    PublishedGateway, Registered, RegisteredVia, Registration, SigningKeyRecord, SigningKeyRevoked,
-    Store, StoreError, UpdatedCredential, UserCreated,
+    NewCeremony, NewEnrollment, NewKey, NewPasskey, NewSession, PasskeyRecord, PasskeyRemoval,
+    PasskeyRemoved, PasskeyRename, PasskeyRenamed, PublishedGateway, Registered, RegisteredVia,
+    Registration, SigningKeyRecord, SigningKeyRevoked, Store, StoreError, UpdatedCredential,
+    UserCreated,
 };
 use super::{EnrollmentRecord, EnrollmentState, VoidReason};
 use super::{NewToken, TokenCreated};
@@ -75,6 +76,8 @@ macro_rules! store_suite {
             disabling_a_user_voids_only_their_open_links_and_enabling_revives_none,
             revocations_are_events_and_in_the_snapshot_until_pruned,
             a_login_updates_the_passkey_and_is_refused_for_a_disabled_user,
+            a_passkey_keeps_its_aaguid_and_is_renamed_by_its_user_only,
+            passkeys_of_every_user_page_in_id_order,
             signing_keys_are_created_once_and_rotated_with_two_events,
             a_revoked_signing_key_is_announced_replaced_and_kept_until_its_tokens_expire,
             each_signing_key_keeps_its_lifetime_and_a_new_lifetime_rotates_once,
@@ -643,6 +646,7 @@ fn new_passkey(user_id: &str, id: &str, credential: u8) -> NewPasskey {
         backup_eligible: true,
         backed_up: false,
         credential_json: "{}".into(),
+        aaguid: [credential; 16],
     }
 }
 
@@ -1002,6 +1006,41 @@ pub(crate) async fn enrollment_links_are_listed_newest_first_and_revoked_only_wh
     assert_eq!(detail["enrollmentId"], "enr_2");
     assert_eq!(detail["changed"], true);
     assert_eq!(detail.as_object().unwrap().len(), 2, "{detail}");
+
+    // A link whose email could not be sent is closed the same way for its holder, and stored
+    // and audited with its own reason.
+    let voided = store
+        .void_enrollment("enr_3", VoidReason::EmailFailed, "ops")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(voided.changed);
+    let listed = store.list_enrollments("bob").await.unwrap();
+    assert_eq!(
+        listed,
+        std::slice::from_ref(&voided.link),
+        "stored as answered"
+    );
+    assert_eq!(
+        listed[0].voided.map(|voided| voided.reason),
+        Some(VoidReason::EmailFailed)
+    );
+    assert_eq!(listed[0].state(now_unix_ms()), EnrollmentState::Revoked);
+    let newest = &store.list_audit(1).await.unwrap()[0];
+    assert_eq!(
+        (
+            newest.action.as_str(),
+            newest.actor.as_str(),
+            newest.target.as_str()
+        ),
+        ("enrollment.void", "ops", "bob")
+    );
+    let detail: serde_json::Value = serde_json::from_str(&newest.detail_json).unwrap();
+    assert_eq!(
+        detail,
+        serde_json::json!({ "enrollmentId": "enr_3", "reason": "email_failed", "changed": true })
+    );
+    assert_eq!(f.recorder.events().len(), events_before, "no event");
 }
 
 pub(crate) async fn disabling_a_user_voids_only_their_open_links_and_enabling_revives_none(
@@ -1266,6 +1305,136 @@ pub(crate) async fn revocations_are_events_and_in_the_snapshot_until_pruned(
         })
         .collect();
     assert_eq!(users, [("alice", false, true), ("bob", true, true)]);
+}
+
+/// A registration keeps the AAGUID it was made with; a rename changes only the name, of the
+/// user's own passkey (someone else's is not found, and unchanged), with one audit row and no
+/// event.
+pub(crate) async fn a_passkey_keeps_its_aaguid_and_is_renamed_by_its_user_only(
+    backend: &dyn SuiteBackend,
+) {
+    let f = open(backend).await;
+    let store = &*f.store;
+    store.create_user("alice", [1; 16], "admin").await.unwrap();
+    store.create_user("bob", [2; 16], "admin").await.unwrap();
+    let token = enroll(store, "alice", 1).await;
+    register(
+        store,
+        "alice",
+        "pk_a",
+        7,
+        RegisteredVia::Enrollment { token_hash: token },
+        None,
+    )
+    .await;
+    let before = store.list_passkeys("alice").await.unwrap().remove(0);
+    assert_eq!(before.aaguid, Some([7; 16]));
+    assert_eq!(
+        store.passkey_by_credential_id(&[7; 16]).await.unwrap(),
+        Some(before.clone())
+    );
+
+    let rename = |user: &str, passkey: &str, name: &str| PasskeyRename {
+        user_id: user.into(),
+        passkey_id: passkey.into(),
+        name: name.into(),
+        action: "passkey.rename",
+    };
+    let audit_rows = store.list_audit(100).await.unwrap().len();
+    for (user, passkey) in [("bob", "pk_a"), ("alice", "pk_nope")] {
+        let refused = store
+            .rename_passkey(rename(user, passkey, "stolen"), "user:bob")
+            .await
+            .unwrap();
+        assert_eq!(
+            refused,
+            PasskeyRenamed::NotFound,
+            "{user} renaming {passkey}"
+        );
+    }
+    assert_eq!(
+        store.list_passkeys("alice").await.unwrap(),
+        std::slice::from_ref(&before)
+    );
+    assert_eq!(store.list_audit(100).await.unwrap().len(), audit_rows);
+
+    let PasskeyRenamed::Renamed(renamed) = store
+        .rename_passkey(rename("alice", "pk_a", "work laptop"), "user:alice")
+        .await
+        .unwrap()
+    else {
+        panic!("not renamed")
+    };
+    let expected = PasskeyRecord {
+        name: "work laptop".into(),
+        ..before
+    };
+    assert_eq!(*renamed, expected);
+    assert_eq!(store.list_passkeys("alice").await.unwrap(), [expected]);
+    let audit = store.list_audit(100).await.unwrap();
+    assert_eq!(audit.len(), audit_rows + 1);
+    let row = audit
+        .iter()
+        .find(|row| row.action == "passkey.rename")
+        .unwrap();
+    assert_eq!(
+        (row.actor.as_str(), row.target.as_str()),
+        ("user:alice", "alice")
+    );
+    assert_eq!(row.revision, Revision::ZERO);
+    let detail: serde_json::Value = serde_json::from_str(&row.detail_json).unwrap();
+    assert_eq!(detail["passkeyId"], "pk_a");
+    assert_eq!(detail["oldName"], "device 7");
+    assert_eq!(detail["name"], "work laptop");
+    assert!(f.recorder.events().is_empty(), "a rename announces nothing");
+}
+
+/// Every user's passkeys, a page at a time after the last id seen, each exactly once.
+pub(crate) async fn passkeys_of_every_user_page_in_id_order(backend: &dyn SuiteBackend) {
+    let f = open(backend).await;
+    let store = &*f.store;
+    assert!(store.passkeys_page(None, 10).await.unwrap().is_empty());
+    let mut expected = Vec::new();
+    for (n, user) in [(1u8, "carol"), (2, "alice"), (3, "bob")] {
+        store.create_user(user, [n; 16], "admin").await.unwrap();
+        let token = enroll(store, user, n).await;
+        for (i, id) in [format!("pk_{n}b"), format!("pk_{n}a")]
+            .into_iter()
+            .enumerate()
+        {
+            let via = if i == 0 {
+                RegisteredVia::Enrollment { token_hash: token }
+            } else {
+                RegisteredVia::Session {
+                    session_id: format!("ses_{n}"),
+                }
+            };
+            let session = (i == 0).then(|| format!("ses_{n}"));
+            let credential = n * 10 + u8::try_from(i).unwrap();
+            let registered = register(store, user, &id, credential, via, session.as_deref()).await;
+            assert!(matches!(registered, Registered::Done { .. }), "{id}");
+            expected.push(id);
+        }
+    }
+    expected.sort();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.passkeys_page(after.as_deref(), 4).await.unwrap();
+        assert!(page.len() <= 4);
+        let Some(last) = page.last() else { break };
+        after = Some(last.passkey_id.clone());
+        seen.extend(page.into_iter().map(|passkey| passkey.passkey_id));
+    }
+    assert_eq!(seen, expected);
+    let users: BTreeSet<String> = store
+        .passkeys_page(None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|passkey| passkey.user_id)
+        .collect();
+    assert_eq!(users.len(), 3);
 }
 
 pub(crate) async fn a_login_updates_the_passkey_and_is_refused_for_a_disabled_user(

@@ -256,10 +256,10 @@ async fn import(conn: &mut PgConnection, dump: &Dump) -> Result<(), StoreError> 
     for passkeys in dump.passkeys.chunks(BATCH) {
         sqlx::query(
             "INSERT INTO passkeys (passkey_id, user_id, credential_id, name, created_ms,
-                last_used_ms, user_agent, backup_eligible, backed_up, credential_json)
+                last_used_ms, user_agent, backup_eligible, backed_up, credential_json, aaguid)
              SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BYTEA[], $4::TEXT[],
                 $5::BIGINT[], $6::BIGINT[], $7::TEXT[], $8::BOOLEAN[], $9::BOOLEAN[],
-                $10::TEXT[])",
+                $10::TEXT[], $11::BYTEA[])",
         )
         .bind(column(passkeys, |p| p.passkey_id.clone()))
         .bind(column(passkeys, |p| p.user_id.clone()))
@@ -271,6 +271,7 @@ async fn import(conn: &mut PgConnection, dump: &Dump) -> Result<(), StoreError> 
         .bind(column(passkeys, |p| p.backup_eligible))
         .bind(column(passkeys, |p| p.backed_up))
         .bind(column(passkeys, |p| p.credential_json.clone()))
+        .bind(column(passkeys, |p| p.aaguid.map(Vec::from)))
         .execute(&mut *conn)
         .await
         .map_err(backend)?;

@@ -200,9 +200,10 @@ impl EnrollmentStore for PgStore {
         enrollments_of_user(&mut conn, user_id, false).await
     }
 
-    async fn revoke_enrollment(
+    async fn void_enrollment(
         &self,
         enrollment_id: &str,
+        reason: VoidReason,
         actor: &str,
     ) -> Result<Option<EnrollmentRevoked>, StoreError> {
         // No event: gateways know nothing of links.
@@ -210,11 +211,11 @@ impl EnrollmentStore for PgStore {
         let Some(mut link) = lock_enrollment(w.conn(), LinkBy::Id(enrollment_id)).await? else {
             return Ok(None);
         };
-        let changed = link.void(w.now().await?, VoidReason::Revoked);
+        let changed = link.void(w.now().await?, reason);
         if changed {
             write_voided(w.conn(), &link).await?;
         }
-        w.audit(actor, Revision::ZERO, &link.revoked_audit(changed))
+        w.audit(actor, Revision::ZERO, &link.void_audit(reason, changed))
             .await?;
         w.commit().await?;
         Ok(Some(EnrollmentRevoked { link, changed }))

@@ -19,17 +19,17 @@ use super::enrollments::{LinkBy, lock_enrollment, write_used};
 use super::log::Writer;
 use super::sessions::{SessionLock, get_session};
 use super::users::{UserLock, get_user};
-use super::{PgStore, backend, get};
+use super::{PgStore, array, backend, db_limit, get};
 use crate::store::{
-    LoggedIn, Login, PasskeyRecord, PasskeyRemoval, PasskeyRemoved, PasskeyStore, Registered,
-    RegisteredVia, Registration, StoreError,
+    LoggedIn, Login, PasskeyRecord, PasskeyRemoval, PasskeyRemoved, PasskeyRename, PasskeyRenamed,
+    PasskeyStore, Registered, RegisteredVia, Registration, StoreError,
 };
 
 /// The passkey columns, in [`passkey_from_row`]'s order.
 macro_rules! passkey_columns {
     () => {
         "passkey_id, user_id, credential_id, name, created_ms, last_used_ms, user_agent,
-         backup_eligible, backed_up, credential_json"
+         backup_eligible, backed_up, credential_json, aaguid"
     };
 }
 pub(super) use passkey_columns;
@@ -54,6 +54,9 @@ pub(super) fn passkey_from_row(row: &PgRow) -> Result<PasskeyRecord, StoreError>
         backup_eligible: get(row, 7)?,
         backed_up: get(row, 8)?,
         credential_json: get(row, 9)?,
+        aaguid: get::<Option<Vec<u8>>>(row, 10)?
+            .map(|bytes| array(bytes, "a passkey's AAGUID"))
+            .transpose()?,
     })
 }
 
@@ -133,7 +136,7 @@ impl Writer<'_> {
         sqlx::query(concat!(
             "INSERT INTO passkeys (",
             passkey_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         ))
         .bind(&passkey.passkey_id)
         .bind(&passkey.user_id)
@@ -145,6 +148,7 @@ impl Writer<'_> {
         .bind(passkey.backup_eligible)
         .bind(passkey.backed_up)
         .bind(&passkey.credential_json)
+        .bind(passkey.aaguid.map(Vec::from))
         .execute(self.conn())
         .await
         .map_err(backend)?;
@@ -173,6 +177,26 @@ impl PasskeyStore for PgStore {
             " FROM passkeys WHERE user_id = $1 ORDER BY created_ms, passkey_id"
         ))
         .bind(user_id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(passkey_from_row)
+        .collect()
+    }
+
+    async fn passkeys_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<PasskeyRecord>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            passkey_columns!(),
+            " FROM passkeys WHERE passkey_id > $1 ORDER BY passkey_id LIMIT $2"
+        ))
+        .bind(after.unwrap_or_default())
+        .bind(db_limit(limit))
         .fetch_all(self.pool())
         .await
         .map_err(backend)?
@@ -260,6 +284,32 @@ impl PasskeyStore for PgStore {
             .await?;
         w.commit().await?;
         Ok(LoggedIn::Done(session))
+    }
+
+    async fn rename_passkey(
+        &self,
+        rename: PasskeyRename,
+        actor: &str,
+    ) -> Result<PasskeyRenamed, StoreError> {
+        // No event, so no log lock; the passkey's row lock orders a rename against a removal.
+        let mut w = self.write_unlogged().await?;
+        let passkey = match get_passkey(w.conn(), &rename.passkey_id, true).await? {
+            Some(passkey) if rename.may_rename(&passkey) => passkey,
+            _ => return Ok(PasskeyRenamed::NotFound),
+        };
+        sqlx::query("UPDATE passkeys SET name = $2 WHERE passkey_id = $1")
+            .bind(&passkey.passkey_id)
+            .bind(&rename.name)
+            .execute(w.conn())
+            .await
+            .map_err(backend)?;
+        w.audit(actor, Revision::ZERO, &rename.audit(&passkey))
+            .await?;
+        w.commit().await?;
+        Ok(PasskeyRenamed::Renamed(Box::new(PasskeyRecord {
+            name: rename.name,
+            ..passkey
+        })))
     }
 
     async fn remove_passkey(

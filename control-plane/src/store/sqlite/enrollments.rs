@@ -149,9 +149,10 @@ impl EnrollmentStore for SqliteStore {
         self.read(move |tx| enrollments_of_user(tx, &user_id)).await
     }
 
-    async fn revoke_enrollment(
+    async fn void_enrollment(
         &self,
         enrollment_id: &str,
+        reason: VoidReason,
         actor: &str,
     ) -> Result<Option<EnrollmentRevoked>, StoreError> {
         let (enrollment_id, actor) = (enrollment_id.to_owned(), actor.to_owned());
@@ -169,11 +170,11 @@ impl EnrollmentStore for SqliteStore {
             else {
                 return Ok(None);
             };
-            let changed = link.void(w.now_unix_ms, VoidReason::Revoked);
+            let changed = link.void(w.now_unix_ms, reason);
             if changed {
                 write_voided(w.tx, &link)?;
             }
-            w.audit(&actor, Revision::ZERO, &link.revoked_audit(changed))?;
+            w.audit(&actor, Revision::ZERO, &link.void_audit(reason, changed))?;
             Ok(Some(EnrollmentRevoked { link, changed }))
         })
         .await

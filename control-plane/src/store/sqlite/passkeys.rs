@@ -15,13 +15,13 @@ use super::sessions::get_session;
 use super::users::get_user;
 use super::{SqliteStore, backend, collect, execute};
 use crate::store::{
-    LoggedIn, Login, PasskeyRecord, PasskeyRemoval, PasskeyRemoved, PasskeyStore, Registered,
-    RegisteredVia, Registration, StoreError,
+    LoggedIn, Login, PasskeyRecord, PasskeyRemoval, PasskeyRemoved, PasskeyRename, PasskeyRenamed,
+    PasskeyStore, Registered, RegisteredVia, Registration, StoreError,
 };
 
 pub(super) const PASSKEY_COLUMNS: &str =
     "passkey_id, user_id, credential_id, name, created_ms, last_used_ms,
-    user_agent, backup_eligible, backed_up, credential_json";
+    user_agent, backup_eligible, backed_up, credential_json, aaguid";
 
 pub(super) fn passkey_from_row(row: &Row<'_>) -> rusqlite::Result<PasskeyRecord> {
     Ok(PasskeyRecord {
@@ -35,6 +35,7 @@ pub(super) fn passkey_from_row(row: &Row<'_>) -> rusqlite::Result<PasskeyRecord>
         backup_eligible: row.get(7)?,
         backed_up: row.get(8)?,
         credential_json: row.get(9)?,
+        aaguid: row.get(10)?,
     })
 }
 
@@ -71,7 +72,7 @@ pub(super) fn insert_passkey(
         tx,
         &format!(
             "INSERT INTO passkeys ({PASSKEY_COLUMNS})
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
         ),
         params![
             passkey.passkey_id,
@@ -83,7 +84,8 @@ pub(super) fn insert_passkey(
             passkey.user_agent,
             passkey.backup_eligible,
             passkey.backed_up,
-            passkey.credential_json
+            passkey.credential_json,
+            passkey.aaguid
         ],
     )
 }
@@ -126,6 +128,27 @@ impl PasskeyStore for SqliteStore {
                      ORDER BY created_ms, passkey_id"
                 ),
                 params![user_id],
+                passkey_from_row,
+            )
+        })
+        .await
+    }
+
+    async fn passkeys_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<PasskeyRecord>, StoreError> {
+        let after = after.unwrap_or_default().to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |tx| {
+            collect(
+                tx,
+                &format!(
+                    "SELECT {PASSKEY_COLUMNS} FROM passkeys WHERE passkey_id > ?1
+                     ORDER BY passkey_id LIMIT ?2"
+                ),
+                params![after, limit],
                 passkey_from_row,
             )
         })
@@ -242,6 +265,31 @@ impl PasskeyStore for SqliteStore {
             let session = w.open_session(&login.session, &passkey.user_id, &passkey.passkey_id)?;
             w.audit(&actor, Revision::ZERO, &login.audit(&session))?;
             Ok(LoggedIn::Done(session))
+        })
+        .await
+    }
+
+    async fn rename_passkey(
+        &self,
+        rename: PasskeyRename,
+        actor: &str,
+    ) -> Result<PasskeyRenamed, StoreError> {
+        let actor = actor.to_owned();
+        self.write(move |w| {
+            let passkey = match get_passkey(w.tx, &rename.passkey_id)? {
+                Some(passkey) if rename.may_rename(&passkey) => passkey,
+                _ => return Ok(PasskeyRenamed::NotFound),
+            };
+            w.tx.execute(
+                "UPDATE passkeys SET name = ?2 WHERE passkey_id = ?1",
+                params![passkey.passkey_id, rename.name],
+            )
+            .map_err(backend)?;
+            w.audit(&actor, Revision::ZERO, &rename.audit(&passkey))?;
+            Ok(PasskeyRenamed::Renamed(Box::new(PasskeyRecord {
+                name: rename.name.clone(),
+                ..passkey
+            })))
         })
         .await
     }
