@@ -13,6 +13,7 @@
 //! - [`propagation`]: revocation (of a key, or of a passkey and its sessions) → refused at
 //!   every gateway, [`probe`]d by real requests, as [`percentiles`]; passkeys are enrolled
 //!   ([`enrollment`]) with the software [`authenticator`] the integration tests use too.
+//! - [`wan`]: the region simulator: the same measurements with gateways behind WAN relays.
 
 #![forbid(unsafe_code)]
 
@@ -35,4 +36,5 @@ pub mod report;
 pub mod summary;
 pub mod synthetic_cp;
 pub mod tls;
+pub mod wan;
 pub mod zipf;

@@ -141,6 +141,9 @@ enum Bench {
     },
     /// Draw a summary (from `summarize`) as SVG.
     Chart { summary: PathBuf, out: PathBuf },
+    /// The region simulator: gateways behind WAN relays (delay, jitter, loss, partitions);
+    /// revoke → refused per region, `--wait`, snapshot over a long round trip, partitions.
+    Wan(Box<keygate_benches::wan::WanArgs>),
     /// Render a summary (from `summarize`) as text tables; to stdout, or to `--out`.
     Table {
         summary: PathBuf,
@@ -392,6 +395,7 @@ async fn run(command: Bench) -> anyhow::Result<()> {
             std::fs::write(&out, chart::render(&summary))
                 .with_context(|| format!("cannot write {}", out.display()))
         }
+        Bench::Wan(args) => keygate_benches::wan::run(*args).await,
         Bench::Table { summary, out } => {
             let text = std::fs::read_to_string(&summary)
                 .with_context(|| format!("cannot read {}", summary.display()))?;

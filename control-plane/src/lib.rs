@@ -93,6 +93,11 @@ const GRPC_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 const GRPC_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 /// Largest request header block on the gRPC listener.
 const GRPC_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+/// HTTP/2 receive windows of the gRPC listener follow each connection's measured bandwidth-delay
+/// product (hyper's adaptive window, at most 16 MiB): a gateway or operator far away is not held
+/// to 64 KiB per round trip, and an idle connection is not granted more than it uses. (What the
+/// control plane sends, snapshots above all, is paced by the gateway's windows: `proxy::sync`.)
+const GRPC_ADAPTIVE_WINDOW: bool = true;
 /// Longest TLS handshake on either listener.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -279,6 +284,7 @@ impl ControlPlane {
             .http2_max_pending_accept_reset_streams(Some(GRPC_MAX_PENDING_ACCEPT_RESET_STREAMS))
             .http2_max_local_error_reset_streams(Some(GRPC_MAX_LOCAL_ERROR_RESET_STREAMS))
             .http2_max_header_list_size(Some(GRPC_MAX_HEADER_LIST_BYTES))
+            .http2_adaptive_window(Some(GRPC_ADAPTIVE_WINDOW))
             .add_service(Authenticated::admin(
                 AdminServer::new(admin),
                 Arc::clone(&authenticator),

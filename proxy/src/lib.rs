@@ -31,6 +31,7 @@ mod authz_endpoint;
 mod authz_grpc;
 pub mod config;
 pub mod credential;
+mod deleted;
 mod error;
 mod forward;
 pub mod freshness;

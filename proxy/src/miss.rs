@@ -104,6 +104,11 @@ impl MissLookup {
     /// Asks the control plane about `hash` (or reuses a recent or in-flight answer) and, if the
     /// key exists and is newer than the replica, inserts it. The caller re-checks the replica.
     pub async fn resolve(&self, hash: KeyHash) {
+        // A key this gateway saw deleted is gone for good: asking would only delay the same
+        // NOT_FOUND by a round trip (a WAN's worth; see `crate::deleted`).
+        if self.sync.deleted.contains(&hash) {
+            return;
+        }
         let epoch = self.replica.log_epoch();
         let answer = self
             .answers

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use keygate_proto::LogId;
 
+use crate::deleted::DeletedKeys;
 use crate::freshness::Freshness;
 use crate::replica::Replica;
 use crate::sessions::SessionStateSizes;
@@ -28,6 +29,8 @@ pub(crate) struct SyncState {
     log_id: Mutex<LogId>,
     /// The URL of the control plane whose stream is open; `None` while disconnected.
     control_plane: Mutex<Option<String>>,
+    /// Keys the applied events deleted (recent ones): refused without a lookup.
+    pub deleted: DeletedKeys,
 }
 
 impl SyncState {

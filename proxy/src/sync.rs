@@ -48,7 +48,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use keygate_proto::pb::{self, control_message, gateway_message};
-use keygate_proto::{Event, LogId, ReplicaKey, Revision};
+use keygate_proto::{Change, Event, LogId, ReplicaKey, Revision};
 use keygate_transport::{ClientIdentity, Trust};
 use rand::Rng;
 use tokio::sync::mpsc;
@@ -74,6 +74,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const SILENT_INTERVALS: u32 = 3;
 /// Outbound messages (hello, acks, pings) queued at most; pings beyond it are skipped.
 const OUTBOUND_CAPACITY: usize = 32;
+/// HTTP/2 receive windows of the sync connection (stream and connection). The control plane
+/// may send this much before it must wait for a WINDOW_UPDATE, which takes a round trip: at
+/// 240 ms round trip, hyper's default 2 MiB stream window caps a snapshot at ~8 MiB/s; 16 MiB
+/// lets it stream as fast as the gateway applies it (BENCHMARKS.md, "WAN"). The gateway reads
+/// the stream as it applies it, so this bounds what may be in flight, not what it keeps.
+const SYNC_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 
 /// How to reach the control plane and what to tell it.
 #[derive(Debug, Clone)]
@@ -298,7 +304,11 @@ impl SyncTask {
     async fn session(&mut self, url: &str) -> SyncError {
         let timeout = self.settings.connect_timeout;
         let mut endpoint = match Endpoint::from_shared(url.to_owned()) {
-            Ok(endpoint) => endpoint.connect_timeout(timeout).tcp_nodelay(true),
+            Ok(endpoint) => endpoint
+                .connect_timeout(timeout)
+                .tcp_nodelay(true)
+                .initial_stream_window_size(SYNC_WINDOW_BYTES)
+                .initial_connection_window_size(SYNC_WINDOW_BYTES),
             Err(error) => return SyncError::Connect(error.to_string()),
         };
         match self.settings.tls.for_url(url) {
@@ -478,6 +488,7 @@ impl SyncTask {
                 if stream.switching {
                     // Another store: nothing looked up in the old one may survive the switch.
                     self.replica.install_snapshot_of_another_log(built);
+                    self.state.deleted.clear();
                 } else {
                     self.replica.install_snapshot(built);
                 }
@@ -504,6 +515,12 @@ impl SyncTask {
                 for event in batch.events {
                     let event = Event::try_from(event)
                         .map_err(|error| SyncError::Protocol(format!("invalid event: {error}")))?;
+                    // Remembered before the key leaves the replica, so that no request finds it
+                    // in neither and asks the control plane. (Deleted it is, whether or not this
+                    // event applies here.)
+                    if let Change::KeyDeleted { hash, .. } = &event.change {
+                        self.state.deleted.remember(*hash);
+                    }
                     let applied = self.replica.apply(&event);
                     if let Err(gap) = applied {
                         // Whatever was applied before the gap stays; the hello says how far.
