@@ -17,6 +17,10 @@ use serde::Deserialize;
 use crate::error::ConfigError;
 use crate::upstream::UpstreamLimits;
 
+/// Verified session tokens the signature cache remembers unless `session_cache_capacity` says
+/// otherwise (`session_verify.rs`).
+pub const DEFAULT_SESSION_CACHE_CAPACITY: u64 = 65_536;
+
 /// Everything a gateway needs to run. `Default` gives DESIGN.md's defaults; unknown TOML keys
 /// are an error so that a typo cannot silently fall back to a default.
 #[derive(Debug, Clone, Deserialize)]
@@ -187,7 +191,7 @@ impl Default for ProxyConfig {
             authorization_header: "authorization".to_owned(),
             api_key_header: "x-api-key".to_owned(),
             session_cookie: "keygate_session".to_owned(),
-            session_cache_capacity: crate::session_verify::DEFAULT_CACHE_CAPACITY,
+            session_cache_capacity: DEFAULT_SESSION_CACHE_CAPACITY,
             upstream_timeout: Duration::from_secs(30),
             upstream_connect_timeout: Duration::from_secs(5),
             max_upstream_connections: 1024,

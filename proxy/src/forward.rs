@@ -232,13 +232,12 @@ pub(crate) fn add_grant_headers(headers: &mut HeaderMap, grant: &Grant) -> bool 
         }
     };
     let id: [u8; KEY_ID_TEXT_LEN] = grant.key_id_text();
-    match (
-        HeaderValue::from_bytes(&id),
-        HeaderValue::from_bytes(grant.owner().as_bytes()),
-    ) {
-        (Ok(id), Ok(owner)) => {
+    // The owner's value is built once per owner (`owners.rs`); `None` when the name cannot be
+    // a header value.
+    match (HeaderValue::from_bytes(&id), grant.owner_header()) {
+        (Ok(id), Some(owner)) => {
             headers.insert(KEY_ID.clone(), id);
-            headers.insert(OWNER.clone(), owner);
+            headers.insert(OWNER.clone(), owner.clone());
             true
         }
         _ => false,

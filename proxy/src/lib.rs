@@ -4,14 +4,17 @@
 //! the gateway" and "Sync").
 //!
 //! Map of the crate: [`config`] (settings and validation), [`credential`] (where keys are
-//! found), [`replica`] (the key set), [`verify`] (verdicts; the hot path), [`miss`] (lookups of
-//! keys not replicated yet), [`sessions`] (signing keys and revocation sets) and
+//! found), [`replica`] (the key set), [`owners`] (owner names, interned), [`verdict`] (the
+//! verdict vocabulary, a leaf), [`verify`] (verdicts; the hot path), [`miss`] (lookups of
+//! keys not replicated yet), `deleted` (keys seen deleted: refused without a lookup),
+//! [`sessions`] (signing keys and revocation sets) and
 //! [`session_verify`] (session verdicts, the signature cache), [`freshness`] (the staleness
 //! bound), `sync` (the replication stream), [`path`] (request paths made canonical before
 //! routing), `route`/`forward` (upstreams), [`reload`] (routes swapped on SIGHUP),
 //! `server`/`handler`/`verify_endpoint`/`admin` (HTTP), `authz_endpoint` (external
 //! authorization for nginx, Traefik and Envoy's HTTP filter) and `authz_grpc` (Envoy's gRPC
-//! `Check`, the same decision), [`trace_context`] (W3C `traceparent`), [`metrics`], `response`
+//! `Check`, the same decision), [`trace_context`] (W3C `traceparent`), [`spans`] (OpenTelemetry spans for export),
+//! [`metrics`], `response`
 //! (JSON errors) and `gateway` (wiring, bind and serve).
 //!
 //! **Invariant:** the hot path ([`Verifier::verify_cached`], [`Verifier::verify_session`])
@@ -40,6 +43,7 @@ mod handler;
 mod idle_body;
 pub mod metrics;
 pub mod miss;
+pub mod owners;
 pub mod path;
 pub mod reload;
 pub mod replica;
@@ -53,6 +57,7 @@ mod status;
 mod sync;
 pub mod trace_context;
 mod upstream;
+pub mod verdict;
 pub mod verify;
 mod verify_endpoint;
 

@@ -9,7 +9,7 @@ use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 use crate::sessions::SessionStateSizes;
-use crate::verify::Code;
+use crate::verdict::Code;
 
 /// Verifications by verdict code.
 pub const VERIFICATIONS: &str = "keygate_verifications_total";

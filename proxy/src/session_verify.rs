@@ -36,20 +36,21 @@
 //! **Invariant:** a session verdict is never cached: the cache holds only what a signature
 //! proves (the claims), and the revocation sets are consulted on every request.
 
+use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use http::HeaderValue;
 use keygate_proto::session::{self, SessionClaims, TimeRefusal};
-use moka::sync::Cache;
 
 use crate::metrics::Metrics;
 use crate::replica::{IdentityHasher, Replica};
 use crate::sessions::{SessionIdentity, SessionView, SigningKey};
-use crate::verify::Code;
+use crate::verdict::Code;
+pub use crate::verdict::{SessionGrant, VerifiedSession};
 
-/// Verified sessions remembered by default.
-pub const DEFAULT_CACHE_CAPACITY: u64 = 65_536;
+/// Verified sessions remembered by default (the configuration's default, `config.rs`).
+pub const DEFAULT_CACHE_CAPACITY: u64 = crate::config::DEFAULT_SESSION_CACHE_CAPACITY;
 
 /// A keyed hash of a token's signature text: what the cache is keyed by.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -91,20 +92,84 @@ fn split_signature(token: &[u8]) -> (&[u8], &[u8], &[u8]) {
     )
 }
 
-type VerifiedCache = Cache<TokenHash, Arc<VerifiedSession>, BuildHasherDefault<IdentityHasher>>;
+type CacheShard = HashMap<TokenHash, Arc<VerifiedSession>, BuildHasherDefault<IdentityHasher>>;
 
-/// A token whose signature verified: its claims and the key that proved them. This is what the
-/// cache holds; it says nothing about expiry or revocation.
-#[derive(Debug)]
-pub struct VerifiedSession {
-    /// The token's text without its signature (see [`split_signature`]).
-    unsigned_text: Box<[u8]>,
-    key_id: Box<str>,
-    public_key: [u8; 32],
-    claims: SessionClaims,
-    /// The ids as header values, built once per token rather than once per request.
-    user_id_header: HeaderValue,
-    session_id_header: HeaderValue,
+/// Most shards of a [`VerifiedCache`] (a power of two).
+const CACHE_SHARDS: usize = 64;
+
+/// The signature cache: verified tokens by [`TokenHash`], in shards of a plain map under a
+/// read-write lock. A hit is one shard read lock, one probe and one reference count (the
+/// grant shares the entry); moka's bookkeeping cost several times that (BENCHMARKS.md,
+/// 2026-11-22).
+///
+/// **Invariant:** it never holds more than its capacity: a shard that is full drops one entry
+/// (the first in its hash order, which the per-gateway random key makes arbitrary) for each
+/// one it takes. A token forgotten early only costs one more signature verification.
+struct VerifiedCache {
+    shards: Box<[RwLock<CacheShard>]>,
+    shard_capacity: usize,
+}
+
+impl VerifiedCache {
+    fn new(capacity: u64) -> Self {
+        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
+        // At least 64 entries a shard, so small caches stay exact about their capacity.
+        let shards = (capacity / 64).clamp(1, CACHE_SHARDS);
+        let shards = 1 << shards.ilog2();
+        Self {
+            shards: std::iter::repeat_with(|| RwLock::new(CacheShard::default()))
+                .take(shards)
+                .collect(),
+            shard_capacity: capacity / shards,
+        }
+    }
+
+    #[inline]
+    fn shard(&self, hash: TokenHash) -> &RwLock<CacheShard> {
+        // The high bits: the map's buckets use the low ones.
+        &self.shards[(hash.0 >> 58) as usize & (self.shards.len() - 1)]
+    }
+
+    #[inline]
+    fn get(&self, hash: TokenHash) -> Option<Arc<VerifiedSession>> {
+        // Every change is one map operation: a panic cannot leave a shard torn.
+        let shard = self
+            .shard(hash)
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        shard.get(&hash).cloned()
+    }
+
+    fn insert(&self, hash: TokenHash, session: Arc<VerifiedSession>) {
+        if self.shard_capacity == 0 {
+            return;
+        }
+        let mut shard = self
+            .shard(hash)
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if shard.len() >= self.shard_capacity
+            && !shard.contains_key(&hash)
+            && let Some(victim) = shard.keys().next().copied()
+        {
+            shard.remove(&victim);
+        }
+        shard.insert(hash, session);
+    }
+
+    fn invalidate(&self, hash: TokenHash) {
+        self.shard(hash)
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&hash);
+    }
+
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| shard.read().map_or(0, |shard| shard.len()))
+            .sum()
+    }
 }
 
 impl VerifiedSession {
@@ -127,48 +192,6 @@ impl VerifiedSession {
     }
 }
 
-/// What a valid session grants: who it is, for the upstream headers and the verify endpoint.
-/// Cloning shares the verified claims (no allocation).
-#[derive(Debug, Clone)]
-pub struct SessionGrant(Arc<VerifiedSession>);
-
-impl SessionGrant {
-    /// The session's id.
-    pub fn session_id(&self) -> &str {
-        &self.0.claims.session_id
-    }
-
-    /// The signed-in user.
-    pub fn user_id(&self) -> &str {
-        &self.0.claims.user_id
-    }
-
-    /// The passkey the session was minted with.
-    pub fn passkey_id(&self) -> &str {
-        &self.0.claims.passkey_id
-    }
-
-    /// When the session was issued, Unix ms.
-    pub fn issued_unix_ms(&self) -> i64 {
-        self.0.claims.issued_unix_ms
-    }
-
-    /// When the session expires, Unix ms.
-    pub fn expires_unix_ms(&self) -> i64 {
-        self.0.claims.expires_unix_ms
-    }
-
-    /// `x-keygate-user-id`'s value.
-    pub(crate) fn user_id_header(&self) -> &HeaderValue {
-        &self.0.user_id_header
-    }
-
-    /// `x-keygate-session-id`'s value.
-    pub(crate) fn session_id_header(&self) -> &HeaderValue {
-        &self.0.session_id_header
-    }
-}
-
 /// Verifies session tokens against the replica's session state, with the signature cache.
 pub struct SessionVerifier {
     replica: Arc<Replica>,
@@ -188,9 +211,7 @@ impl SessionVerifier {
         Self {
             replica,
             hash_key: RandomState::new(),
-            cache: Cache::builder()
-                .max_capacity(cache_capacity)
-                .build_with_hasher(BuildHasherDefault::default()),
+            cache: VerifiedCache::new(cache_capacity),
             metrics,
         }
     }
@@ -205,7 +226,7 @@ impl SessionVerifier {
         let view = self.replica.sessions().view();
         let cached = self
             .cache
-            .get(&hash)
+            .get(hash)
             .filter(|cached| cached.is_token(before, after));
         let (session, key) = match cached {
             Some(cached) => {
@@ -215,7 +236,7 @@ impl SessionVerifier {
                     (cached, key)
                 } else {
                     // The key id now names another key: what the cache proved no longer holds.
-                    self.cache.invalidate(&hash);
+                    self.cache.invalidate(hash);
                     self.count_cache(false);
                     self.verify_signature(token, hash, &view, now_unix_ms)?
                 }
@@ -302,10 +323,9 @@ impl SessionVerifier {
         }
     }
 
-    /// Verified tokens remembered right now (after pending cache maintenance).
+    /// Verified tokens remembered right now.
     pub fn cached_len(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        self.cache.len() as u64
     }
 }
 
@@ -403,6 +423,50 @@ mod tests {
             issued_unix_ms,
             expires_unix_ms,
         })
+    }
+
+    #[test]
+    fn the_cache_never_holds_more_than_its_capacity() {
+        let session = |id: u64| {
+            Arc::new(VerifiedSession {
+                unsigned_text: Box::default(),
+                key_id: "sk_1".into(),
+                public_key: [0; 32],
+                claims: SessionClaims {
+                    session_id: format!("ses_{id}"),
+                    user_id: "alice".into(),
+                    passkey_id: "pk_1".into(),
+                    issued_unix_ms: 0,
+                    expires_unix_ms: 1,
+                },
+                user_id_header: HeaderValue::from_static("alice"),
+                session_id_header: HeaderValue::from_static("ses"),
+            })
+        };
+        let key = RandomState::new();
+        for capacity in [1u64, 100, 10_000] {
+            let cache = VerifiedCache::new(capacity);
+            for n in 0..3 * capacity {
+                let hash = TokenHash::of(&key, &n.to_le_bytes());
+                cache.insert(hash, session(n));
+                let cached = cache.get(hash).expect("the newest entry is kept");
+                assert_eq!(cached.claims.session_id, format!("ses_{n}"));
+                assert!(
+                    cache.len() as u64 <= capacity,
+                    "{} > {capacity}",
+                    cache.len()
+                );
+            }
+            cache.invalidate(TokenHash::of(&key, &(3 * capacity - 1).to_le_bytes()));
+            assert!(
+                cache
+                    .get(TokenHash::of(&key, &(3 * capacity - 1).to_le_bytes()))
+                    .is_none()
+            );
+        }
+        let none = VerifiedCache::new(0);
+        none.insert(TokenHash(1), session(1));
+        assert_eq!(none.len(), 0);
     }
 
     #[test]

@@ -4,160 +4,21 @@
 //! shared state), hash, one replica lookup, then exists → enabled → not expired. A miss for a
 //! well-formed key is not a verdict yet: [`Verifier::verify`] resolves it with one control-plane
 //! lookup (see [`crate::miss`]), and puts the freshness check in front of everything. Session
-//! tokens go to [`Verifier::verify_session`] (see [`crate::session_verify`]).
+//! tokens go to [`Verifier::verify_session`] (see [`crate::session_verify`]). The verdict
+//! vocabulary itself lives in [`crate::verdict`] and is re-exported here.
 
 use std::sync::Arc;
 
-use http::StatusCode;
-use keygate_proto::{ApiKey, KeyHash, KeyId, Meta};
+use keygate_proto::{ApiKey, KeyHash};
 
-use crate::config::StalePolicy;
+use crate::config::{self, StalePolicy};
 use crate::credential::Credential;
 use crate::freshness::Freshness;
 use crate::metrics::Metrics;
 use crate::miss::MissLookup;
-use crate::replica::{Entry, KEY_ID_TEXT_LEN, Replica, key_id_from_bits, key_id_text};
-use crate::session_verify::{self, SessionGrant, SessionVerifier};
-
-/// Verdict codes, as DESIGN.md's table names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Code {
-    /// The request may be forwarded.
-    Valid,
-    /// No credential on a route that needs one (401).
-    Missing,
-    /// Wrong syntax or checksum (401).
-    Malformed,
-    /// Unknown or deleted key (401).
-    NotFound,
-    /// The key exists but is disabled (403).
-    Disabled,
-    /// Past its expiry (401).
-    Expired,
-    /// A session whose passkey, user or session was revoked (401).
-    Revoked,
-    /// The gateway cannot prove it is within the propagation bound (503).
-    Stale,
-    /// An unsafe method carried only by the session cookie, from an origin the route does not
-    /// allow (403). Decided from the request, before the credential is verified.
-    ForbiddenOrigin,
-}
-
-impl Code {
-    /// Every code, in declaration order (`code as usize` indexes it).
-    pub const ALL: [Code; 9] = [
-        Code::Valid,
-        Code::Missing,
-        Code::Malformed,
-        Code::NotFound,
-        Code::Disabled,
-        Code::Expired,
-        Code::Revoked,
-        Code::Stale,
-        Code::ForbiddenOrigin,
-    ];
-
-    /// The wire name, e.g. `NOT_FOUND`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Code::Valid => "VALID",
-            Code::Missing => "MISSING",
-            Code::Malformed => "MALFORMED",
-            Code::NotFound => "NOT_FOUND",
-            Code::Disabled => "DISABLED",
-            Code::Expired => "EXPIRED",
-            Code::Revoked => "REVOKED",
-            Code::Stale => "STALE",
-            Code::ForbiddenOrigin => "FORBIDDEN_ORIGIN",
-        }
-    }
-
-    /// The status a refused request gets; `None` for VALID, which is forwarded.
-    pub fn status(self) -> Option<StatusCode> {
-        match self {
-            Code::Valid => None,
-            Code::Missing | Code::Malformed | Code::NotFound | Code::Expired | Code::Revoked => {
-                Some(StatusCode::UNAUTHORIZED)
-            }
-            Code::Disabled | Code::ForbiddenOrigin => Some(StatusCode::FORBIDDEN),
-            Code::Stale => Some(StatusCode::SERVICE_UNAVAILABLE),
-        }
-    }
-}
-
-/// What a valid credential grants: who it is, for the upstream headers and the verify
-/// endpoint.
-#[derive(Debug, Clone)]
-pub enum Grant {
-    /// An API key.
-    Key(KeyGrant),
-    /// A passkey session.
-    Session(SessionGrant),
-}
-
-/// What a valid key grants.
-#[derive(Debug, Clone)]
-pub struct KeyGrant {
-    key_id_bits: u128,
-    owner: Arc<str>,
-    expires_unix_ms: Option<i64>,
-    meta: Option<Arc<Meta>>,
-}
-
-impl KeyGrant {
-    fn from_entry(entry: &Entry) -> Self {
-        Self {
-            key_id_bits: entry.key_id_bits(),
-            owner: Arc::clone(entry.owner()),
-            expires_unix_ms: entry.expires_unix_ms(),
-            meta: entry.meta().cloned(),
-        }
-    }
-
-    /// The key's id.
-    pub fn key_id(&self) -> KeyId {
-        key_id_from_bits(self.key_id_bits)
-    }
-
-    /// The key id's text (`key_…`, ASCII), without allocating.
-    pub fn key_id_text(&self) -> [u8; KEY_ID_TEXT_LEN] {
-        key_id_text(self.key_id_bits)
-    }
-
-    /// The key's owner.
-    pub fn owner(&self) -> &str {
-        &self.owner
-    }
-
-    /// Expiry in Unix ms; `None` when the key never expires.
-    pub fn expires_unix_ms(&self) -> Option<i64> {
-        self.expires_unix_ms
-    }
-
-    /// The key's meta map, if any.
-    pub fn meta(&self) -> Option<&Meta> {
-        self.meta.as_deref()
-    }
-}
-
-/// The outcome of verifying one credential.
-#[derive(Debug, Clone)]
-pub enum Verdict {
-    /// Forward the request.
-    Valid(Grant),
-    /// Refuse it with this code (never [`Code::Valid`]).
-    Denied(Code),
-}
-
-impl Verdict {
-    /// The verdict's code.
-    pub fn code(&self) -> Code {
-        match self {
-            Verdict::Valid(_) => Code::Valid,
-            Verdict::Denied(code) => *code,
-        }
-    }
-}
+use crate::replica::Replica;
+use crate::session_verify::SessionVerifier;
+pub use crate::verdict::{Code, Grant, KeyGrant, SessionGrant, Verdict};
 
 /// The outcome of the in-memory check alone.
 #[derive(Debug, Clone)]
@@ -181,7 +42,7 @@ impl Verifier {
     /// A verifier over `replica` alone: never stale, misses are NOT_FOUND, no metrics, the
     /// default session cache. For benchmarks and embedding.
     pub fn new(replica: Arc<Replica>) -> Self {
-        Self::with_session_cache(replica, session_verify::DEFAULT_CACHE_CAPACITY)
+        Self::with_session_cache(replica, config::DEFAULT_SESSION_CACHE_CAPACITY)
     }
 
     /// Like [`Verifier::new`], with a session signature cache of at most `capacity` tokens
@@ -255,15 +116,7 @@ impl Verifier {
     /// exists → enabled → not expired, for a key the replica holds; `None` when it does not.
     #[inline]
     pub fn check(&self, hash: &KeyHash, now_unix_ms: i64) -> Option<Verdict> {
-        self.replica.with_entry(hash, |entry| {
-            if !entry.enabled() {
-                Verdict::Denied(Code::Disabled)
-            } else if entry.expired_at(now_unix_ms) {
-                Verdict::Denied(Code::Expired)
-            } else {
-                Verdict::Valid(Grant::Key(KeyGrant::from_entry(entry)))
-            }
-        })
+        self.replica.verdict(hash, now_unix_ms)
     }
 
     /// The full verdict for a request's credential: STALE first (fail-closed policy), then

@@ -1,0 +1,450 @@
+//! The replica's key table: one flat open-addressing array of 64-byte slots, probed linearly,
+//! read without locks while the one writer changes it.
+//!
+//! Why not a sharded hash map: at 1M keys nearly every lookup is a cache miss, and what a
+//! lookup costs is the number of dependent memory accesses. Here a slot holds everything a
+//! verdict needs (the 128-bit hash prefix, the key id, expiry and enabled, the interned owner,
+//! a meta stamp), aligned to one cache line, and a key is in its home slot or a few after it:
+//! one line per probe, usually one probe. A reader writes nothing shared (no lock word, no
+//! reference count), so readers on many cores never contend.
+//!
+//! **Invariant:** one writer at a time (the replica's writer mutex). Each slot is a sequence
+//! lock over atomic words: the writer makes the sequence odd, writes, and makes it even again;
+//! a reader retries a slot whose sequence was odd or changed while it read. So a reader sees a
+//! slot's old state or its new one, never a mix, and waits only while the writer is inside that
+//! one slot's write. Deletions leave tombstones (probes continue past them; a later insert of
+//! another key reuses them), so no entry ever moves while readers probe.
+//!
+//! **Invariant:** at most 5/8 of the slots are ever used (live or tombstone), so every probe
+//! ends at an empty slot, and soon: a table is built half full (1.5 slots read on average to
+//! find a key, 2.5 to learn one is absent; at 7/8, the first layout measured, an absent key
+//! took ~32 and the negative-cache path got slower than before). A table that would pass 5/8
+//! is copied into one twice its live keys' size, which the replica swaps in whole (readers of
+//! the old one finish on it).
+//!
+//! Meta maps are rare and of any size, so they live beside the slots, keyed by hash prefix and
+//! a stamp the slot names: a reader whose slot names a stamp the map no longer has raced a
+//! change of that key, and reads the slot again.
+
+use std::hash::BuildHasherDefault;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+
+use dashmap::DashMap;
+use keygate_proto::Meta;
+
+use super::{HashPrefix, IdentityHasher};
+
+const EMPTY: u64 = 0;
+const LIVE: u64 = 1;
+const TOMBSTONE: u64 = 2;
+
+/// One cache line: a sequence word and seven data words.
+#[repr(C, align(64))]
+#[derive(Default)]
+struct Slot {
+    sequence: AtomicU64,
+    kind: AtomicU64,
+    prefix: [AtomicU64; 2],
+    id: [AtomicU64; 2],
+    state: AtomicU64,
+    /// The owner id (low 32 bits) and the meta stamp (high 32 bits; 0: no meta).
+    owner_meta: AtomicU64,
+}
+
+/// A slot's contents, copied out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Record {
+    pub prefix: [u64; 2],
+    pub id: u128,
+    pub state: u64,
+    pub owner: u32,
+    pub meta_stamp: u32,
+}
+
+impl Slot {
+    /// A consistent copy of the slot: its kind and record.
+    #[inline]
+    fn read(&self) -> (u64, Record) {
+        loop {
+            let before = self.sequence.load(Ordering::Acquire);
+            if before & 1 == 0 {
+                let kind = self.kind.load(Ordering::Relaxed);
+                let prefix = [
+                    self.prefix[0].load(Ordering::Relaxed),
+                    self.prefix[1].load(Ordering::Relaxed),
+                ];
+                let id = u128::from(self.id[0].load(Ordering::Relaxed))
+                    | u128::from(self.id[1].load(Ordering::Relaxed)) << 64;
+                let state = self.state.load(Ordering::Relaxed);
+                let owner_meta = self.owner_meta.load(Ordering::Relaxed);
+                fence(Ordering::Acquire);
+                if self.sequence.load(Ordering::Relaxed) == before {
+                    let record = Record {
+                        prefix,
+                        id,
+                        state,
+                        owner: owner_meta as u32,
+                        meta_stamp: (owner_meta >> 32) as u32,
+                    };
+                    return (kind, record);
+                }
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Writer only (one at a time).
+    fn write(&self, kind: u64, record: &Record) {
+        let sequence = self.sequence.load(Ordering::Relaxed);
+        self.sequence
+            .store(sequence.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.kind.store(kind, Ordering::Relaxed);
+        self.prefix[0].store(record.prefix[0], Ordering::Relaxed);
+        self.prefix[1].store(record.prefix[1], Ordering::Relaxed);
+        self.id[0].store(record.id as u64, Ordering::Relaxed);
+        self.id[1].store((record.id >> 64) as u64, Ordering::Relaxed);
+        self.state.store(record.state, Ordering::Relaxed);
+        self.owner_meta.store(
+            u64::from(record.owner) | u64::from(record.meta_stamp) << 32,
+            Ordering::Relaxed,
+        );
+        self.sequence
+            .store(sequence.wrapping_add(2), Ordering::Release);
+    }
+
+    /// Writer only: the kind and prefix, which only the writer changes.
+    #[inline]
+    fn kind_and_prefix(&self) -> (u64, [u64; 2]) {
+        (
+            self.kind.load(Ordering::Relaxed),
+            [
+                self.prefix[0].load(Ordering::Relaxed),
+                self.prefix[1].load(Ordering::Relaxed),
+            ],
+        )
+    }
+}
+
+/// The table has no room for another key: copy it into a bigger one.
+#[derive(Debug)]
+pub(super) struct Full;
+
+type Metas = DashMap<(HashPrefix, u32), Arc<Meta>, BuildHasherDefault<IdentityHasher>>;
+
+/// The slots, the meta maps beside them, and counts.
+pub(super) struct Table {
+    slots: Box<[Slot]>,
+    metas: Metas,
+    /// Live keys.
+    live: AtomicUsize,
+    /// Live keys and tombstones.
+    used: AtomicUsize,
+    next_stamp: AtomicU32,
+}
+
+/// Where a key is, or would go.
+enum Place {
+    Live(usize),
+    /// A tombstone to reuse.
+    Reuse(usize),
+    /// An empty slot.
+    Empty(usize),
+}
+
+impl Table {
+    /// A table that holds `keys` keys without growing, half full when it holds them.
+    pub fn with_capacity(keys: usize) -> Self {
+        let slots = keys.saturating_mul(2).max(8);
+        Self {
+            slots: std::iter::repeat_with(Slot::default).take(slots).collect(),
+            metas: Metas::default(),
+            live: AtomicUsize::new(0),
+            used: AtomicUsize::new(0),
+            next_stamp: AtomicU32::new(1),
+        }
+    }
+
+    /// Live keys.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Slots that may be used (live or tombstone): 5/8 of them.
+    fn max_used(&self) -> usize {
+        self.slots.len() / 8 * 5 + self.slots.len() % 8 * 5 / 8
+    }
+
+    /// The home slot of a prefix: its first word scaled to the table (already uniform).
+    #[inline]
+    fn home(&self, prefix: &[u64; 2]) -> usize {
+        ((u128::from(prefix[0]) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    /// The live record for `prefix`, if any. Lock-free.
+    #[inline]
+    pub fn get(&self, prefix: &HashPrefix) -> Option<Record> {
+        let words = prefix.words();
+        let len = self.slots.len();
+        let mut index = self.home(&words);
+        for _ in 0..len {
+            let (kind, record) = self.slots[index].read();
+            if kind == EMPTY {
+                return None;
+            }
+            if kind == LIVE && record.prefix == words {
+                return Some(record);
+            }
+            index += 1;
+            if index == len {
+                index = 0;
+            }
+        }
+        None
+    }
+
+    /// The meta a record names; `None` when the record has none, and `Err` when the map no
+    /// longer holds it (the key changed meanwhile: read the slot again).
+    #[inline]
+    pub fn meta(&self, prefix: &HashPrefix, record: &Record) -> Result<Option<Arc<Meta>>, ()> {
+        if record.meta_stamp == 0 {
+            return Ok(None);
+        }
+        match self.metas.get(&(*prefix, record.meta_stamp)) {
+            Some(meta) => Ok(Some(Arc::clone(meta.value()))),
+            None => Err(()),
+        }
+    }
+
+    /// Writer only.
+    fn place(&self, words: &[u64; 2]) -> Place {
+        let len = self.slots.len();
+        let mut index = self.home(words);
+        let mut reuse = None;
+        for _ in 0..len {
+            let (kind, prefix) = self.slots[index].kind_and_prefix();
+            match kind {
+                EMPTY => break,
+                LIVE if prefix == *words => return Place::Live(index),
+                TOMBSTONE if reuse.is_none() => reuse = Some(index),
+                _ => {}
+            }
+            index += 1;
+            if index == len {
+                index = 0;
+            }
+        }
+        match reuse {
+            Some(index) => Place::Reuse(index),
+            None => Place::Empty(index),
+        }
+    }
+
+    /// Inserts or replaces the key `prefix`. Writer only.
+    pub fn put(
+        &self,
+        prefix: &HashPrefix,
+        id: u128,
+        state: u64,
+        owner: u32,
+        meta: Option<&Arc<Meta>>,
+    ) -> Result<(), Full> {
+        let words = prefix.words();
+        let place = self.place(&words);
+        let used = self.used.load(Ordering::Relaxed);
+        if matches!(place, Place::Empty(_)) && used + 1 > self.max_used() {
+            return Err(Full);
+        }
+        let meta_stamp = match meta {
+            None => 0,
+            Some(meta) => {
+                let mut stamp = self.next_stamp.fetch_add(1, Ordering::Relaxed);
+                if stamp == 0 {
+                    stamp = self.next_stamp.fetch_add(1, Ordering::Relaxed);
+                }
+                self.metas.insert((*prefix, stamp), Arc::clone(meta));
+                stamp
+            }
+        };
+        let record = Record {
+            prefix: words,
+            id,
+            state,
+            owner,
+            meta_stamp,
+        };
+        let (index, old_stamp) = match place {
+            Place::Live(index) => (index, self.slots[index].read().1.meta_stamp),
+            Place::Reuse(index) => {
+                self.live.fetch_add(1, Ordering::Relaxed);
+                (index, 0)
+            }
+            Place::Empty(index) => {
+                self.live.fetch_add(1, Ordering::Relaxed);
+                self.used.store(used + 1, Ordering::Relaxed);
+                (index, 0)
+            }
+        };
+        self.slots[index].write(LIVE, &record);
+        if old_stamp != 0 {
+            self.metas.remove(&(*prefix, old_stamp));
+        }
+        Ok(())
+    }
+
+    /// Removes the key `prefix`, leaving a tombstone. Writer only.
+    pub fn remove(&self, prefix: &HashPrefix) {
+        let Place::Live(index) = self.place(&prefix.words()) else {
+            return;
+        };
+        let (_, record) = self.slots[index].read();
+        self.slots[index].write(TOMBSTONE, &record);
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        if record.meta_stamp != 0 {
+            self.metas.remove(&(*prefix, record.meta_stamp));
+        }
+    }
+
+    /// Every live record with its meta. Writer only.
+    pub fn for_each(&self, mut visit: impl FnMut(&HashPrefix, &Record, Option<&Arc<Meta>>)) {
+        for slot in &self.slots {
+            let (kind, record) = slot.read();
+            if kind != LIVE {
+                continue;
+            }
+            let prefix = HashPrefix::from_words(record.prefix);
+            let meta = (record.meta_stamp != 0)
+                .then(|| self.metas.get(&(prefix, record.meta_stamp)))
+                .flatten();
+            visit(&prefix, &record, meta.as_deref());
+        }
+    }
+
+    /// A copy with room for at least `keys` keys, without tombstones. Writer only.
+    pub fn grown(&self, keys: usize) -> Self {
+        let bigger = Self::with_capacity(keys.max(self.len()));
+        self.for_each(|prefix, record, meta| {
+            // Room for every live key was made above.
+            let _ = bigger.put(prefix, record.id, record.state, record.owner, meta);
+        });
+        bigger
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefix(n: u64) -> HashPrefix {
+        // Clustered home slots: the high bits of the first word pick the slot.
+        HashPrefix::from_words([n << 60 | n, !n])
+    }
+
+    #[test]
+    fn slots_are_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Slot>(), 64);
+        assert_eq!(std::mem::align_of::<Slot>(), 64);
+    }
+
+    #[test]
+    fn put_get_remove_and_tombstones() {
+        let table = Table::with_capacity(6);
+        for n in 0..6 {
+            table
+                .put(&prefix(n), u128::from(n), n, 7, None)
+                .expect("room");
+        }
+        assert_eq!(table.len(), 6);
+        for n in 0..6 {
+            assert_eq!(table.get(&prefix(n)).map(|record| record.state), Some(n));
+        }
+        assert_eq!(table.get(&prefix(9)), None);
+        table.remove(&prefix(2));
+        assert_eq!(table.get(&prefix(2)), None);
+        // Keys after the tombstone are still found; the tombstone is reused.
+        assert_eq!(table.get(&prefix(3)).map(|record| record.state), Some(3));
+        table.put(&prefix(2), 2, 22, 7, None).expect("reuses");
+        assert_eq!(table.get(&prefix(2)).map(|record| record.state), Some(22));
+        assert_eq!(table.len(), 6);
+        // Replacing a key does not add one.
+        table.put(&prefix(2), 2, 23, 7, None).expect("replaces");
+        assert_eq!(table.len(), 6);
+        let mut filled = 6;
+        while table.put(&prefix(100 + filled), 0, 0, 0, None).is_ok() {
+            filled += 1;
+        }
+        assert!(
+            filled < table.slots.len() as u64,
+            "an empty slot is always left"
+        );
+        let grown = table.grown(table.len() * 2);
+        assert_eq!(grown.len(), table.len());
+        assert_eq!(grown.get(&prefix(2)).map(|record| record.state), Some(23));
+        grown
+            .put(&prefix(999), 0, 1, 0, None)
+            .expect("room after growing");
+    }
+
+    #[test]
+    fn meta_follows_its_key() {
+        let table = Table::with_capacity(4);
+        let meta = Arc::new(Meta::from([("plan".to_owned(), "pro".to_owned())]));
+        table.put(&prefix(1), 1, 1, 0, Some(&meta)).expect("room");
+        let record = table.get(&prefix(1)).expect("present");
+        assert_eq!(table.meta(&prefix(1), &record), Ok(Some(Arc::clone(&meta))));
+        table.put(&prefix(1), 1, 1, 0, None).expect("replaces");
+        // The old record's stamp is gone: a reader holding it reads the slot again.
+        assert_eq!(table.meta(&prefix(1), &record), Err(()));
+        let record = table.get(&prefix(1)).expect("present");
+        assert_eq!(table.meta(&prefix(1), &record), Ok(None));
+        assert!(table.metas.is_empty());
+    }
+
+    #[test]
+    fn readers_see_whole_states_while_the_writer_changes_them() {
+        let table = Arc::new(Table::with_capacity(64));
+        for n in 0..32 {
+            table
+                .put(&prefix(n), u128::from(n), 0, 0, None)
+                .expect("room");
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (table, stop) = (Arc::clone(&table), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                while !stop.load(Ordering::Relaxed) || reads < 10_000 {
+                    for n in 0..32 {
+                        if let Some(record) = table.get(&prefix(n)) {
+                            // The writer writes key n with id n and owner = state % 1000:
+                            // a torn read would pair one write's state with another's owner.
+                            assert_eq!(record.id, u128::from(n));
+                            assert_eq!(u64::from(record.owner), record.state % 1000);
+                        }
+                        reads += 1;
+                    }
+                }
+            })
+        };
+        for round in 1..20_000u64 {
+            let n = round % 32;
+            if round % 7 == 0 {
+                table.remove(&prefix(n));
+            } else {
+                table
+                    .put(
+                        &prefix(n),
+                        u128::from(n),
+                        round,
+                        (round % 1000) as u32,
+                        None,
+                    )
+                    .expect("room");
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        reader.join().expect("no torn read");
+    }
+}
