@@ -5,9 +5,13 @@
 //! Real `keygate` processes: a control plane (SQLite), a fixed-response upstream, and M
 //! gateways per region, each region's gateways reaching the control plane through that
 //! region's [`WanRelay`] (one-way delay, jitter, bandwidth cap, loss bursts as stalls), plus
-//! gateways on plain loopback, the baseline measured in the same run. The probes, the
-//! background load and the operator talk to the gateways and the control plane directly, so
-//! the figures are enforcement at the gateway after the WAN, not the WAN twice.
+//! gateways on plain loopback, the baseline measured in the same run. With `--replicas 2`, two
+//! control planes share a real PostgreSQL server (started here, stopped at the end) and each
+//! region's gateways alternate between them, one relay per region and replica; the operator
+//! (revocations, `--wait`) talks to replica 1, so half the gateways hear of each change
+//! through the other replica. The probes, the background load and the operator talk to the
+//! gateways and the control plane directly, so the figures are enforcement at the gateway after
+//! the WAN, not the WAN twice.
 //!
 //! Phases (all by default):
 //! - `propagation`: N revocations (alternately disable and delete) under a paced background
@@ -39,6 +43,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use keygate::admin_client::AdminClient;
 use keygate_proto::pb;
+use keygate_test_postgres::TestPostgres;
 use keygate_wan::{Direction, Link, WanRelay};
 use rand::Rng;
 use serde_json::{Value, json};
@@ -78,6 +83,10 @@ pub struct WanArgs {
     /// Gateways on plain loopback, the baseline of the same run (0: none).
     #[arg(long, default_value_t = 4)]
     pub loopback_gateways: usize,
+    /// Control planes: 1 (SQLite), or 2 replicas sharing a PostgreSQL server started for the
+    /// run, each region's gateways alternating between them.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
     /// Each read is delayed by its region's delay ± up to this much.
     #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
     pub jitter: Duration,
@@ -155,11 +164,18 @@ async fn simulate(args: &WanArgs) -> anyhow::Result<()> {
     if args.regions.is_empty() {
         bail!("--regions: name at least one region's delay");
     }
+    if !(1..=2).contains(&args.replicas) {
+        bail!(
+            "--replicas: 1 (SQLite) or 2 (PostgreSQL), not {}",
+            args.replicas
+        );
+    }
     let mut results = serde_json::Map::new();
     results.insert("date".into(), json!(today()));
     results.insert("machine".into(), json!(machine()));
     println!("machine: {}", machine());
     let mut world = World::start(args).await?;
+    results.insert("controlPlane".into(), json!(world.database));
     if args.phases.contains(&Phase::Propagation) {
         let report = world.propagation(args).await?;
         if let Some(path) = &args.chart {
@@ -279,12 +295,18 @@ struct Gateway {
     admin: SocketAddr,
 }
 
-/// The control plane, the upstream and the regions' gateways.
+/// The control plane(s), the upstream and the regions' gateways.
 struct World {
     processes: Processes,
+    /// The shared database of `--replicas 2`; declared after `processes`, so it stops after
+    /// the control planes.
+    _postgres: Option<TestPostgres>,
+    /// What the control planes store in, for the report.
+    database: String,
     keygate: PathBuf,
     gateway_token: String,
-    control_plane: SocketAddr,
+    /// Replica 1 first: the operator's (revocations, `--wait`) and the partition phase's.
+    control_planes: Vec<SocketAddr>,
     upstream: String,
     admin: AdminClient,
     http: HttpClient,
@@ -309,27 +331,53 @@ impl World {
             )
             .await?;
         let upstream = format!("http://{}", addr_after(&line, "listening on ")?);
-        let database = format!("sqlite://{}", processes.work.join("keygate.db").display());
-        let line = processes
-            .start(
-                "control-plane",
-                &keygate,
-                &[
-                    "control-plane",
-                    "--grpc-listen",
-                    "127.0.0.1:0",
-                    "--http-listen",
-                    "127.0.0.1:0",
-                    "--database",
-                    &database,
-                    "--admin-token",
-                    &admin_token,
-                    "--gateway-token",
-                    &gateway_token,
-                ],
+        let (postgres, database, about) = if args.replicas > 1 {
+            let postgres = tokio::task::spawn_blocking(TestPostgres::start)
+                .await?
+                .context("cannot start PostgreSQL")?;
+            let version = postgres
+                .psql("keygate", "SHOW server_version")
+                .context("cannot query PostgreSQL")?;
+            let about = format!(
+                "{} replicas on PostgreSQL {} (fsync=off, synchronous_commit=off)",
+                args.replicas,
+                version.trim()
+            );
+            let url = postgres.url();
+            (Some(postgres), url, about)
+        } else {
+            let path = processes.work.join("keygate.db");
+            (
+                None,
+                format!("sqlite://{}", path.display()),
+                "1, SQLite".into(),
             )
-            .await?;
-        let control_plane = addr_after(&line, "listening on ")?;
+        };
+        println!("control plane: {about}");
+        let mut control_planes = Vec::new();
+        for replica in 1..=args.replicas {
+            let line = processes
+                .start(
+                    &format!("control-plane-{replica}"),
+                    &keygate,
+                    &[
+                        "control-plane",
+                        "--grpc-listen",
+                        "127.0.0.1:0",
+                        "--http-listen",
+                        "127.0.0.1:0",
+                        "--database",
+                        &database,
+                        "--admin-token",
+                        &admin_token,
+                        "--gateway-token",
+                        &gateway_token,
+                    ],
+                )
+                .await?;
+            control_planes.push(addr_after(&line, "listening on ")?);
+        }
+        let control_plane = control_planes[0];
         let admin = keygate::admin_client::connect(
             &format!("http://{control_plane}"),
             Some(&admin_token),
@@ -339,9 +387,11 @@ impl World {
         .map_err(|e| anyhow!("cannot reach the control plane: {e}"))?;
         let mut world = Self {
             processes,
+            _postgres: postgres,
+            database: about,
             keygate,
             gateway_token,
-            control_plane,
+            control_planes,
             upstream,
             admin,
             http: probe::client(),
@@ -350,7 +400,7 @@ impl World {
         };
         if args.phases.contains(&Phase::Propagation) {
             for i in 0..args.loopback_gateways {
-                let url = format!("http://{}", world.control_plane);
+                let url = format!("http://{}", world.replica(i));
                 world
                     .add_gateway(
                         "loopback",
@@ -369,12 +419,16 @@ impl World {
                     bandwidth: args.bandwidth,
                     blackhole: false,
                 };
-                let relay = WanRelay::start(world.control_plane, link).await?;
-                let url = relay.url();
-                world.relays.push((name.clone(), relay));
+                let mut urls = Vec::new();
+                for replica in world.control_planes.clone() {
+                    let relay = WanRelay::start(replica, link).await?;
+                    urls.push(relay.url());
+                    world.relays.push((name.clone(), relay));
+                }
                 for i in 0..args.gateways {
+                    let url = &urls[i % urls.len()];
                     world
-                        .add_gateway(&name, *delay, &format!("{name}-{i}"), &url, &[])
+                        .add_gateway(&name, *delay, &format!("{name}-{i}"), url, &[])
                         .await?;
                 }
             }
@@ -386,15 +440,19 @@ impl World {
                 world.gateways.len(),
                 args.loopback_gateways,
                 args.gateways,
-                world
-                    .relays
+                args.regions
                     .iter()
-                    .map(|(name, _)| name.as_str())
+                    .map(|delay| region_name(*delay))
                     .collect::<Vec<_>>()
                     .join(", ")
             );
         }
         Ok(world)
+    }
+
+    /// The control plane that the `i`th gateway of a region syncs from: the replicas in turn.
+    fn replica(&self, i: usize) -> SocketAddr {
+        self.control_planes[i % self.control_planes.len()]
     }
 
     /// Starts gateway `id` syncing from `control_plane` (the control plane or a relay).
@@ -631,7 +689,7 @@ impl World {
         let mut partitioned = Vec::new();
         for bound in &args.bounds {
             let relay = WanRelay::start(
-                self.control_plane,
+                self.control_planes[0],
                 Link {
                     delay,
                     jitter: args.jitter,
@@ -654,7 +712,7 @@ impl World {
                 .gateways
                 .last()
                 .map(|g| g.admin)
-                .unwrap_or(self.control_plane);
+                .unwrap_or(self.control_planes[0]);
             wait_ready(&self.http, admin).await?;
             partitioned.push((*bound, relay, admin));
         }
