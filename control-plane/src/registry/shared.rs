@@ -20,7 +20,7 @@ use super::{PUBLISH_INTERVAL, Registry};
 use crate::store::Store;
 
 /// Shortest time between two publishes: a burst of acks becomes one write.
-pub const MIN_PUBLISH_GAP: Duration = Duration::from_millis(10);
+pub const MIN_PUBLISH_GAP: Duration = Duration::from_millis(2);
 /// How often other replicas' rows are read while a `--wait` is in progress on this replica.
 pub const WAITING_REFRESH: Duration = Duration::from_millis(20);
 /// Rows nobody has written for this long past the gateway timeout are deleted: every gateway
