@@ -63,9 +63,13 @@ pub enum Command {
     ControlPlane(ControlPlaneArgs),
     /// Run a gateway in front of an upstream.
     Proxy(ProxyArgs),
-    /// Create, inspect, disable, enable, delete and reroll API keys.
+    /// Create, inspect, update, disable, enable, delete and reroll API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Create, inspect, update and delete identities: groups of keys that share rate limits
+    /// and credits.
+    #[command(subcommand)]
+    Identities(IdentitiesCommand),
     /// List the gateways connected to the control plane.
     Gateways,
     /// Read the audit log.
@@ -267,10 +271,13 @@ pub struct ProxyArgs {
 pub enum KeysCommand {
     /// Create a key; its plaintext is printed only here.
     Create(CreateKeyArgs),
-    /// Show one key.
+    /// Show one key, with its limits, current credits and rate-limit usage.
     Get { key_id: String },
     /// List keys, a page at a time.
     List(ListKeysArgs),
+    /// Change a key's rate limits, credits, refill, permissions or identity; what no flag
+    /// names keeps its value.
+    Update(UpdateKeyArgs),
     /// Disable a key (reversible): gateways answer 403 DISABLED.
     Disable {
         key_id: String,
@@ -336,6 +343,105 @@ pub struct CreateKeyArgs {
     /// Create the key disabled.
     #[arg(long)]
     pub disabled: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// A permission the key grants, repeatable: 1-64 of [A-Za-z0-9._:-], e.g. orders.read,
+    /// matched exactly (a route with `permissions` needs every one it lists).
+    #[arg(long = "permission", value_name = "PERMISSION")]
+    pub permissions: Vec<String>,
+    /// An identity whose rate limits and credits the key also counts against (created, with
+    /// no limits, if it does not exist).
+    #[arg(long, value_name = "ID")]
+    pub identity: Option<String>,
+}
+
+/// `--ratelimit`, `--credits` and `--refill` of a key or an identity. Kept as text and checked
+/// by `keygate_proto::limits` after parsing, so bad input fails with exit 1 and the control
+/// plane's own words instead of clap's usage error.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LimitArgs {
+    /// A rate limit, repeatable: at most LIMIT units (a route's cost each, default 1) per
+    /// window of DURATION aligned to Unix time, counted across every gateway, e.g.
+    /// requests=100/1s, tokens=10000/1m. On update the ones given replace all of them.
+    #[arg(long = "ratelimit", value_name = "NAME=LIMIT/DURATION")]
+    pub ratelimits: Vec<String>,
+    /// Credits: this many units in all (a route's cost each), then 429 USAGE_EXCEEDED at
+    /// every gateway [default: unlimited]. On update: the balance is set to N.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub credits: Option<String>,
+    /// With credits: every DURATION the balance is set back to AMOUNT, e.g. 1000/1d.
+    #[arg(long, value_name = "AMOUNT/DURATION", allow_hyphen_values = true)]
+    pub refill: Option<String>,
+}
+
+/// The flags that change a key's or an identity's limits: new values, or `--clear-…`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct UpdateLimitArgs {
+    #[command(flatten)]
+    pub set: LimitArgs,
+    /// Remove every rate limit.
+    #[arg(long)]
+    pub clear_ratelimits: bool,
+    /// Make the credits unlimited again (drops the refill too).
+    #[arg(long)]
+    pub clear_credits: bool,
+    /// Stop refilling the credits.
+    #[arg(long)]
+    pub clear_refill: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpdateKeyArgs {
+    pub key_id: String,
+    #[command(flatten)]
+    pub limits: UpdateLimitArgs,
+    /// A permission the key grants, repeatable; the ones given replace all of them.
+    #[arg(long = "permission", value_name = "PERMISSION")]
+    pub permissions: Vec<String>,
+    /// Remove every permission.
+    #[arg(long)]
+    pub clear_permissions: bool,
+    /// Count the key against this identity's rate limits and credits (created if missing).
+    #[arg(long, value_name = "ID")]
+    pub identity: Option<String>,
+    /// Take the key out of its identity.
+    #[arg(long)]
+    pub clear_identity: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentitiesCommand {
+    /// Create an identity: every key created or updated with --identity ID also counts against
+    /// its rate limits and credits.
+    Create {
+        /// 1-128 printable characters without spaces, e.g. the customer's id.
+        identity_id: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Change an identity's rate limits, credits or refill; what no flag names keeps its value.
+    Update {
+        identity_id: String,
+        #[command(flatten)]
+        limits: UpdateLimitArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Show one identity, with its current credits and rate-limit usage.
+    Get { identity_id: String },
+    /// List identities, a page at a time.
+    List {
+        /// Page size (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Cursor from the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Delete an identity; refused while a key names it.
+    Delete { identity_id: String },
 }
 
 #[derive(Debug, Clone, Args)]

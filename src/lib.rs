@@ -47,6 +47,7 @@ pub async fn run(cli: Cli, export_spans: bool) -> Result<(), Failure> {
         Command::ControlPlane(flags) => serve::control_plane(flags).await,
         Command::Proxy(flags) => serve::proxy(flags, export_spans).await,
         Command::Keys(keys) => commands::keys::run(&cli.client, keys).await,
+        Command::Identities(identities) => commands::identities::run(&cli.client, identities).await,
         Command::Gateways => commands::gateways::run(&cli.client).await,
         Command::Audit(audit) => commands::audit::run(&cli.client, audit).await,
         Command::Users(users) => commands::users::run(&cli.client, users).await,

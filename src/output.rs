@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 
 pub use keygate_proto::time::rfc3339;
 
-/// A key record as JSON; never contains the plaintext.
+/// A key record as JSON; never contains the plaintext. `credits` and `identity` are null when
+/// the key has none.
 pub fn key_json(key: &pb::Key) -> Value {
     json!({
         "keyId": key.key_id,
@@ -18,6 +19,11 @@ pub fn key_json(key: &pb::Key) -> Value {
         "expires": key.expires_unix_ms.map(rfc3339),
         "meta": key.meta,
         "revision": key.revision,
+        "ratelimits": key.ratelimits.iter().map(ratelimit_json).collect::<Vec<_>>(),
+        "credits": key.credits.as_ref().map(credits_json),
+        "permissions": key.permissions,
+        "identity": (!key.identity.is_empty()).then_some(&key.identity),
+        "usage": key.usage.iter().map(usage_json).collect::<Vec<_>>(),
     })
 }
 
@@ -34,9 +40,207 @@ pub fn key_line(key: &pb::Key) -> String {
         format!(" {:?}", key.name)
     };
     format!(
-        "{}  {}…  owner {}{}  {}{}  revision {}",
-        key.key_id, key.start, key.owner, name, state, expires, key.revision
+        "{}  {}…  owner {}{}  {}{}  revision {}{}",
+        key.key_id,
+        key.start,
+        key.owner,
+        name,
+        state,
+        expires,
+        key.revision,
+        limits_marker(key)
     )
+}
+
+/// A key for a person: its line, then one line per rate limit (with its current use), its
+/// credits, permissions and identity.
+pub fn key_text(key: &pb::Key) -> String {
+    let mut lines = vec![key_line(key)];
+    lines.extend(limit_lines(
+        &key.ratelimits,
+        &key.usage,
+        key.credits.as_ref(),
+    ));
+    if !key.permissions.is_empty() {
+        lines.push(format!("  permissions {}", key.permissions.join(" ")));
+    }
+    if !key.identity.is_empty() {
+        lines.push(format!(
+            "  identity {} (its limits: keygate identities get {})",
+            key.identity, key.identity
+        ));
+    }
+    lines.join("\n")
+}
+
+/// `  [2 rate limits, credits 950, 1 permission, identity acme]` for a key with limits, so a
+/// listing shows which keys have any; empty for a plain key.
+fn limits_marker(key: &pb::Key) -> String {
+    let mut parts = Vec::new();
+    if !key.ratelimits.is_empty() {
+        parts.push(counted(key.ratelimits.len(), "rate limit"));
+    }
+    if let Some(credits) = &key.credits {
+        parts.push(format!("credits {}", credits.remaining));
+    }
+    if !key.permissions.is_empty() {
+        parts.push(counted(key.permissions.len(), "permission"));
+    }
+    if !key.identity.is_empty() {
+        parts.push(format!("identity {}", key.identity));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("  [{}]", parts.join(", "))
+    }
+}
+
+fn counted(count: usize, thing: &str) -> String {
+    let plural = if count == 1 { "" } else { "s" };
+    format!("{count} {thing}{plural}")
+}
+
+/// An identity as JSON; `credits` is null when it has none.
+pub fn identity_json(identity: &pb::IdentityRecord) -> Value {
+    json!({
+        "identityId": identity.identity_id,
+        "ratelimits": identity.ratelimits.iter().map(ratelimit_json).collect::<Vec<_>>(),
+        "credits": identity.credits.as_ref().map(credits_json),
+        "created": rfc3339(identity.created_unix_ms),
+        "revision": identity.revision,
+        "usage": identity.usage.iter().map(usage_json).collect::<Vec<_>>(),
+    })
+}
+
+/// One line describing an identity.
+pub fn identity_line(identity: &pb::IdentityRecord) -> String {
+    let ratelimits = if identity.ratelimits.is_empty() {
+        "no rate limits".to_owned()
+    } else {
+        identity
+            .ratelimits
+            .iter()
+            .map(ratelimit_spec)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let credits = identity.credits.as_ref().map_or_else(
+        || "unlimited credits".to_owned(),
+        |credits| format!("credits {}", credits.remaining),
+    );
+    format!(
+        "{}  {ratelimits}  {credits}  created {}  revision {}",
+        identity.identity_id,
+        rfc3339(identity.created_unix_ms),
+        identity.revision
+    )
+}
+
+/// An identity for a person: its line, then its rate limits (with their current use) and
+/// credits.
+pub fn identity_text(identity: &pb::IdentityRecord) -> String {
+    let mut lines = vec![identity_line(identity)];
+    lines.extend(limit_lines(
+        &identity.ratelimits,
+        &identity.usage,
+        identity.credits.as_ref(),
+    ));
+    lines.join("\n")
+}
+
+/// A rate limit in the operator's spelling, `requests=100/1s`.
+fn ratelimit_spec(limit: &pb::RateLimit) -> String {
+    keygate_proto::RateLimit {
+        name: limit.name.clone(),
+        limit: limit.limit,
+        window_ms: limit.window_ms,
+    }
+    .to_string()
+}
+
+fn ratelimit_json(limit: &pb::RateLimit) -> Value {
+    json!({
+        "name": limit.name,
+        "limit": limit.limit,
+        "windowMs": limit.window_ms,
+        "spec": ratelimit_spec(limit),
+    })
+}
+
+fn credits_json(credits: &pb::Credits) -> Value {
+    json!({
+        "remaining": credits.remaining,
+        "leased": credits.leased,
+        "refill": credits.refill.as_ref().map(|refill| json!({
+            "amount": refill.amount,
+            "intervalMs": refill.interval_ms,
+            "spec": refill_spec(refill),
+            "next": (refill.next_unix_ms > 0).then(|| rfc3339(refill.next_unix_ms)),
+        })),
+    })
+}
+
+fn refill_spec(refill: &pb::Refill) -> String {
+    keygate_proto::RefillSpec {
+        amount: refill.amount,
+        interval_ms: refill.interval_ms,
+    }
+    .to_string()
+}
+
+fn usage_json(usage: &pb::LimitUsage) -> Value {
+    json!({
+        "limit": usage.limit,
+        "windowStart": rfc3339(usage.window_start_unix_ms),
+        "used": usage.used,
+    })
+}
+
+/// `  rate limit requests=100/1s: 12 used in the window from …` per limit, then
+/// `  credits 950 left, 50 leased to gateways; refill 1000/1day, next …`.
+fn limit_lines(
+    ratelimits: &[pb::RateLimit],
+    usage: &[pb::LimitUsage],
+    credits: Option<&pb::Credits>,
+) -> Vec<String> {
+    let mut lines: Vec<String> = ratelimits
+        .iter()
+        .map(|limit| {
+            let used = usage
+                .iter()
+                .find(|usage| usage.limit == limit.name)
+                .map_or_else(
+                    || "none used in this window".to_owned(),
+                    |usage| {
+                        format!(
+                            "{} used in the window from {}",
+                            usage.used,
+                            rfc3339(usage.window_start_unix_ms)
+                        )
+                    },
+                );
+            format!("  rate limit {}: {used}", ratelimit_spec(limit))
+        })
+        .collect();
+    if let Some(credits) = credits {
+        let refill = credits.refill.as_ref().map_or_else(
+            || "no refill".to_owned(),
+            |refill| {
+                let next = if refill.next_unix_ms > 0 {
+                    format!(", next {}", rfc3339(refill.next_unix_ms))
+                } else {
+                    String::new()
+                };
+                format!("refill {}{next}", refill_spec(refill))
+            },
+        );
+        lines.push(format!(
+            "  credits {} left, {} leased to gateways; {refill}",
+            credits.remaining, credits.leased
+        ));
+    }
+    lines
 }
 
 /// A gateway registry entry as JSON.
@@ -237,4 +441,30 @@ pub fn signing_key_line(key: &pb::SigningKeyInfo) -> String {
 /// Prints `value` as the command's single JSON object.
 pub fn print_json(value: &Value) {
     println!("{value}");
+}
+
+/// One page of a list command: `{"<field>":[…],"cursor":…}` with `--json`, else one line per
+/// item, then how to get the next page (or `empty` when there is nothing at all).
+pub fn print_page<T>(
+    page: &[T],
+    next_cursor: String,
+    json: bool,
+    (field, empty): (&str, &str),
+    as_json: impl Fn(&T) -> Value,
+    as_line: impl Fn(&T) -> String,
+) {
+    let cursor = (!next_cursor.is_empty()).then_some(next_cursor);
+    if json {
+        let items: Vec<Value> = page.iter().map(as_json).collect();
+        print_json(&json!({ field: items, "cursor": cursor }));
+        return;
+    }
+    for item in page {
+        println!("{}", as_line(item));
+    }
+    match cursor {
+        Some(cursor) => println!("More: --cursor {cursor}"),
+        None if page.is_empty() => println!("{empty}"),
+        None => {}
+    }
 }

@@ -111,6 +111,7 @@ impl Iterator for KeyStream {
             enabled: kind != KeyKind::Disabled,
             expires_unix_ms: (kind == KeyKind::Expired).then_some(EXPIRED_AT_UNIX_MS),
             meta: Meta::new(),
+            limits: Default::default(),
         };
         Some(SyntheticKey {
             plaintext,

@@ -14,6 +14,7 @@
 //!   every gateway, [`probe`]d by real requests, as [`percentiles`]; passkeys are enrolled
 //!   ([`enrollment`]) with the software [`authenticator`] the integration tests use too.
 //! - [`wan`]: the region simulator: the same measurements with gateways behind WAN relays.
+//! - [`limits`]: rate-limit overshoot, stranded credits and control-plane CPU across gateways.
 
 #![forbid(unsafe_code)]
 
@@ -25,6 +26,7 @@ pub mod disable_latency;
 pub mod enrollment;
 pub mod keyfile;
 pub mod keyset;
+pub mod limits;
 pub mod load;
 pub mod mix;
 pub mod percentiles;

@@ -144,6 +144,9 @@ enum Bench {
     /// The region simulator: gateways behind WAN relays (delay, jitter, loss, partitions);
     /// revoke → refused per region, `--wait`, snapshot over a long round trip, partitions.
     Wan(Box<keygate_benches::wan::WanArgs>),
+    /// Limits across gateways: rate-limit overshoot per window, credits stranded in leases
+    /// when a key runs dry, control-plane CPU per 1,000 req/s of limited traffic.
+    Limits(Box<keygate_benches::limits::LimitsArgs>),
     /// Render a summary (from `summarize`) as text tables; to stdout, or to `--out`.
     Table {
         summary: PathBuf,
@@ -396,6 +399,7 @@ async fn run(command: Bench) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot write {}", out.display()))
         }
         Bench::Wan(args) => keygate_benches::wan::run(*args).await,
+        Bench::Limits(args) => keygate_benches::limits::run(*args).await,
         Bench::Table { summary, out } => {
             let text = std::fs::read_to_string(&summary)
                 .with_context(|| format!("cannot read {}", summary.display()))?;

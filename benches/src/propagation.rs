@@ -107,6 +107,9 @@ impl PropagationReport {
 }
 
 /// A credential minted for one revocation.
+// A handful are alive at once; the size of the key variant (which grew with the key's limits
+// fields) does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Minted {
     Key(pb::IssuedKey),
     Passkey(EnrolledSession),

@@ -134,30 +134,33 @@ pub struct WanArgs {
 
 /// Runs the simulator until it is done or interrupted; prints the results as it goes.
 pub async fn run(args: WanArgs) -> anyhow::Result<()> {
-    let interrupted = async {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-    };
     // Dropping the run (on a signal) drops its processes, which kills them.
     tokio::select! {
         result = simulate(&args) => result,
-        () = interrupted => bail!("interrupted; every process started was stopped"),
+        () = interrupted() => bail!("interrupted; every process started was stopped"),
     }
+}
+
+/// Ctrl-C, or SIGTERM on Unix: how a run is interrupted (its processes are then dropped, which
+/// kills them).
+pub(crate) async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn simulate(args: &WanArgs) -> anyhow::Result<()> {
@@ -199,13 +202,13 @@ async fn simulate(args: &WanArgs) -> anyhow::Result<()> {
 }
 
 /// Child processes and the directory they work in; dropping it kills them and removes it.
-struct Processes {
-    work: PathBuf,
+pub(crate) struct Processes {
+    pub(crate) work: PathBuf,
     children: Vec<Child>,
 }
 
 impl Processes {
-    fn new() -> anyhow::Result<Self> {
+    pub(crate) fn new() -> anyhow::Result<Self> {
         let work = std::env::temp_dir().join(format!("keygate-wan-{:016x}", rand::random::<u64>()));
         std::fs::create_dir_all(&work)
             .with_context(|| format!("cannot create {}", work.display()))?;
@@ -217,7 +220,12 @@ impl Processes {
 
     /// Starts `program args…` (stderr to `WORK/name.log`) and returns the first line it prints
     /// on stdout, the "listening on" line of keygate's servers.
-    async fn start(&mut self, name: &str, program: &Path, args: &[&str]) -> anyhow::Result<String> {
+    pub(crate) async fn start(
+        &mut self,
+        name: &str,
+        program: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<String> {
         let log = std::fs::File::create(self.work.join(format!("{name}.log")))?;
         let mut child = Command::new(program)
             .args(args)
@@ -249,6 +257,13 @@ impl Processes {
     }
 }
 
+impl Processes {
+    /// The process id of the child started last.
+    pub(crate) fn last_pid(&self) -> Option<u32> {
+        self.children.last().map(Child::id)
+    }
+}
+
 impl Drop for Processes {
     fn drop(&mut self) {
         for child in &mut self.children {
@@ -262,7 +277,7 @@ impl Drop for Processes {
 }
 
 /// The address after `marker` in a "listening on" line.
-fn addr_after(line: &str, marker: &str) -> anyhow::Result<SocketAddr> {
+pub(crate) fn addr_after(line: &str, marker: &str) -> anyhow::Result<SocketAddr> {
     let start = line
         .find(marker)
         .ok_or_else(|| anyhow!("no {marker:?} in {line:?}"))?
@@ -272,7 +287,7 @@ fn addr_after(line: &str, marker: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{addr:?} in {line:?} is not an address"))
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let mut rng = rand::rng();
     (0..32)
         .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
@@ -911,7 +926,10 @@ async fn create_key(admin: &mut AdminClient, owner: &str) -> anyhow::Result<pb::
 }
 
 /// `/readyz` of a gateway's admin listener: status and body.
-async fn readiness(http: &HttpClient, admin: SocketAddr) -> anyhow::Result<(u16, Value)> {
+pub(crate) async fn readiness(
+    http: &HttpClient,
+    admin: SocketAddr,
+) -> anyhow::Result<(u16, Value)> {
     let request =
         http::Request::get(format!("http://{admin}/readyz")).body(http_body_util::Empty::new())?;
     let response = http.request(request).await?;
@@ -922,7 +940,7 @@ async fn readiness(http: &HttpClient, admin: SocketAddr) -> anyhow::Result<(u16,
     Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
 }
 
-async fn wait_ready(http: &HttpClient, admin: SocketAddr) -> anyhow::Result<()> {
+pub(crate) async fn wait_ready(http: &HttpClient, admin: SocketAddr) -> anyhow::Result<()> {
     let started = Instant::now();
     while !readiness(http, admin)
         .await
@@ -936,7 +954,11 @@ async fn wait_ready(http: &HttpClient, admin: SocketAddr) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn wait_applied(http: &HttpClient, admin: SocketAddr, revision: u64) -> anyhow::Result<()> {
+pub(crate) async fn wait_applied(
+    http: &HttpClient,
+    admin: SocketAddr,
+    revision: u64,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
         let (_, body) = readiness(http, admin).await?;
@@ -1105,7 +1127,7 @@ fn chart(report: &Value) -> String {
     svg + "</svg>\n"
 }
 
-fn today() -> String {
+pub(crate) fn today() -> String {
     Command::new("date")
         .args(["-u", "+%F"])
         .output()
@@ -1113,7 +1135,7 @@ fn today() -> String {
         .unwrap_or_default()
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     format!(

@@ -3,20 +3,24 @@
 //! begins by requiring its scope (`auth::require`), whose operator's name is the audit actor;
 //! the rules live in `keys`. The user, passkey and session methods are in the `passkeys`
 //! submodule (rules in `users`), the operator-token methods in `tokens` (rules in
-//! `crate::tokens`).
+//! `crate::tokens`), UpdateKey and the identity methods in `limits` (rules in `keys`, usage
+//! from `crate::limits`).
 
+mod limits;
 mod passkeys;
 mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use keygate_proto::limits::Holder;
 use keygate_proto::{Revision, pb};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Scope, require, require_any};
 use crate::event_log::EventLog;
 use crate::keys::{CreateKey, IssuedKey, KeyError, Keys, ListKeys};
+use crate::limits::Limits;
 use crate::registry::{GatewayStatus, Registry};
 use crate::store::{AuditEntry, KeyRecord};
 use crate::tokens::Tokens;
@@ -29,17 +33,20 @@ pub struct AdminService {
     tokens: Tokens,
     registry: Arc<Registry>,
     event_log: Arc<EventLog>,
+    /// Usage of rate limits, shown with keys and identities.
+    limits: Arc<Limits>,
 }
 
 impl AdminService {
     /// A service over `keys`, `users` and `tokens`, reporting gateways from `registry` (and
-    /// ending the streams of revoked gateway tokens there).
+    /// ending the streams of revoked gateway tokens there) and usage from `limits`.
     pub fn new(
         keys: Keys,
         users: Users,
         tokens: Tokens,
         registry: Arc<Registry>,
         event_log: Arc<EventLog>,
+        limits: Arc<Limits>,
     ) -> Self {
         Self {
             keys,
@@ -47,6 +54,7 @@ impl AdminService {
             tokens,
             registry,
             event_log,
+            limits,
         }
     }
 }
@@ -57,6 +65,8 @@ fn status(error: KeyError) -> Status {
     match error {
         KeyError::InvalidArgument(message) => Status::invalid_argument(message),
         KeyError::NotFound(message) => Status::not_found(message),
+        KeyError::AlreadyExists(message) => Status::already_exists(message),
+        KeyError::FailedPrecondition(message) => Status::failed_precondition(message),
         KeyError::Store(error) => {
             tracing::error!(%error, "admin operation failed in the store");
             Status::internal("internal store error; see the control plane's log")
@@ -64,7 +74,7 @@ fn status(error: KeyError) -> Status {
     }
 }
 
-fn key_message(key: &KeyRecord) -> pb::Key {
+fn key_message(key: &KeyRecord, limits: &Limits) -> pb::Key {
     pb::Key {
         key_id: key.id.to_string(),
         owner: key.owner.clone(),
@@ -79,13 +89,18 @@ fn key_message(key: &KeyRecord) -> pb::Key {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         revision: key.revision.0,
+        ratelimits: key.limits.ratelimits.iter().map(Into::into).collect(),
+        credits: key.credits.as_ref().map(limits::credits_message),
+        permissions: key.limits.permissions.clone(),
+        identity: key.limits.identity.clone().unwrap_or_default(),
+        usage: limits::usage_messages(limits, &Holder::Key(key.id), &key.limits.ratelimits),
     }
 }
 
-fn issued_message(issued: IssuedKey) -> pb::IssuedKey {
+fn issued_message(issued: IssuedKey, limits: &Limits) -> pb::IssuedKey {
     pb::IssuedKey {
         key_id: issued.record.id.to_string(),
-        record: Some(key_message(&issued.record)),
+        record: Some(key_message(&issued.record, limits)),
         key: issued.plaintext,
         revision: issued.revision.0,
     }
@@ -155,10 +170,15 @@ impl pb::admin_server::Admin for AdminService {
             expires_unix_ms: request.expires_unix_ms,
             meta: request.meta.into_iter().collect(),
             disabled: request.disabled,
+            ratelimits: limits::ratelimits(request.ratelimits)?,
+            credits: request.credits,
+            refill: limits::refill(request.refill),
+            permissions: request.permissions,
+            identity: (!request.identity.is_empty()).then_some(request.identity),
         };
         let issued = self.keys.create(create, &actor).await.map_err(status)?;
         tracing::info!(key_id = %issued.record.id, owner = %issued.record.owner, revision = %issued.revision, %actor, "key created");
-        Ok(Response::new(issued_message(issued)))
+        Ok(Response::new(issued_message(issued, &self.limits)))
     }
 
     async fn get_key(
@@ -171,7 +191,7 @@ impl pb::admin_server::Admin for AdminService {
             .get(&request.into_inner().key_id)
             .await
             .map_err(status)?;
-        Ok(Response::new(key_message(&key)))
+        Ok(Response::new(key_message(&key, &self.limits)))
     }
 
     async fn list_keys(
@@ -190,7 +210,11 @@ impl pb::admin_server::Admin for AdminService {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListKeysResponse {
-            keys: page.keys.iter().map(key_message).collect(),
+            keys: page
+                .keys
+                .iter()
+                .map(|key| key_message(key, &self.limits))
+                .collect(),
             next_cursor: page.next_cursor.unwrap_or_default(),
         }))
     }
@@ -216,7 +240,7 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::KeyChange {
             revision: changed.revision.0,
             key_id: changed.key.id.to_string(),
-            key: Some(key_message(&changed.key)),
+            key: Some(key_message(&changed.key, &self.limits)),
         }))
     }
 
@@ -247,7 +271,7 @@ impl pb::admin_server::Admin for AdminService {
             .await
             .map_err(status)?;
         tracing::info!(old_key_id = %request.key_id, new_key_id = %issued.record.id, grace_ms = request.grace_ms, revision = %issued.revision, %actor, "key rerolled");
-        Ok(Response::new(issued_message(issued)))
+        Ok(Response::new(issued_message(issued, &self.limits)))
     }
 
     async fn revoke_owner(
@@ -266,6 +290,48 @@ impl pb::admin_server::Admin for AdminService {
             revision: revoked.revision.0,
             deleted_key_ids: revoked.deleted.iter().map(ToString::to_string).collect(),
         }))
+    }
+
+    async fn update_key(
+        &self,
+        request: Request<pb::UpdateKeyRequest>,
+    ) -> Result<Response<pb::KeyChange>, Status> {
+        limits::update_key(&self.keys, &self.limits, request).await
+    }
+
+    async fn create_identity(
+        &self,
+        request: Request<pb::CreateIdentityRequest>,
+    ) -> Result<Response<pb::IdentityChange>, Status> {
+        limits::create_identity(&self.keys, &self.limits, request).await
+    }
+
+    async fn update_identity(
+        &self,
+        request: Request<pb::UpdateIdentityRequest>,
+    ) -> Result<Response<pb::IdentityChange>, Status> {
+        limits::update_identity(&self.keys, &self.limits, request).await
+    }
+
+    async fn get_identity(
+        &self,
+        request: Request<pb::GetIdentityRequest>,
+    ) -> Result<Response<pb::IdentityRecord>, Status> {
+        limits::get_identity(&self.keys, &self.limits, request).await
+    }
+
+    async fn list_identities(
+        &self,
+        request: Request<pb::ListIdentitiesRequest>,
+    ) -> Result<Response<pb::ListIdentitiesResponse>, Status> {
+        limits::list_identities(&self.keys, &self.limits, request).await
+    }
+
+    async fn delete_identity(
+        &self,
+        request: Request<pb::DeleteIdentityRequest>,
+    ) -> Result<Response<pb::IdentityChange>, Status> {
+        limits::delete_identity(&self.keys, request).await
     }
 
     async fn list_gateways(

@@ -7,6 +7,8 @@
 //! - `event_log`: the head revision and recent events in memory, feeding the sync streams;
 //! - `keys`: the rules of the operator operations; `admin_service`: the Admin gRPC service;
 //! - `sync_service`: the Sync gRPC service (replication streams, key lookups);
+//! - `limits`: limits per key: usage aggregation across gateways, the credit lease service,
+//!   refills and write-offs;
 //! - `registry`: the connected gateways, shared among replicas through the store;
 //!   `auth`: who may call (bootstrap and named tokens, checked in a layer around both
 //!   services, failures limited per address) and what they may do (scopes); `tokens`: the
@@ -32,6 +34,7 @@ mod event_log;
 mod http;
 mod ids;
 mod keys;
+mod limits;
 mod mail;
 pub mod metrics;
 mod passkeys;
@@ -68,6 +71,7 @@ use crate::auth::layer::Authenticated;
 use crate::config::{ConfigError, DatabaseUrl};
 use crate::event_log::{DEFAULT_RING_CAPACITY, EventLog};
 use crate::keys::Keys;
+use crate::limits::Limits;
 use crate::passkeys::{Passkeys, Providers};
 use crate::registry::Registry;
 use crate::store::postgres::PgStore;
@@ -224,12 +228,17 @@ impl ControlPlane {
             trigger.cancel();
         });
 
+        let limits = Arc::new(Limits::new(
+            Arc::clone(&self.store),
+            Arc::clone(&self.registry),
+        ));
         let admin = AdminService::new(
             Keys::new(Arc::clone(&self.store)),
             self.passkeys.users.clone(),
             Tokens::new(Arc::clone(&self.store)),
             Arc::clone(&self.registry),
             Arc::clone(&self.event_log),
+            Arc::clone(&limits),
         );
         // Every call to either service is authenticated first, by one authenticator (one
         // limit on failures per address, whichever service they were for).
@@ -242,6 +251,7 @@ impl ControlPlane {
             Arc::clone(&self.store),
             Arc::clone(&self.event_log),
             Arc::clone(&self.registry),
+            Arc::clone(&limits),
             stop.clone(),
             SyncSettings {
                 require_client_certificate: self.config.client_ca.is_some(),
@@ -356,6 +366,8 @@ impl ControlPlane {
             stop.clone(),
         );
 
+        let limits_upkeep = Arc::clone(&limits).maintain(stop.clone());
+
         let compactor = compact_events(
             Arc::clone(&self.store),
             self.config.event_retention,
@@ -365,7 +377,7 @@ impl ControlPlane {
         tracing::info!(grpc = %self.grpc_addr, http = %self.http_addr, "control plane serving");
         let session_pruner = self.passkeys.maintain(stop.clone());
 
-        let (result, (), (), (), (), (), (), ()) = tokio::join!(
+        let (result, (), (), (), (), (), (), (), ()) = tokio::join!(
             grpc,
             http,
             pruner,
@@ -373,7 +385,8 @@ impl ControlPlane {
             compactor,
             session_pruner,
             certificate_watch,
-            token_recheck
+            token_recheck,
+            limits_upkeep
         );
         signal.abort();
         tracing::info!("control plane stopped");

@@ -18,6 +18,11 @@ const SYNC_REFUSED: &str = "keygate_sync_refused_total";
 const AUTH_FAILURES: &str = "keygate_auth_failures_total";
 const AUTH_THROTTLED: &str = "keygate_auth_throttled_total";
 const TOKEN_STREAMS_ENDED: &str = "keygate_sync_token_revoked_streams_total";
+const LEASES_GRANTED: &str = "keygate_credit_leases_granted_total";
+const CREDITS_LEASED: &str = "keygate_credits_leased_total";
+const CREDITS_WRITTEN_OFF: &str = "keygate_credits_written_off_total";
+const CREDITS_REFILLED: &str = "keygate_credit_refills_total";
+const USAGE_UPDATES_PUSHED: &str = "keygate_usage_updates_pushed_total";
 
 /// Adds the control plane's histogram buckets to a Prometheus builder (without buckets the
 /// exporter renders histograms as summaries). Propagation is milliseconds in practice and
@@ -77,6 +82,26 @@ pub fn describe() {
         "Sync streams ended because the gateway token they authenticated with was revoked."
     );
     metrics::describe_counter!(
+        LEASES_GRANTED,
+        "Credit leases granted to gateways (grants of at least one credit)."
+    );
+    metrics::describe_counter!(
+        CREDITS_LEASED,
+        "Credits leased to gateways (taken off balances; unspent ones come back by returns)."
+    );
+    metrics::describe_counter!(
+        CREDITS_WRITTEN_OFF,
+        "Credits of leases that never came back, counted as spent 30 s after the lease expired."
+    );
+    metrics::describe_counter!(
+        CREDITS_REFILLED,
+        "Credit balances refilled by their refill rule."
+    );
+    metrics::describe_counter!(
+        USAGE_UPDATES_PUSHED,
+        "Usage updates (what the other gateways used per rate-limit window) sent to gateways."
+    );
+    metrics::describe_counter!(
         LOOKUPS_TOTAL,
         "Point lookups of a key by hash from gateways, by result (found, absent)."
     );
@@ -126,4 +151,21 @@ pub(crate) fn auth_throttled(service: &'static str) {
 
 pub(crate) fn token_streams_ended(count: usize) {
     metrics::counter!(TOKEN_STREAMS_ENDED).increment(count as u64);
+}
+
+pub(crate) fn credit_lease_granted(credits: u64) {
+    metrics::counter!(LEASES_GRANTED).increment(1);
+    metrics::counter!(CREDITS_LEASED).increment(credits);
+}
+
+pub(crate) fn credits_written_off(credits: u64) {
+    metrics::counter!(CREDITS_WRITTEN_OFF).increment(credits);
+}
+
+pub(crate) fn credits_refilled(holders: usize) {
+    metrics::counter!(CREDITS_REFILLED).increment(holders as u64);
+}
+
+pub(crate) fn usage_update_pushed() {
+    metrics::counter!(USAGE_UPDATES_PUSHED).increment(1);
 }

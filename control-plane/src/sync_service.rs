@@ -14,7 +14,14 @@
 //! - the writer sends the snapshot or the missed events, then follows the head of the event
 //!   log (woken by its `watch` channel, reading from its in-memory ring, falling back to the
 //!   store), so every event reaches the gateway once, in order, with no gap;
-//! - the reader answers pings and records acks in the registry.
+//! - the reader answers pings and records acks in the registry;
+//! - limits (DESIGN.md, "Limits and permissions per key"): the reader hands usage reports to
+//!   the aggregator (in memory, at once) and lease requests and returns to the stream's lease
+//!   task, which asks the store, several at a time; a third task pushes the usage updates the
+//!   gateway is owed, at most one per [`PUSH_GAP`]. Their answers share the outbound channel,
+//!   so neither a slow store nor a burst of reports holds up events or pongs. A lease is
+//!   recorded for the id the stream said hello as; a grant that can no longer be sent (the
+//!   stream ended) is returned at once.
 //!
 //! Log identity (DESIGN.md, "Storage and a highly available control plane"): the gateway's
 //! Hello names the log its revisions belong to; a gateway of another log gets a snapshot, never
@@ -36,6 +43,7 @@ use std::time::Duration;
 
 use keygate_proto::pb::control_message::Msg as ControlMsg;
 use keygate_proto::pb::gateway_message::Msg as GatewayMsg;
+use keygate_proto::time::now_unix_ms;
 use keygate_proto::{Event, KeyHash, LogId, Revision, pb};
 use keygate_transport::ConnectInfo;
 use prost::Message;
@@ -48,6 +56,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::GatewayCredential;
 use crate::event_log::EventLog;
+use crate::limits::{Limits, PUSH_GAP, Subscription};
 use crate::metrics;
 use crate::registry::{GatewayHello, Registry, Session, StreamCredential};
 use crate::store::{LogBounds, SessionState, Store};
@@ -59,6 +68,10 @@ pub const EVENT_BATCH_EVENTS: usize = 1000;
 /// Encoded size at which a chunk or batch is cut short, well under gRPC's default 4 MiB
 /// receive limit even when keys carry large meta maps.
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// Lease requests and returns of one stream being answered at once (more wait in its queue).
+const LEASES_IN_FLIGHT: usize = 16;
+/// Lease requests and returns queued per stream before its reader waits.
+const LEASE_QUEUE: usize = 1024;
 /// Longest gateway id, in characters.
 const MAX_GATEWAY_ID_CHARS: usize = 128;
 /// Longest region, version or address in a hello, in characters.
@@ -106,6 +119,8 @@ struct Shared {
     store: Arc<dyn Store>,
     event_log: Arc<EventLog>,
     registry: Arc<Registry>,
+    /// Usage aggregation and the lease service.
+    limits: Arc<Limits>,
     shutdown: CancellationToken,
     settings: SyncSettings,
     /// The committed heads that pongs carry.
@@ -118,6 +133,7 @@ impl SyncService {
         store: Arc<dyn Store>,
         event_log: Arc<EventLog>,
         registry: Arc<Registry>,
+        limits: Arc<Limits>,
         shutdown: CancellationToken,
         settings: SyncSettings,
     ) -> Self {
@@ -126,6 +142,7 @@ impl SyncService {
                 store,
                 event_log,
                 registry,
+                limits,
                 shutdown,
                 settings,
                 pong_heads: PongHeads::default(),
@@ -396,15 +413,37 @@ async fn run_stream(
         "gateway connected"
     );
 
+    let subscription = shared.limits.usage.attach(&hello.id);
+    let _subscribed = Subscribed {
+        limits: Arc::clone(&shared.limits),
+        subscription: subscription.clone(),
+    };
+    let (lease_ops, lease_queue) = mpsc::channel(LEASE_QUEUE);
+    let leases = tokio::spawn(lease_loop(
+        Arc::clone(&shared),
+        lease_queue,
+        tx.clone(),
+        session.clone(),
+    ));
+    let pusher = tokio::spawn(push_usage(
+        Arc::clone(&shared),
+        subscription,
+        tx.clone(),
+        session.clone(),
+    ));
     let reader = tokio::spawn(read_loop(
         Arc::clone(&shared),
         inbound,
         tx.clone(),
         session.clone(),
+        lease_ops,
     ));
     let end = write_loop(&shared, &tx, &session, &gateway_log, applied).await;
     session.stop.cancel();
     let _ = reader.await;
+    let _ = pusher.await;
+    // Returns already queued still reach the store; requests are dropped (nobody to answer).
+    let _ = leases.await;
 
     let farewell = match end {
         End::Failed(status) => Some(status),
@@ -438,6 +477,18 @@ struct Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         self.registry.disconnect(&self.session);
+    }
+}
+
+/// Ends the stream's subscription to usage updates however the stream ends.
+struct Subscribed {
+    limits: Arc<Limits>,
+    subscription: Subscription,
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        self.limits.usage.detach(&self.subscription);
     }
 }
 
@@ -679,9 +730,14 @@ async fn send_snapshot(
         bytes += size;
         chunk.keys.push(key);
     }
-    // The session state at the same revision follows the keys, in chunks bounded alike.
+    // The identities and the session state at the same revision follow the keys, in chunks
+    // bounded alike.
     let mut items = chunk.keys.len();
-    for entry in SessionEntry::all(&snapshot.sessions) {
+    let identities = snapshot
+        .identities
+        .iter()
+        .map(|identity| SnapshotEntry::Identity(identity.into()));
+    for entry in identities.chain(SnapshotEntry::all(&snapshot.sessions)) {
         let size = entry.encoded_len() + 8;
         if items > 0 && (items == SNAPSHOT_CHUNK_KEYS || bytes + size > MAX_MESSAGE_BYTES) {
             sender
@@ -705,15 +761,17 @@ async fn send_snapshot(
     Ok(revision)
 }
 
-/// One entry of a snapshot's session state (SnapshotChunk fields 2 to 5).
-enum SessionEntry {
+/// One entry of a snapshot besides its keys: an identity or session state (SnapshotChunk
+/// fields 2 to 5 and 10).
+enum SnapshotEntry {
+    Identity(pb::Identity),
     SigningKey(pb::SigningKey),
     RevokedSession(pb::SessionRevoked),
     RevokedPasskey(pb::PasskeyRevoked),
     User(pb::UserState),
 }
 
-impl SessionEntry {
+impl SnapshotEntry {
     /// Every entry of `state`.
     fn all(state: &SessionState) -> impl Iterator<Item = Self> + '_ {
         let keys = state
@@ -734,6 +792,7 @@ impl SessionEntry {
 
     fn encoded_len(&self) -> usize {
         match self {
+            Self::Identity(m) => m.encoded_len(),
             Self::SigningKey(m) => m.encoded_len(),
             Self::RevokedSession(m) => m.encoded_len(),
             Self::RevokedPasskey(m) => m.encoded_len(),
@@ -743,6 +802,7 @@ impl SessionEntry {
 
     fn add_to(self, chunk: &mut pb::SnapshotChunk) {
         match self {
+            Self::Identity(m) => chunk.identities.push(m),
             Self::SigningKey(m) => chunk.signing_keys.push(m),
             Self::RevokedSession(m) => chunk.revoked_sessions.push(m),
             Self::RevokedPasskey(m) => chunk.revoked_passkeys.push(m),
@@ -782,6 +842,7 @@ async fn read_loop(
     mut inbound: Streaming<pb::GatewayMessage>,
     tx: Outbound,
     session: Session,
+    lease_ops: mpsc::Sender<LeaseOp>,
 ) {
     let sender = Sender {
         tx: &tx,
@@ -821,6 +882,23 @@ async fn read_loop(
                 }
             }
             Some(GatewayMsg::Ack(ack)) => record_ack(&shared, &session, Revision(ack.revision)),
+            Some(GatewayMsg::Usage(report)) => {
+                let reported =
+                    shared
+                        .limits
+                        .usage
+                        .report(&session.gateway_id, &report, now_unix_ms());
+                if reported.ignored > 0 {
+                    tracing::debug!(gateway_id = %session.gateway_id, ignored = reported.ignored, "ignored windows of a usage report");
+                }
+            }
+            Some(GatewayMsg::LeaseRequest(request)) => {
+                // Fails only once the lease task is gone, which it is not before this loop ends.
+                let _ = lease_ops.send(LeaseOp::Request(request)).await;
+            }
+            Some(GatewayMsg::LeaseReturn(returned)) => {
+                let _ = lease_ops.send(LeaseOp::Return(returned)).await;
+            }
             Some(GatewayMsg::Hello(_)) => {
                 let status = Status::invalid_argument("Hello may only be sent once per stream");
                 let _ = tx.try_send(Err(status));
@@ -832,6 +910,105 @@ async fn read_loop(
     }
     // The gateway left or broke the protocol: stop the writer too.
     session.stop.cancel();
+}
+
+/// A lease message of one stream, for its lease task.
+enum LeaseOp {
+    Request(pb::LeaseRequest),
+    Return(pb::LeaseReturn),
+}
+
+/// Answers one stream's lease requests and takes its returns, [`LEASES_IN_FLIGHT`] at a time,
+/// until the reader is gone and every queued return has reached the store.
+async fn lease_loop(
+    shared: Arc<Shared>,
+    mut ops: mpsc::Receiver<LeaseOp>,
+    tx: Outbound,
+    session: Session,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(LEASES_IN_FLIGHT));
+    let mut running = tokio::task::JoinSet::new();
+    while let Some(op) = ops.recv().await {
+        while running.try_join_next().is_some() {}
+        if matches!(op, LeaseOp::Request(_)) && session.stop.is_cancelled() {
+            continue;
+        }
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            break;
+        };
+        let (shared, tx, session) = (Arc::clone(&shared), tx.clone(), session.clone());
+        running.spawn(async move {
+            answer_lease(&shared, &tx, &session, op).await;
+            drop(permit);
+        });
+    }
+    running.join_all().await;
+}
+
+async fn answer_lease(shared: &Shared, tx: &Outbound, session: &Session, op: LeaseOp) {
+    let gateway_id = &session.gateway_id;
+    match op {
+        LeaseOp::Request(request) => {
+            let grant = shared.limits.lease(gateway_id, &request).await;
+            let sender = Sender {
+                tx,
+                stop: &session.stop,
+                timeout: shared.settings.send_timeout,
+            };
+            let (lease_id, granted) = (grant.lease_id.clone(), grant.granted);
+            if sender.send(ControlMsg::Lease(grant)).await.is_err() && granted > 0 {
+                // The gateway will never spend it: give it back rather than write it off.
+                if let Err(error) = shared
+                    .limits
+                    .give_back(gateway_id, &lease_id, granted)
+                    .await
+                {
+                    tracing::warn!(%gateway_id, %lease_id, %error, "cannot return an undelivered lease; it is written off when it expires");
+                }
+            }
+        }
+        LeaseOp::Return(returned) => {
+            if let Err(error) = shared
+                .limits
+                .give_back(gateway_id, &returned.lease_id, returned.unspent)
+                .await
+            {
+                tracing::error!(%gateway_id, lease_id = %returned.lease_id, %error, "cannot take back a returned lease; it is written off when it expires");
+            }
+        }
+    }
+}
+
+/// Sends the gateway the usage updates it is owed, at most one per [`PUSH_GAP`], until its
+/// stream stops.
+async fn push_usage(
+    shared: Arc<Shared>,
+    subscription: Subscription,
+    tx: Outbound,
+    session: Session,
+) {
+    let sender = Sender {
+        tx: &tx,
+        stop: &session.stop,
+        timeout: shared.settings.send_timeout,
+    };
+    loop {
+        tokio::select! {
+            () = session.stop.cancelled() => return,
+            () = subscription.notify.notified() => {}
+        }
+        if let Some(update) = shared.limits.take_update(&subscription) {
+            if sender.send(ControlMsg::Usage(update)).await.is_err() {
+                return;
+            }
+            metrics::usage_update_pushed();
+        }
+        // Reports arriving meanwhile leave one wake-up: they become the next update.
+        tokio::select! {
+            () = session.stop.cancelled() => return,
+            () = tokio::time::sleep(PUSH_GAP) => {}
+        }
+    }
 }
 
 impl Shared {
@@ -1010,10 +1187,12 @@ mod tests {
             keys.create(create(), "test").await.unwrap();
         }
         // This replica's in-memory log has not seen those commits (another replica made them).
+        let registry = Arc::new(Registry::new(Duration::from_secs(60), "cp-test".into()));
         let shared = Shared {
+            limits: Arc::new(Limits::new(Arc::clone(&store), Arc::clone(&registry))),
             store,
             event_log: Arc::new(EventLog::new(16)),
-            registry: Arc::new(Registry::new(Duration::from_secs(60), "cp-test".into())),
+            registry,
             shutdown: CancellationToken::new(),
             settings: SyncSettings::default(),
             pong_heads: PongHeads::default(),
@@ -1140,10 +1319,12 @@ mod tests {
             .unwrap();
         let store: Arc<dyn Store> = Arc::new(store);
         let shutdown = CancellationToken::new();
+        let registry = Arc::new(Registry::new(Duration::from_secs(60), "cp-test".into()));
         let shared = Arc::new(Shared {
             store: Arc::clone(&store),
             event_log,
-            registry: Arc::new(Registry::new(Duration::from_secs(60), "cp-test".into())),
+            limits: Arc::new(Limits::new(Arc::clone(&store), Arc::clone(&registry))),
+            registry,
             shutdown: shutdown.clone(),
             settings: SyncSettings {
                 hello_timeout: Duration::from_secs(10),

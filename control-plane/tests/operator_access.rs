@@ -50,6 +50,12 @@ enum Rpc {
     DeleteKey,
     RerollKey,
     RevokeOwner,
+    UpdateKey,
+    CreateIdentity,
+    UpdateIdentity,
+    GetIdentity,
+    ListIdentities,
+    DeleteIdentity,
     ListGateways,
     ListAudit,
     WaitForRevision,
@@ -87,6 +93,12 @@ const ALLOWED: &[(&str, Rpc, &[&str])] = &[
     ("DeleteKey", Rpc::DeleteKey, &["keys:write"]),
     ("RerollKey", Rpc::RerollKey, &["keys:write"]),
     ("RevokeOwner", Rpc::RevokeOwner, &["keys:write"]),
+    ("UpdateKey", Rpc::UpdateKey, &["keys:write"]),
+    ("CreateIdentity", Rpc::CreateIdentity, &["keys:write"]),
+    ("UpdateIdentity", Rpc::UpdateIdentity, &["keys:write"]),
+    ("GetIdentity", Rpc::GetIdentity, &["keys:read"]),
+    ("ListIdentities", Rpc::ListIdentities, &["keys:read"]),
+    ("DeleteIdentity", Rpc::DeleteIdentity, &["keys:write"]),
     ("ListGateways", Rpc::ListGateways, &["gateways:read"]),
     ("ListAudit", Rpc::ListAudit, &["audit:read"]),
     (
@@ -215,6 +227,60 @@ async fn call(
             .revoke_owner(with_token(
                 pb::RevokeOwnerRequest {
                     owner: "nobody".into(),
+                },
+                t,
+            ))
+            .await
+            .map(drop),
+        Rpc::UpdateKey => client
+            .update_key(with_token(
+                pb::UpdateKeyRequest {
+                    key_id: NO_KEY.into(),
+                    credits: Some(1),
+                    ..Default::default()
+                },
+                t,
+            ))
+            .await
+            .map(drop),
+        Rpc::CreateIdentity => client
+            .create_identity(with_token(
+                pb::CreateIdentityRequest {
+                    identity_id: user_name.into(),
+                    ..Default::default()
+                },
+                t,
+            ))
+            .await
+            .map(drop),
+        Rpc::UpdateIdentity => client
+            .update_identity(with_token(
+                pb::UpdateIdentityRequest {
+                    identity_id: "nobody".into(),
+                    credits: Some(1),
+                    ..Default::default()
+                },
+                t,
+            ))
+            .await
+            .map(drop),
+        Rpc::GetIdentity => client
+            .get_identity(with_token(
+                pb::GetIdentityRequest {
+                    identity_id: "nobody".into(),
+                },
+                t,
+            ))
+            .await
+            .map(drop),
+        Rpc::ListIdentities => client
+            .list_identities(with_token(pb::ListIdentitiesRequest::default(), t))
+            .await
+            .map(drop),
+        Rpc::DeleteIdentity => client
+            .delete_identity(with_token(
+                pb::DeleteIdentityRequest {
+                    identity_id: "nobody".into(),
                 },
                 t,
             ))

@@ -1,6 +1,7 @@
 //! Conversions between the keygate.v1 wire types and the domain types. Wire data is untrusted:
 //! every conversion from the wire validates and can fail.
 
+use crate::limits::{Holder, Identity, KeyLimits, LimitError, RateLimit, check_ratelimits};
 use crate::model::{
     Change, Event, PasskeyRevocation, ReplicaKey, Revision, SessionRevocation, SessionVerifyingKey,
     UserState,
@@ -20,6 +21,8 @@ pub enum WireError {
     PublicKeyLength(usize),
     #[error("{0} must not be empty")]
     Empty(&'static str),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }
 
 fn required(value: String, what: &'static str) -> Result<String, WireError> {
@@ -47,6 +50,10 @@ impl From<&ReplicaKey> for pb::ReplicaKey {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            ratelimits: key.limits.ratelimits.iter().map(Into::into).collect(),
+            credits: key.limits.credits,
+            permissions: key.limits.permissions.clone(),
+            identity: key.limits.identity.clone().unwrap_or_default(),
         }
     }
 }
@@ -62,6 +69,60 @@ impl TryFrom<pb::ReplicaKey> for ReplicaKey {
             enabled: key.enabled,
             expires_unix_ms: key.expires_unix_ms,
             meta: key.meta.into_iter().collect(),
+            limits: KeyLimits {
+                ratelimits: ratelimits(key.ratelimits)?,
+                credits: key.credits,
+                permissions: key.permissions,
+                identity: (!key.identity.is_empty()).then_some(key.identity),
+            }
+            .validated()?,
+        })
+    }
+}
+
+impl From<&RateLimit> for pb::RateLimit {
+    fn from(limit: &RateLimit) -> Self {
+        Self {
+            name: limit.name.clone(),
+            limit: limit.limit,
+            window_ms: limit.window_ms,
+        }
+    }
+}
+
+/// Rate limits from the wire, each checked and names unique.
+pub fn ratelimits(wire: Vec<pb::RateLimit>) -> Result<Vec<RateLimit>, LimitError> {
+    let limits: Vec<RateLimit> = wire
+        .into_iter()
+        .map(|limit| RateLimit {
+            name: limit.name,
+            limit: limit.limit,
+            window_ms: limit.window_ms,
+        })
+        .collect();
+    check_ratelimits(&limits)?;
+    Ok(limits)
+}
+
+impl From<&Identity> for pb::Identity {
+    fn from(identity: &Identity) -> Self {
+        Self {
+            identity_id: identity.id.clone(),
+            ratelimits: identity.ratelimits.iter().map(Into::into).collect(),
+            credits: identity.credits,
+        }
+    }
+}
+
+impl TryFrom<pb::Identity> for Identity {
+    type Error = WireError;
+
+    fn try_from(identity: pb::Identity) -> Result<Self, Self::Error> {
+        crate::limits::check_identity_id(&identity.identity_id)?;
+        Ok(Self {
+            id: identity.identity_id,
+            ratelimits: ratelimits(identity.ratelimits)?,
+            credits: identity.credits,
         })
     }
 }
@@ -78,6 +139,20 @@ impl From<&Event> for pb::Event {
             Change::SessionRevoked(revoked) => pb::event::Kind::SessionRevoked(revoked.into()),
             Change::UserState(user) => pb::event::Kind::UserState(user.into()),
             Change::SigningKey(key) => pb::event::Kind::SigningKey(key.into()),
+            Change::IdentityUpserted(identity) => {
+                pb::event::Kind::IdentityUpserted(identity.into())
+            }
+            Change::IdentityDeleted { id } => {
+                pb::event::Kind::IdentityDeleted(pb::IdentityDeleted {
+                    identity_id: id.clone(),
+                })
+            }
+            Change::CreditsChanged { holder, remaining } => {
+                pb::event::Kind::CreditsChanged(pb::CreditsChanged {
+                    holder: holder.to_string(),
+                    remaining: *remaining,
+                })
+            }
         };
         Self {
             revision: event.revision.0,
@@ -105,6 +180,19 @@ impl TryFrom<pb::Event> for Event {
             }
             Some(pb::event::Kind::UserState(user)) => Change::UserState(user.try_into()?),
             Some(pb::event::Kind::SigningKey(key)) => Change::SigningKey(key.try_into()?),
+            Some(pb::event::Kind::IdentityUpserted(identity)) => {
+                Change::IdentityUpserted(identity.try_into()?)
+            }
+            Some(pb::event::Kind::IdentityDeleted(deleted)) => {
+                crate::limits::check_identity_id(&deleted.identity_id)?;
+                Change::IdentityDeleted {
+                    id: deleted.identity_id,
+                }
+            }
+            Some(pb::event::Kind::CreditsChanged(changed)) => Change::CreditsChanged {
+                holder: changed.holder.parse::<Holder>()?,
+                remaining: changed.remaining,
+            },
             None => return Err(WireError::EmptyEvent(event.revision)),
         };
         Ok(Self {
@@ -239,6 +327,19 @@ mod tests {
             enabled: true,
             expires_unix_ms: Some(1_900_000_000_000),
             meta: Meta::from([("plan".to_owned(), "pro".to_owned())]),
+            limits: KeyLimits::default(),
+        }
+    }
+
+    fn limited_key() -> ReplicaKey {
+        ReplicaKey {
+            limits: KeyLimits {
+                ratelimits: vec!["requests=100/1s".parse().expect("valid")],
+                credits: true,
+                permissions: vec!["orders.read".into(), "orders.write".into()],
+                identity: Some("acme".into()),
+            },
+            ..sample_key()
         }
     }
 
@@ -247,6 +348,17 @@ mod tests {
         let key = sample_key();
         for change in [
             Change::KeyUpserted(key.clone()),
+            Change::KeyUpserted(limited_key()),
+            Change::IdentityUpserted(Identity {
+                id: "acme".into(),
+                ratelimits: vec!["tokens=10000/1m".parse().expect("valid")],
+                credits: true,
+            }),
+            Change::IdentityDeleted { id: "acme".into() },
+            Change::CreditsChanged {
+                holder: Holder::Key(key.id),
+                remaining: 17,
+            },
             Change::KeyDeleted {
                 id: key.id,
                 hash: key.hash,
@@ -322,5 +434,34 @@ mod tests {
             kind: None,
         };
         assert_eq!(Event::try_from(empty), Err(WireError::EmptyEvent(3)));
+        // Limits from the wire are checked like an operator's: a zero limit, a permission
+        // with a space and an unknown holder are refused, not applied.
+        let limited = pb::Event::from(&Event {
+            revision: Revision(4),
+            committed_unix_ms: 0,
+            change: Change::KeyUpserted(limited_key()),
+        });
+        let mut zero = limited.clone();
+        if let Some(pb::event::Kind::KeyUpserted(key)) = zero.kind.as_mut() {
+            key.ratelimits[0].limit = 0;
+        }
+        assert!(matches!(Event::try_from(zero), Err(WireError::Limit(_))));
+        let mut spaced = limited;
+        if let Some(pb::event::Kind::KeyUpserted(key)) = spaced.kind.as_mut() {
+            key.permissions.push("orders delete".into());
+        }
+        assert!(matches!(Event::try_from(spaced), Err(WireError::Limit(_))));
+        let stranger = pb::Event {
+            revision: 5,
+            committed_unix_ms: 0,
+            kind: Some(pb::event::Kind::CreditsChanged(pb::CreditsChanged {
+                holder: "user:u1".into(),
+                remaining: 1,
+            })),
+        };
+        assert!(matches!(
+            Event::try_from(stranger),
+            Err(WireError::Limit(_))
+        ));
     }
 }

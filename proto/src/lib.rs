@@ -12,6 +12,7 @@ pub mod convert;
 pub mod error_chain;
 pub mod ids;
 pub mod key;
+pub mod limits;
 pub mod model;
 pub mod session;
 pub mod time;
@@ -58,6 +59,7 @@ pub mod envoy_pb {
 pub use error_chain::error_chain;
 pub use ids::KeyId;
 pub use key::{ApiKey, KeyFormatError, KeyHash, KeyPrefix};
+pub use limits::{Holder, Identity, KeyLimits, RateLimit, RefillSpec};
 pub use model::{
     Change, Event, LogId, Meta, PasskeyRevocation, ReplicaKey, Revision, SessionRevocation,
     SessionVerifyingKey, UserState,

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::limits::{Holder, Identity, KeyLimits};
 use crate::{KeyHash, KeyId};
 
 /// Position in the control plane's event log. Revisions are contiguous: every committed change
@@ -83,6 +84,8 @@ pub struct ReplicaKey {
     /// `None`: never expires.
     pub expires_unix_ms: Option<i64>,
     pub meta: Meta,
+    /// Rate limits, credits, permissions and identity; empty on a plain key.
+    pub limits: KeyLimits,
 }
 
 /// One committed change at one revision.
@@ -109,6 +112,12 @@ pub enum Change {
     /// A session signing key was added, retired or revoked; replaces the earlier record of
     /// that key id.
     SigningKey(SessionVerifyingKey),
+    /// An identity was created or its limits changed; replaces the earlier record.
+    IdentityUpserted(Identity),
+    /// An identity was deleted (no key names it any more).
+    IdentityDeleted { id: String },
+    /// A holder's credits were refilled or set: gateways told "exhausted" may lease again.
+    CreditsChanged { holder: Holder, remaining: u64 },
 }
 
 /// Sessions minted with this passkey are revoked.

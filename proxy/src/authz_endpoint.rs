@@ -15,10 +15,20 @@
 //! of a pair itself: when both of a pair are present and differ, or one is repeated, the check is
 //! refused (400) rather than trusting either.
 //!
+//! Limits: the route's `permissions` and `cost` apply as on a proxied request (a check
+//! consumes like one). The asking gateway may require more permissions in
+//! `X-Keygate-Permissions` (comma- or space-separated, e.g. nginx's
+//! `proxy_set_header X-Keygate-Permissions "orders.read";`): the key needs the route's and
+//! these. A client cannot lower what is required that way, only raise it. Permissions asked
+//! for on an `auth = "none"` route are refused (INSUFFICIENT_PERMISSIONS): nobody is verified
+//! there to have them.
+//!
 //! Answers: 200 with the `x-keygate-*` identity headers a forwarded request would carry (none
-//! for an `auth = "none"` route); a refusal with the same status, JSON body and
-//! `WWW-Authenticate` as on a proxied request (401, 403, 503 STALE); 400 for a path
-//! normalisation refuses; 404 when no route serves the path.
+//! for an `auth = "none"` route) and, for a key with rate limits, `RateLimit-Policy` and
+//! `RateLimit`; a refusal with the same status, JSON body and `WWW-Authenticate` as on a
+//! proxied request (401, 403, 429 with `Retry-After` and the rate-limit headers, 503 STALE);
+//! 400 for a path normalisation refuses or bad `X-Keygate-Permissions`; 404 when no route
+//! serves the path.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -26,7 +36,8 @@ use hyper::body::Incoming;
 
 use crate::credential::Carrier;
 use crate::forward;
-use crate::handler::Handler;
+use crate::handler::{self, Handler};
+use crate::limits::{self, Admission};
 use crate::metrics::AuthzOutcome;
 use crate::response::{self, ProxyBody, codes};
 use crate::route::RouteTable;
@@ -39,6 +50,7 @@ static X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 static X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
 static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 static X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+static X_KEYGATE_PERMISSIONS: HeaderName = HeaderName::from_static("x-keygate-permissions");
 
 /// Whether `path` (normalised) is this endpoint, in either form.
 pub(crate) fn serves(path: &str) -> bool {
@@ -94,9 +106,40 @@ async fn check(
             "X-Forwarded-Method and X-Original-Method must be one valid method, and agree when both are sent",
         );
     };
-    decide(handler, routes, &method, original, headers, request_id)
-        .await
-        .response
+    let Ok(permissions) = asked_permissions(headers) else {
+        return refuse(
+            AuthzOutcome::BadRequest,
+            StatusCode::BAD_REQUEST,
+            codes::BAD_REQUEST,
+            "X-Keygate-Permissions must list permissions ([A-Za-z0-9._:-], 1-64 characters each) separated by commas or spaces",
+        );
+    };
+    decide(
+        handler,
+        routes,
+        &method,
+        original,
+        headers,
+        &permissions,
+        request_id,
+    )
+    .await
+    .response
+}
+
+/// The permissions an `X-Keygate-Permissions` header (any number of them) requires besides
+/// the route's, checked.
+fn asked_permissions(headers: &HeaderMap) -> Result<Vec<String>, ()> {
+    let mut permissions = Vec::new();
+    for value in headers.get_all(&X_KEYGATE_PERMISSIONS) {
+        let text = value.to_str().map_err(|_| ())?;
+        permissions.extend(
+            text.split([',', ' '])
+                .filter(|part| !part.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    keygate_proto::limits::canonical_permissions(permissions).map_err(|_| ())
 }
 
 /// What one check decided; shared by this endpoint and the gRPC one (`authz_grpc.rs`).
@@ -111,13 +154,15 @@ pub(crate) struct Decision {
 
 /// The verdict for a request with the original `method`, target `original` (not yet
 /// normalised) and client `headers`: normalised and routed like a proxied request, the
-/// credential read from `headers` for the route's `auth`, counted in the authz metrics.
+/// credential read from `headers` for the route's `auth`, then the key's limits for the
+/// route's permissions plus `permissions` (sorted) and its cost, counted in the authz metrics.
 pub(crate) async fn decide(
     handler: &Handler,
     routes: &RouteTable,
     method: &Method,
     original: Uri,
     headers: &HeaderMap,
+    permissions: &[String],
     request_id: &HeaderValue,
 ) -> Decision {
     let refused = |response| Decision {
@@ -153,6 +198,13 @@ pub(crate) async fn decide(
         strip_credential: !route.forward_credential,
     };
     if !route.auth.verifies() {
+        if !permissions.is_empty() {
+            // Permissions asked for on a route that verifies nobody: fail closed.
+            handler
+                .verifier
+                .authz_checked(Code::InsufficientPermissions);
+            return refused(response::denied(Code::InsufficientPermissions, request_id));
+        }
         handler.verifier.authz_other(AuthzOutcome::Unverified);
         return allow(allowed(request_id));
     }
@@ -169,7 +221,20 @@ pub(crate) async fn decide(
             return refused(response::denied(code, request_id));
         }
     };
+    let mut admitted = None;
+    if !permissions.is_empty() || handler::needs_limits(&grant, route) {
+        let required = union(&route.permissions, permissions);
+        let admission = handler.admit_with(&grant, &required, route.cost).await;
+        if let Admission::Denied { code, .. } = &admission {
+            handler.verifier.authz_checked(*code);
+            return refused(response::limit_denied(&admission, request_id));
+        }
+        admitted = Some(admission);
+    }
     let mut response = allowed(request_id);
+    if let Some(admitted) = &admitted {
+        limits::headers::apply(response.headers_mut(), admitted);
+    }
     if !forward::add_grant_headers(response.headers_mut(), &grant) {
         // Allowing without the owner could let the upstream take the request for someone
         // else's, as when forwarding.
@@ -183,6 +248,14 @@ pub(crate) async fn decide(
     }
     handler.verifier.authz_checked(Code::Valid);
     allow(response)
+}
+
+/// Two sorted permission lists as one, sorted, without duplicates.
+fn union(route: &[String], asked: &[String]) -> Vec<String> {
+    let mut all: Vec<String> = route.iter().chain(asked).cloned().collect();
+    all.sort_unstable();
+    all.dedup();
+    all
 }
 
 fn allowed(request_id: &HeaderValue) -> Response<ProxyBody> {
@@ -304,6 +377,28 @@ mod tests {
         ] {
             assert!(original_uri(&bare, &headers(pairs)).is_err(), "{pairs:?}");
         }
+    }
+
+    #[test]
+    fn asked_permissions_are_listed_and_checked() {
+        assert_eq!(asked_permissions(&HeaderMap::new()), Ok(vec![]));
+        let two = headers(&[
+            ("x-keygate-permissions", "orders.write, orders.read"),
+            ("x-keygate-permissions", "users.read"),
+        ]);
+        assert_eq!(
+            asked_permissions(&two),
+            Ok(vec![
+                "orders.read".to_owned(),
+                "orders.write".to_owned(),
+                "users.read".to_owned()
+            ])
+        );
+        assert!(asked_permissions(&headers(&[("x-keygate-permissions", "orders.*")])).is_err());
+        assert_eq!(
+            union(&["b".to_owned()], &["a".to_owned(), "b".to_owned()]),
+            ["a", "b"]
+        );
     }
 
     #[test]

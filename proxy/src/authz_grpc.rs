@@ -21,6 +21,12 @@
 //! whole `Cookie` header), so the `Cookie` header is rewritten instead: an `OVERWRITE` header
 //! with the other cookies, or removed when the session cookie was the only one.
 //!
+//! Limits: the route's `permissions` and `cost` apply, plus the permissions named in the
+//! check's context extension `permissions` (comma- or space-separated; set per route in Envoy
+//! with `check_settings.context_extensions`). The `RateLimit-Policy`/`RateLimit` headers of a
+//! key with rate limits go in `response_headers_to_add` (to the client) when allowed, with the
+//! denied response's headers when refused (429 with `Retry-After`).
+//!
 //! Refused: `status.code` UNAUTHENTICATED (16) for a 401, PERMISSION_DENIED (7) otherwise; Envoy
 //! denies on any non-OK status, and `denied_response` carries keygate's HTTP status (400, 401,
 //! 403, 404, 429, 500, 503), its headers (`WWW-Authenticate`, `Retry-After`, `content-type`,
@@ -52,6 +58,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::authz_endpoint::{self, Decision};
 use crate::handler::Handler;
+use crate::limits;
 use crate::metrics::AuthzOutcome;
 use crate::response::{self, ProxyBody, codes};
 use crate::server::{self, Peer, ServerLimits, Service};
@@ -83,9 +90,21 @@ impl Authorization for AuthzGrpc {
 
 impl AuthzGrpc {
     async fn answer(&self, request: CheckRequest) -> CheckResponse {
-        let http = request
-            .attributes
-            .and_then(|attributes| attributes.request)
+        let attributes = request.attributes.unwrap_or_default();
+        let asked = attributes
+            .context_extensions
+            .get("permissions")
+            .map(|list| {
+                keygate_proto::limits::canonical_permissions(
+                    list.split([',', ' '])
+                        .filter(|part| !part.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                )
+            })
+            .unwrap_or(Ok(Vec::new()));
+        let http = attributes
+            .request
             .and_then(|request| request.http)
             .unwrap_or_default();
         let headers = client_headers(&http);
@@ -103,6 +122,16 @@ impl AuthzGrpc {
             ))
             .await;
         };
+        let Ok(permissions) = asked else {
+            self.handler.verifier.authz_other(AuthzOutcome::BadRequest);
+            return denied(response::error(
+                StatusCode::BAD_REQUEST,
+                codes::BAD_REQUEST,
+                "the context extension `permissions` must list permissions ([A-Za-z0-9._:-], 1-64 characters each) separated by commas or spaces",
+                &request_id,
+            ))
+            .await;
+        };
         let routes = self.handler.routes.load();
         let decision = authz_endpoint::decide(
             &self.handler,
@@ -110,6 +139,7 @@ impl AuthzGrpc {
             &method,
             original,
             &headers,
+            &permissions,
             &request_id,
         )
         .await;
@@ -149,6 +179,17 @@ impl AuthzGrpc {
                 }
             }
         }
+        let response_headers_to_add = [
+            &limits::headers::RATELIMIT_POLICY,
+            &limits::headers::RATELIMIT,
+        ]
+        .into_iter()
+        .filter_map(|name| {
+            identity
+                .get(name)
+                .map(|value| overwrite(name, value.as_bytes()))
+        })
+        .collect();
         CheckResponse {
             status: Some(RpcStatus {
                 code: OK,
@@ -157,6 +198,7 @@ impl AuthzGrpc {
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                 headers,
                 headers_to_remove,
+                response_headers_to_add,
             })),
         }
     }

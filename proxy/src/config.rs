@@ -282,6 +282,16 @@ pub struct RouteConfig {
     /// API key are not affected. Only for routes that take sessions. Default none.
     #[serde(default)]
     pub session_origins: Vec<String>,
+    /// Permissions a key must have, every one of them, to be served here (exact names,
+    /// `[A-Za-z0-9._:-]`, at most 64); a key without them gets 403 `INSUFFICIENT_PERMISSIONS`,
+    /// and so does a session (sessions carry no permissions). Not for `auth = "none"` or
+    /// `"session"` routes. Default none.
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    /// What one request costs, in credits and in every rate limit of the key and its identity
+    /// (0: free). Not for `auth = "none"` routes. Default 1.
+    #[serde(default)]
+    pub cost: Option<u64>,
 }
 
 /// Which credentials a route accepts. On `key_or_session` routes a Bearer token starting with
@@ -353,6 +363,9 @@ pub(crate) struct ResolvedRoute {
     pub forward_credential: bool,
     /// Lowercase, without a default port (a browser's serialisation of an origin).
     pub session_origins: Vec<String>,
+    /// Sorted, without duplicates.
+    pub permissions: Vec<String>,
+    pub cost: u64,
 }
 
 /// The route table's settings: its routes, and how paths are normalised before one is chosen.
@@ -531,6 +544,8 @@ impl ProxyConfig {
             forward_credential: false,
             upstream_ca: None,
             session_origins: Vec::new(),
+            permissions: Vec::new(),
+            cost: None,
         });
         for route in self.routes.iter().chain(shorthand.as_ref()) {
             if !route.path_prefix.starts_with('/') {
@@ -569,6 +584,7 @@ impl ProxyConfig {
                     ),
                 });
             }
+            let (permissions, cost) = route_limits(route)?;
             routes.push(ResolvedRoute {
                 path_prefix: route.path_prefix.clone(),
                 upstream,
@@ -576,6 +592,8 @@ impl ProxyConfig {
                 auth: route.auth,
                 forward_credential: route.forward_credential,
                 session_origins,
+                permissions,
+                cost,
             });
         }
         if routes.is_empty() {
@@ -586,6 +604,46 @@ impl ProxyConfig {
             escaped_slashes: self.escaped_slashes,
         })
     }
+}
+
+/// A route's `permissions` (checked, sorted) and `cost` (default 1).
+fn route_limits(route: &RouteConfig) -> Result<(Vec<String>, u64), ConfigError> {
+    let permissions = keygate_proto::limits::canonical_permissions(route.permissions.clone())
+        .map_err(|error| ConfigError::Invalid {
+            field: "permissions",
+            reason: format!("of route {:?}: {error}", route.path_prefix),
+        })?;
+    let cost = route.cost.unwrap_or(1);
+    if cost > keygate_proto::limits::MAX_AMOUNT {
+        return Err(ConfigError::Invalid {
+            field: "cost",
+            reason: format!(
+                "of route {:?} is {cost}; at most {}",
+                route.path_prefix,
+                keygate_proto::limits::MAX_AMOUNT
+            ),
+        });
+    }
+    let takes_keys = matches!(route.auth, AuthMode::Key | AuthMode::KeyOrSession);
+    if !permissions.is_empty() && !takes_keys {
+        return Err(ConfigError::Invalid {
+            field: "permissions",
+            reason: format!(
+                "route {:?} takes no API keys (auth = {:?}), and only keys carry permissions",
+                route.path_prefix, route.auth
+            ),
+        });
+    }
+    if route.cost.is_some() && route.auth == AuthMode::None {
+        return Err(ConfigError::Invalid {
+            field: "cost",
+            reason: format!(
+                "route {:?} verifies no credential (auth = \"none\"), so nothing is charged",
+                route.path_prefix
+            ),
+        });
+    }
+    Ok((permissions, cost))
 }
 
 /// One of a route's `session_origins`, as a browser serialises an origin in `Origin`:
@@ -952,6 +1010,73 @@ mod tests {
         with_origins(AuthMode::KeyOrSession, &["https://app.example.com"])
             .validate()
             .expect("valid");
+    }
+
+    #[test]
+    fn route_permissions_and_cost_load_and_are_checked() {
+        let config: ProxyConfig = toml::from_str(
+            r#"
+            control_plane = ["http://cp:7070"]
+            gateway_token = "t"
+
+            [[route]]
+            path_prefix = "/orders/"
+            upstream = "http://127.0.0.1:3000"
+            permissions = ["orders.write", "orders.read", "orders.read"]
+            cost = 5
+
+            [[route]]
+            path_prefix = "/"
+            upstream = "http://127.0.0.1:3000"
+            "#,
+        )
+        .expect("parses");
+        let resolved = config.resolved_routes().expect("valid");
+        let orders = &resolved.routes[0];
+        assert_eq!(orders.permissions, ["orders.read", "orders.write"]);
+        assert_eq!(orders.cost, 5);
+        assert_eq!(
+            (
+                resolved.routes[1].permissions.len(),
+                resolved.routes[1].cost
+            ),
+            (0, 1)
+        );
+
+        let route = |auth: AuthMode, permissions: &[&str], cost: Option<u64>| ProxyConfig {
+            routes: vec![RouteConfig {
+                path_prefix: "/x/".into(),
+                upstream: "http://y".into(),
+                auth,
+                permissions: permissions.iter().map(|p| (*p).to_owned()).collect(),
+                cost,
+                ..RouteConfig::default()
+            }],
+            ..valid()
+        };
+        for (config, words) in [
+            (route(AuthMode::Key, &["orders.*"], None), "contains '*'"),
+            (route(AuthMode::Key, &[""], None), "must not be empty"),
+            (route(AuthMode::None, &["a"], None), "takes no API keys"),
+            (route(AuthMode::Session, &["a"], None), "takes no API keys"),
+            (route(AuthMode::None, &[], Some(2)), "nothing is charged"),
+            (route(AuthMode::Key, &[], Some(u64::MAX)), "at most"),
+        ] {
+            let message = config.validate().expect_err(words).to_string();
+            assert!(
+                message.contains(words) && message.contains("/x/"),
+                "{message}"
+            );
+        }
+        route(AuthMode::KeyOrSession, &["a"], Some(0))
+            .validate()
+            .expect("free requests are allowed");
+        assert!(
+            toml::from_str::<ProxyConfig>(
+                "[[route]]\npath_prefix = \"/\"\nupstream = \"http://y\"\ncost = -1"
+            )
+            .is_err()
+        );
     }
 
     #[test]

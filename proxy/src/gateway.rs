@@ -132,6 +132,7 @@ impl Gateway {
         let handles = Metrics::register();
 
         let replica = Arc::new(Replica::new());
+        replica.limiter().set_metrics(handles.clone());
         let freshness = Arc::new(Freshness::new(
             config.propagation_bound,
             config.stale_policy,

@@ -1,5 +1,6 @@
 //! The main listener's request pipeline: request id, path normalisation, route, CSRF check
-//! for cookie sessions, verdict, then forward or refuse. `POST /_keygate/v1/verify` and the
+//! for cookie sessions, verdict, the key's limits (permissions, credits, rate limits; see
+//! [`crate::limits`]), then forward or refuse. `POST /_keygate/v1/verify` and the
 //! external-authorization checks (`/_keygate/v1/authz`) are answered here and never forwarded.
 
 use std::sync::Arc;
@@ -11,12 +12,13 @@ use hyper::body::Incoming;
 use crate::authz_endpoint;
 use crate::credential::{Carrier, CredentialHeaders};
 use crate::forward::{Forwarder, Forwarding};
+use crate::limits::{self, Admission};
 use crate::response::{self, ProxyBody, codes};
-use crate::route::RouteTable;
+use crate::route::{Route, RouteTable};
 use crate::server::Peer;
 use crate::spans::RequestSpans;
 use crate::trace_context;
-use crate::verify::{Code, Verdict, Verifier};
+use crate::verify::{Code, Grant, Verdict, Verifier};
 use crate::verify_endpoint;
 
 /// Where the gateway's own endpoints live on the main listener.
@@ -111,6 +113,19 @@ impl Handler {
         } else {
             None
         };
+        // A plain key on a route that requires no permissions skips this: one branch.
+        let mut admitted = None;
+        if let Some(grant) = &grant
+            && needs_limits(grant, route)
+        {
+            match self.admit(grant, route).await {
+                Admission::Allowed(None) => {}
+                allowed @ Admission::Allowed(Some(_)) => admitted = Some(allowed),
+                denied @ Admission::Denied { .. } => {
+                    return response::limit_denied(&denied, &request_id);
+                }
+            }
+        }
         if !S::TRACED {
             let forwarding = Forwarding {
                 route,
@@ -118,7 +133,11 @@ impl Handler {
                 request_id: &request_id,
                 grant: grant.as_ref(),
             };
-            return self.forwarder.forward(request, forwarding).await;
+            let mut response = self.forwarder.forward(request, forwarding).await;
+            if let Some(admitted) = &admitted {
+                limits::headers::apply(response.headers_mut(), admitted);
+            }
+            return response;
         }
         // The upstream's `traceparent` names the forward span (the forwarder itself leaves
         // trace context alone when spans are on; see `gateway.rs`).
@@ -133,6 +152,53 @@ impl Handler {
             request_id: &request_id,
             grant: grant.as_ref(),
         };
-        S::forward(forward_span, self.forwarder.forward(request, forwarding)).await
+        let mut response =
+            S::forward(forward_span, self.forwarder.forward(request, forwarding)).await;
+        if let Some(admitted) = &admitted {
+            limits::headers::apply(response.headers_mut(), admitted);
+        }
+        response
     }
+
+    /// The limits decision on a valid credential for `route`: a key's permissions, credits
+    /// and rate limits ([`crate::limits::Limiter::admit`]); a session on a route that requires
+    /// permissions is refused (sessions carry none).
+    pub(crate) async fn admit(&self, grant: &Grant, route: &Route) -> Admission {
+        self.admit_with(grant, &route.permissions, route.cost).await
+    }
+
+    /// [`Handler::admit`] with the permissions and cost given (the verify endpoint's).
+    pub(crate) async fn admit_with(
+        &self,
+        grant: &Grant,
+        required: &[String],
+        cost: u64,
+    ) -> Admission {
+        let limiter = self.verifier.replica().limiter();
+        match grant {
+            Grant::Key(key) => {
+                limiter
+                    .admit(
+                        key.policy(),
+                        required,
+                        cost,
+                        keygate_proto::time::now_unix_ms(),
+                    )
+                    .await
+            }
+            Grant::Session(_) if required.is_empty() => Admission::Allowed(None),
+            Grant::Session(_) => limiter.refuse(Code::InsufficientPermissions),
+        }
+    }
+}
+
+/// Whether a valid credential must go through the limits: a key with a policy, or a route
+/// that requires permissions.
+#[inline]
+pub(crate) fn needs_limits(grant: &Grant, route: &Route) -> bool {
+    !route.permissions.is_empty()
+        || match grant {
+            Grant::Key(key) => key.policy().is_some(),
+            Grant::Session(_) => false,
+        }
 }

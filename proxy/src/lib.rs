@@ -14,7 +14,7 @@
 //! `server`/`handler`/`verify_endpoint`/`admin` (HTTP), `authz_endpoint` (external
 //! authorization for nginx, Traefik and Envoy's HTTP filter) and `authz_grpc` (Envoy's gRPC
 //! `Check`, the same decision), [`trace_context`] (W3C `traceparent`), [`spans`] (OpenTelemetry spans for export),
-//! [`metrics`], `response`
+//! [`limits`] (per-key permissions, rate limits and credits), [`metrics`], `response`
 //! (JSON errors) and `gateway` (wiring, bind and serve).
 //!
 //! **Invariant:** the hot path ([`Verifier::verify_cached`], [`Verifier::verify_session`])
@@ -41,6 +41,7 @@ pub mod freshness;
 mod gateway;
 mod handler;
 mod idle_body;
+pub mod limits;
 pub mod metrics;
 pub mod miss;
 pub mod owners;

@@ -60,6 +60,15 @@ pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "keygate_config_last_reload_success
 /// `INTERNAL`. The verdicts are also counted in [`VERIFICATIONS`].
 pub const AUTHZ_CHECKS: &str = "keygate_authz_checks_total";
 
+/// Requests refused by a key's limits or permissions after a VALID verdict, by code
+/// (`INSUFFICIENT_PERMISSIONS`, `USAGE_EXCEEDED`, `RATE_LIMITED`, `STALE`: credits that cannot
+/// be proven).
+pub const LIMIT_REFUSALS: &str = "keygate_limit_refusals_total";
+/// Usage reports sent to the control plane (rate limits).
+pub const USAGE_REPORTS: &str = "keygate_usage_reports_total";
+/// Credit leases received from the control plane (a grant of 0 included).
+pub const CREDIT_LEASES: &str = "keygate_credit_leases_total";
+
 /// A `PrometheusBuilder` with buckets suited to the gateway's latency histograms (from 10 µs):
 /// without buckets the exporter renders histograms as summaries.
 pub fn prometheus_builder() -> PrometheusBuilder {
@@ -149,6 +158,10 @@ pub(crate) struct Metrics {
     authz_checks: [Counter; Code::ALL.len()],
     /// In [`AuthzOutcome`] order.
     authz_other: [Counter; 5],
+    /// Insufficient permissions, usage exceeded, rate limited, stale.
+    limit_refusals: [Counter; 4],
+    pub usage_reports: Counter,
+    pub credit_leases: Counter,
 }
 
 impl Metrics {
@@ -201,6 +214,15 @@ impl Metrics {
             SESSION_TIME_REFUSALS,
             "Signed session tokens refused for their times, by reason"
         );
+        metrics::describe_counter!(
+            LIMIT_REFUSALS,
+            "Requests refused by a key's limits or permissions, by code"
+        );
+        metrics::describe_counter!(USAGE_REPORTS, "Usage reports sent to the control plane");
+        metrics::describe_counter!(
+            CREDIT_LEASES,
+            "Credit leases received from the control plane"
+        );
         Self {
             verifications: Code::ALL
                 .map(|code| metrics::counter!(VERIFICATIONS, "code" => code.as_str())),
@@ -243,7 +265,28 @@ impl Metrics {
                 "INTERNAL",
             ]
             .map(|code| metrics::counter!(AUTHZ_CHECKS, "code" => code)),
+            limit_refusals: [
+                Code::InsufficientPermissions,
+                Code::UsageExceeded,
+                Code::RateLimited,
+                Code::Stale,
+            ]
+            .map(|code| metrics::counter!(LIMIT_REFUSALS, "code" => code.as_str())),
+            usage_reports: metrics::counter!(USAGE_REPORTS),
+            credit_leases: metrics::counter!(CREDIT_LEASES),
         }
+    }
+
+    /// Counts one request refused by a key's limits or permissions.
+    pub fn limit_refused(&self, code: Code) {
+        let index = match code {
+            Code::InsufficientPermissions => 0,
+            Code::UsageExceeded => 1,
+            Code::RateLimited => 2,
+            Code::Stale => 3,
+            _ => return,
+        };
+        self.limit_refusals[index].increment(1);
     }
 
     /// Counts one external-authorization check answered with a verdict.

@@ -433,6 +433,8 @@ mod tests {
                 auth: AuthMode::Key,
                 forward_credential: false,
                 session_origins: Vec::new(),
+                permissions: Vec::new(),
+                cost: 1,
             })
             .collect();
         route::tests::table_of(routes, EscapedSlashes::Keep)

@@ -354,6 +354,32 @@ mod tests {
     }
 
     #[test]
+    fn route_permissions_and_cost_reload_and_bad_ones_keep_the_old_routes() {
+        let keyed = |permissions: &[&str], cost: Option<u64>| RouteConfig {
+            auth: AuthMode::Key,
+            permissions: permissions.iter().map(|p| (*p).to_owned()).collect(),
+            cost,
+            ..route("/api", "http://a:1")
+        };
+        let (routes, reloader) = reloader(config(vec![keyed(&[], None)]));
+        let find = |routes: &ArcSwap<RouteTable>| {
+            let table = routes.load();
+            let route = table.find("/api/x").expect("route");
+            (route.permissions.clone(), route.cost)
+        };
+        assert_eq!(find(&routes), (Vec::<String>::new(), 1));
+        reloader
+            .reload(Ok(config(vec![keyed(&["orders.read"], Some(3))])))
+            .expect("valid");
+        assert_eq!(find(&routes), (vec!["orders.read".to_owned()], 3));
+        let reason = reloader
+            .reload(Ok(config(vec![keyed(&["orders.*"], None)])))
+            .expect_err("invalid permission");
+        assert!(reason.contains("permissions"), "{reason}");
+        assert_eq!(find(&routes), (vec!["orders.read".to_owned()], 3));
+    }
+
+    #[test]
     fn a_bad_config_keeps_the_routes_and_a_good_one_replaces_them() {
         let running = config(vec![route("/api", "http://a:1")]);
         let (routes, reloader) = reloader(running.clone());

@@ -31,11 +31,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
-use keygate_proto::{Change, Event, KeyHash, Meta, ReplicaKey, Revision};
+use std::collections::HashSet;
 
+use keygate_proto::{Change, Event, Identity, KeyHash, KeyId, Meta, ReplicaKey, Revision};
+
+use crate::limits::Limiter;
 use crate::owners::OwnerId;
 use crate::sessions::{SessionSnapshot, SessionState};
-use crate::verdict::{Code, Grant, KeyGrant, Verdict, key_id_bits};
+use crate::verdict::{Code, Grant, KeyExtras, KeyGrant, Verdict, key_id_bits};
 pub use crate::verdict::{KEY_ID_TEXT_LEN, key_id_from_bits, key_id_text};
 use table::{Full, Table};
 
@@ -112,7 +115,7 @@ const NEVER: u64 = u64::MAX >> 1;
 pub struct Entry {
     id: u128,
     owner: OwnerId,
-    meta: Option<Arc<Meta>>,
+    extras: Option<Arc<KeyExtras>>,
     /// Expiry in Unix ms (clamped to 0..NEVER) shifted left by one; the low bit is "enabled".
     state: u64,
 }
@@ -142,11 +145,16 @@ fn expired_at(state: u64, now_unix_ms: i64) -> bool {
 }
 
 impl Entry {
-    fn new(key: &ReplicaKey) -> Self {
+    /// The entry for `key`; its limits policy, when it has limits, is made with `limiter`'s
+    /// holder states (no policy without a limiter).
+    fn new(key: &ReplicaKey, limiter: Option<&Limiter>) -> Self {
+        let meta = (!key.meta.is_empty()).then(|| key.meta.clone());
+        let policy = limiter.and_then(|limiter| limiter.policy_for(key));
         Self {
             id: key_id_bits(key.id),
             owner: OwnerId::intern(&key.owner),
-            meta: (!key.meta.is_empty()).then(|| Arc::new(key.meta.clone())),
+            extras: (meta.is_some() || policy.is_some())
+                .then(|| Arc::new(KeyExtras { meta, policy })),
             state: state_of(key),
         }
     }
@@ -189,8 +197,18 @@ impl Entry {
 
     /// The key's meta map, if it has one.
     #[inline]
-    pub fn meta(&self) -> Option<&Arc<Meta>> {
-        self.meta.as_ref()
+    pub fn meta(&self) -> Option<&Meta> {
+        self.extras
+            .as_deref()
+            .and_then(|extras| extras.meta.as_ref())
+    }
+
+    /// Whether the key has a limits policy.
+    #[inline]
+    pub fn has_policy(&self) -> bool {
+        self.extras
+            .as_deref()
+            .is_some_and(|extras| extras.policy.is_some())
     }
 
     fn put_into(&self, table: &Table, prefix: &HashPrefix) -> Result<(), Full> {
@@ -199,7 +217,7 @@ impl Entry {
             self.id,
             self.state,
             self.owner.bits(),
-            self.meta.as_ref(),
+            self.extras.as_ref(),
         )
     }
 }
@@ -216,11 +234,15 @@ pub struct Gap {
 }
 
 /// A replica being built from snapshot chunks, installed whole by
-/// [`Replica::install_snapshot`]: the keys and the session state.
+/// [`Replica::install_snapshot`]: the keys, the session state and the identities.
 pub struct Snapshot {
     revision: Revision,
     keys: Table,
     sessions: SessionSnapshot,
+    /// Keys with limits: their policies are made when the snapshot is installed, with the
+    /// replica's limiter.
+    limited: Vec<ReplicaKey>,
+    identities: Vec<Identity>,
 }
 
 /// Largest capacity a snapshot pre-allocates on the word of the control plane.
@@ -247,7 +269,14 @@ impl Snapshot {
             revision,
             keys: Table::with_capacity(expected_keys.min(MAX_PREALLOCATED_KEYS)),
             sessions: SessionSnapshot::default(),
+            limited: Vec::new(),
+            identities: Vec::new(),
         }
+    }
+
+    /// Adds one identity.
+    pub fn insert_identity(&mut self, identity: Identity) {
+        self.identities.push(identity);
     }
 
     /// The session state (signing keys, revocation sets) at the snapshot's revision.
@@ -258,8 +287,11 @@ impl Snapshot {
     /// Adds one key.
     pub fn insert(&mut self, key: &ReplicaKey) {
         let prefix = HashPrefix::from(&key.hash);
-        if let Some(bigger) = put_growing(&self.keys, &prefix, &Entry::new(key)) {
+        if let Some(bigger) = put_growing(&self.keys, &prefix, &Entry::new(key, None)) {
             self.keys = bigger;
+        }
+        if !key.limits.is_empty() {
+            self.limited.push(key.clone());
         }
     }
 
@@ -283,6 +315,9 @@ impl Snapshot {
 pub struct Replica {
     keys: ArcSwap<Table>,
     sessions: SessionState,
+    /// Holder states of keys with limits and of identities, changed by the same events and
+    /// snapshots.
+    limiter: Arc<Limiter>,
     applied: AtomicU64,
     /// Bumped (under the writer lock) whenever a snapshot of another log replaces the replica:
     /// a lookup answer of an earlier epoch is of a history the replica no longer holds.
@@ -312,6 +347,7 @@ impl Replica {
         Self {
             keys: ArcSwap::from_pointee(Table::with_capacity(0)),
             sessions: SessionState::new(),
+            limiter: Arc::new(Limiter::new()),
             applied: AtomicU64::new(0),
             log_epoch: AtomicU64::new(0),
             writer: Mutex::new(Ahead::new()),
@@ -355,6 +391,13 @@ impl Replica {
         &self.sessions
     }
 
+    /// The limits state: holder states of keys with limits and of identities, kept by the
+    /// same events and snapshots as the keys.
+    #[inline]
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
+    }
+
     /// Runs `read` on a copy of the entry for `hash`.
     #[inline]
     pub fn with_entry<R>(&self, hash: &KeyHash, read: impl FnOnce(&Entry) -> R) -> Option<R> {
@@ -362,11 +405,11 @@ impl Replica {
         let prefix = HashPrefix::from(hash);
         loop {
             let record = keys.get(&prefix)?;
-            if let Ok(meta) = keys.meta(&prefix, &record) {
+            if let Ok(extras) = keys.meta(&prefix, &record) {
                 return Some(read(&Entry {
                     id: record.id,
                     owner: OwnerId::from_bits(record.owner),
-                    meta,
+                    extras,
                     state: record.state,
                 }));
             }
@@ -388,12 +431,12 @@ impl Replica {
             if expired_at(record.state, now_unix_ms) {
                 return Some(Verdict::Denied(Code::Expired));
             }
-            if let Ok(meta) = keys.meta(&prefix, &record) {
+            if let Ok(extras) = keys.meta(&prefix, &record) {
                 return Some(Verdict::Valid(Grant::Key(KeyGrant {
                     key_id_bits: record.id,
                     owner: OwnerId::from_bits(record.owner),
                     expires_unix_ms: expires_of(record.state),
-                    meta,
+                    extras,
                 })));
             }
         }
@@ -429,6 +472,19 @@ impl Replica {
                 self.sessions.apply(&event.change);
                 None
             }
+            // Limits state: held by the limiter, applied here in revision order too.
+            Change::IdentityUpserted(identity) => {
+                self.limiter.upsert_identity(identity);
+                None
+            }
+            Change::IdentityDeleted { id } => {
+                self.limiter.delete_identity(id);
+                None
+            }
+            Change::CreditsChanged { holder, .. } => {
+                self.limiter.credits_changed(holder);
+                None
+            }
         };
         // A lookup already installed a newer state of this key: this older event must not
         // overwrite it.
@@ -441,7 +497,13 @@ impl Replica {
             && !superseded
         {
             match &event.change {
-                Change::KeyUpserted(key) => self.put(&keys, &slot, &Entry::new(key)),
+                Change::KeyUpserted(key) => {
+                    self.put(&keys, &slot, &Entry::new(key, Some(&self.limiter)));
+                }
+                Change::KeyDeleted { id, .. } => {
+                    keys.remove(&slot);
+                    self.limiter.forget_key(*id);
+                }
                 _ => keys.remove(&slot),
             }
         }
@@ -475,11 +537,25 @@ impl Replica {
             // Looked-up keys newer than the snapshot stay: the snapshot cannot know them yet.
             ahead.retain(|_, (revision, _)| *revision > snapshot.revision);
             let mut keys = snapshot.keys;
+            // Keys with limits get their policies now, with this replica's holder states.
+            let mut limited: HashSet<KeyId> = HashSet::with_capacity(snapshot.limited.len());
+            for key in &snapshot.limited {
+                let entry = Entry::new(key, Some(&self.limiter));
+                if let Some(bigger) = put_growing(&keys, &HashPrefix::from(&key.hash), &entry) {
+                    keys = bigger;
+                }
+                limited.insert(key.id);
+            }
             for (slot, (_, entry)) in ahead.iter() {
                 if let Some(bigger) = put_growing(&keys, slot, entry) {
                     keys = bigger;
                 }
+                if entry.has_policy() {
+                    limited.insert(key_id_from_bits(entry.id));
+                }
             }
+            self.limiter
+                .install_snapshot(&snapshot.identities, &limited);
             let previous = self.keys.swap(Arc::new(keys));
             self.sessions.install(snapshot.sessions);
             self.applied.store(snapshot.revision.0, Ordering::Release);
@@ -512,7 +588,7 @@ impl Replica {
         {
             return false;
         }
-        let entry = Entry::new(key);
+        let entry = Entry::new(key, Some(&self.limiter));
         self.put(&self.keys.load(), &slot, &entry);
         ahead.insert(slot, (key_revision, entry));
         true
@@ -538,6 +614,7 @@ pub(crate) mod tests {
             enabled: true,
             expires_unix_ms: None,
             meta: Meta::new(),
+            limits: Default::default(),
         };
         (plaintext, key)
     }
@@ -571,7 +648,7 @@ pub(crate) mod tests {
         key.expires_unix_ms = Some(1_900_000_000_123);
         key.enabled = false;
         key.meta.insert("plan".into(), "pro".into());
-        let entry = Entry::new(&key);
+        let entry = Entry::new(&key, None);
         assert!(!entry.enabled());
         assert_eq!(entry.expires_unix_ms(), Some(1_900_000_000_123));
         assert!(!entry.expired_at(1_900_000_000_122));
@@ -581,11 +658,14 @@ pub(crate) mod tests {
             entry.meta().map(|meta| meta["plan"].clone()),
             Some("pro".into())
         );
-        let never = Entry::new(&ReplicaKey {
-            expires_unix_ms: None,
-            enabled: true,
-            ..key
-        });
+        let never = Entry::new(
+            &ReplicaKey {
+                expires_unix_ms: None,
+                enabled: true,
+                ..key
+            },
+            None,
+        );
         assert!(never.enabled());
         assert_eq!(never.expires_unix_ms(), None);
         assert!(!never.expired_at(i64::MAX - 1));

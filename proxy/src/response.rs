@@ -10,6 +10,7 @@ use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 use serde::Serialize;
 
+use crate::limits::{self, Admission};
 use crate::upstream::PooledBody;
 use crate::verify::Code;
 
@@ -116,6 +117,14 @@ pub fn denied(code: Code, request_id: &HeaderValue) -> Response<ProxyBody> {
     response
 }
 
+/// The response to a request the key's limits refused: [`denied`]'s, with `Retry-After` and
+/// the rate-limit headers the admission carries.
+pub fn limit_denied(admission: &Admission, request_id: &HeaderValue) -> Response<ProxyBody> {
+    let mut response = denied(admission.code(), request_id);
+    limits::headers::apply(response.headers_mut(), admission);
+    response
+}
+
 fn message(code: Code) -> &'static str {
     match code {
         Code::Valid => "valid",
@@ -137,6 +146,9 @@ fn message(code: Code) -> &'static str {
         Code::ForbiddenOrigin => {
             "this method needs an allowed Origin when the session comes from the cookie; send the session as Authorization: Bearer instead"
         }
+        Code::InsufficientPermissions => "this credential lacks a permission this route requires",
+        Code::UsageExceeded => "this API key (or its identity) has no credits left",
+        Code::RateLimited => "rate limit exceeded; retry after the time in Retry-After",
     }
 }
 

@@ -55,6 +55,10 @@ pub struct Route {
     /// Origins allowed to send unsafe requests with only the session cookie: lowercase
     /// `scheme://host[:port]`, without a default port.
     pub session_origins: Vec<String>,
+    /// Permissions a key needs here, sorted (`permissions`); empty: none.
+    pub permissions: Vec<String>,
+    /// What a request costs in credits and rate-limit units (`cost`, default 1).
+    pub cost: u64,
     /// Keep-alive connections to the upstream, shared by every route that names it.
     pub(crate) pool: Arc<UpstreamPool>,
 }
@@ -159,6 +163,8 @@ impl RouteTable {
                 auth: route.auth,
                 forward_credential: route.forward_credential,
                 session_origins: route.session_origins,
+                permissions: route.permissions,
+                cost: route.cost,
                 pool,
             });
         }
@@ -235,6 +241,8 @@ pub(crate) mod tests {
             auth,
             forward_credential: false,
             session_origins: Vec::new(),
+            permissions: Vec::new(),
+            cost: 1,
         }
     }
 

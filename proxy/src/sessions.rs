@@ -280,7 +280,12 @@ impl Tables {
             Change::SessionRevoked(revoked) => self.insert_revoked_session(revoked),
             Change::PasskeyRevoked(revoked) => self.insert_revoked_passkey(revoked),
             Change::UserState(user) => self.insert_user(user),
-            Change::SigningKey(_) | Change::KeyUpserted(_) | Change::KeyDeleted { .. } => true,
+            Change::SigningKey(_)
+            | Change::KeyUpserted(_)
+            | Change::KeyDeleted { .. }
+            | Change::IdentityUpserted(_)
+            | Change::IdentityDeleted { .. }
+            | Change::CreditsChanged { .. } => true,
         }
     }
 

@@ -14,6 +14,16 @@
 //! plane URL after an exponential backoff with jitter (50 ms doubling to 5 s). Network errors
 //! are logged, never fatal; the task stops only on shutdown.
 //!
+//! Limits (DESIGN.md, "Limits and permissions per key") ride the same stream, in
+//! [`crate::limits`]'s domain types: every [`limits::REPORT_INTERVAL`] (100 ms) the use not
+//! reported yet goes out as one `UsageReport`, and the limiter wakes the task for what cannot
+//! wait (a report when a gateway has used its share, lease requests); `UsageUpdate` and
+//! `LeaseGrant` go to the limiter, which also learns when the stream opens and closes and when
+//! anything is heard (cut off, it falls back to its own share). Leases that expired while the
+//! stream was down are given back by the first tick of the next stream; on shutdown every
+//! unspent lease is given back before the stream is closed (best effort, at most
+//! [`SHUTDOWN_RETURN_WAIT`]).
+//!
 //! Log identity (DESIGN.md, "Storage and a highly available control plane"): revisions only
 //! compare within one log, so the gateway remembers the log id of what it has applied and
 //! judges every log id and head a control plane reports (in SnapshotBegin and Pong) with
@@ -60,6 +70,7 @@ use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use crate::error::error_chain;
 use crate::freshness::{Freshness, PendingProofs};
+use crate::limits::{self, LeaseGrant, Limiter, Outgoing, WindowUsage};
 use crate::metrics::Metrics;
 use crate::miss::ControlPlaneSlot;
 use crate::replica::{Gap, Replica, Snapshot};
@@ -72,8 +83,10 @@ const BACKOFF_START: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Intervals of silence after which a stream is treated as dead.
 const SILENT_INTERVALS: u32 = 3;
-/// Outbound messages (hello, acks, pings) queued at most; pings beyond it are skipped.
-const OUTBOUND_CAPACITY: usize = 32;
+/// Outbound messages (hello, acks, pings, limits) queued at most; pings beyond it are skipped.
+const OUTBOUND_CAPACITY: usize = 256;
+/// Longest wait, on shutdown, for the control plane to take the leases given back.
+const SHUTDOWN_RETURN_WAIT: Duration = Duration::from_secs(1);
 /// HTTP/2 receive windows of the sync connection (stream and connection). The control plane
 /// may send this much before it must wait for a WINDOW_UPDATE, which takes a round trip: at
 /// 240 ms round trip, hyper's default 2 MiB stream window caps a snapshot at ~8 MiB/s; 16 MiB
@@ -149,6 +162,15 @@ enum SyncError {
     },
     #[error("the control plane's log changed from {from} to {to} during the stream; reconnecting")]
     LogChanged { from: LogId, to: LogId },
+    #[error("shutting down")]
+    Shutdown,
+}
+
+/// An open stream: what to send on, what arrives, and what it is known to serve.
+struct Opened {
+    outbound: mpsc::Sender<pb::GatewayMessage>,
+    inbound: tonic::Streaming<pb::ControlMessage>,
+    stream_log: StreamLog,
 }
 
 /// What a control plane's report of its log (a log id and a head, in SnapshotBegin or Pong)
@@ -250,11 +272,11 @@ impl SyncTask {
         loop {
             let url = self.settings.urls[url_index % self.settings.urls.len()].clone();
             self.heard = false;
-            let ended = tokio::select! {
-                () = shutdown.cancelled() => break,
-                ended = self.session(&url) => ended,
-            };
+            let ended = self.session(&url, &shutdown).await;
             self.disconnected();
+            if shutdown.is_cancelled() {
+                break;
+            }
             if let SyncError::OlderHistory {
                 log_id,
                 head,
@@ -294,78 +316,51 @@ impl SyncTask {
     }
 
     fn disconnected(&self) {
+        self.limiter()
+            .set_connected(false, keygate_proto::time::now_unix_ms());
         self.control_plane.store(None);
         self.state.set_control_plane(None);
         self.state.connected.store(false, Ordering::Release);
         self.metrics.sync_connected.set(0.0);
     }
 
-    /// One connection, from connect to whatever ends it.
-    async fn session(&mut self, url: &str) -> SyncError {
-        let timeout = self.settings.connect_timeout;
-        let mut endpoint = match Endpoint::from_shared(url.to_owned()) {
-            Ok(endpoint) => endpoint
-                .connect_timeout(timeout)
-                .tcp_nodelay(true)
-                .initial_stream_window_size(SYNC_WINDOW_BYTES)
-                .initial_connection_window_size(SYNC_WINDOW_BYTES),
-            Err(error) => return SyncError::Connect(error.to_string()),
-        };
-        match self.settings.tls.for_url(url) {
-            Ok(None) => {}
-            Ok(Some(tls)) => match endpoint.tls_config(tls) {
-                Ok(with_tls) => endpoint = with_tls,
-                Err(error) => return SyncError::Connect(error_chain(&error)),
-            },
-            Err(reason) => return SyncError::Connect(reason),
-        }
-        let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
-            Ok(Ok(channel)) => channel,
-            Ok(Err(error)) => return SyncError::Connect(error_chain(&error)),
-            Err(_) => return SyncError::Connect(format!("timed out after {timeout:?}")),
-        };
+    fn limiter(&self) -> &Limiter {
+        self.replica.limiter()
+    }
 
-        let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_CAPACITY);
-        // Only this task writes the replica's revision and log id, so the two agree.
-        let log_id = self.state.log_id();
-        let applied = self.replica.applied_revision();
-        let mut stream_log = StreamLog::new(log_id.clone(), applied);
-        let hello = pb::Hello {
-            gateway_id: self.settings.gateway_id.clone(),
-            region: self.settings.region.clone(),
-            version: keygate_proto::VERSION.to_owned(),
-            applied_revision: applied.0,
-            address: self.settings.address.clone(),
-            propagation_bound_ms: millis(self.freshness.bound()),
-            stale_policy: self.freshness.policy().as_str().to_owned(),
-            log_id: log_id.0,
+    /// One connection, from connect to whatever ends it (shutdown included).
+    async fn session(&mut self, url: &str, shutdown: &CancellationToken) -> SyncError {
+        let opened = tokio::select! {
+            () = shutdown.cancelled() => return SyncError::Shutdown,
+            opened = self.open(url) => opened,
         };
-        // The queue is new and empty, so this cannot fail.
-        let _ = outbound.try_send(message(gateway_message::Msg::Hello(hello)));
-        let mut request = tonic::Request::new(ReceiverStream::new(outbound_rx));
-        request
-            .metadata_mut()
-            .insert("authorization", self.settings.authorization.clone());
-        let mut client = pb::sync_client::SyncClient::new(channel.clone());
-        let mut inbound = match tokio::time::timeout(timeout, client.stream(request)).await {
-            Ok(Ok(response)) => response.into_inner(),
-            Ok(Err(status)) => return SyncError::Refused(status),
-            Err(_) => return SyncError::Connect(format!("no stream response after {timeout:?}")),
+        let Opened {
+            outbound,
+            mut inbound,
+            mut stream_log,
+        } = match opened {
+            Ok(opened) => opened,
+            Err(error) => return error,
         };
-        self.control_plane.store(Some(Arc::new(channel)));
-        self.state.set_control_plane(Some(url));
-        self.state.connected.store(true, Ordering::Release);
-        self.metrics.sync_connected.set(1.0);
-        tracing::info!(control_plane = %url, log_id = %stream_log.log_id, applied = applied.0, "sync stream open");
+        self.limiter()
+            .set_connected(true, keygate_proto::time::now_unix_ms());
 
         let ping_interval = self.settings.ping_interval;
         let silence_limit = ping_interval * SILENT_INTERVALS;
         let mut ticker = tokio::time::interval(ping_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut report_ticker = tokio::time::interval(limits::REPORT_INTERVAL);
+        report_ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
         let mut ack_due: Option<Revision> = None;
+        let replica = Arc::clone(&self.replica);
+        let limiter = replica.limiter();
         loop {
             tokio::select! {
+                () = shutdown.cancelled() => {
+                    return_leases(limiter, outbound, inbound).await;
+                    return SyncError::Shutdown;
+                }
                 _ = ticker.tick() => {
                     if last_heard.elapsed() > silence_limit {
                         return SyncError::Silent(silence_limit);
@@ -379,6 +374,14 @@ impl SyncTask {
                     // A full queue means the link is backed up; the silence check catches a dead one.
                     let _ = outbound.try_send(message(gateway_message::Msg::Ping(ping)));
                 }
+                _ = report_ticker.tick() => {
+                    let outgoing = limiter.take_outgoing(keygate_proto::time::now_unix_ms(), true);
+                    send_limits(limiter, &outbound, outgoing);
+                }
+                () = limiter.wakeup() => {
+                    let outgoing = limiter.take_outgoing(keygate_proto::time::now_unix_ms(), false);
+                    send_limits(limiter, &outbound, outgoing);
+                }
                 received = inbound.message() => {
                     let control = match received {
                         Ok(Some(control)) => control,
@@ -387,6 +390,7 @@ impl SyncTask {
                     };
                     last_heard = Instant::now();
                     self.heard = true;
+                    limiter.heard(keygate_proto::time::now_unix_ms());
                     match self.handle(control, &mut stream_log) {
                         Ok(Some(applied)) => ack_due = Some(applied),
                         Ok(None) => {}
@@ -404,6 +408,74 @@ impl SyncTask {
                 }
             }
         }
+    }
+
+    /// Connects, says hello and opens the stream.
+    async fn open(&mut self, url: &str) -> Result<Opened, SyncError> {
+        let timeout = self.settings.connect_timeout;
+        let mut endpoint = match Endpoint::from_shared(url.to_owned()) {
+            Ok(endpoint) => endpoint
+                .connect_timeout(timeout)
+                .tcp_nodelay(true)
+                .initial_stream_window_size(SYNC_WINDOW_BYTES)
+                .initial_connection_window_size(SYNC_WINDOW_BYTES),
+            Err(error) => return Err(SyncError::Connect(error.to_string())),
+        };
+        match self.settings.tls.for_url(url) {
+            Ok(None) => {}
+            Ok(Some(tls)) => match endpoint.tls_config(tls) {
+                Ok(with_tls) => endpoint = with_tls,
+                Err(error) => return Err(SyncError::Connect(error_chain(&error))),
+            },
+            Err(reason) => return Err(SyncError::Connect(reason)),
+        }
+        let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(error)) => return Err(SyncError::Connect(error_chain(&error))),
+            Err(_) => return Err(SyncError::Connect(format!("timed out after {timeout:?}"))),
+        };
+
+        let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+        // Only this task writes the replica's revision and log id, so the two agree.
+        let log_id = self.state.log_id();
+        let applied = self.replica.applied_revision();
+        let stream_log = StreamLog::new(log_id.clone(), applied);
+        let hello = pb::Hello {
+            gateway_id: self.settings.gateway_id.clone(),
+            region: self.settings.region.clone(),
+            version: keygate_proto::VERSION.to_owned(),
+            applied_revision: applied.0,
+            address: self.settings.address.clone(),
+            propagation_bound_ms: millis(self.freshness.bound()),
+            stale_policy: self.freshness.policy().as_str().to_owned(),
+            log_id: log_id.0,
+        };
+        // The queue is new and empty, so this cannot fail.
+        let _ = outbound.try_send(message(gateway_message::Msg::Hello(hello)));
+        let mut request = tonic::Request::new(ReceiverStream::new(outbound_rx));
+        request
+            .metadata_mut()
+            .insert("authorization", self.settings.authorization.clone());
+        let mut client = pb::sync_client::SyncClient::new(channel.clone());
+        let inbound = match tokio::time::timeout(timeout, client.stream(request)).await {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) => return Err(SyncError::Refused(status)),
+            Err(_) => {
+                return Err(SyncError::Connect(format!(
+                    "no stream response after {timeout:?}"
+                )));
+            }
+        };
+        self.control_plane.store(Some(Arc::new(channel)));
+        self.state.set_control_plane(Some(url));
+        self.state.connected.store(true, Ordering::Release);
+        self.metrics.sync_connected.set(1.0);
+        tracing::info!(control_plane = %url, log_id = %stream_log.log_id, applied = applied.0, "sync stream open");
+        Ok(Opened {
+            outbound,
+            inbound,
+            stream_log,
+        })
     }
 
     /// Applies one control message; returns the revision to ack when it applied something.
@@ -470,6 +542,9 @@ impl SyncTask {
                 for user in chunk.users {
                     sessions.insert_user(&from_wire(user, "user state")?);
                 }
+                for identity in chunk.identities {
+                    building.insert_identity(from_wire(identity, "identity")?);
+                }
                 Ok(None)
             }
             control_message::Msg::SnapshotEnd(end) => {
@@ -530,6 +605,38 @@ impl SyncTask {
                 }
                 Ok(Some(self.after_apply()))
             }
+            control_message::Msg::Usage(update) => {
+                let windows: Vec<WindowUsage> = update
+                    .windows
+                    .into_iter()
+                    .map(|window| WindowUsage {
+                        holder: window.holder,
+                        limit: window.limit,
+                        window_start_unix_ms: window.window_start_unix_ms,
+                        used: window.used,
+                    })
+                    .collect();
+                self.limiter().apply_usage(
+                    &windows,
+                    update.live_gateways,
+                    keygate_proto::time::now_unix_ms(),
+                );
+                Ok(None)
+            }
+            control_message::Msg::Lease(lease) => {
+                self.limiter().apply_grant(
+                    LeaseGrant {
+                        holder: lease.holder,
+                        request_id: lease.request_id,
+                        lease_id: lease.lease_id,
+                        granted: lease.granted,
+                        ttl_ms: lease.ttl_ms,
+                        exhausted: lease.exhausted,
+                    },
+                    keygate_proto::time::now_unix_ms(),
+                );
+                Ok(None)
+            }
             control_message::Msg::Pong(pong) => {
                 // The echo is our own clock; an echo from the future is not ours to trust.
                 if pong.sent_at_nanos > self.freshness.now_nanos() {
@@ -586,6 +693,96 @@ impl SyncTask {
         self.proofs.on_applied(&self.freshness, applied);
         self.metrics.replica_revision.set(applied.0 as f64);
         applied
+    }
+}
+
+/// Sends what the limiter has to send: one usage report, the lease requests and returns. A
+/// return that does not fit is kept for the next tick; a report or request that does not fit
+/// is dropped (the use is reported again with the next use, the request asked again after
+/// its wait).
+fn send_limits(limiter: &Limiter, outbound: &mpsc::Sender<pb::GatewayMessage>, outgoing: Outgoing) {
+    if outgoing.is_empty() {
+        return;
+    }
+    if !outgoing.report.is_empty() {
+        let report = pb::UsageReport {
+            windows: outgoing
+                .report
+                .into_iter()
+                .map(|usage| pb::WindowUsage {
+                    holder: usage.holder,
+                    limit: usage.limit,
+                    window_start_unix_ms: usage.window_start_unix_ms,
+                    used: usage.used,
+                })
+                .collect(),
+        };
+        let _ = outbound.try_send(message(gateway_message::Msg::Usage(report)));
+    }
+    for request in outgoing.requests {
+        let _ = outbound.try_send(message(gateway_message::Msg::LeaseRequest(
+            pb::LeaseRequest {
+                holder: request.holder,
+                wanted: request.wanted,
+                request_id: request.request_id,
+            },
+        )));
+    }
+    let mut kept = Vec::new();
+    for lease in outgoing.returns {
+        let wire = pb::LeaseReturn {
+            lease_id: lease.lease_id.clone(),
+            holder: lease.holder.clone(),
+            unspent: lease.unspent,
+        };
+        if outbound
+            .try_send(message(gateway_message::Msg::LeaseReturn(wire)))
+            .is_err()
+        {
+            kept.push(lease);
+        }
+    }
+    limiter.keep_returns(kept);
+}
+
+/// On shutdown: gives every unspent lease back, closes the gateway's side of the stream and
+/// waits (at most [`SHUTDOWN_RETURN_WAIT`]) for the control plane to end it, so the returns
+/// are read before the connection goes.
+async fn return_leases(
+    limiter: &Limiter,
+    outbound: mpsc::Sender<pb::GatewayMessage>,
+    mut inbound: tonic::Streaming<pb::ControlMessage>,
+) {
+    let returns = limiter.return_everything();
+    if returns.is_empty() {
+        return;
+    }
+    let count = returns.len();
+    let mut returns = returns.into_iter();
+    let sent = tokio::time::timeout(SHUTDOWN_RETURN_WAIT, async {
+        for lease in returns.by_ref() {
+            let wire = pb::LeaseReturn {
+                lease_id: lease.lease_id,
+                holder: lease.holder,
+                unspent: lease.unspent,
+            };
+            if outbound
+                .send(message(gateway_message::Msg::LeaseReturn(wire)))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        drop(outbound);
+        while let Ok(Some(_)) = inbound.message().await {}
+    })
+    .await;
+    if sent.is_err() {
+        tracing::warn!(
+            leases = count,
+            "shutdown: the control plane did not confirm the returned leases in time; unreturned ones are written off"
+        );
     }
 }
 
@@ -715,6 +912,7 @@ mod tests {
             enabled: true,
             expires_unix_ms: None,
             meta: keygate_proto::Meta::new(),
+            limits: Default::default(),
         };
         control(control_message::Msg::SnapshotChunk(pb::SnapshotChunk {
             keys: vec![(&key).into()],

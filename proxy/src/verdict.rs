@@ -1,7 +1,8 @@
 //! The verdict vocabulary (DESIGN.md, "Verification at the gateway"): the codes, what a valid
 //! credential grants, and the verdict itself.
 //!
-//! A leaf module: it names no other module of the gateway but [`crate::owners`], so the
+//! A leaf module: it names no other module of the gateway but [`crate::owners`] (and the
+//! limits policy a key grant carries, [`crate::limits::KeyPolicy`]), so the
 //! replica, the verifiers, the metrics and the HTTP code can all speak of verdicts without
 //! importing each other. `verify.rs` re-exports everything here.
 
@@ -11,6 +12,7 @@ use http::{HeaderValue, StatusCode};
 use keygate_proto::session::SessionClaims;
 use keygate_proto::{KeyId, Meta, base62};
 
+use crate::limits::KeyPolicy;
 use crate::owners::OwnerId;
 
 /// Verdict codes, as DESIGN.md's table names them.
@@ -35,11 +37,17 @@ pub enum Code {
     /// An unsafe method carried only by the session cookie, from an origin the route does not
     /// allow (403). Decided from the request, before the credential is verified.
     ForbiddenOrigin,
+    /// The key lacks a permission the route requires (403).
+    InsufficientPermissions,
+    /// The key (or its identity) has no credits left (429).
+    UsageExceeded,
+    /// Over a rate limit (429, with `Retry-After`).
+    RateLimited,
 }
 
 impl Code {
     /// Every code, in declaration order (`code as usize` indexes it).
-    pub const ALL: [Code; 9] = [
+    pub const ALL: [Code; 12] = [
         Code::Valid,
         Code::Missing,
         Code::Malformed,
@@ -49,6 +57,9 @@ impl Code {
         Code::Revoked,
         Code::Stale,
         Code::ForbiddenOrigin,
+        Code::InsufficientPermissions,
+        Code::UsageExceeded,
+        Code::RateLimited,
     ];
 
     /// The wire name, e.g. `NOT_FOUND`.
@@ -63,6 +74,9 @@ impl Code {
             Code::Revoked => "REVOKED",
             Code::Stale => "STALE",
             Code::ForbiddenOrigin => "FORBIDDEN_ORIGIN",
+            Code::InsufficientPermissions => "INSUFFICIENT_PERMISSIONS",
+            Code::UsageExceeded => "USAGE_EXCEEDED",
+            Code::RateLimited => "RATE_LIMITED",
         }
     }
 
@@ -73,7 +87,10 @@ impl Code {
             Code::Missing | Code::Malformed | Code::NotFound | Code::Expired | Code::Revoked => {
                 Some(StatusCode::UNAUTHORIZED)
             }
-            Code::Disabled | Code::ForbiddenOrigin => Some(StatusCode::FORBIDDEN),
+            Code::Disabled | Code::ForbiddenOrigin | Code::InsufficientPermissions => {
+                Some(StatusCode::FORBIDDEN)
+            }
+            Code::UsageExceeded | Code::RateLimited => Some(StatusCode::TOO_MANY_REQUESTS),
             Code::Stale => Some(StatusCode::SERVICE_UNAVAILABLE),
         }
     }
@@ -89,14 +106,22 @@ pub enum Grant {
     Session(SessionGrant),
 }
 
+/// What a key carries beside its replica slot, when it carries anything: its meta map and its
+/// limits policy (permissions, rate limits, credits, identity). Plain keys have none.
+#[derive(Debug)]
+pub struct KeyExtras {
+    pub(crate) meta: Option<Meta>,
+    pub(crate) policy: Option<KeyPolicy>,
+}
+
 /// What a valid key grants. Made from a replica slot by copying numbers: no reference count is
-/// touched unless the key has meta.
+/// touched unless the key has meta or limits.
 #[derive(Debug, Clone)]
 pub struct KeyGrant {
     pub(crate) key_id_bits: u128,
     pub(crate) owner: OwnerId,
     pub(crate) expires_unix_ms: Option<i64>,
-    pub(crate) meta: Option<Arc<Meta>>,
+    pub(crate) extras: Option<Arc<KeyExtras>>,
 }
 
 impl KeyGrant {
@@ -128,7 +153,17 @@ impl KeyGrant {
 
     /// The key's meta map, if any.
     pub fn meta(&self) -> Option<&Meta> {
-        self.meta.as_deref()
+        self.extras
+            .as_deref()
+            .and_then(|extras| extras.meta.as_ref())
+    }
+
+    /// The key's limits policy, when it has limits, permissions or an identity.
+    #[inline]
+    pub fn policy(&self) -> Option<&KeyPolicy> {
+        self.extras
+            .as_deref()
+            .and_then(|extras| extras.policy.as_ref())
     }
 }
 

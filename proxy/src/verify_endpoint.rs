@@ -8,6 +8,13 @@
 //! always 200 with the verdict, STALE included: `{"valid","code","keyId","owner","meta",
 //! "expires"}` for a key, `{"valid","code","userId","sessionId","expires"}` for a session
 //! (refusals too, with the identity fields null).
+//!
+//! `"permissions": ["…"]` (every one required) and `"cost": n` (default 1) check a key's limits
+//! as a request on a route with those settings would, and consume like one: the answer's code
+//! is then INSUFFICIENT_PERMISSIONS, USAGE_EXCEEDED or RATE_LIMITED when they refuse, and a key
+//! with rate limits gets the `RateLimit-Policy`/`RateLimit` headers (and `Retry-After` on
+//! RATE_LIMITED) on the 200 answer. A session with permissions required is
+//! INSUFFICIENT_PERMISSIONS.
 
 use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode};
@@ -20,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::AuthMode;
 use crate::credential::Credential;
 use crate::handler::Handler;
+use crate::limits::{self, Admission};
 use crate::response::{self, ProxyBody, codes};
 use crate::verify::{Grant, Verdict};
 
@@ -29,10 +37,13 @@ pub const PATH: &str = "/_keygate/v1/verify";
 /// Largest request body accepted.
 const MAX_BODY_BYTES: usize = 8 * 1024;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct VerifyRequest {
     key: Option<String>,
     session: Option<String>,
+    #[serde(default)]
+    permissions: Vec<String>,
+    cost: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -109,10 +120,7 @@ pub(crate) async fn answer(
         }
     };
     let from_body = if body.iter().all(u8::is_ascii_whitespace) {
-        VerifyRequest {
-            key: None,
-            session: None,
-        }
+        VerifyRequest::default()
     } else {
         match serde_json::from_slice::<VerifyRequest>(&body) {
             Ok(parsed) => parsed,
@@ -120,12 +128,32 @@ pub(crate) async fn answer(
                 return response::error(
                     StatusCode::BAD_REQUEST,
                     codes::BAD_REQUEST,
-                    "expected a JSON body {\"key\":\"…\"} or {\"session\":\"…\"}",
+                    "expected a JSON body {\"key\":\"…\"} or {\"session\":\"…\"}, with \"permissions\": [\"…\"] and \"cost\": n optional",
                     request_id,
                 );
             }
         }
     };
+    let required = match keygate_proto::limits::canonical_permissions(from_body.permissions) {
+        Ok(required) => required,
+        Err(error) => {
+            return response::error(
+                StatusCode::BAD_REQUEST,
+                codes::BAD_REQUEST,
+                &format!("permissions: {error}"),
+                request_id,
+            );
+        }
+    };
+    let cost = from_body.cost.unwrap_or(1);
+    if cost > keygate_proto::limits::MAX_AMOUNT {
+        return response::error(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_REQUEST,
+            &format!("cost must be at most {}", keygate_proto::limits::MAX_AMOUNT),
+            request_id,
+        );
+    }
     let credential = match (&from_body.session, &from_body.key) {
         (Some(token), _) => Credential::Session(token),
         (None, Some(key)) => Credential::key_or_session(key),
@@ -133,7 +161,19 @@ pub(crate) async fn answer(
             .credentials
             .extract(&parts.headers, AuthMode::KeyOrSession),
     };
-    let verdict = handler.verifier.verify(credential).await;
+    let mut verdict = handler.verifier.verify(credential).await;
+    let mut admitted = None;
+    if let Verdict::Valid(grant) = &verdict {
+        let needed =
+            !required.is_empty() || matches!(grant, Grant::Key(key) if key.policy().is_some());
+        if needed {
+            let admission = handler.admit_with(grant, &required, cost).await;
+            if let Admission::Denied { code, .. } = &admission {
+                verdict = Verdict::Denied(*code);
+            }
+            admitted = Some(admission);
+        }
+    }
     let code = verdict.code().as_str();
     let mut response = match &verdict {
         Verdict::Valid(Grant::Session(session)) => response::json(
@@ -182,5 +222,8 @@ pub(crate) async fn answer(
     response
         .headers_mut()
         .insert(response::REQUEST_ID.clone(), request_id.clone());
+    if let Some(admitted) = &admitted {
+        limits::headers::apply(response.headers_mut(), admitted);
+    }
     response
 }

@@ -7,30 +7,38 @@ use serde_json::json;
 
 use crate::Failure;
 use crate::admin_client::{self, AdminClient, status_failure};
-use crate::args::{ClientArgs, CreateKeyArgs, KeysCommand, ListKeysArgs, WaitArgs};
+use crate::args::{ClientArgs, CreateKeyArgs, KeysCommand, ListKeysArgs, UpdateKeyArgs, WaitArgs};
+use crate::commands::limit_flags::{self, exclusive, refused};
 use crate::commands::wait::{report_change, wait_if_asked};
-use crate::output::{key_json, key_line, print_json};
+use crate::output::{key_json, key_line, key_text, print_json, print_page};
 
 /// Runs one `keys` subcommand.
 pub async fn run(client_args: &ClientArgs, command: KeysCommand) -> Result<(), Failure> {
-    // Validate local input before opening a connection.
-    let create_request = match &command {
-        KeysCommand::Create(args) => Some(create_request(args)?),
-        _ => None,
-    };
-    let mut client = admin_client::connect_as(client_args).await?;
     let json = client_args.json;
-    match command {
-        KeysCommand::Create(_) => {
-            let request =
-                create_request.ok_or_else(|| Failure::Runtime("internal: no request".into()))?;
+    // Local input is checked before a connection is opened: bad input sends nothing.
+    let command = match command {
+        KeysCommand::Create(args) => {
+            let request = create_request(&args)?;
+            let mut client = admin_client::connect_as(client_args).await?;
             let issued = client
                 .create_key(request)
                 .await
                 .map_err(status_failure)?
                 .into_inner();
             print_issued(&issued, json, "Created");
+            return Ok(());
         }
+        KeysCommand::Update(args) => {
+            let request = update_request(&args)?;
+            let mut client = admin_client::connect_as(client_args).await?;
+            return update(&mut client, request, args.wait, json).await;
+        }
+        other => other,
+    };
+    let mut client = admin_client::connect_as(client_args).await?;
+    match command {
+        // Sent above, once their input was checked.
+        KeysCommand::Create(_) | KeysCommand::Update(_) => {}
         KeysCommand::Get { key_id } => {
             let key = client
                 .get_key(pb::GetKeyRequest { key_id })
@@ -40,7 +48,7 @@ pub async fn run(client_args: &ClientArgs, command: KeysCommand) -> Result<(), F
             if json {
                 print_json(&key_json(&key));
             } else {
-                println!("{}", key_line(&key));
+                println!("{}", key_text(&key));
             }
         }
         KeysCommand::List(args) => list(&mut client, args, json).await?,
@@ -116,6 +124,12 @@ pub async fn run(client_args: &ClientArgs, command: KeysCommand) -> Result<(), F
 
 fn create_request(args: &CreateKeyArgs) -> Result<pb::CreateKeyRequest, Failure> {
     let expires_unix_ms = args.expires.as_deref().map(parse_expiry).transpose()?;
+    let limits = limit_flags::new_limits(&args.limits)?;
+    let identity = args
+        .identity
+        .as_deref()
+        .map(limit_flags::identity)
+        .transpose()?;
     Ok(pb::CreateKeyRequest {
         owner: args.owner.clone(),
         prefix: args.prefix.clone().unwrap_or_default(),
@@ -123,7 +137,81 @@ fn create_request(args: &CreateKeyArgs) -> Result<pb::CreateKeyRequest, Failure>
         expires_unix_ms,
         meta: args.meta.iter().cloned().collect(),
         disabled: args.disabled,
+        ratelimits: limits.ratelimits,
+        credits: limits.credits,
+        refill: limits.refill,
+        permissions: limit_flags::permissions(&args.permissions)?,
+        identity: identity.unwrap_or_default(),
     })
+}
+
+/// The request of `keys update`: refuses contradicting flags and an update that names nothing
+/// to change.
+fn update_request(args: &UpdateKeyArgs) -> Result<pb::UpdateKeyRequest, Failure> {
+    let limits = limit_flags::limit_changes(&args.limits)?;
+    exclusive(
+        ("--permission", !args.permissions.is_empty()),
+        ("--clear-permissions", args.clear_permissions),
+    )?;
+    exclusive(
+        ("--identity", args.identity.is_some()),
+        ("--clear-identity", args.clear_identity),
+    )?;
+    let identity = match (&args.identity, args.clear_identity) {
+        (Some(id), _) => Some(limit_flags::identity(id)?),
+        // The API removes the identity when it is set to "".
+        (None, true) => Some(String::new()),
+        (None, false) => None,
+    };
+    let set_permissions = !args.permissions.is_empty() || args.clear_permissions;
+    if limits.is_empty() && !set_permissions && identity.is_none() {
+        return Err(refused(
+            "nothing to change: give --ratelimit, --credits, --refill, --permission or \
+             --identity, or one of their --clear-… flags",
+        ));
+    }
+    Ok(pb::UpdateKeyRequest {
+        key_id: args.key_id.clone(),
+        set_ratelimits: limits.set_ratelimits,
+        ratelimits: limits.ratelimits,
+        credits: limits.credits,
+        clear_credits: limits.clear_credits,
+        refill: limits.refill,
+        clear_refill: limits.clear_refill,
+        set_permissions,
+        permissions: limit_flags::permissions(&args.permissions)?,
+        identity,
+    })
+}
+
+/// Sends a checked update and prints the key as it is after the change.
+async fn update(
+    client: &mut AdminClient,
+    request: pb::UpdateKeyRequest,
+    wait: WaitArgs,
+    json: bool,
+) -> Result<(), Failure> {
+    let change = client
+        .update_key(request)
+        .await
+        .map_err(status_failure)?
+        .into_inner();
+    let waited = wait_if_asked(client, change.revision, wait).await?;
+    report_change(
+        json,
+        json!({
+            "revision": change.revision,
+            "keyId": change.key_id,
+            "key": change.key.as_ref().map(key_json),
+        }),
+        || {
+            println!("Updated {} (revision {}).", change.key_id, change.revision);
+            if let Some(key) = &change.key {
+                println!("{}", key_text(key));
+            }
+        },
+        waited,
+    )
 }
 
 /// An expiry is an RFC 3339 time or a duration from now.
@@ -194,19 +282,13 @@ async fn list(client: &mut AdminClient, args: ListKeysArgs, json: bool) -> Resul
         .await
         .map_err(status_failure)?
         .into_inner();
-    let cursor = (!page.next_cursor.is_empty()).then_some(page.next_cursor);
-    if json {
-        let keys: Vec<_> = page.keys.iter().map(key_json).collect();
-        print_json(&json!({"keys": keys, "cursor": cursor}));
-        return Ok(());
-    }
-    for key in &page.keys {
-        println!("{}", key_line(key));
-    }
-    match cursor {
-        Some(cursor) => println!("More: --cursor {cursor}"),
-        None if page.keys.is_empty() => println!("No keys."),
-        None => {}
-    }
+    print_page(
+        &page.keys,
+        page.next_cursor,
+        json,
+        ("keys", "No keys."),
+        key_json,
+        key_line,
+    );
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod fault;
+pub mod limits;
 pub mod otlp;
 pub mod passkeys;
 pub mod processes;

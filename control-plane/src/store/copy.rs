@@ -9,7 +9,11 @@
 //!
 //! What is not copied: WebAuthn ceremonies in progress (`ceremonies`: five minutes of state)
 //! and the gateway registry (`replicas`, `gateways`), which the control planes serving the
-//! copy rebuild as gateways connect; and each backend's own migration bookkeeping.
+//! copy rebuild as gateways connect; outstanding credit leases (`credit_leases`): a balance is
+//! copied as it stands, without what gateways hold, so credits leased at the time of the copy
+//! count as spent in the copy (never overspent: the copy cannot take back a lease it does not
+//! know, and gateways lease again from the copy); and each backend's own migration
+//! bookkeeping.
 //!
 //! A dump is held in memory whole: about 1.5 KB per key with its event and audit row (measured
 //! with short owners and names and one metadata entry), so about 1.5 GB per million keys; less
@@ -18,11 +22,11 @@
 use std::fmt;
 
 use async_trait::async_trait;
-use keygate_proto::{PasskeyRevocation, Revision};
+use keygate_proto::{Holder, PasskeyRevocation, Revision};
 
 use super::{
-    AuditEntry, EnrollmentRecord, KeyRecord, LogBounds, OperatorTokenRecord, PasskeyRecord,
-    SessionRecord, SigningKeyRecord, StoreError, UserRecord,
+    AuditEntry, CreditState, EnrollmentRecord, IdentityRecord, KeyRecord, LogBounds,
+    OperatorTokenRecord, PasskeyRecord, SessionRecord, SigningKeyRecord, StoreError, UserRecord,
 };
 
 /// Every table the copy moves, with its columns. Each backend's tests check that its schema has
@@ -42,6 +46,22 @@ pub const COPIED_TABLES: &[(&str, &[&str])] = &[
             "expires_ms",
             "meta_json",
             "revision",
+            "limits_json",
+            "identity_id",
+        ],
+    ),
+    (
+        "identities",
+        &["identity_id", "ratelimits_json", "created_ms", "revision"],
+    ),
+    (
+        "credits",
+        &[
+            "holder",
+            "remaining",
+            "refill_amount",
+            "refill_interval_ms",
+            "next_refill_ms",
         ],
     ),
     (
@@ -142,15 +162,21 @@ pub const COPIED_TABLES: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// Tables a copy leaves behind: ceremonies in progress and the gateway registry.
-pub const TRANSIENT_TABLES: &[&str] = &["ceremonies", "replicas", "gateways"];
+/// Tables a copy leaves behind: ceremonies in progress, the gateway registry and outstanding
+/// credit leases (which count as spent in the copy).
+pub const TRANSIENT_TABLES: &[&str] = &["ceremonies", "replicas", "gateways", "credit_leases"];
 
 /// Everything a store keeps for good, as rows, each table ordered by its primary key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dump {
     /// The log's identity and bounds (`log_state`).
     pub log: LogBounds,
+    /// Without their balances (`credits: None`): those are in [`Dump::credits`].
     pub keys: Vec<KeyRecord>,
+    /// Without their balances, as the keys.
+    pub identities: Vec<IdentityRecord>,
+    /// Every holder's balance as it stands, `leased` 0: outstanding leases are not copied.
+    pub credits: Vec<CreditRow>,
     pub users: Vec<UserRecord>,
     pub passkeys: Vec<PasskeyRecord>,
     pub enrollments: Vec<EnrollmentRow>,
@@ -181,6 +207,13 @@ impl fmt::Debug for EnrollmentRow {
     }
 }
 
+/// One holder's credit balance as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditRow {
+    pub holder: Holder,
+    pub state: CreditState,
+}
+
 /// One event as the log stores it: in the store's own encoding (`event_codec`), copied as it
 /// is rather than decoded and encoded again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +230,8 @@ pub struct EventRow {
 pub struct DumpSummary {
     pub log: LogBounds,
     pub keys: usize,
+    pub identities: usize,
+    pub credits: usize,
     pub users: usize,
     pub passkeys: usize,
     pub enrollments: usize,
@@ -239,6 +274,8 @@ impl Dump {
         DumpSummary {
             log: self.log.clone(),
             keys: self.keys.len(),
+            identities: self.identities.len(),
+            credits: self.credits.len(),
             users: self.users.len(),
             passkeys: self.passkeys.len(),
             enrollments: self.enrollments.len(),
@@ -253,7 +290,7 @@ impl Dump {
 }
 
 /// How many tables [`COUNT_ROWS`] counts.
-pub(crate) const COUNTED_TABLES: usize = 10;
+pub(crate) const COUNTED_TABLES: usize = 12;
 
 /// One query, plain SQL that both backends run, counting the rows of every copied table in
 /// [`DumpSummary::from_counts`]'s order.
@@ -262,7 +299,8 @@ pub(crate) const COUNT_ROWS: &str = "SELECT
     (SELECT COUNT(*) FROM enrollments), (SELECT COUNT(*) FROM sessions),
     (SELECT COUNT(*) FROM revoked_passkeys), (SELECT COUNT(*) FROM signing_keys),
     (SELECT COUNT(*) FROM events), (SELECT COUNT(*) FROM audit),
-    (SELECT COUNT(*) FROM operator_tokens)";
+    (SELECT COUNT(*) FROM operator_tokens), (SELECT COUNT(*) FROM identities),
+    (SELECT COUNT(*) FROM credits)";
 
 impl DumpSummary {
     /// The summary of a store with the log `log` and the row counts [`COUNT_ROWS`] returned.
@@ -278,10 +316,14 @@ impl DumpSummary {
             events,
             audit,
             operator_tokens,
+            identities,
+            credits,
         ] = counts.map(|count| usize::try_from(count).unwrap_or(0));
         Self {
             log,
             keys,
+            identities,
+            credits,
             users,
             passkeys,
             enrollments,
@@ -309,6 +351,8 @@ impl DumpSummary {
                 self.events,
                 self.audit,
                 self.operator_tokens,
+                self.identities,
+                self.credits,
             ]
             .iter()
             .all(|&rows| rows == 0)
@@ -330,6 +374,8 @@ impl fmt::Display for DumpSummary {
             (self.events, "events"),
             (self.audit, "audit rows"),
             (self.operator_tokens, "operator tokens"),
+            (self.identities, "identities"),
+            (self.credits, "credit balances"),
         ] {
             if rows > 0 {
                 write!(f, "{what}: {rows}, ")?;
@@ -369,9 +415,10 @@ mod tests {
     use crate::store::sqlite::SqliteStore;
     use crate::store::suite::Recorder;
     use crate::store::{
-        EnrollmentCreated, LoggedIn, Login, NewEnrollment, NewPasskey, NewSession, NewToken,
-        PasskeyRemoval, PasskeyRemoved, Registered, RegisteredVia, Registration, SigningKeyRevoked,
-        Store, TokenCreated,
+        CreditsChange, EnrollmentCreated, LimitsUpdate, LoggedIn, Login, NewEnrollment,
+        NewIdentity, NewLease, NewPasskey, NewSession, NewToken, PasskeyRemoval, PasskeyRemoved,
+        RefillChange, Registered, RegisteredVia, Registration, SigningKeyRevoked, Store,
+        TokenCreated,
     };
 
     const HOUR_MS: i64 = 3600 * 1000;
@@ -463,8 +510,9 @@ mod tests {
     /// revoked), users (one
     /// disabled), passkeys (one removed: a revocation), a used, a revoked and a voided
     /// enrollment link,
-    /// sessions (one revoked), audit rows, and a compacted log (oldest retained > 1). Returns
-    /// the hashes of every key ever made, the deleted ones too.
+    /// sessions (one revoked), audit rows, an identity with credits and a refill, a key with
+    /// limits and credits, and a compacted log (oldest retained > 1). Returns the hashes of
+    /// every key ever made, the deleted ones too.
     async fn populate(store: &Arc<dyn Store>) -> Vec<KeyHash> {
         let keys = Keys::new(Arc::clone(store));
         let create = |owner: &str, disabled| CreateKey {
@@ -587,9 +635,36 @@ mod tests {
             let created = store.create_token(token, "admin").await.unwrap();
             assert!(matches!(created, TokenCreated::Created(_)), "{created:?}");
         }
+        store.create_identity(acme(100), "admin").await.unwrap();
         let late = keys.create(create("dave", false), "admin").await.unwrap();
+        store
+            .update_key_limits(
+                late.record.id,
+                LimitsUpdate {
+                    ratelimits: Some(vec!["requests=10/1s".parse().unwrap()]),
+                    credits: CreditsChange::Set(50),
+                    refill: RefillChange::Set("50/1d".parse().unwrap()),
+                    permissions: Some(vec!["orders.read".into()]),
+                    identity: Some(Some("acme".into())),
+                },
+                now_unix_ms(),
+                "admin",
+            )
+            .await
+            .unwrap();
         hashes.push(late.record.hash);
         hashes
+    }
+
+    /// Identity "acme" with rate limits, `credits` and a daily refill.
+    fn acme(credits: u64) -> NewIdentity {
+        NewIdentity {
+            id: "acme".into(),
+            ratelimits: vec!["requests=100/1m".parse().unwrap()],
+            credits: Some(credits),
+            refill: Some("1000/1d".parse().unwrap()),
+            created_unix_ms: now_unix_ms(),
+        }
     }
 
     /// `copy` answers every read a gateway or the control plane makes exactly as `original`.
@@ -640,6 +715,56 @@ mod tests {
         );
         let edge = copy.token_by_hash([2; 32]).await.unwrap().unwrap();
         assert_eq!(edge.gateway_id.as_deref(), Some("edge-1"));
+        assert_eq!(
+            copy.list_identities(None, 100).await.unwrap(),
+            original.list_identities(None, 100).await.unwrap()
+        );
+    }
+
+    /// Identities and balances are copied; credits leased at the time count as spent in the
+    /// copy: its balance is what the source had left, and the source's lease means nothing
+    /// there.
+    #[tokio::test]
+    async fn balances_are_copied_without_the_credits_gateways_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestPostgres::start().unwrap();
+        let (original, _) = sqlite(&dir, "original.db").await;
+        let identity = original.create_identity(acme(100), "admin").await.unwrap();
+        let holder = identity.holder();
+        let lease = NewLease {
+            lease_id: "lease_1".into(),
+            holder: holder.clone(),
+            gateway_id: "gw-1".into(),
+            wanted: 30,
+            share_divisor: 1,
+            expires_unix_ms: now_unix_ms() + 10_000,
+        };
+        original.lease_credits(lease).await.unwrap();
+        let dump = original.export().await.unwrap();
+        assert_eq!(dump.identities.len(), 1);
+        assert_eq!(dump.credits.len(), 1);
+        assert_eq!(
+            (
+                dump.credits[0].state.remaining,
+                dump.credits[0].state.leased
+            ),
+            (70, 0)
+        );
+
+        let (copy, _) = postgres(&server, "copy").await;
+        copy.import(dump.clone()).await.unwrap();
+        assert_eq!(copy.export().await.unwrap(), dump);
+        let copied = copy.credits(&holder).await.unwrap().unwrap();
+        assert_eq!((copied.remaining, copied.leased), (70, 0));
+        assert_eq!(copied.refill, identity.credits.as_ref().unwrap().refill);
+        assert_eq!(
+            copy.snapshot().await.unwrap().identities,
+            original.snapshot().await.unwrap().identities
+        );
+        assert!(!copy.return_lease("lease_1", 30).await.unwrap());
+        assert_eq!(copy.credits(&holder).await.unwrap(), Some(copied));
+        // The source still knows its lease.
+        assert!(original.return_lease("lease_1", 30).await.unwrap());
     }
 
     /// SQLite → PostgreSQL → SQLite: every row and the log identity arrive as they left, the
@@ -671,6 +796,7 @@ mod tests {
             ),
             (2, 1, 2, 2)
         );
+        assert_eq!((summary.identities, summary.credits), (1, 2));
         assert!(
             summary.events > 0 && summary.audit > summary.events,
             "{summary:?}"
@@ -758,6 +884,8 @@ mod tests {
                 head: Revision(head),
             },
             keys: Vec::new(),
+            identities: Vec::new(),
+            credits: Vec::new(),
             users: Vec::new(),
             passkeys: Vec::new(),
             enrollments: Vec::new(),

@@ -7,8 +7,8 @@
 //! milliseconds. Fields are only ever added (with a default), never renamed.
 
 use keygate_proto::{
-    Change, KeyHash, KeyId, Meta, PasskeyRevocation, ReplicaKey, SessionRevocation,
-    SessionVerifyingKey, UserState,
+    Change, Holder, Identity, KeyHash, KeyId, KeyLimits, Meta, PasskeyRevocation, RateLimit,
+    ReplicaKey, SessionRevocation, SessionVerifyingKey, UserState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +21,9 @@ pub const PASSKEY_REVOKED: &str = "passkey_revoked";
 pub const SESSION_REVOKED: &str = "session_revoked";
 pub const USER_STATE: &str = "user_state";
 pub const SIGNING_KEY: &str = "signing_key";
+pub const IDENTITY_UPSERTED: &str = "identity_upserted";
+pub const IDENTITY_DELETED: &str = "identity_deleted";
+pub const CREDITS_CHANGED: &str = "credits_changed";
 
 /// A change as stored: its kind and its JSON document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +42,137 @@ struct StoredKey {
     expires_ms: Option<i64>,
     #[serde(default)]
     meta: Meta,
+    /// Added with limits per key; absent (a plain key) in older rows.
+    #[serde(default, skip_serializing_if = "StoredLimits::is_empty")]
+    limits: StoredLimits,
+}
+
+/// A key's limits as the store keeps them: in `KeyUpserted` documents and in the
+/// `keys.limits_json` column (where the identity is left out: it has a column of its own).
+/// Every field is optional, so `{}` is a plain key.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct StoredLimits {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    ratelimits: Vec<StoredRateLimit>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    credits: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    permissions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    identity: Option<String>,
+}
+
+impl StoredLimits {
+    fn is_empty(&self) -> bool {
+        self.ratelimits.is_empty()
+            && !self.credits
+            && self.permissions.is_empty()
+            && self.identity.is_none()
+    }
+
+    fn from_limits(limits: &KeyLimits) -> Self {
+        Self {
+            ratelimits: limits
+                .ratelimits
+                .iter()
+                .map(StoredRateLimit::from)
+                .collect(),
+            credits: limits.credits,
+            permissions: limits.permissions.clone(),
+            identity: limits.identity.clone(),
+        }
+    }
+
+    fn into_limits(self) -> KeyLimits {
+        KeyLimits {
+            ratelimits: self.ratelimits.into_iter().map(RateLimit::from).collect(),
+            credits: self.credits,
+            permissions: self.permissions,
+            identity: self.identity,
+        }
+    }
+}
+
+/// A named rate limit as stored.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredRateLimit {
+    name: String,
+    limit: u64,
+    window_ms: u64,
+}
+
+impl From<&RateLimit> for StoredRateLimit {
+    fn from(limit: &RateLimit) -> Self {
+        Self {
+            name: limit.name.clone(),
+            limit: limit.limit,
+            window_ms: limit.window_ms,
+        }
+    }
+}
+
+impl From<StoredRateLimit> for RateLimit {
+    fn from(limit: StoredRateLimit) -> Self {
+        Self {
+            name: limit.name,
+            limit: limit.limit,
+            window_ms: limit.window_ms,
+        }
+    }
+}
+
+/// `keys.limits_json`: the key's limits without its identity (the `identity_id` column).
+pub(crate) fn limits_to_column(limits: &KeyLimits) -> Result<String, StoreError> {
+    let mut stored = StoredLimits::from_limits(limits);
+    stored.identity = None;
+    serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt(format!("limits: {e}")))
+}
+
+/// A key's limits from `keys.limits_json` and `keys.identity_id`.
+pub(crate) fn limits_from_column(
+    json: &str,
+    identity: Option<String>,
+) -> Result<KeyLimits, StoreError> {
+    let stored: StoredLimits = serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("key limits {json:?}: {e}")))?;
+    Ok(KeyLimits {
+        identity,
+        ..stored.into_limits()
+    })
+}
+
+/// `identities.ratelimits_json`.
+pub(crate) fn ratelimits_to_column(limits: &[RateLimit]) -> Result<String, StoreError> {
+    let stored: Vec<StoredRateLimit> = limits.iter().map(StoredRateLimit::from).collect();
+    serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt(format!("rate limits: {e}")))
+}
+
+/// Rate limits from `identities.ratelimits_json`.
+pub(crate) fn ratelimits_from_column(json: &str) -> Result<Vec<RateLimit>, StoreError> {
+    let stored: Vec<StoredRateLimit> = serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("rate limits {json:?}: {e}")))?;
+    Ok(stored.into_iter().map(RateLimit::from).collect())
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredIdentity {
+    id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    ratelimits: Vec<StoredRateLimit>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    credits: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredIdentityDeletion {
+    id: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredCredits {
+    /// `key:<id>` or `identity:<id>`.
+    holder: String,
+    remaining: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -98,6 +232,7 @@ pub fn encode(change: &Change) -> Result<EncodedChange, StoreError> {
                 enabled: key.enabled,
                 expires_ms: key.expires_unix_ms,
                 meta: key.meta.clone(),
+                limits: StoredLimits::from_limits(&key.limits),
             }),
         ),
         Change::KeyDeleted { id, hash } => (
@@ -144,6 +279,29 @@ pub fn encode(change: &Change) -> Result<EncodedChange, StoreError> {
                 max_session_lifetime_ms: key.max_session_lifetime_ms,
             }),
         ),
+        Change::IdentityUpserted(identity) => (
+            IDENTITY_UPSERTED,
+            serde_json::to_string(&StoredIdentity {
+                id: identity.id.clone(),
+                ratelimits: identity
+                    .ratelimits
+                    .iter()
+                    .map(StoredRateLimit::from)
+                    .collect(),
+                credits: identity.credits,
+            }),
+        ),
+        Change::IdentityDeleted { id } => (
+            IDENTITY_DELETED,
+            serde_json::to_string(&StoredIdentityDeletion { id: id.clone() }),
+        ),
+        Change::CreditsChanged { holder, remaining } => (
+            CREDITS_CHANGED,
+            serde_json::to_string(&StoredCredits {
+                holder: holder.to_string(),
+                remaining: *remaining,
+            }),
+        ),
     };
     let json = json.map_err(|e| StoreError::Corrupt(format!("encoding an event: {e}")))?;
     Ok(EncodedChange { kind, json })
@@ -164,6 +322,7 @@ pub fn decode(kind: &str, json: &str) -> Result<Change, StoreError> {
                 enabled: key.enabled,
                 expires_unix_ms: key.expires_ms,
                 meta: key.meta,
+                limits: key.limits.into_limits(),
             })
         }
         KEY_DELETED => {
@@ -214,6 +373,28 @@ pub fn decode(kind: &str, json: &str) -> Result<Change, StoreError> {
                 max_session_lifetime_ms: k.max_session_lifetime_ms,
             })
         }
+        IDENTITY_UPSERTED => {
+            let i: StoredIdentity = parse(kind, json)?;
+            Change::IdentityUpserted(Identity {
+                id: i.id,
+                ratelimits: i.ratelimits.into_iter().map(RateLimit::from).collect(),
+                credits: i.credits,
+            })
+        }
+        IDENTITY_DELETED => {
+            let d: StoredIdentityDeletion = parse(kind, json)?;
+            Change::IdentityDeleted { id: d.id }
+        }
+        CREDITS_CHANGED => {
+            let c: StoredCredits = parse(kind, json)?;
+            Change::CreditsChanged {
+                holder: c
+                    .holder
+                    .parse::<Holder>()
+                    .map_err(|e| corrupt(kind, &e.to_string()))?,
+                remaining: c.remaining,
+            }
+        }
         other => return Err(corrupt(other, "unknown event kind")),
     })
 }
@@ -248,7 +429,22 @@ mod tests {
                 owner: "acme".to_owned(),
                 enabled: true,
                 expires_unix_ms: Some(1_700_000_000_000),
+                meta: meta.clone(),
+                limits: KeyLimits::default(),
+            }),
+            Change::KeyUpserted(ReplicaKey {
+                hash: KeyHash([8; 32]),
+                id: KeyId::generate(),
+                owner: "acme".to_owned(),
+                enabled: true,
+                expires_unix_ms: None,
                 meta,
+                limits: KeyLimits {
+                    ratelimits: vec!["requests=100/1s".parse().unwrap()],
+                    credits: true,
+                    permissions: vec!["orders.read".to_owned(), "orders.write".to_owned()],
+                    identity: Some("acme-corp".to_owned()),
+                },
             }),
             Change::KeyDeleted {
                 id: KeyId::generate(),
@@ -287,7 +483,69 @@ mod tests {
                 revoked: true,
                 max_session_lifetime_ms: Some(13),
             }),
+            Change::IdentityUpserted(Identity {
+                id: "acme-corp".to_owned(),
+                ratelimits: vec!["tokens=10000/1m".parse().unwrap()],
+                credits: true,
+            }),
+            Change::IdentityUpserted(Identity {
+                id: "plain".to_owned(),
+                ratelimits: Vec::new(),
+                credits: false,
+            }),
+            Change::IdentityDeleted {
+                id: "acme-corp".to_owned(),
+            },
+            Change::CreditsChanged {
+                holder: Holder::Key(KeyId::generate()),
+                remaining: 42,
+            },
+            Change::CreditsChanged {
+                holder: Holder::Identity("acme-corp".to_owned()),
+                remaining: 0,
+            },
         ]
+    }
+
+    #[test]
+    fn a_key_row_from_before_limits_reads_as_a_plain_key_and_a_plain_key_is_written_as_before() {
+        let id = KeyId::generate();
+        let hash = "07".repeat(32);
+        let json = format!(
+            r#"{{"hash":"{hash}","id":"{id}","owner":"acme","enabled":true,"expires_ms":null,"meta":{{}}}}"#
+        );
+        let Change::KeyUpserted(key) = decode(KEY_UPSERTED, &json).unwrap() else {
+            panic!("not a key");
+        };
+        assert_eq!((key.id, key.limits.clone()), (id, KeyLimits::default()));
+        assert_eq!(encode(&Change::KeyUpserted(key)).unwrap().json, json);
+    }
+
+    #[test]
+    fn a_key_column_keeps_its_limits_and_the_identity_beside_them() {
+        let limits = KeyLimits {
+            ratelimits: vec!["requests=5/1m".parse().unwrap()],
+            credits: true,
+            permissions: vec!["a".to_owned()],
+            identity: Some("acme".to_owned()),
+        };
+        let column = limits_to_column(&limits).unwrap();
+        assert!(!column.contains("acme"), "{column}");
+        assert_eq!(
+            limits_from_column(&column, Some("acme".to_owned())).unwrap(),
+            limits
+        );
+        assert_eq!(
+            limits_from_column("{}", None).unwrap(),
+            KeyLimits::default()
+        );
+        assert!(matches!(
+            limits_from_column("[", None),
+            Err(StoreError::Corrupt(_))
+        ));
+        let ratelimits = limits.ratelimits;
+        let column = ratelimits_to_column(&ratelimits).unwrap();
+        assert_eq!(ratelimits_from_column(&column).unwrap(), ratelimits);
     }
 
     #[test]
@@ -298,11 +556,11 @@ mod tests {
         );
         assert_eq!(
             decode(SIGNING_KEY, &json).unwrap(),
-            every_kind()[5],
+            every_kind()[6],
             "the defaults of the fields added later"
         );
         // And a key that is neither revoked nor carries a lifetime is written as before.
-        assert_eq!(encode(&every_kind()[5]).unwrap().json, json);
+        assert_eq!(encode(&every_kind()[6]).unwrap().json, json);
     }
 
     #[test]
@@ -324,6 +582,9 @@ mod tests {
             ),
             ("no_such_kind", "{}"),
             ("user_state", "not json"),
+            ("credits_changed", r#"{"holder":"user:x","remaining":1}"#),
+            ("credits_changed", r#"{"holder":"key:x","remaining":-1}"#),
+            ("identity_deleted", "{}"),
         ] {
             assert!(
                 matches!(decode(kind, json), Err(StoreError::Corrupt(_))),

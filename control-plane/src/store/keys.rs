@@ -1,11 +1,27 @@
 //! Keys: what operators create, list, disable, reroll and delete. Every write appends the
 //! change's events (a `KeyUpserted` or a `KeyDeleted`) and one audit row in its transaction.
+//!
+//! A key's limits (`KeyRecord::limits`) travel with it; its own credit balance is the row of
+//! holder `key:<id>` in the limits store (`store/limits.rs`). Creating a key with credits
+//! writes that row (no `CreditsChanged`: the key's `KeyUpserted` says `credits`); creating one
+//! that names a new identity creates the identity first (`IdentityUpserted`, same
+//! transaction). Deleting a key deletes its balance and its outstanding leases.
+//!
+//! **Reroll and credits.** Gateways find a key's balance by the key's id, so two keys cannot
+//! share one, and a reroll must neither double the credits nor free either key of them. The
+//! successor takes the old key's limits and its balance (remaining credits, refill rule and
+//! next refill), and the old key's outstanding leases are moved to the successor too, so
+//! what gateways give back of them lands on the balance that now counts. The old key keeps
+//! `credits` in its limits with an empty balance and no refill: for the rest of its grace
+//! period it spends only what gateways already hold for it, then is refused as exhausted.
+//! Credits meant to last through a grace period belong on an identity, which both keys share.
 
 use async_trait::async_trait;
-use keygate_proto::{KeyHash, KeyId, Meta, ReplicaKey, Revision};
+use keygate_proto::limits::RefillSpec;
+use keygate_proto::{Holder, KeyHash, KeyId, KeyLimits, Meta, ReplicaKey, Revision};
 use serde_json::json;
 
-use super::{AuditNote, StoreError};
+use super::{AuditNote, CreditState, StoreError};
 
 /// How many key ids the audit row of an owner's revocation names at most, so that one bulk
 /// revocation cannot bloat it.
@@ -25,6 +41,10 @@ pub struct KeyRecord {
     pub created_unix_ms: i64,
     pub expires_unix_ms: Option<i64>,
     pub meta: Meta,
+    /// Rate limits, permissions, identity, whether it spends credits (replicated).
+    pub limits: KeyLimits,
+    /// The key's own credit balance; `None`: unlimited. Not replicated: gateways lease.
+    pub credits: Option<CreditState>,
     /// Revision of the key's last change.
     pub revision: Revision,
 }
@@ -39,7 +59,13 @@ impl KeyRecord {
             enabled: self.enabled,
             expires_unix_ms: self.expires_unix_ms,
             meta: self.meta.clone(),
+            limits: self.limits.clone(),
         }
+    }
+
+    /// The holder of the key's own rate limits and credits.
+    pub fn holder(&self) -> Holder {
+        Holder::Key(self.id)
     }
 
     /// The key prefix, recovered from `start` (`{prefix}_{4 chars}`).
@@ -76,6 +102,8 @@ impl KeyRecord {
                 "prefix": self.prefix(),
                 "enabled": self.enabled,
                 "expiresUnixMs": self.expires_unix_ms,
+                "identity": self.limits.identity,
+                "credits": self.credits.as_ref().map(|credits| credits.remaining),
             }),
         }
     }
@@ -103,11 +131,28 @@ pub struct NewKey {
     pub created_unix_ms: i64,
     pub expires_unix_ms: Option<i64>,
     pub meta: Meta,
+    /// Validated. Whether the key spends credits is `credits.is_some()`, whatever
+    /// `limits.credits` says: the store sets it so.
+    pub limits: KeyLimits,
+    /// The key's own credits; `None`: unlimited.
+    pub credits: Option<u64>,
+    /// Only with credits.
+    pub refill: Option<RefillSpec>,
 }
 
 impl NewKey {
     /// The key as stored, at `revision` (the revision of its `KeyUpserted` event).
+    /// Its balance, if it has credits, is full and nothing leased; the first refill is due one
+    /// interval after its creation.
     pub fn into_record(self, revision: Revision) -> KeyRecord {
+        let credits = self.credits.map(|remaining| CreditState {
+            remaining,
+            leased: 0,
+            refill: self.refill,
+            next_refill_unix_ms: self
+                .refill
+                .map(|refill| next_refill(self.created_unix_ms, refill)),
+        });
         KeyRecord {
             id: self.id,
             hash: self.hash,
@@ -118,9 +163,19 @@ impl NewKey {
             created_unix_ms: self.created_unix_ms,
             expires_unix_ms: self.expires_unix_ms,
             meta: self.meta,
+            limits: KeyLimits {
+                credits: credits.is_some(),
+                ..self.limits
+            },
+            credits,
             revision,
         }
     }
+}
+
+/// When a refill set (or last due) at `from_unix_ms` is next due.
+pub fn next_refill(from_unix_ms: i64, refill: RefillSpec) -> i64 {
+    from_unix_ms.saturating_add(i64::try_from(refill.interval_ms).unwrap_or(i64::MAX))
 }
 
 /// A reroll: the replacement key's secret parts, and when the old key stops working.
@@ -139,7 +194,7 @@ pub struct Reroll {
 
 impl Reroll {
     /// The replacement for `old_key`, at `revision`: the new secret, with the old key's owner,
-    /// name, meta, enabled state and expiry.
+    /// name, meta, enabled state, expiry, limits and credit balance (see the module doc).
     pub fn successor(&self, old_key: &KeyRecord, revision: Revision) -> KeyRecord {
         KeyRecord {
             id: self.new_id,
@@ -153,6 +208,9 @@ impl Reroll {
             created_unix_ms: self.now_unix_ms,
             expires_unix_ms: old_key.expires_unix_ms,
             meta: old_key.meta.clone(),
+            // Nor lifts its limits: the balance moves with the key.
+            limits: old_key.limits.clone(),
+            credits: old_key.credits.clone(),
             revision,
         }
     }
@@ -240,7 +298,8 @@ pub struct KeyQuery {
 /// API keys.
 #[async_trait]
 pub trait KeyStore: Send + Sync {
-    /// Creates a key; appends one `KeyUpserted` event.
+    /// Creates a key, with its credit balance; appends one `KeyUpserted` event, after an
+    /// `IdentityUpserted` when the identity it names does not exist yet (it is created).
     async fn create_key(&self, key: NewKey, actor: &str) -> Result<KeyRecord, StoreError>;
 
     /// One key by id.
@@ -261,11 +320,14 @@ pub trait KeyStore: Send + Sync {
         actor: &str,
     ) -> Result<EnabledChange, StoreError>;
 
-    /// Deletes a key for good; appends one `KeyDeleted` event. Returns the new head.
+    /// Deletes a key for good, with its credit balance and leases; appends one `KeyDeleted`
+    /// event. Returns the new head.
     async fn delete_key(&self, id: KeyId, actor: &str) -> Result<Revision, StoreError>;
 
-    /// Creates the replacement key (same owner, name, meta, enabled state and expiry) and
-    /// shortens the old key's expiry: two events, new key first.
+    /// Creates the replacement key (same owner, name, meta, enabled state, expiry and limits;
+    /// the credit balance and outstanding leases move to it, the old key's balance becomes
+    /// empty: see the module doc) and shortens the old key's expiry: two events, new key
+    /// first.
     async fn reroll_key(&self, reroll: Reroll, actor: &str) -> Result<Rerolled, StoreError>;
 
     /// Deletes every key of `owner` in one transaction: one event per key.
@@ -273,6 +335,7 @@ pub trait KeyStore: Send + Sync {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -287,6 +350,18 @@ mod tests {
             created_unix_ms: 1_000,
             expires_unix_ms,
             meta: Meta::from([("plan".to_owned(), "pro".to_owned())]),
+            limits: KeyLimits {
+                ratelimits: vec!["requests=10/1s".parse().unwrap()],
+                credits: true,
+                permissions: vec!["orders.read".into()],
+                identity: Some("acme".into()),
+            },
+            credits: Some(CreditState {
+                remaining: 7,
+                leased: 2,
+                refill: None,
+                next_refill_unix_ms: None,
+            }),
             revision: Revision(3),
         }
     }
@@ -316,6 +391,11 @@ mod tests {
         );
         assert!(!new.enabled, "a reroll does not re-enable a disabled key");
         assert_eq!(new.expires_unix_ms, Some(90_000), "nor extends its access");
+        assert_eq!(
+            (&new.limits, &new.credits),
+            (&old.limits, &old.credits),
+            "nor lifts its limits"
+        );
         assert_eq!((new.created_unix_ms, new.revision), (5_000, Revision(4)));
     }
 

@@ -2,7 +2,7 @@
 //! and a snapshot consistent at one revision.
 
 use async_trait::async_trait;
-use keygate_proto::{Event, LogId, ReplicaKey, Revision};
+use keygate_proto::{Event, Identity, LogId, ReplicaKey, Revision};
 
 use super::{SessionState, StoreError};
 
@@ -18,6 +18,8 @@ pub fn fresh_log_id() -> LogId {
 pub struct Snapshot {
     pub revision: Revision,
     pub keys: Vec<ReplicaKey>,
+    /// Every identity, at the same revision.
+    pub identities: Vec<Identity>,
     /// Signing keys and the unpruned revocations, at the same revision.
     pub sessions: SessionState,
 }

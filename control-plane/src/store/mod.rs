@@ -11,6 +11,8 @@
 //!   replica can finish what another began;
 //! - [`GatewayStore`] (`gateways`): the gateway registry as each replica publishes it, so
 //!   `keygate gateways` and `--wait` on any replica see every gateway;
+//! - [`LimitStore`] (`limits`): identities, credit balances and the leases gateways spend
+//!   them through;
 //! - [`TokenStore`] (`tokens`): named operator tokens and per-gateway credentials, by hash;
 //! - [`CopyStore`] (`copy`): the whole store exported and imported (`keygate store copy`).
 //!
@@ -27,6 +29,7 @@ pub mod enrollments;
 pub mod event_codec;
 pub mod gateways;
 pub mod keys;
+pub mod limits;
 pub mod log;
 pub mod passkeys;
 pub mod postgres;
@@ -51,6 +54,10 @@ pub use gateways::{GatewayRecord, GatewayStore, PublishedGateway};
 pub use keys::{
     EnabledChange, KeyQuery, KeyRecord, KeyStore, NewKey, OwnerRevoked, Reroll, Rerolled,
 };
+pub use limits::{
+    CreditState, CreditsChange, IdentityRecord, IdentityUpdate, LeaseGranted, LimitStore,
+    LimitsUpdate, NewIdentity, NewLease, RefillChange,
+};
 pub use log::{CommitObserver, EventLogStore, LogBounds, Snapshot};
 pub use passkeys::{
     LoggedIn, Login, NewPasskey, PasskeyRecord, PasskeyRemoval, PasskeyRemoved, PasskeyRename,
@@ -66,6 +73,11 @@ pub use users::{UserChanged, UserCreated, UserRecord, UserStore};
 pub enum StoreError {
     #[error("key {0} not found")]
     KeyNotFound(KeyId),
+    #[error("identity {0:?} not found")]
+    IdentityNotFound(String),
+    /// An identity that keys still name cannot be deleted.
+    #[error("identity {id:?} is still named by {keys} key(s); move or delete them first")]
+    IdentityInUse { id: String, keys: u64 },
     /// A unique constraint was hit (an id or hash collision: practically impossible).
     #[error("conflict: {0}")]
     Conflict(String),
@@ -111,6 +123,7 @@ pub trait Store:
     + CeremonyStore
     + GatewayStore
     + TokenStore
+    + LimitStore
     + CopyStore
     + Send
     + Sync
@@ -130,6 +143,7 @@ impl<T> Store for T where
         + CeremonyStore
         + GatewayStore
         + TokenStore
+        + LimitStore
         + CopyStore
         + Send
         + Sync

@@ -21,7 +21,7 @@
 //!   them.
 //!
 //! Each aggregate's queries are in a submodule named after it, as in the SQLite store: `log`,
-//! `keys`, `audit`, `users`, `enrollments`, `passkeys`, `sessions`, `signing_keys`,
+//! `keys`, `limits`, `audit`, `users`, `enrollments`, `passkeys`, `sessions`, `signing_keys`,
 //! `ceremonies`, `gateways`, `tokens`; and `copy`, the whole store exported and imported.
 
 mod audit;
@@ -30,6 +30,7 @@ mod copy;
 mod enrollments;
 mod gateways;
 mod keys;
+mod limits;
 mod log;
 mod passkeys;
 mod sessions;
@@ -481,6 +482,16 @@ fn revision_from_db(value: i64) -> Result<Revision, StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("negative revision {value}")))
 }
 
+/// A credit amount as stored (BIGINT). Amounts are at most 2^53 (`keygate_proto::limits`).
+fn db_amount(amount: u64) -> i64 {
+    i64::try_from(amount).unwrap_or(i64::MAX)
+}
+
+/// A stored credit amount; a negative one is corrupt.
+fn amount_from_db(value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative amount {value}")))
+}
+
 /// A row limit as a SQL `LIMIT`.
 fn db_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
@@ -504,7 +515,9 @@ mod tests {
     use super::*;
     use crate::keys::Keys;
     use crate::store::suite::{Recorder, SuiteBackend, create};
-    use crate::store::{EventLogStore, GatewayRecord, GatewayStore, Store};
+    use crate::store::{
+        EventLogStore, GatewayRecord, GatewayStore, LimitStore, NewIdentity, NewLease, Store,
+    };
 
     /// How long a test waits for something another task or replica does. Generous: the tail
     /// normally delivers within milliseconds (a NOTIFY), at worst at its next poll.
@@ -632,6 +645,70 @@ mod tests {
                 "the {name} replica observed every event once, in order"
             );
         }
+    }
+
+    /// Two replicas leasing one balance from 8 tasks each (and giving some back) never grant
+    /// more than it holds: each grant locks the balance's row, whichever replica makes it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_replicas_leasing_one_balance_at_once_never_overspend_it() {
+        const BALANCE: u64 = 1_000;
+        let postgres = Postgres::start();
+        let (first, _) = postgres.open().await;
+        let (second, _) = postgres.open().await;
+        let identity = first
+            .create_identity(
+                NewIdentity {
+                    id: "acme".into(),
+                    ratelimits: Vec::new(),
+                    credits: Some(BALANCE),
+                    refill: None,
+                    created_unix_ms: now_unix_ms(),
+                },
+                "admin",
+            )
+            .await
+            .unwrap();
+        let holder = identity.holder();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (replica, store) in [&first, &second].into_iter().enumerate() {
+            for task in 0..8 {
+                let store = store.clone();
+                let holder = holder.clone();
+                tasks.spawn(async move {
+                    let mut spent = 0;
+                    for round in 0..30 {
+                        let lease_id = format!("lease_{replica}_{task}_{round}");
+                        let granted = store
+                            .lease_credits(NewLease {
+                                lease_id: lease_id.clone(),
+                                holder: holder.clone(),
+                                gateway_id: format!("gw-{replica}"),
+                                wanted: 9,
+                                share_divisor: 4,
+                                expires_unix_ms: now_unix_ms() + 10_000,
+                            })
+                            .await
+                            .unwrap()
+                            .unwrap()
+                            .granted;
+                        spent += granted;
+                        if round % 4 == 0 && granted > 0 {
+                            assert!(store.return_lease(&lease_id, 1).await.unwrap());
+                            spent -= 1;
+                        }
+                    }
+                    spent
+                });
+            }
+        }
+        let mut spent = 0;
+        while let Some(task_spent) = tasks.join_next().await {
+            spent += task_spent.unwrap();
+        }
+        let state = second.credits(&holder).await.unwrap().unwrap();
+        assert!(spent <= BALANCE, "granted {spent} of {BALANCE}");
+        assert_eq!(state.remaining + spent, BALANCE, "{state:?}");
+        assert!(spent > BALANCE / 2, "the balance was drained: {spent}");
     }
 
     /// A commit made through another replica reaches this one's observer with no write on

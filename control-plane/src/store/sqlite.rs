@@ -11,9 +11,10 @@
 //!
 //! This module holds the connection handling and the schema's one list of migrations; each
 //! aggregate's queries are in a submodule named after it: `log` (the writer, and with it the
-//! contiguity invariant; the log's bounds, events and snapshots), `keys`, `audit`, `users`,
-//! `enrollments`, `passkeys`, `sessions`, `signing_keys`, `ceremonies`, `gateways`, `tokens`; and
-//! `copy`, the whole store exported and imported.
+//! contiguity invariant; the log's bounds, events and snapshots), `keys`, `limits`
+//! (identities, credit balances, leases), `audit`, `users`, `enrollments`, `passkeys`,
+//! `sessions`, `signing_keys`, `ceremonies`, `gateways`, `tokens`; and `copy`, the whole store
+//! exported and imported.
 
 mod audit;
 mod ceremonies;
@@ -21,6 +22,7 @@ mod copy;
 mod enrollments;
 mod gateways;
 mod keys;
+mod limits;
 mod log;
 mod passkeys;
 mod sessions;
@@ -232,6 +234,42 @@ const MIGRATIONS: &[Migration] = &[
     // 9: each passkey's authenticator model (DESIGN.md, "Passkeys beyond the basics"): the
     // AAGUID of its registration, 16 bytes; NULL for passkeys registered before.
     Migration::Sql("ALTER TABLE passkeys ADD COLUMN aaguid BLOB;"),
+    // 10: limits per key (DESIGN.md, "Limits and permissions per key"): each key's limits,
+    // identities, credit balances per holder, and the leases gateways spend them through.
+    Migration::Sql(
+        "-- limits_json: rate limits, credits flag, permissions ('{}': a plain key); the identity
+    -- the key counts against is identity_id.
+    ALTER TABLE keys ADD COLUMN limits_json TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE keys ADD COLUMN identity_id TEXT;
+    CREATE INDEX keys_by_identity ON keys (identity_id) WHERE identity_id IS NOT NULL;
+    CREATE TABLE identities (
+        identity_id     TEXT PRIMARY KEY,
+        ratelimits_json TEXT NOT NULL,
+        created_ms      INTEGER NOT NULL,
+        revision        INTEGER NOT NULL
+    );
+    -- One balance per holder with credits ('key:<id>' or 'identity:<id>'): what no gateway
+    -- holds. The refill columns are all set or all NULL.
+    CREATE TABLE credits (
+        holder             TEXT PRIMARY KEY,
+        remaining          INTEGER NOT NULL CHECK (remaining >= 0),
+        refill_amount      INTEGER,
+        refill_interval_ms INTEGER,
+        next_refill_ms     INTEGER
+    );
+    CREATE INDEX credits_by_refill ON credits (next_refill_ms)
+        WHERE next_refill_ms IS NOT NULL;
+    -- Credits taken off a balance for one gateway to spend, until returned or written off.
+    CREATE TABLE credit_leases (
+        lease_id   TEXT PRIMARY KEY,
+        holder     TEXT NOT NULL,
+        gateway_id TEXT NOT NULL,
+        amount     INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL
+    );
+    CREATE INDEX credit_leases_by_holder ON credit_leases (holder);
+    CREATE INDEX credit_leases_by_expiry ON credit_leases (expires_ms);",
+    ),
 ];
 
 /// Idle read connections kept open for reuse.
@@ -561,6 +599,46 @@ mod tests {
         assert!(old.backup_eligible && old.backed_up);
     }
 
+    /// A key created before migration 10 is a plain key: no limits, no credits.
+    #[tokio::test]
+    async fn keys_created_before_limits_existed_are_plain_keys() {
+        let db = Sqlite::new();
+        let id = KeyId::generate();
+        {
+            let mut conn = Connection::open(db.path()).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_migrations (
+                    version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
+            )
+            .unwrap();
+            let tx = conn.transaction().unwrap();
+            for (index, migration) in MIGRATIONS[..9].iter().enumerate() {
+                match migration {
+                    Migration::Sql(sql) => tx.execute_batch(sql).unwrap(),
+                    Migration::Rust(step) => step(&tx).unwrap(),
+                }
+                tx.execute(
+                    "INSERT INTO schema_migrations VALUES (?1, 0)",
+                    params![index + 1],
+                )
+                .unwrap();
+            }
+            tx.execute(
+                "INSERT INTO keys VALUES (?1, ?2, 'acme', 'ci', 'kg_abcd', 1, 0, NULL, '{}', 1)",
+                params![id.to_string(), &[7_u8; 32][..]],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = SqliteStore::open(&db.path(), Arc::new(Recorder::default()))
+            .await
+            .unwrap();
+        let key = store.get_key(id).await.unwrap().unwrap();
+        assert!(key.limits.is_empty(), "{:?}", key.limits);
+        assert_eq!(key.credits, None);
+        assert!(store.snapshot().await.unwrap().identities.is_empty());
+    }
+
     /// A database as stores before migration 4 left it: key events in columns, other events
     /// as prost-encoded `keygate.v1.Event` bytes. Opening it converts both, once.
     #[tokio::test]
@@ -573,6 +651,7 @@ mod tests {
             enabled: true,
             expires_unix_ms: Some(1_900_000_000_000),
             meta: Meta::from([("plan".to_owned(), "pro".to_owned())]),
+            limits: keygate_proto::KeyLimits::default(),
         };
         let old_key_event = Event {
             revision: Revision(1),
@@ -661,6 +740,9 @@ mod tests {
                     created_unix_ms: 3_000,
                     expires_unix_ms: None,
                     meta: Meta::new(),
+                    limits: keygate_proto::KeyLimits::default(),
+                    credits: None,
+                    refill: None,
                 },
                 "admin",
             )

@@ -10,6 +10,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod limits;
+
+pub(crate) use limits::*;
+
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -87,6 +91,14 @@ macro_rules! store_suite {
             ceremonies_are_capped_per_client,
             gateways_are_published_listed_and_forgotten,
             operator_tokens_are_found_by_hash_listed_and_revoked_with_audit_rows,
+            keys_keep_their_limits_credits_and_identity,
+            key_limits_change_field_by_field_with_their_events,
+            identities_are_created_changed_listed_and_deleted,
+            leases_never_exceed_the_balance_and_come_back_once,
+            concurrent_leases_never_sum_above_the_balance,
+            refills_set_the_balance_to_the_amount_less_what_is_leased,
+            expired_leases_are_written_off_and_never_come_back,
+            a_reroll_moves_the_balance_and_keeps_the_limits,
         );
     };
     (@each $backend:expr; $($test:ident),+ $(,)?) => {
@@ -294,6 +306,9 @@ pub(crate) async fn a_failed_write_leaves_no_event_and_no_audit_row(backend: &dy
         created_unix_ms: 0,
         expires_unix_ms: None,
         meta: Meta::new(),
+        limits: keygate_proto::KeyLimits::default(),
+        credits: None,
+        refill: None,
     };
     let error = f.store.create_key(duplicate, "admin").await.unwrap_err();
     assert!(matches!(error, StoreError::Conflict(_)), "{error}");
@@ -603,6 +618,9 @@ pub(crate) async fn events_of_every_kind_read_back_as_they_were_announced(
             Change::SessionRevoked(_) => "session revoked",
             Change::UserState(_) => "user state",
             Change::SigningKey(_) => "signing key",
+            Change::IdentityUpserted(_) => "identity upserted",
+            Change::IdentityDeleted { .. } => "identity deleted",
+            Change::CreditsChanged { .. } => "credits changed",
         })
         .collect();
     assert_eq!(kinds.len(), 6, "every kind of change: {kinds:?}");

@@ -22,18 +22,19 @@
 //! is copied into one twice its live keys' size, which the replica swaps in whole (readers of
 //! the old one finish on it).
 //!
-//! Meta maps are rare and of any size, so they live beside the slots, keyed by hash prefix and
-//! a stamp the slot names: a reader whose slot names a stamp the map no longer has raced a
-//! change of that key, and reads the slot again.
+//! A key's extras (its meta map, its limits policy) are rare and of any size, so they live
+//! beside the slots, keyed by hash prefix and a stamp the slot names: a reader whose slot names
+//! a stamp the map no longer has raced a change of that key, and reads the slot again. A plain
+//! key has stamp 0 and no extras: its lookup never touches the side map.
 
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 
 use dashmap::DashMap;
-use keygate_proto::Meta;
 
 use super::{HashPrefix, IdentityHasher};
+use crate::verdict::KeyExtras;
 
 const EMPTY: u64 = 0;
 const LIVE: u64 = 1;
@@ -48,7 +49,7 @@ struct Slot {
     prefix: [AtomicU64; 2],
     id: [AtomicU64; 2],
     state: AtomicU64,
-    /// The owner id (low 32 bits) and the meta stamp (high 32 bits; 0: no meta).
+    /// The owner id (low 32 bits) and the extras stamp (high 32 bits; 0: no extras).
     owner_meta: AtomicU64,
 }
 
@@ -131,9 +132,9 @@ impl Slot {
 #[derive(Debug)]
 pub(super) struct Full;
 
-type Metas = DashMap<(HashPrefix, u32), Arc<Meta>, BuildHasherDefault<IdentityHasher>>;
+type Metas = DashMap<(HashPrefix, u32), Arc<KeyExtras>, BuildHasherDefault<IdentityHasher>>;
 
-/// The slots, the meta maps beside them, and counts.
+/// The slots, the extras beside them, and counts.
 pub(super) struct Table {
     slots: Box<[Slot]>,
     metas: Metas,
@@ -205,10 +206,10 @@ impl Table {
         None
     }
 
-    /// The meta a record names; `None` when the record has none, and `Err` when the map no
-    /// longer holds it (the key changed meanwhile: read the slot again).
+    /// The extras a record names; `None` when the record has none, and `Err` when the map no
+    /// longer holds them (the key changed meanwhile: read the slot again).
     #[inline]
-    pub fn meta(&self, prefix: &HashPrefix, record: &Record) -> Result<Option<Arc<Meta>>, ()> {
+    pub fn meta(&self, prefix: &HashPrefix, record: &Record) -> Result<Option<Arc<KeyExtras>>, ()> {
         if record.meta_stamp == 0 {
             return Ok(None);
         }
@@ -249,7 +250,7 @@ impl Table {
         id: u128,
         state: u64,
         owner: u32,
-        meta: Option<&Arc<Meta>>,
+        meta: Option<&Arc<KeyExtras>>,
     ) -> Result<(), Full> {
         let words = prefix.words();
         let place = self.place(&words);
@@ -307,8 +308,8 @@ impl Table {
         }
     }
 
-    /// Every live record with its meta. Writer only.
-    pub fn for_each(&self, mut visit: impl FnMut(&HashPrefix, &Record, Option<&Arc<Meta>>)) {
+    /// Every live record with its extras. Writer only.
+    pub fn for_each(&self, mut visit: impl FnMut(&HashPrefix, &Record, Option<&Arc<KeyExtras>>)) {
         for slot in &self.slots {
             let (kind, record) = slot.read();
             if kind != LIVE {
@@ -390,15 +391,25 @@ mod tests {
     #[test]
     fn meta_follows_its_key() {
         let table = Table::with_capacity(4);
-        let meta = Arc::new(Meta::from([("plan".to_owned(), "pro".to_owned())]));
+        let meta = Arc::new(KeyExtras {
+            meta: Some(keygate_proto::Meta::from([(
+                "plan".to_owned(),
+                "pro".to_owned(),
+            )])),
+            policy: None,
+        });
         table.put(&prefix(1), 1, 1, 0, Some(&meta)).expect("room");
         let record = table.get(&prefix(1)).expect("present");
-        assert_eq!(table.meta(&prefix(1), &record), Ok(Some(Arc::clone(&meta))));
+        let found = table
+            .meta(&prefix(1), &record)
+            .expect("current")
+            .expect("has extras");
+        assert!(Arc::ptr_eq(&found, &meta));
         table.put(&prefix(1), 1, 1, 0, None).expect("replaces");
         // The old record's stamp is gone: a reader holding it reads the slot again.
-        assert_eq!(table.meta(&prefix(1), &record), Err(()));
+        assert!(table.meta(&prefix(1), &record).is_err());
         let record = table.get(&prefix(1)).expect("present");
-        assert_eq!(table.meta(&prefix(1), &record), Ok(None));
+        assert!(matches!(table.meta(&prefix(1), &record), Ok(None)));
         assert!(table.metas.is_empty());
     }
 

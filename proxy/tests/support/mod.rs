@@ -49,6 +49,7 @@ pub fn new_key(owner: &str) -> (String, ReplicaKey) {
     let plaintext = ApiKey::generate(&KeyPrefix::default());
     let hash = ApiKey::parse(&plaintext).unwrap().hash();
     let key = ReplicaKey {
+        limits: Default::default(),
         hash,
         id: KeyId::generate(),
         owner: owner.to_owned(),
@@ -117,6 +118,21 @@ struct ControlState {
     /// The log id of each hello, in order.
     hello_logs: Vec<String>,
     acks: Vec<u64>,
+    /// Identities a snapshot carries.
+    identities: BTreeMap<String, keygate_proto::Identity>,
+    /// Credits per holder (`key:…`, `identity:…`) not leased out.
+    credits: BTreeMap<String, u64>,
+    /// Leases granted and not returned: lease id → (holder, granted).
+    leases: BTreeMap<String, (String, u64)>,
+    /// Every lease return received.
+    returned: Vec<pb::LeaseReturn>,
+    /// Every usage report received.
+    reports: Vec<pb::UsageReport>,
+    next_lease: u64,
+    /// How long a gateway may spend a lease, ms; 0: 10 s.
+    lease_ttl_ms: u64,
+    /// Smallest lease granted (when the balance allows), whatever is wanted.
+    lease_size: u64,
 }
 
 struct ControlShared {
@@ -193,6 +209,15 @@ impl ControlPlane {
                 Change::UserState(user) => {
                     state.users.insert(user.user_id.clone(), user.clone());
                 }
+                Change::IdentityUpserted(identity) => {
+                    state
+                        .identities
+                        .insert(identity.id.clone(), identity.clone());
+                }
+                Change::IdentityDeleted { id } => {
+                    state.identities.remove(id);
+                }
+                Change::CreditsChanged { .. } => {}
             }
             let event = Event {
                 revision: Revision(revision),
@@ -223,6 +248,42 @@ impl ControlPlane {
             },
             true,
         )
+    }
+
+    /// Sets the credits a holder (`key:…`, `identity:…`) has to lease out.
+    pub fn set_credits(&self, holder: &str, credits: u64) {
+        self.shared
+            .state
+            .lock()
+            .unwrap()
+            .credits
+            .insert(holder.to_owned(), credits);
+    }
+
+    /// How long gateways may spend the leases granted from now on.
+    pub fn set_lease_ttl(&self, ttl: Duration) {
+        self.shared.state.lock().unwrap().lease_ttl_ms = ttl.as_millis() as u64;
+    }
+
+    /// Grants at least `size` credits per lease (when the balance allows).
+    pub fn set_lease_size(&self, size: u64) {
+        self.shared.state.lock().unwrap().lease_size = size;
+    }
+
+    /// Credits a holder has not leased out.
+    pub fn credits(&self, holder: &str) -> u64 {
+        let state = self.shared.state.lock().unwrap();
+        state.credits.get(holder).copied().unwrap_or(0)
+    }
+
+    /// Every lease return received so far.
+    pub fn returned(&self) -> Vec<pb::LeaseReturn> {
+        self.shared.state.lock().unwrap().returned.clone()
+    }
+
+    /// Every usage report received so far.
+    pub fn reports(&self) -> Vec<pb::UsageReport> {
+        self.shared.state.lock().unwrap().reports.clone()
     }
 
     /// Commits and streams any change; returns its revision.
@@ -422,6 +483,7 @@ impl pb::sync_server::Sync for SyncService {
                                 .map(Into::into)
                                 .collect(),
                             users: state.users.values().map(Into::into).collect(),
+                            identities: state.identities.values().map(Into::into).collect(),
                             ..pb::SnapshotChunk::default()
                         },
                     )));
@@ -466,6 +528,39 @@ impl pb::sync_server::Sync for SyncService {
                         }
                         Ok(Some(pb::GatewayMessage { msg: Some(gateway_message::Msg::Ack(ack)) })) => {
                             shared.state.lock().unwrap().acks.push(ack.revision);
+                        }
+                        Ok(Some(pb::GatewayMessage { msg: Some(gateway_message::Msg::Usage(report)) })) => {
+                            shared.state.lock().unwrap().reports.push(report);
+                        }
+                        Ok(Some(pb::GatewayMessage { msg: Some(gateway_message::Msg::LeaseReturn(lease)) })) => {
+                            let mut state = shared.state.lock().unwrap();
+                            if let Some((holder, granted)) = state.leases.remove(&lease.lease_id) {
+                                *state.credits.entry(holder).or_default() += lease.unspent.min(granted);
+                            }
+                            state.returned.push(lease);
+                        }
+                        Ok(Some(pb::GatewayMessage { msg: Some(gateway_message::Msg::LeaseRequest(request)) })) => {
+                            // Grants up to what is wanted, 10 s to spend it.
+                            let grant = {
+                                let mut state = shared.state.lock().unwrap();
+                                let left = state.credits.get(&request.holder).copied().unwrap_or(0);
+                                let granted = left.min(request.wanted.max(state.lease_size));
+                                state.credits.insert(request.holder.clone(), left - granted);
+                                state.next_lease += 1;
+                                let lease_id = format!("lease-{}", state.next_lease);
+                                state.leases.insert(lease_id.clone(), (request.holder.clone(), granted));
+                                pb::LeaseGrant {
+                                    holder: request.holder,
+                                    request_id: request.request_id,
+                                    lease_id,
+                                    granted,
+                                    ttl_ms: if state.lease_ttl_ms == 0 { 10_000 } else { state.lease_ttl_ms },
+                                    exhausted: granted < request.wanted && left == granted,
+                                }
+                            };
+                            if tx.send(control(control_message::Msg::Lease(grant))).await.is_err() {
+                                return;
+                            }
                         }
                         Ok(Some(_)) => {}
                         Ok(None) | Err(_) => return,

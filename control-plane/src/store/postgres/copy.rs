@@ -14,6 +14,7 @@ use tokio_stream::StreamExt;
 use super::audit::{audit_columns, audit_from_row};
 use super::enrollments::{ENROLLMENT_COLUMN_COUNT, enrollment_columns, enrollment_from_row};
 use super::keys::{key_columns, key_from_row};
+use super::limits::{export_credits, export_identities, import_identities};
 use super::passkeys::{
     passkey_columns, passkey_from_row, passkey_revocation_from_row, revoked_passkey_columns,
 };
@@ -21,10 +22,11 @@ use super::sessions::{session_columns, session_from_row};
 use super::signing_keys::{signing_key_columns, signing_key_from_row};
 use super::tokens::{token_columns, token_from_row};
 use super::users::{user_columns, user_from_row};
-use super::{PgStore, array, backend, db_revision, get, log, revision_from_db};
+use super::{PgStore, array, backend, db_amount, db_revision, get, log, revision_from_db};
 use crate::store::copy::{
-    COUNT_ROWS, COUNTED_TABLES, CopyStore, Dump, DumpSummary, EnrollmentRow, EventRow,
+    COUNT_ROWS, COUNTED_TABLES, CopyStore, CreditRow, Dump, DumpSummary, EnrollmentRow, EventRow,
 };
+use crate::store::event_codec::limits_to_column;
 use crate::store::tokens::join_scopes;
 use crate::store::{StoreError, Voided};
 
@@ -107,6 +109,12 @@ async fn export(conn: &mut PgConnection) -> Result<Dump, StoreError> {
             key_from_row,
         )
         .await?,
+        identities: export_identities(conn).await?,
+        credits: export_credits(conn)
+            .await?
+            .into_iter()
+            .map(|(holder, state)| CreditRow { holder, state })
+            .collect(),
         users: rows(
             conn,
             concat!("SELECT ", user_columns!(), " FROM users ORDER BY user_id"),
@@ -232,11 +240,16 @@ async fn import(conn: &mut PgConnection, dump: &Dump) -> Result<(), StoreError> 
                     .map_err(|e| StoreError::Corrupt(format!("meta of key {}: {e}", key.id)))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let limits_json = keys
+            .iter()
+            .map(|key| limits_to_column(&key.limits))
+            .collect::<Result<Vec<_>, _>>()?;
         sqlx::query(
             "INSERT INTO keys (key_id, key_hash, owner, name, start, enabled, created_ms,
-                expires_ms, meta_json, revision)
+                expires_ms, meta_json, revision, limits_json, identity_id)
              SELECT * FROM UNNEST($1::TEXT[], $2::BYTEA[], $3::TEXT[], $4::TEXT[], $5::TEXT[],
-                $6::BOOLEAN[], $7::BIGINT[], $8::BIGINT[], $9::TEXT[], $10::BIGINT[])",
+                $6::BOOLEAN[], $7::BIGINT[], $8::BIGINT[], $9::TEXT[], $10::BIGINT[],
+                $11::TEXT[], $12::TEXT[])",
         )
         .bind(column(keys, |k| k.id.to_string()))
         .bind(column(keys, |k| k.hash.0.to_vec()))
@@ -248,6 +261,33 @@ async fn import(conn: &mut PgConnection, dump: &Dump) -> Result<(), StoreError> 
         .bind(column(keys, |k| k.expires_unix_ms))
         .bind(meta_json)
         .bind(column(keys, |k| db_revision(k.revision)))
+        .bind(limits_json)
+        .bind(column(keys, |k| k.limits.identity.clone()))
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    }
+
+    for identities in dump.identities.chunks(BATCH) {
+        import_identities(&mut *conn, identities).await?;
+    }
+
+    for balances in dump.credits.chunks(BATCH) {
+        sqlx::query(
+            "INSERT INTO credits (holder, remaining, refill_amount, refill_interval_ms,
+                next_refill_ms)
+             SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[],
+                $5::BIGINT[])",
+        )
+        .bind(column(balances, |c| c.holder.to_string()))
+        .bind(column(balances, |c| db_amount(c.state.remaining)))
+        .bind(column(balances, |c| {
+            c.state.refill.map(|r| db_amount(r.amount))
+        }))
+        .bind(column(balances, |c| {
+            c.state.refill.map(|r| db_amount(r.interval_ms))
+        }))
+        .bind(column(balances, |c| c.state.next_refill_unix_ms))
         .execute(&mut *conn)
         .await
         .map_err(backend)?;

@@ -20,8 +20,8 @@ use sqlx::postgres::{PgConnection, PgPool, PgRow};
 use sqlx::{Postgres, Transaction};
 
 use super::{
-    Inner, LOG_CHANNEL, PgStore, backend, db_limit, db_revision, get, keys, revision_from_db,
-    sessions,
+    Inner, LOG_CHANNEL, PgStore, backend, db_limit, db_revision, get, keys, limits,
+    revision_from_db, sessions,
 };
 use crate::store::event_codec;
 use crate::store::{EventLogStore, LogBounds, Snapshot, StoreError};
@@ -105,6 +105,11 @@ impl<'s> Writer<'s> {
     /// The revision the next [`Writer::append`] will take.
     pub(super) fn next_revision(&self) -> Result<Revision, StoreError> {
         self.head().map(Revision::next)
+    }
+
+    /// Whether this transaction has appended any event.
+    pub(super) fn appended(&self) -> bool {
+        !self.events.is_empty()
     }
 
     /// Appends one event at the next revision (written at commit).
@@ -271,9 +276,9 @@ impl EventLogStore for PgStore {
     }
 
     async fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        // Head, keys and session state are read in one REPEATABLE READ transaction: one
-        // snapshot of the database, so they are exactly the state at that revision, whatever
-        // commits meanwhile.
+        // Head, keys, identities and session state are read in one REPEATABLE READ
+        // transaction: one snapshot of the database, so they are exactly the state at that
+        // revision, whatever commits meanwhile.
         let mut tx = self.read().await?;
         // Every key in one statement: with many keys that may take longer than the timeout
         // meant for requests, though not without bound.
@@ -283,11 +288,13 @@ impl EventLogStore for PgStore {
             .map_err(backend)?;
         let revision = log_bounds(&mut tx).await?.head;
         let keys = keys::replica_keys(&mut tx).await?;
+        let identities = limits::replica_identities(&mut tx).await?;
         let sessions = sessions::session_state(&mut tx, now_unix_ms()).await?;
         tx.commit().await.map_err(backend)?;
         Ok(Snapshot {
             revision,
             keys,
+            identities,
             sessions,
         })
     }

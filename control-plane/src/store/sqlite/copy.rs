@@ -14,6 +14,7 @@ use super::enrollments::{
     ENROLLMENT_COLUMN_COUNT, ENROLLMENT_COLUMNS, enrollment_from_row, insert_enrollment,
 };
 use super::keys::{KEY_COLUMNS, insert_key, key_from_row};
+use super::limits::{export_credits, export_identities, insert_credits, insert_identity};
 use super::passkeys::{
     PASSKEY_COLUMNS, REVOKED_PASSKEY_COLUMNS, insert_passkey, insert_passkey_revocation,
     passkey_from_row, passkey_revocation_from_row,
@@ -24,7 +25,7 @@ use super::tokens::{TOKEN_COLUMNS, insert_token, token_from_row};
 use super::users::{USER_COLUMNS, insert_user, user_from_row};
 use super::{SqliteStore, backend, collect, corrupt, log};
 use crate::store::copy::{
-    COUNT_ROWS, COUNTED_TABLES, CopyStore, Dump, DumpSummary, EnrollmentRow, EventRow,
+    COUNT_ROWS, COUNTED_TABLES, CopyStore, CreditRow, Dump, DumpSummary, EnrollmentRow, EventRow,
 };
 use crate::store::{LogBounds, StoreError};
 
@@ -73,6 +74,11 @@ fn export(tx: &Transaction<'_>) -> Result<Dump, StoreError> {
             [],
             key_from_row,
         )?,
+        identities: export_identities(tx)?,
+        credits: export_credits(tx)?
+            .into_iter()
+            .map(|(holder, state)| CreditRow { holder, state })
+            .collect(),
         users: collect(
             tx,
             &format!("SELECT {USER_COLUMNS} FROM users ORDER BY user_id"),
@@ -158,6 +164,12 @@ fn import(tx: &Transaction<'_>, dump: &Dump) -> Result<(), StoreError> {
     }
     for key in &dump.keys {
         insert_key(tx, key)?;
+    }
+    for identity in &dump.identities {
+        insert_identity(tx, identity)?;
+    }
+    for row in &dump.credits {
+        insert_credits(tx, &row.holder, &row.state)?;
     }
     for passkey in &dump.passkeys {
         insert_passkey(tx, passkey)?;

@@ -1,24 +1,51 @@
 //! [`KeyStore`] on SQLite: the `keys` table. Every change appends its `KeyUpserted` or
-//! `KeyDeleted` event through the writer, in the same transaction.
+//! `KeyDeleted` event through the writer, in the same transaction. A key's credit balance is
+//! its holder's row in `credits` (see `limits`), read beside the key and written, moved or
+//! deleted in the key's transaction.
 
 use async_trait::async_trait;
 use keygate_proto::{Change, KeyHash, KeyId, ReplicaKey, Revision};
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 
+use super::limits::{self as credits, CREDIT_COLUMNS, credits_from_row};
 use super::log::Writer;
 use super::{SqliteStore, backend, collect, corrupt, execute, log};
+use crate::store::event_codec::{limits_from_column, limits_to_column};
 use crate::store::{
     EnabledChange, KeyQuery, KeyRecord, KeyStore, NewKey, OwnerRevoked, Reroll, Rerolled,
     StoreError,
 };
 
-pub(super) const KEY_COLUMNS: &str =
-    "key_id, key_hash, owner, name, start, enabled, created_ms, expires_ms, meta_json, revision";
+pub(super) const KEY_COLUMNS: &str = "key_id, key_hash, owner, name, start, enabled, created_ms, \
+     expires_ms, meta_json, revision, limits_json, identity_id";
 
+/// How many columns [`KEY_COLUMNS`] lists.
+const KEY_COLUMN_COUNT: usize = 12;
+
+/// The keys, each with its own balance ([`CREDIT_COLUMNS`] after [`KEY_COLUMNS`]).
+fn keys_with_credits() -> String {
+    format!(
+        "SELECT {KEY_COLUMNS}, {CREDIT_COLUMNS} FROM keys
+         LEFT JOIN credits ON credits.holder = 'key:' || keys.key_id"
+    )
+}
+
+/// A key and its balance, from a row of [`keys_with_credits`].
+fn key_with_credits_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
+    Ok(KeyRecord {
+        credits: credits_from_row(row, KEY_COLUMN_COUNT)?,
+        ..key_from_row(row)?
+    })
+}
+
+/// A key from [`KEY_COLUMNS`], without its balance (`credits: None`).
 pub(super) fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
     let id: String = row.get(0)?;
     let hash: Vec<u8> = row.get(1)?;
     let meta_json: String = row.get(8)?;
+    let limits_json: String = row.get(10)?;
+    let limits =
+        limits_from_column(&limits_json, row.get(11)?).map_err(|_| corrupt("key limits"))?;
     Ok(KeyRecord {
         id: id.parse().map_err(|_| corrupt("key id"))?,
         hash: KeyHash::from_slice(&hash).ok_or_else(|| corrupt("key hash"))?,
@@ -29,15 +56,18 @@ pub(super) fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
         created_unix_ms: row.get(6)?,
         expires_unix_ms: row.get(7)?,
         meta: serde_json::from_str(&meta_json).map_err(|_| corrupt("key meta"))?,
+        limits,
+        credits: None,
         revision: Revision(row.get(9)?),
     })
 }
 
-fn get_key(tx: &Transaction<'_>, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+/// One key with its balance.
+pub(super) fn get_key(tx: &Transaction<'_>, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
     tx.query_row(
-        &format!("SELECT {KEY_COLUMNS} FROM keys WHERE key_id = ?1"),
+        &format!("{} WHERE key_id = ?1", keys_with_credits()),
         params![id.to_string()],
-        key_from_row,
+        key_with_credits_from_row,
     )
     .optional()
     .map_err(backend)
@@ -61,7 +91,8 @@ pub(super) fn insert_key(tx: &Transaction<'_>, key: &KeyRecord) -> Result<(), St
     execute(
         tx,
         &format!(
-            "INSERT INTO keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            "INSERT INTO keys ({KEY_COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
         ),
         params![
             key.id.to_string(),
@@ -74,25 +105,41 @@ pub(super) fn insert_key(tx: &Transaction<'_>, key: &KeyRecord) -> Result<(), St
             key.expires_unix_ms,
             meta_json,
             key.revision.0,
+            limits_to_column(&key.limits)?,
+            key.limits.identity,
         ],
     )
 }
 
 impl Writer<'_> {
-    fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        insert_key(self.tx, key)
+    /// Inserts a new key at the next revision, with its balance, and the identity it names
+    /// when that is new (whose `IdentityUpserted` is appended here, before the key's event).
+    fn insert_key(&mut self, key: &mut KeyRecord) -> Result<(), StoreError> {
+        if let Some(identity) = &key.limits.identity {
+            self.ensure_identity(identity, key.created_unix_ms)?;
+        }
+        key.revision = self.next_revision();
+        insert_key(self.tx, key)?;
+        if let Some(state) = &key.credits {
+            credits::insert_credits(self.tx, &key.holder(), state)?;
+        }
+        Ok(())
     }
 
-    /// Writes the mutable fields of a key (enabled, expiry, revision).
-    fn update_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+    /// Writes the mutable fields of a key (enabled, expiry, limits, revision).
+    pub(super) fn update_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         self.tx
             .execute(
-                "UPDATE keys SET enabled = ?2, expires_ms = ?3, revision = ?4 WHERE key_id = ?1",
+                "UPDATE keys SET enabled = ?2, expires_ms = ?3, revision = ?4, limits_json = ?5,
+                    identity_id = ?6
+                 WHERE key_id = ?1",
                 params![
                     key.id.to_string(),
                     key.enabled,
                     key.expires_unix_ms,
-                    key.revision.0
+                    key.revision.0,
+                    limits_to_column(&key.limits)?,
+                    key.limits.identity,
                 ],
             )
             .map_err(backend)?;
@@ -106,14 +153,46 @@ impl Writer<'_> {
                 params![key.id.to_string()],
             )
             .map_err(backend)?;
+        credits::delete_credits(self.tx, &key.holder())?;
         self.append(Change::KeyDeleted {
             id: key.id,
             hash: key.hash,
         })
     }
 
-    fn existing_key(&self, id: KeyId) -> Result<KeyRecord, StoreError> {
+    pub(super) fn existing_key(&self, id: KeyId) -> Result<KeyRecord, StoreError> {
         get_key(self.tx, id)?.ok_or(StoreError::KeyNotFound(id))
+    }
+
+    /// Moves the old key's balance and outstanding leases to its successor, and leaves the
+    /// old key an empty balance without refill (see `store/keys.rs`).
+    fn move_credits(&self, old_key: &mut KeyRecord, new_key: &KeyRecord) -> Result<(), StoreError> {
+        let (Some(_), Some(new_state)) = (&old_key.credits, &new_key.credits) else {
+            return Ok(());
+        };
+        let (old, new) = (old_key.holder().to_string(), new_key.holder().to_string());
+        credits::insert_credits(self.tx, &new_key.holder(), new_state)?;
+        self.tx
+            .execute(
+                "UPDATE credit_leases SET holder = ?2 WHERE holder = ?1",
+                params![old, new],
+            )
+            .map_err(backend)?;
+        self.tx
+            .execute(
+                "UPDATE credits SET remaining = 0, refill_amount = NULL,
+                    refill_interval_ms = NULL, next_refill_ms = NULL
+                 WHERE holder = ?1",
+                params![old],
+            )
+            .map_err(backend)?;
+        old_key.credits = Some(crate::store::CreditState {
+            remaining: 0,
+            leased: 0,
+            refill: None,
+            next_refill_unix_ms: None,
+        });
+        Ok(())
     }
 }
 
@@ -123,7 +202,7 @@ impl KeyStore for SqliteStore {
         let actor = actor.to_owned();
         self.write(move |w| {
             let mut record = key.into_record(w.next_revision());
-            w.insert_key(&record)?;
+            w.insert_key(&mut record)?;
             record.revision = w.append(Change::KeyUpserted(record.replica()))?;
             w.audit(&actor, record.revision, &record.created_audit())?;
             Ok(record)
@@ -142,9 +221,9 @@ impl KeyStore for SqliteStore {
         self.read(move |tx| {
             let key = tx
                 .query_row(
-                    &format!("SELECT {KEY_COLUMNS} FROM keys WHERE key_hash = ?1"),
+                    &format!("{} WHERE key_hash = ?1", keys_with_credits()),
                     params![&hash.0[..]],
-                    key_from_row,
+                    key_with_credits_from_row,
                 )
                 .optional()
                 .map_err(backend)?;
@@ -161,12 +240,12 @@ impl KeyStore for SqliteStore {
             collect(
                 tx,
                 &format!(
-                    "SELECT {KEY_COLUMNS} FROM keys
-                     WHERE key_id > ?1 AND (?2 IS NULL OR owner = ?2)
-                     ORDER BY key_id LIMIT ?3"
+                    "{} WHERE key_id > ?1 AND (?2 IS NULL OR owner = ?2)
+                     ORDER BY key_id LIMIT ?3",
+                    keys_with_credits()
                 ),
                 params![after, query.owner, limit],
-                key_from_row,
+                key_with_credits_from_row,
             )
         })
         .await
@@ -211,7 +290,8 @@ impl KeyStore for SqliteStore {
         self.write(move |w| {
             let mut old_key = w.existing_key(reroll.old_id)?;
             let mut new_key = reroll.successor(&old_key, w.next_revision());
-            w.insert_key(&new_key)?;
+            insert_key(w.tx, &new_key)?;
+            w.move_credits(&mut old_key, &new_key)?;
             new_key.revision = w.append(Change::KeyUpserted(new_key.replica()))?;
 
             old_key.expire_by(reroll.old_expires_unix_ms);

@@ -14,7 +14,7 @@ use keygate_proto::time::now_unix_ms;
 use keygate_proto::{Change, Event, KeyHash, KeyId, LogId, ReplicaKey, Revision};
 use rusqlite::{Row, Transaction, params};
 
-use super::{SqliteStore, backend, corrupt, keys, sessions};
+use super::{SqliteStore, backend, corrupt, keys, limits, sessions};
 use crate::store::event_codec;
 use crate::store::{EventLogStore, LogBounds, Snapshot, StoreError};
 
@@ -54,6 +54,11 @@ impl<'a> Writer<'a> {
     /// The revision the next [`Writer::append`] will take.
     pub(super) fn next_revision(&self) -> Revision {
         self.head.next()
+    }
+
+    /// Whether this transaction has appended any event.
+    pub(super) fn appended(&self) -> bool {
+        !self.events.is_empty()
     }
 
     /// Appends one event at the next revision.
@@ -167,15 +172,17 @@ impl EventLogStore for SqliteStore {
     }
 
     async fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        // Head, keys and session state are read in one read transaction, so they are exactly
-        // the state at that revision, whatever commits meanwhile.
+        // Head, keys, identities and session state are read in one read transaction, so they
+        // are exactly the state at that revision, whatever commits meanwhile.
         self.read(|tx| {
             let revision = log_bounds(tx)?.head;
             let keys = keys::replica_keys(tx)?;
+            let identities = limits::replica_identities(tx)?;
             let sessions = sessions::session_state(tx, now_unix_ms())?;
             Ok(Snapshot {
                 revision,
                 keys,
+                identities,
                 sessions,
             })
         })
@@ -260,6 +267,7 @@ fn legacy_change(row: &Row<'_>) -> Result<Change, String> {
                 enabled: row.get(6).map_err(column)?,
                 expires_unix_ms: row.get(7).map_err(column)?,
                 meta: serde_json::from_str(&meta_json).map_err(|_| "bad meta".to_owned())?,
+                limits: keygate_proto::KeyLimits::default(),
             }))
         }
         "key_deleted" => Ok(Change::KeyDeleted { id, hash }),
