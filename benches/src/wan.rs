@@ -308,6 +308,8 @@ struct Gateway {
     /// `http://host:port/x`: a path on the key route.
     url: String,
     admin: SocketAddr,
+    /// Which control plane it syncs from (index into `World::control_planes`).
+    replica: usize,
 }
 
 /// The control plane(s), the upstream and the regions' gateways.
@@ -415,13 +417,13 @@ impl World {
         };
         if args.phases.contains(&Phase::Propagation) {
             for i in 0..args.loopback_gateways {
-                let url = format!("http://{}", world.replica(i));
+                let replica = i % world.control_planes.len();
+                let url = format!("http://{}", world.control_planes[replica]);
                 world
                     .add_gateway(
-                        "loopback",
-                        Duration::ZERO,
+                        ("loopback", Duration::ZERO),
                         &format!("loopback-{i}"),
-                        &url,
+                        (&url, replica),
                         &[],
                     )
                     .await?;
@@ -441,9 +443,14 @@ impl World {
                     world.relays.push((name.clone(), relay));
                 }
                 for i in 0..args.gateways {
-                    let url = &urls[i % urls.len()];
+                    let replica = i % urls.len();
                     world
-                        .add_gateway(&name, *delay, &format!("{name}-{i}"), url, &[])
+                        .add_gateway(
+                            (&name, *delay),
+                            &format!("{name}-{i}"),
+                            (&urls[replica], replica),
+                            &[],
+                        )
                         .await?;
                 }
             }
@@ -465,18 +472,13 @@ impl World {
         Ok(world)
     }
 
-    /// The control plane that the `i`th gateway of a region syncs from: the replicas in turn.
-    fn replica(&self, i: usize) -> SocketAddr {
-        self.control_planes[i % self.control_planes.len()]
-    }
-
-    /// Starts gateway `id` syncing from `control_plane` (the control plane or a relay).
+    /// Starts gateway `id` of `region` (its name and one-way delay) syncing from `control_plane`
+    /// (the URL of replica number `replica`, or of a relay in front of it).
     async fn add_gateway(
         &mut self,
-        region: &str,
-        delay: Duration,
+        (region, delay): (&str, Duration),
         id: &str,
-        control_plane: &str,
+        (control_plane, replica): (&str, usize),
         extra: &[&str],
     ) -> anyhow::Result<()> {
         let mut flags = vec![
@@ -503,6 +505,7 @@ impl World {
             delay,
             url: format!("http://{}/x", addr_after(&line, "listening on ")?),
             admin: addr_after(&line, "(admin ")?,
+            replica,
         });
         Ok(())
     }
@@ -539,6 +542,9 @@ impl World {
         // The same per kind of revocation: a deleted key costs what a disabled one does only if
         // the gateway knows it is gone without asking the control plane.
         let mut by_kind: BTreeMap<(String, &str), Vec<Duration>> = BTreeMap::new();
+        // And per replica the region's gateways sync from (with two control planes: the ones
+        // syncing from replica 2 hear of each change through PostgreSQL's NOTIFY first).
+        let mut by_replica: BTreeMap<(String, usize), Vec<Duration>> = BTreeMap::new();
         let mut everywhere = Vec::with_capacity(args.revocations);
         let mut waited = Vec::with_capacity(args.revocations);
         for i in 0..args.revocations {
@@ -584,23 +590,31 @@ impl World {
             let mut probes = JoinSet::new();
             for gateway in &self.gateways {
                 let (http, url, key) = (self.http.clone(), gateway.url.clone(), issued.key.clone());
-                let region = gateway.region.clone();
+                let (region, replica) = (gateway.region.clone(), gateway.replica);
                 let start = since + gateway.delay.saturating_sub(PROBE_LEAD);
                 probes.spawn(async move {
                     tokio::time::sleep_until(start.into()).await;
                     until_refused(&http, &url, &key, since)
                         .await
-                        .map(|(elapsed, answer)| (region, elapsed, answer))
+                        .map(|(elapsed, answer)| (region, replica, elapsed, answer))
                 });
             }
             let mut slowest: BTreeMap<String, Duration> = BTreeMap::new();
+            let mut slowest_by_replica: BTreeMap<(String, usize), Duration> = BTreeMap::new();
             while let Some(probed) = probes.join_next().await {
-                let (region, elapsed, answer) = probed??;
+                let (region, replica, elapsed, answer) = probed??;
                 if !answer.is(refusal.0, refusal.1) {
                     bail!("a gateway in {region} answered {answer}, not {refusal:?}");
                 }
+                let entry = slowest_by_replica
+                    .entry((region.clone(), replica))
+                    .or_default();
+                *entry = (*entry).max(elapsed);
                 let entry = slowest.entry(region).or_default();
                 *entry = (*entry).max(elapsed);
+            }
+            for (key, elapsed) in slowest_by_replica {
+                by_replica.entry(key).or_default().push(elapsed);
             }
             everywhere.push(slowest.values().copied().max().unwrap_or_default());
             for (region, elapsed) in slowest {
@@ -660,7 +674,23 @@ impl World {
                 println!("  {:>8}  {kind:<9}: {}", "", percentiles.line());
                 kinds.insert(kind.into(), percentiles.json());
             }
+            let mut replicas = serde_json::Map::new();
+            if self.control_planes.len() > 1 {
+                for replica in 0..self.control_planes.len() {
+                    let mut samples = by_replica
+                        .remove(&(region.clone(), replica))
+                        .unwrap_or_default();
+                    if samples.is_empty() {
+                        continue;
+                    }
+                    let percentiles = Percentiles::of(&mut samples);
+                    let name = format!("replica {}", replica + 1);
+                    println!("  {:>8}  {name:<9}: {}", "", percentiles.line());
+                    replicas.insert(name, percentiles.json());
+                }
+            }
             report_regions.push(json!({
+                "byReplica": replicas,
                 "byRefusal": kinds,
                 "region": region,
                 "oneWayDelayMs": delay.as_secs_f64() * 1000.0,
@@ -716,10 +746,9 @@ impl World {
             let bound_flag = humantime::format_duration(*bound).to_string();
             let url = relay.url();
             self.add_gateway(
-                &region_name(delay),
-                delay,
+                (&region_name(delay), delay),
                 &id,
-                &url,
+                (&url, 0),
                 &["--propagation-bound", &bound_flag],
             )
             .await?;
