@@ -125,8 +125,9 @@ impl Minted {
     }
 }
 
-/// Paced background requests with `key` over `gateways` until `stop` is set.
-fn start_load(
+/// Paced background requests with `key` over `gateways` (two senders each) until `stop` is
+/// set; also the region simulator's background load.
+pub(crate) fn start_load(
     gateways: &[String],
     key: &str,
     rps: u64,

@@ -51,6 +51,7 @@ use tokio::task::JoinSet;
 
 use crate::percentiles::Percentiles;
 use crate::probe::{self, HttpClient};
+use crate::propagation;
 
 /// A gateway's probe starts polling this long before its region's one-way delay has passed,
 /// then polls back to back: a tight loop over 16 gateways for the whole delay would take the
@@ -521,13 +522,12 @@ impl World {
         let stop = Arc::new(AtomicBool::new(false));
         let (sent, failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let load_started = Instant::now();
-        let mut background = JoinSet::new();
-        start_load(
-            &mut background,
+        let mut background = propagation::start_load(
             &urls,
             &load_key.key,
             args.load_rps,
-            (Arc::clone(&sent), Arc::clone(&failures)),
+            Arc::clone(&sent),
+            Arc::clone(&failures),
             Arc::clone(&stop),
         );
         let relays: Vec<&WanRelay> = self.relays.iter().map(|(_, relay)| relay).collect();
@@ -1018,39 +1018,6 @@ async fn until_refused(
         if since.elapsed() > GIVE_UP {
             bail!("{url} still serves a revoked key after {GIVE_UP:?}");
         }
-    }
-}
-
-/// Paced background requests with `key` over `urls` (two senders per gateway) until `stop`.
-fn start_load(
-    tasks: &mut JoinSet<()>,
-    urls: &[String],
-    key: &str,
-    rps: u64,
-    (sent, failures): (Arc<AtomicU64>, Arc<AtomicU64>),
-    stop: Arc<AtomicBool>,
-) {
-    if rps == 0 || urls.is_empty() {
-        return;
-    }
-    let senders = urls.len() * 2;
-    let period = Duration::from_secs_f64(senders as f64 / rps as f64);
-    for (index, url) in urls.iter().cycle().take(senders).enumerate() {
-        let (url, key) = (url.clone(), key.to_owned());
-        let (sent, failures, stop) = (Arc::clone(&sent), Arc::clone(&failures), Arc::clone(&stop));
-        tasks.spawn(async move {
-            let client = probe::client();
-            tokio::time::sleep(period.mul_f64(index as f64 / senders as f64)).await;
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            while !stop.load(Ordering::Relaxed) {
-                tick.tick().await;
-                sent.fetch_add(1, Ordering::Relaxed);
-                if !matches!(probe::answer(&client, &url, &key).await, Ok(a) if a.status == 200) {
-                    failures.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
     }
 }
 

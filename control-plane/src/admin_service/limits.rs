@@ -118,11 +118,10 @@ pub(super) async fn update_key(
     )?;
     let update = UpdateKey {
         key_id: request.key_id,
-        ratelimits: if request.set_ratelimits {
-            Some(ratelimits(request.ratelimits)?)
-        } else {
-            None
-        },
+        ratelimits: request
+            .set_ratelimits
+            .then(|| ratelimits(request.ratelimits))
+            .transpose()?,
         credits,
         refill,
         permissions: request.set_permissions.then_some(request.permissions),
@@ -175,11 +174,10 @@ pub(super) async fn update_identity(
     )?;
     let update = UpdateIdentity {
         id: request.identity_id,
-        ratelimits: if request.set_ratelimits {
-            Some(ratelimits(request.ratelimits)?)
-        } else {
-            None
-        },
+        ratelimits: request
+            .set_ratelimits
+            .then(|| ratelimits(request.ratelimits))
+            .transpose()?,
         credits,
         refill,
     };

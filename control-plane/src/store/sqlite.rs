@@ -556,6 +556,30 @@ mod tests {
         SqliteStore::open(&db.path(), recorder).await.unwrap();
     }
 
+    /// A transaction on `conn` in which the database is as the first `count` migrations left
+    /// it (recorded in `schema_migrations`); a test adds its old rows, commits, and opens the
+    /// store to see the later migrations run.
+    fn migrated_to(conn: &mut Connection, count: usize) -> rusqlite::Transaction<'_> {
+        conn.execute_batch(
+            "CREATE TABLE schema_migrations (
+                version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
+        )
+        .unwrap();
+        let tx = conn.transaction().unwrap();
+        for (index, migration) in MIGRATIONS[..count].iter().enumerate() {
+            match migration {
+                Migration::Sql(sql) => tx.execute_batch(sql).unwrap(),
+                Migration::Rust(step) => step(&tx).unwrap(),
+            }
+            tx.execute(
+                "INSERT INTO schema_migrations VALUES (?1, 0)",
+                params![index + 1],
+            )
+            .unwrap();
+        }
+        tx
+    }
+
     /// A passkey registered before migration 9 has no AAGUID (it lists as "Unknown
     /// authenticator"); one registered after keeps its own.
     #[tokio::test]
@@ -563,23 +587,7 @@ mod tests {
         let db = Sqlite::new();
         {
             let mut conn = Connection::open(db.path()).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE schema_migrations (
-                    version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
-            )
-            .unwrap();
-            let tx = conn.transaction().unwrap();
-            for (index, migration) in MIGRATIONS[..8].iter().enumerate() {
-                match migration {
-                    Migration::Sql(sql) => tx.execute_batch(sql).unwrap(),
-                    Migration::Rust(step) => step(&tx).unwrap(),
-                }
-                tx.execute(
-                    "INSERT INTO schema_migrations VALUES (?1, 0)",
-                    params![index + 1],
-                )
-                .unwrap();
-            }
+            let tx = migrated_to(&mut conn, 8);
             tx.execute_batch(
                 "INSERT INTO users VALUES ('alice', x'01010101010101010101010101010101', 0, 0, 0, 0);
                  INSERT INTO passkeys VALUES ('pk_old', 'alice', x'0909', 'old', 0, NULL, 'ua',
@@ -606,23 +614,7 @@ mod tests {
         let id = KeyId::generate();
         {
             let mut conn = Connection::open(db.path()).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE schema_migrations (
-                    version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
-            )
-            .unwrap();
-            let tx = conn.transaction().unwrap();
-            for (index, migration) in MIGRATIONS[..9].iter().enumerate() {
-                match migration {
-                    Migration::Sql(sql) => tx.execute_batch(sql).unwrap(),
-                    Migration::Rust(step) => step(&tx).unwrap(),
-                }
-                tx.execute(
-                    "INSERT INTO schema_migrations VALUES (?1, 0)",
-                    params![index + 1],
-                )
-                .unwrap();
-            }
+            let tx = migrated_to(&mut conn, 9);
             tx.execute(
                 "INSERT INTO keys VALUES (?1, ?2, 'acme', 'ci', 'kg_abcd', 1, 0, NULL, '{}', 1)",
                 params![id.to_string(), &[7_u8; 32][..]],
@@ -670,23 +662,7 @@ mod tests {
         };
         {
             let mut conn = Connection::open(db.path()).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE schema_migrations (
-                    version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
-            )
-            .unwrap();
-            let tx = conn.transaction().unwrap();
-            for (index, migration) in MIGRATIONS[..3].iter().enumerate() {
-                let Migration::Sql(sql) = migration else {
-                    panic!("migrations 1 to 3 are SQL");
-                };
-                tx.execute_batch(sql).unwrap();
-                tx.execute(
-                    "INSERT INTO schema_migrations VALUES (?1, 0)",
-                    params![index + 1],
-                )
-                .unwrap();
-            }
+            let tx = migrated_to(&mut conn, 3);
             tx.execute(
                 "INSERT INTO events (revision, committed_ms, kind, key_id, key_hash, owner,
                     enabled, expires_ms, meta_json, payload)
@@ -767,29 +743,15 @@ mod tests {
     async fn an_undecodable_old_event_stops_the_migration_instead_of_dropping_a_revision() {
         let db = Sqlite::new();
         {
-            let conn = Connection::open(db.path()).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE schema_migrations (
-                    version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
-            )
-            .unwrap();
-            for (index, migration) in MIGRATIONS[..3].iter().enumerate() {
-                let Migration::Sql(sql) = migration else {
-                    panic!("migrations 1 to 3 are SQL");
-                };
-                conn.execute_batch(sql).unwrap();
-                conn.execute(
-                    "INSERT INTO schema_migrations VALUES (?1, 0)",
-                    params![index + 1],
-                )
-                .unwrap();
-            }
-            conn.execute(
+            let mut conn = Connection::open(db.path()).unwrap();
+            let tx = migrated_to(&mut conn, 3);
+            tx.execute(
                 "INSERT INTO events (revision, committed_ms, kind, key_id, key_hash, payload)
                  VALUES (1, 1000, 'encoded', '', x'', x'ffffff')",
                 [],
             )
             .unwrap();
+            tx.commit().unwrap();
         }
         let recorder: Arc<dyn CommitObserver> = Arc::new(Recorder::default());
         let error = SqliteStore::open(&db.path(), recorder).await.err().unwrap();
