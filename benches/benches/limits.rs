@@ -4,10 +4,10 @@
 //!
 //! Both keys go through what the request path does after the credential is found: the verdict
 //! (`Verifier::verify_cached`: parse, checksum, blake3, one replica lookup) and then, as the
-//! handler does, the limits step when the key has a policy: `Limiter::admit` with one rate
-//! limit (rule 1 and rule 2 against the control plane's counts) and credits spent from a lease
-//! already held. Its future is ready at once (no lease is waited for), so it is polled once.
-//! The clock is fixed (the limiter takes `now` as an argument), so no window rolls over and the
+//! handler does, the limits step when the key has a policy: `Limiter::admit_now` (the
+//! decision without waiting, which the handler awaits a lease only after) with one rate limit
+//! (rule 1 and rule 2 against the control plane's counts) and credits spent from a lease
+//! already held. The clock is fixed (the limiter takes `now` as an argument), so no window rolls over and the
 //! link never counts as cut off; the limit and the lease are far larger than a run spends.
 //!
 //! A key with meta and no limits is measured too: what any key with side data (meta or a
@@ -15,11 +15,8 @@
 //!
 //! `cargo bench -p keygate-benches --bench limits`; under `cargo test` every benchmark runs once.
 
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use criterion::Criterion;
@@ -27,7 +24,7 @@ use keygate_proto::limits::MAX_AMOUNT;
 use keygate_proto::{
     ApiKey, Change, Event, KeyId, KeyLimits, KeyPrefix, Meta, ReplicaKey, Revision,
 };
-use keygate_proxy::limits::{Admission, LeaseGrant};
+use keygate_proxy::limits::{Admission, Attempt, LeaseGrant};
 use keygate_proxy::{Code, Grant, Lookup, Replica, Verdict, Verifier};
 
 /// The fixed "now" of every check.
@@ -50,15 +47,12 @@ fn key(owner: &str, limits: KeyLimits) -> (String, ReplicaKey) {
     (plaintext, record)
 }
 
-/// Polls a future that must not wait.
-fn ready<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("the limits step waited"),
+/// The limits decision, which must not wait for a lease.
+#[inline]
+fn decided(attempt: Attempt) -> Admission {
+    match attempt {
+        Attempt::Done(admission) => admission,
+        Attempt::NeedLease => panic!("the limits step waited for a lease"),
     }
 }
 
@@ -74,7 +68,7 @@ fn request(verifier: &Verifier, key: &str) -> Code {
         return Code::Valid;
     };
     let limiter = verifier.replica().limiter();
-    match ready(limiter.admit(Some(policy), &[], 1, NOW_UNIX_MS)) {
+    match decided(limiter.admit_now(Some(policy), &[], 1, NOW_UNIX_MS)) {
         Admission::Allowed(status) => {
             black_box(&status);
             Code::Valid
@@ -142,9 +136,9 @@ fn main() {
         other => panic!("expected VALID, got {other:?}"),
     };
     let policy = grant.policy().expect("a key with limits has a policy");
-    group.bench_function("Limiter::admit alone (rate limit + credits)", |b| {
+    group.bench_function("Limiter::admit_now alone (rate limit + credits)", |b| {
         b.iter(|| {
-            black_box(ready(limiter.admit(
+            black_box(decided(limiter.admit_now(
                 Some(black_box(policy)),
                 &[],
                 1,

@@ -34,9 +34,9 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
+use crate::checks::{self, Checks};
 use crate::credential::Carrier;
 use crate::forward;
-use crate::handler::{self, Handler};
 use crate::limits::{self, Admission};
 use crate::metrics::AuthzOutcome;
 use crate::response::{self, ProxyBody, codes};
@@ -60,14 +60,14 @@ pub(crate) fn serves(path: &str) -> bool {
 
 /// Answers one check. `request`'s path may be unnormalised (see `handler.rs`).
 pub(crate) async fn answer(
-    handler: &Handler,
+    checks: &Checks,
     routes: &RouteTable,
     request: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Response<ProxyBody> {
     let (parts, _body) = request.into_parts();
     check(
-        handler,
+        checks,
         routes,
         &parts.method,
         &parts.uri,
@@ -79,7 +79,7 @@ pub(crate) async fn answer(
 
 /// The verdict for one check; the body of the check request is never read.
 async fn check(
-    handler: &Handler,
+    checks: &Checks,
     routes: &RouteTable,
     method: &Method,
     uri: &Uri,
@@ -87,7 +87,7 @@ async fn check(
     request_id: &HeaderValue,
 ) -> Response<ProxyBody> {
     let refuse = |outcome: AuthzOutcome, status, code, message| {
-        handler.verifier.authz_other(outcome);
+        checks.verifier.authz_other(outcome);
         response::error(status, code, message, request_id)
     };
     let Ok(original) = original_uri(uri, headers) else {
@@ -115,7 +115,7 @@ async fn check(
         );
     };
     decide(
-        handler,
+        checks,
         routes,
         &method,
         original,
@@ -157,7 +157,7 @@ pub(crate) struct Decision {
 /// credential read from `headers` for the route's `auth`, then the key's limits for the
 /// route's permissions plus `permissions` (sorted) and its cost, counted in the authz metrics.
 pub(crate) async fn decide(
-    handler: &Handler,
+    checks: &Checks,
     routes: &RouteTable,
     method: &Method,
     original: Uri,
@@ -170,7 +170,7 @@ pub(crate) async fn decide(
         strip_credential: false,
     };
     let refuse = |outcome: AuthzOutcome, status, code, message| {
-        handler.verifier.authz_other(outcome);
+        checks.verifier.authz_other(outcome);
         refused(response::error(status, code, message, request_id))
     };
     let original = match routes.normalize(&original) {
@@ -200,33 +200,32 @@ pub(crate) async fn decide(
     if !route.auth.verifies() {
         if !permissions.is_empty() {
             // Permissions asked for on a route that verifies nobody: fail closed.
-            handler
-                .verifier
-                .authz_checked(Code::InsufficientPermissions);
+            checks.verifier.authz_checked(Code::InsufficientPermissions);
             return refused(response::denied(Code::InsufficientPermissions, request_id));
         }
-        handler.verifier.authz_other(AuthzOutcome::Unverified);
+        checks.verifier.authz_other(AuthzOutcome::Unverified);
         return allow(allowed(request_id));
     }
-    let (credential, carrier) = handler.credentials.find(headers, route.auth);
+    let (credential, carrier) = checks.credentials.find(headers, route.auth);
     if carrier == Carrier::Cookie && !route.accepts_cookie_session(method, headers) {
-        handler.verifier.refused(Code::ForbiddenOrigin);
-        handler.verifier.authz_checked(Code::ForbiddenOrigin);
+        checks.verifier.refused(Code::ForbiddenOrigin);
+        checks.verifier.authz_checked(Code::ForbiddenOrigin);
         return refused(response::denied(Code::ForbiddenOrigin, request_id));
     }
-    let grant = match handler.verifier.verify(credential).await {
+    let now = keygate_proto::time::now_unix_ms();
+    let grant = match checks.verifier.verify_at(credential, now).await {
         Verdict::Valid(grant) => grant,
         Verdict::Denied(code) => {
-            handler.verifier.authz_checked(code);
+            checks.verifier.authz_checked(code);
             return refused(response::denied(code, request_id));
         }
     };
     let mut admitted = None;
-    if !permissions.is_empty() || handler::needs_limits(&grant, route) {
+    if !permissions.is_empty() || checks::needs_limits(&grant, route) {
         let required = union(&route.permissions, permissions);
-        let admission = handler.admit_with(&grant, &required, route.cost).await;
+        let admission = checks.admit_with(&grant, &required, route.cost, now).await;
         if let Admission::Denied { code, .. } = &admission {
-            handler.verifier.authz_checked(*code);
+            checks.verifier.authz_checked(*code);
             return refused(response::limit_denied(&admission, request_id));
         }
         admitted = Some(admission);
@@ -238,7 +237,7 @@ pub(crate) async fn decide(
     if !forward::add_grant_headers(response.headers_mut(), &grant) {
         // Allowing without the owner could let the upstream take the request for someone
         // else's, as when forwarding.
-        handler.verifier.authz_other(AuthzOutcome::Internal);
+        checks.verifier.authz_other(AuthzOutcome::Internal);
         return refused(response::error(
             StatusCode::INTERNAL_SERVER_ERROR,
             codes::INTERNAL,
@@ -246,7 +245,7 @@ pub(crate) async fn decide(
             request_id,
         ));
     }
-    handler.verifier.authz_checked(Code::Valid);
+    checks.verifier.authz_checked(Code::Valid);
     allow(response)
 }
 

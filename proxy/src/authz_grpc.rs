@@ -113,7 +113,10 @@ impl AuthzGrpc {
             Method::from_bytes(http.method.as_bytes()),
             origin_form(&http.path),
         ) else {
-            self.handler.verifier.authz_other(AuthzOutcome::BadRequest);
+            self.handler
+                .checks
+                .verifier
+                .authz_other(AuthzOutcome::BadRequest);
             return denied(response::error(
                 StatusCode::BAD_REQUEST,
                 codes::BAD_REQUEST,
@@ -123,7 +126,10 @@ impl AuthzGrpc {
             .await;
         };
         let Ok(permissions) = asked else {
-            self.handler.verifier.authz_other(AuthzOutcome::BadRequest);
+            self.handler
+                .checks
+                .verifier
+                .authz_other(AuthzOutcome::BadRequest);
             return denied(response::error(
                 StatusCode::BAD_REQUEST,
                 codes::BAD_REQUEST,
@@ -134,7 +140,7 @@ impl AuthzGrpc {
         };
         let routes = self.handler.routes.load();
         let decision = authz_endpoint::decide(
-            &self.handler,
+            &self.handler.checks,
             &routes,
             &method,
             original,
@@ -166,7 +172,7 @@ impl AuthzGrpc {
             .collect();
         if decision.strip_credential {
             let mut stripped = client.clone();
-            self.handler.credentials.strip(&mut stripped);
+            self.handler.checks.credentials.strip(&mut stripped);
             for name in client.keys() {
                 if !stripped.contains_key(name) {
                     headers_to_remove.push(name.as_str().to_owned());

@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::admin::Admin;
 use crate::authz_grpc;
+use crate::checks::Checks;
 use crate::config::ProxyConfig;
 use crate::credential::CredentialHeaders;
 use crate::error::{ConfigError, ProxyError};
@@ -246,9 +247,11 @@ impl Gateway {
             reload_on_hangup: None,
             handler: Arc::new(Handler {
                 routes,
-                verifier,
+                checks: Checks {
+                    verifier,
+                    credentials,
+                },
                 forwarder,
-                credentials,
                 request_body_timeout: config.request_body_timeout,
                 spans: config.spans,
             }),

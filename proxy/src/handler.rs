@@ -10,15 +10,16 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::authz_endpoint;
-use crate::credential::{Carrier, CredentialHeaders};
+use crate::checks::{Checks, needs_limits};
+use crate::credential::Carrier;
 use crate::forward::{Forwarder, Forwarding};
 use crate::limits::{self, Admission};
 use crate::response::{self, ProxyBody, codes};
-use crate::route::{Route, RouteTable};
+use crate::route::RouteTable;
 use crate::server::Peer;
 use crate::spans::RequestSpans;
 use crate::trace_context;
-use crate::verify::{Code, Grant, Verdict, Verifier};
+use crate::verify::{Code, Verdict};
 use crate::verify_endpoint;
 
 /// Where the gateway's own endpoints live on the main listener.
@@ -29,9 +30,9 @@ pub(crate) struct Handler {
     /// The current routes; a reload swaps in a new table (see [`crate::reload`]). A request
     /// loads it once and keeps that table until it is answered.
     pub routes: Arc<ArcSwap<RouteTable>>,
-    pub verifier: Verifier,
+    /// The verdict and the limits step, which the gateway's own endpoints share.
+    pub checks: Checks,
     pub forwarder: Forwarder,
-    pub credentials: CredentialHeaders,
     /// Longest wait for a request body the gateway reads itself (the verify endpoint's).
     pub request_body_timeout: std::time::Duration,
     /// Whether requests get spans for export (`ProxyConfig::spans`, `spans.rs`).
@@ -59,7 +60,7 @@ impl Handler {
             // `/admin`), so a check is recognised before its path is normalised. An
             // already-normal path, the common case, takes the test below instead.
             Ok(Some(_)) if authz_endpoint::serves(request.uri().path()) => {
-                return authz_endpoint::answer(self, &routes, request, &request_id).await;
+                return authz_endpoint::answer(&self.checks, &routes, request, &request_id).await;
             }
             Ok(Some(normalised)) => *request.uri_mut() = normalised,
             Err(error) => {
@@ -75,10 +76,16 @@ impl Handler {
         let path = request.uri().path();
         if path.starts_with(RESERVED_PREFIX) {
             if path == verify_endpoint::PATH {
-                return verify_endpoint::answer(self, request, &request_id).await;
+                return verify_endpoint::answer(
+                    &self.checks,
+                    self.request_body_timeout,
+                    request,
+                    &request_id,
+                )
+                .await;
             }
             if authz_endpoint::serves(path) {
-                return authz_endpoint::answer(self, &routes, request, &request_id).await;
+                return authz_endpoint::answer(&self.checks, &routes, request, &request_id).await;
             }
         }
         let Some(route) = routes.find(request.uri().path()) else {
@@ -89,36 +96,42 @@ impl Handler {
                 &request_id,
             );
         };
-        let grant = if route.auth.verifies() {
-            let (credential, carrier) = self.credentials.find(request.headers(), route.auth);
+        // A valid credential, with the instant it was verified at: one clock read serves the
+        // verdict and the limits step. (`now` is not held across the forwarding: a larger
+        // request future cost hyper's dispatcher instructions on every route, callgrind.)
+        let (grant, now) = if route.auth.verifies() {
+            let (credential, carrier) = self.checks.credentials.find(request.headers(), route.auth);
             // CSRF: a browser attaches the cookie to any site's form post; a Bearer token or
             // an API key it attaches only when the page's own code says so.
             if carrier == Carrier::Cookie
                 && !route.accepts_cookie_session(request.method(), request.headers())
             {
-                self.verifier.refused(Code::ForbiddenOrigin);
+                self.checks.verifier.refused(Code::ForbiddenOrigin);
                 return response::denied(Code::ForbiddenOrigin, &request_id);
             }
+            let now = keygate_proto::time::now_unix_ms();
             // Spans off, the verification is awaited in place: wrapping it, even in a call
             // that hands it back, moved the whole future (BENCHMARKS.md).
             let verdict = if S::TRACED {
-                spans.verify(self.verifier.verify(credential)).await
+                spans
+                    .verify(self.checks.verifier.verify_at(credential, now))
+                    .await
             } else {
-                self.verifier.verify(credential).await
+                self.checks.verifier.verify_at(credential, now).await
             };
             match verdict {
-                Verdict::Valid(grant) => Some(grant),
+                Verdict::Valid(grant) => (Some(grant), now),
                 Verdict::Denied(code) => return response::denied(code, &request_id),
             }
         } else {
-            None
+            (None, 0)
         };
         // A plain key on a route that requires no permissions skips this: one branch.
         let mut admitted = None;
         if let Some(grant) = &grant
             && needs_limits(grant, route)
         {
-            match self.admit(grant, route).await {
+            match self.checks.admit(grant, route, now).await {
                 Admission::Allowed(None) => {}
                 allowed @ Admission::Allowed(Some(_)) => admitted = Some(allowed),
                 denied @ Admission::Denied { .. } => {
@@ -159,46 +172,4 @@ impl Handler {
         }
         response
     }
-
-    /// The limits decision on a valid credential for `route`: a key's permissions, credits
-    /// and rate limits ([`crate::limits::Limiter::admit`]); a session on a route that requires
-    /// permissions is refused (sessions carry none).
-    pub(crate) async fn admit(&self, grant: &Grant, route: &Route) -> Admission {
-        self.admit_with(grant, &route.permissions, route.cost).await
-    }
-
-    /// [`Handler::admit`] with the permissions and cost given (the verify endpoint's).
-    pub(crate) async fn admit_with(
-        &self,
-        grant: &Grant,
-        required: &[String],
-        cost: u64,
-    ) -> Admission {
-        let limiter = self.verifier.replica().limiter();
-        match grant {
-            Grant::Key(key) => {
-                limiter
-                    .admit(
-                        key.policy(),
-                        required,
-                        cost,
-                        keygate_proto::time::now_unix_ms(),
-                    )
-                    .await
-            }
-            Grant::Session(_) if required.is_empty() => Admission::Allowed(None),
-            Grant::Session(_) => limiter.refuse(Code::InsufficientPermissions),
-        }
-    }
-}
-
-/// Whether a valid credential must go through the limits: a key with a policy, or a route
-/// that requires permissions.
-#[inline]
-pub(crate) fn needs_limits(grant: &Grant, route: &Route) -> bool {
-    !route.permissions.is_empty()
-        || match grant {
-            Grant::Key(key) => key.policy().is_some(),
-            Grant::Session(_) => false,
-        }
 }

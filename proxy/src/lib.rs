@@ -32,6 +32,7 @@
 mod admin;
 mod authz_endpoint;
 mod authz_grpc;
+mod checks;
 pub mod config;
 pub mod credential;
 mod deleted;

@@ -253,9 +253,9 @@ const MAX_PREALLOCATED_KEYS: usize = 4_000_000;
 fn put_growing(table: &Table, prefix: &HashPrefix, entry: &Entry) -> Option<Table> {
     match entry.put_into(table, prefix) {
         Ok(()) => None,
-        Err(Full) => {
-            let bigger = table.grown((table.len() + 1) * 2);
-            // A table grown to twice the live keys has room.
+        Err(full) => {
+            let bigger = table.rebuilt(full);
+            // A copy has room for one more key and a fresh slab of stamps.
             let _ = entry.put_into(&bigger, prefix);
             Some(bigger)
         }
@@ -403,17 +403,13 @@ impl Replica {
     pub fn with_entry<R>(&self, hash: &KeyHash, read: impl FnOnce(&Entry) -> R) -> Option<R> {
         let keys = self.keys.load();
         let prefix = HashPrefix::from(hash);
-        loop {
-            let record = keys.get(&prefix)?;
-            if let Ok(extras) = keys.meta(&prefix, &record) {
-                return Some(read(&Entry {
-                    id: record.id,
-                    owner: OwnerId::from_bits(record.owner),
-                    extras,
-                    state: record.state,
-                }));
-            }
-        }
+        let record = keys.get(&prefix)?;
+        Some(read(&Entry {
+            id: record.id,
+            owner: OwnerId::from_bits(record.owner),
+            extras: keys.extras(&record).cloned(),
+            state: record.state,
+        }))
     }
 
     /// The verdict on a key the replica holds (exists → enabled → not expired); `None` when it
@@ -423,23 +419,19 @@ impl Replica {
     pub fn verdict(&self, hash: &KeyHash, now_unix_ms: i64) -> Option<Verdict> {
         let keys = self.keys.load();
         let prefix = HashPrefix::from(hash);
-        loop {
-            let record = keys.get(&prefix)?;
-            if record.state & 1 == 0 {
-                return Some(Verdict::Denied(Code::Disabled));
-            }
-            if expired_at(record.state, now_unix_ms) {
-                return Some(Verdict::Denied(Code::Expired));
-            }
-            if let Ok(extras) = keys.meta(&prefix, &record) {
-                return Some(Verdict::Valid(Grant::Key(KeyGrant {
-                    key_id_bits: record.id,
-                    owner: OwnerId::from_bits(record.owner),
-                    expires_unix_ms: expires_of(record.state),
-                    extras,
-                })));
-            }
+        let record = keys.get(&prefix)?;
+        if record.state & 1 == 0 {
+            return Some(Verdict::Denied(Code::Disabled));
         }
+        if expired_at(record.state, now_unix_ms) {
+            return Some(Verdict::Denied(Code::Expired));
+        }
+        Some(Verdict::Valid(Grant::Key(KeyGrant {
+            key_id_bits: record.id,
+            owner: OwnerId::from_bits(record.owner),
+            expires_unix_ms: expires_of(record.state),
+            extras: keys.extras(&record).cloned(),
+        })))
     }
 
     /// Writes `entry` into the current table, swapping in a bigger one when it is full.

@@ -123,8 +123,15 @@ impl Verifier {
     /// MISSING; a session goes to [`Verifier::verify_session`]; a key to the hot path, and for
     /// a miss to one (coalesced, bounded) control-plane lookup.
     pub async fn verify(&self, credential: Credential<'_>) -> Verdict {
+        self.verify_at(credential, keygate_proto::time::now_unix_ms())
+            .await
+    }
+
+    /// [`Verifier::verify`] at `now_unix_ms`, read by the caller, who hands the same instant
+    /// to the limits step: one clock read per request, not two.
+    pub async fn verify_at(&self, credential: Credential<'_>, now_unix_ms: i64) -> Verdict {
         let started = self.metrics.as_ref().map(|_| std::time::Instant::now());
-        let verdict = self.decide(credential).await;
+        let verdict = self.decide(credential, now_unix_ms).await;
         if let (Some(metrics), Some(started)) = (&self.metrics, started) {
             metrics.verified(verdict.code());
             if matches!(credential, Credential::Session(_)) {
@@ -157,11 +164,10 @@ impl Verifier {
         }
     }
 
-    async fn decide(&self, credential: Credential<'_>) -> Verdict {
+    async fn decide(&self, credential: Credential<'_>, now: i64) -> Verdict {
         if self.freshness.refuses_requests() {
             return Verdict::Denied(Code::Stale);
         }
-        let now = keygate_proto::time::now_unix_ms();
         let key = match credential {
             Credential::Missing => return Verdict::Denied(Code::Missing),
             Credential::Unreadable | Credential::Ambiguous => {

@@ -16,6 +16,8 @@
 //! RATE_LIMITED) on the 200 answer. A session with permissions required is
 //! INSUFFICIENT_PERMISSIONS.
 
+use std::time::Duration;
+
 use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -24,9 +26,9 @@ use keygate_proto::Meta;
 use keygate_proto::time::rfc3339;
 use serde::{Deserialize, Serialize};
 
+use crate::checks::Checks;
 use crate::config::AuthMode;
 use crate::credential::Credential;
-use crate::handler::Handler;
 use crate::limits::{self, Admission};
 use crate::response::{self, ProxyBody, codes};
 use crate::verify::{Grant, Verdict};
@@ -68,7 +70,8 @@ struct SessionVerifyResponse<'a> {
 }
 
 pub(crate) async fn answer(
-    handler: &Handler,
+    checks: &Checks,
+    body_timeout: Duration,
     request: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Response<ProxyBody> {
@@ -85,11 +88,8 @@ pub(crate) async fn answer(
         return response;
     }
     let (parts, body) = request.into_parts();
-    let collected = tokio::time::timeout(
-        handler.request_body_timeout,
-        Limited::new(body, MAX_BODY_BYTES).collect(),
-    )
-    .await;
+    let collected =
+        tokio::time::timeout(body_timeout, Limited::new(body, MAX_BODY_BYTES).collect()).await;
     let Ok(collected) = collected else {
         // A Content-Length with no body, or a trickle: answer, and hyper closes the connection
         // since the body was not read to its end.
@@ -157,17 +157,18 @@ pub(crate) async fn answer(
     let credential = match (&from_body.session, &from_body.key) {
         (Some(token), _) => Credential::Session(token),
         (None, Some(key)) => Credential::key_or_session(key),
-        (None, None) => handler
+        (None, None) => checks
             .credentials
             .extract(&parts.headers, AuthMode::KeyOrSession),
     };
-    let mut verdict = handler.verifier.verify(credential).await;
+    let now = keygate_proto::time::now_unix_ms();
+    let mut verdict = checks.verifier.verify_at(credential, now).await;
     let mut admitted = None;
     if let Verdict::Valid(grant) = &verdict {
         let needed =
             !required.is_empty() || matches!(grant, Grant::Key(key) if key.policy().is_some());
         if needed {
-            let admission = handler.admit_with(grant, &required, cost).await;
+            let admission = checks.admit_with(grant, &required, cost, now).await;
             if let Admission::Denied { code, .. } = &admission {
                 verdict = Verdict::Denied(*code);
             }

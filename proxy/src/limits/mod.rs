@@ -162,8 +162,10 @@ impl Admission {
     }
 }
 
-/// The outcome of one check without waiting.
-enum Attempt {
+/// The outcome of one check without waiting ([`Limiter::admit_now`]).
+#[derive(Debug)]
+pub enum Attempt {
+    /// Decided.
     Done(Admission),
     /// Credits are missing and a lease has been asked for.
     NeedLease,
@@ -387,19 +389,31 @@ impl Limiter {
         cost: u64,
         now_unix_ms: i64,
     ) -> Admission {
-        let Some(policy) = policy else {
-            return if required.is_empty() {
-                Admission::Allowed(None)
-            } else {
-                self.refused(Code::InsufficientPermissions);
-                Admission::denied(Code::InsufficientPermissions)
-            };
-        };
-        match self.try_admit(policy, required, cost, now_unix_ms) {
-            Attempt::Done(admission) => admission,
-            Attempt::NeedLease => {
+        match (self.admit_now(policy, required, cost, now_unix_ms), policy) {
+            (Attempt::Done(admission), _) => admission,
+            (Attempt::NeedLease, Some(policy)) => {
                 Box::pin(self.admit_after_lease(policy, required, cost, now_unix_ms)).await
             }
+            // Only a policy with credits needs a lease.
+            (Attempt::NeedLease, None) => self.refuse(Code::Stale),
+        }
+    }
+
+    /// [`Limiter::admit`] without waiting: the request path calls this, and awaits
+    /// [`Limiter::admit`] only for [`Attempt::NeedLease`] (a future per request cost more
+    /// than the decision: BENCHMARKS.md, "Limits per key").
+    #[inline]
+    pub fn admit_now(
+        &self,
+        policy: Option<&KeyPolicy>,
+        required: &[String],
+        cost: u64,
+        now_unix_ms: i64,
+    ) -> Attempt {
+        match policy {
+            Some(policy) => self.try_admit(policy, required, cost, now_unix_ms),
+            None if required.is_empty() => Attempt::Done(Admission::Allowed(None)),
+            None => Attempt::Done(self.refuse(Code::InsufficientPermissions)),
         }
     }
 

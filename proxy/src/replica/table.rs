@@ -23,17 +23,23 @@
 //! the old one finish on it).
 //!
 //! A key's extras (its meta map, its limits policy) are rare and of any size, so they live
-//! beside the slots, keyed by hash prefix and a stamp the slot names: a reader whose slot names
-//! a stamp the map no longer has raced a change of that key, and reads the slot again. A plain
-//! key has stamp 0 and no extras: its lookup never touches the side map.
+//! beside the slots, in an append-only slab indexed by a stamp the slot names. A stamp is
+//! given once per table and its extras are written before the slot that names it, so a reader
+//! reaches them with two plain loads, no lock and no hashing (a sharded map cost a lock word's
+//! two atomic writes and a hash per read: BENCHMARKS.md, "Limits per key").
+//!
+//! **Invariant:** a stamp's extras stay in the slab, unchanged, until the table is dropped:
+//! a reader that read a slot's old stamp gets the old extras, which is the slot's old state,
+//! whole. Replaced extras are kept (retired) until there are as many retired as live ones (at
+//! least [`MIN_RETIRED`]); then the table reports [`Full::Extras`] and the replica copies it
+//! into a table of the same size with a fresh slab, so retired extras cost at most as much
+//! memory again as the live ones. A plain key has stamp 0 and no extras: its lookup never
+//! touches the slab.
 
-use std::hash::BuildHasherDefault;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::{Arc, OnceLock};
 
-use dashmap::DashMap;
-
-use super::{HashPrefix, IdentityHasher};
+use super::HashPrefix;
 use crate::verdict::KeyExtras;
 
 const EMPTY: u64 = 0;
@@ -128,21 +134,37 @@ impl Slot {
     }
 }
 
-/// The table has no room for another key: copy it into a bigger one.
-#[derive(Debug)]
-pub(super) struct Full;
+/// The table cannot take the change: copy it ([`Table::rebuilt`]) and make it there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Full {
+    /// No room for another key: copy into a bigger table.
+    Slots,
+    /// Too many retired extras, or no stamp left: copy into a table of the same size.
+    Extras,
+}
 
-type Metas = DashMap<(HashPrefix, u32), Arc<KeyExtras>, BuildHasherDefault<IdentityHasher>>;
+/// Stamps per slab chunk; chunks are allocated when their first stamp is given.
+const CHUNK: usize = 1024;
+
+/// Retired extras a table keeps however few are live, before it asks to be copied.
+pub(super) const MIN_RETIRED: usize = 4096;
+
+/// One chunk of the extras slab: stamp `n` is at index `n - 1` of the whole slab.
+type Chunk = Box<[OnceLock<Arc<KeyExtras>>]>;
 
 /// The slots, the extras beside them, and counts.
 pub(super) struct Table {
     slots: Box<[Slot]>,
-    metas: Metas,
+    /// The extras slab: as many stamps as slots, so a fresh table holds every live key's.
+    extras: Box<[OnceLock<Chunk>]>,
     /// Live keys.
     live: AtomicUsize,
     /// Live keys and tombstones.
     used: AtomicUsize,
-    next_stamp: AtomicU32,
+    /// Stamps given so far (the next is this plus one). Writer only.
+    stamps: AtomicUsize,
+    /// Live keys with extras. Writer only.
+    live_extras: AtomicUsize,
 }
 
 /// Where a key is, or would go.
@@ -157,13 +179,17 @@ enum Place {
 impl Table {
     /// A table that holds `keys` keys without growing, half full when it holds them.
     pub fn with_capacity(keys: usize) -> Self {
-        let slots = keys.saturating_mul(2).max(8);
+        // Stamps are 32 bits wide: a table never has more slots than that.
+        let slots = keys.saturating_mul(2).clamp(8, u32::MAX as usize);
         Self {
             slots: std::iter::repeat_with(Slot::default).take(slots).collect(),
-            metas: Metas::default(),
+            extras: std::iter::repeat_with(OnceLock::new)
+                .take(slots.div_ceil(CHUNK))
+                .collect(),
             live: AtomicUsize::new(0),
             used: AtomicUsize::new(0),
-            next_stamp: AtomicU32::new(1),
+            stamps: AtomicUsize::new(0),
+            live_extras: AtomicUsize::new(0),
         }
     }
 
@@ -206,16 +232,50 @@ impl Table {
         None
     }
 
-    /// The extras a record names; `None` when the record has none, and `Err` when the map no
-    /// longer holds them (the key changed meanwhile: read the slot again).
+    /// The extras a record names; `None` when the record has none. Lock-free.
     #[inline]
-    pub fn meta(&self, prefix: &HashPrefix, record: &Record) -> Result<Option<Arc<KeyExtras>>, ()> {
+    pub fn extras(&self, record: &Record) -> Option<&Arc<KeyExtras>> {
         if record.meta_stamp == 0 {
-            return Ok(None);
+            return None;
         }
-        match self.metas.get(&(*prefix, record.meta_stamp)) {
-            Some(meta) => Ok(Some(Arc::clone(meta.value()))),
-            None => Err(()),
+        let extras = self.stamped(record.meta_stamp);
+        // Written before the slot that names the stamp, and kept while the table lives.
+        debug_assert!(extras.is_some(), "a slot names a stamp with no extras");
+        extras
+    }
+
+    #[inline]
+    fn stamped(&self, stamp: u32) -> Option<&Arc<KeyExtras>> {
+        let index = (stamp as usize).checked_sub(1)?;
+        self.extras
+            .get(index / CHUNK)?
+            .get()?
+            .get(index % CHUNK)?
+            .get()
+    }
+
+    /// Gives `extras` the next stamp. Writer only.
+    fn stamp(&self, extras: &Arc<KeyExtras>) -> Result<u32, Full> {
+        let stamps = self.stamps.load(Ordering::Relaxed);
+        let live = self.live_extras.load(Ordering::Relaxed);
+        let retired = stamps - live;
+        if stamps >= self.slots.len() || retired >= live.max(MIN_RETIRED) {
+            return Err(Full::Extras);
+        }
+        let chunk = self.extras[stamps / CHUNK]
+            .get_or_init(|| std::iter::repeat_with(OnceLock::new).take(CHUNK).collect());
+        // A stamp is given once, so its cell is empty.
+        let _ = chunk[stamps % CHUNK].set(Arc::clone(extras));
+        self.stamps.store(stamps + 1, Ordering::Relaxed);
+        self.live_extras.store(live + 1, Ordering::Relaxed);
+        // At most as many stamps as slots, and slots fit in 32 bits.
+        Ok((stamps + 1) as u32)
+    }
+
+    /// Writer only: the extras named by a slot being replaced or removed are retired.
+    fn retire(&self, stamp: u32) {
+        if stamp != 0 {
+            self.live_extras.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -256,18 +316,11 @@ impl Table {
         let place = self.place(&words);
         let used = self.used.load(Ordering::Relaxed);
         if matches!(place, Place::Empty(_)) && used + 1 > self.max_used() {
-            return Err(Full);
+            return Err(Full::Slots);
         }
         let meta_stamp = match meta {
             None => 0,
-            Some(meta) => {
-                let mut stamp = self.next_stamp.fetch_add(1, Ordering::Relaxed);
-                if stamp == 0 {
-                    stamp = self.next_stamp.fetch_add(1, Ordering::Relaxed);
-                }
-                self.metas.insert((*prefix, stamp), Arc::clone(meta));
-                stamp
-            }
+            Some(meta) => self.stamp(meta)?,
         };
         let record = Record {
             prefix: words,
@@ -289,9 +342,7 @@ impl Table {
             }
         };
         self.slots[index].write(LIVE, &record);
-        if old_stamp != 0 {
-            self.metas.remove(&(*prefix, old_stamp));
-        }
+        self.retire(old_stamp);
         Ok(())
     }
 
@@ -303,9 +354,7 @@ impl Table {
         let (_, record) = self.slots[index].read();
         self.slots[index].write(TOMBSTONE, &record);
         self.live.fetch_sub(1, Ordering::Relaxed);
-        if record.meta_stamp != 0 {
-            self.metas.remove(&(*prefix, record.meta_stamp));
-        }
+        self.retire(record.meta_stamp);
     }
 
     /// Every live record with its extras. Writer only.
@@ -316,21 +365,29 @@ impl Table {
                 continue;
             }
             let prefix = HashPrefix::from_words(record.prefix);
-            let meta = (record.meta_stamp != 0)
-                .then(|| self.metas.get(&(prefix, record.meta_stamp)))
-                .flatten();
-            visit(&prefix, &record, meta.as_deref());
+            visit(&prefix, &record, self.extras(&record));
         }
     }
 
-    /// A copy with room for at least `keys` keys, without tombstones. Writer only.
+    /// A copy with room for at least `keys` keys, without tombstones or retired extras.
+    /// Writer only.
     pub fn grown(&self, keys: usize) -> Self {
         let bigger = Self::with_capacity(keys.max(self.len()));
         self.for_each(|prefix, record, meta| {
-            // Room for every live key was made above.
+            // Room for every live key was made above, and a fresh slab has a stamp per slot.
             let _ = bigger.put(prefix, record.id, record.state, record.owner, meta);
         });
         bigger
+    }
+
+    /// The copy that can take the change refused with `full`: twice the live keys' room for
+    /// [`Full::Slots`], the same size (or that, if larger) for [`Full::Extras`]. Writer only.
+    pub fn rebuilt(&self, full: Full) -> Self {
+        let doubled = (self.len() + 1) * 2;
+        match full {
+            Full::Slots => self.grown(doubled),
+            Full::Extras => self.grown(doubled.max(self.slots.len() / 2)),
+        }
     }
 }
 
@@ -388,29 +445,69 @@ mod tests {
             .expect("room after growing");
     }
 
-    #[test]
-    fn meta_follows_its_key() {
-        let table = Table::with_capacity(4);
-        let meta = Arc::new(KeyExtras {
+    fn extras(plan: &str) -> Arc<KeyExtras> {
+        Arc::new(KeyExtras {
             meta: Some(keygate_proto::Meta::from([(
                 "plan".to_owned(),
-                "pro".to_owned(),
+                plan.to_owned(),
             )])),
             policy: None,
-        });
-        table.put(&prefix(1), 1, 1, 0, Some(&meta)).expect("room");
-        let record = table.get(&prefix(1)).expect("present");
-        let found = table
-            .meta(&prefix(1), &record)
-            .expect("current")
-            .expect("has extras");
-        assert!(Arc::ptr_eq(&found, &meta));
+        })
+    }
+
+    #[test]
+    fn extras_follow_their_key_and_old_readers_keep_the_old_ones() {
+        let table = Table::with_capacity(4);
+        let pro = extras("pro");
+        table.put(&prefix(1), 1, 1, 0, Some(&pro)).expect("room");
+        let old = table.get(&prefix(1)).expect("present");
+        assert!(Arc::ptr_eq(table.extras(&old).expect("has extras"), &pro));
+        let team = extras("team");
+        table
+            .put(&prefix(1), 1, 1, 0, Some(&team))
+            .expect("replaces");
+        // A reader that read the slot before the change still reaches what it named.
+        assert!(Arc::ptr_eq(table.extras(&old).expect("kept"), &pro));
+        let new = table.get(&prefix(1)).expect("present");
+        assert!(Arc::ptr_eq(table.extras(&new).expect("has extras"), &team));
         table.put(&prefix(1), 1, 1, 0, None).expect("replaces");
-        // The old record's stamp is gone: a reader holding it reads the slot again.
-        assert!(table.meta(&prefix(1), &record).is_err());
-        let record = table.get(&prefix(1)).expect("present");
-        assert!(matches!(table.meta(&prefix(1), &record), Ok(None)));
-        assert!(table.metas.is_empty());
+        let plain = table.get(&prefix(1)).expect("present");
+        assert!(table.extras(&plain).is_none());
+        assert_eq!(table.live_extras.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn retired_extras_ask_for_a_copy_of_the_same_size_that_drops_them() {
+        let table = Table::with_capacity(MIN_RETIRED * 2);
+        let slots = table.slots.len();
+        let mut changes = 0;
+        let full = loop {
+            match table.put(&prefix(changes % 3), 0, 1, 0, Some(&extras("x"))) {
+                Ok(()) => changes += 1,
+                Err(full) => break full,
+            }
+        };
+        assert_eq!(full, Full::Extras);
+        // Three live, the rest retired: at most MIN_RETIRED of them.
+        assert_eq!(changes, MIN_RETIRED as u64 + 3);
+        let copy = table.rebuilt(full);
+        assert_eq!(copy.slots.len(), slots, "the same size");
+        assert_eq!(copy.len(), 3);
+        assert_eq!(
+            copy.stamps.load(Ordering::Relaxed),
+            3,
+            "retired extras dropped"
+        );
+        for n in 0..3 {
+            let record = copy.get(&prefix(n)).expect("copied");
+            let kept = copy.extras(&record).expect("with its extras");
+            assert_eq!(
+                kept.meta.as_ref().and_then(|meta| meta.get("plan")),
+                Some(&"x".to_owned())
+            );
+        }
+        copy.put(&prefix(0), 0, 1, 0, Some(&extras("y")))
+            .expect("room again");
     }
 
     #[test]
