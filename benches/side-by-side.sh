@@ -14,13 +14,19 @@
 # per request from /proc), half-peak (open loop at half of keygate-key's saturation rate of the
 # round; latency from the intended send time). Medians over rounds, ratios and target checks go
 # to OUT.json, the chart to OUT.svg.
+# Syscall census, pinned mode, after the measured rounds: for each target a short open-loop run
+# at --rate (3 s, no warm-up) with `strace -c -f` attached to its process(es) (keygate and its
+# threads, nginx's worker, HAProxy, the upstream), to OUT/pinned-syscalls-TARGET-r1.strace;
+# the summary divides the calls by the requests answered. strace stops the process at every
+# call, so these runs are no CPU, throughput or latency figures: only the counts are used.
 #
 # Usage: benches/side-by-side.sh [--quick] [--rounds N] [--duration D] [--warmup D]
 #          [--keys N] [--rate R] [--connections C] [--out PREFIX]
 # Defaults: 3 rounds of 8 s (+2 s warm-up) per measurement, 1M keys, 8000 req/s: ~13 minutes.
 # --quick: 1 round of 2 s, 20k keys, pinned only (a smoke run, a minute or two).
 # Longer: e.g. --rounds 5 --duration 20s (~45 minutes).
-# Needs root for apt-get (nginx-light, haproxy) when they are missing. KEYGATE_BIN=DIR skips the
+# Needs root for apt-get (nginx-light, haproxy, strace) when they are missing, and ptrace for
+# the census (without it the census is skipped with a warning). KEYGATE_BIN=DIR skips the
 # release build and uses the binaries in DIR; KEEP=1 keeps the work directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +52,7 @@ done
 
 sbs_need nginx nginx-light || sbs_need nginx nginx
 sbs_need haproxy haproxy
+sbs_need strace strace
 sbs_binaries
 sbs_init
 # Ports below the ephemeral range (32768+), where the load generator's own connections live.
@@ -129,6 +136,35 @@ measure() {  # MODE PHASE TARGET ROUND [RATE]
     --json "$out/$mode-$phase-$target-r$round.json" | sed "s/^/[$mode r$round $phase] /"
 }
 
+census_duration=3s
+census() {  # MODE TARGET: the syscall census of TARGET (the proxies are up)
+  local mode=$1 target=$2 name log strace_pid want
+  name=$out/$mode-syscalls-$target-r1 log=$work/strace-$target.log
+  want=$(pid_of "$target" | tr ',' '\n' | wc -l)
+  # -f with -p attaches every thread the process already has ("attached with N threads").
+  strace -c -f -o "$name.strace" -p "$(pid_of "$target")" 2>"$log" &
+  strace_pid=$!; pids+=("$strace_pid")
+  attached() { grep -s -c ' attached' "$log" || true; }
+  for _ in $(seq 300); do
+    [ "$(attached)" -ge "$want" ] && break
+    kill -0 "$strace_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ "$(attached)" -lt "$want" ]; then
+    echo "[$mode syscalls] $target: strace did not attach, no census:" >&2; cat "$log" >&2
+    kill "$strace_pid" 2>/dev/null || true; wait "$strace_pid" 2>/dev/null || true
+    rm -f "$name.strace"
+    return 0
+  fi
+  $loadpin "$bin/keygate-bench" --threads "$load_threads" load --label "$target" \
+    --url "$(url_of "$target")" --keys "$work/keys/valid.txt" --connections "$connections" \
+    --duration "$census_duration" --warmup 0s --rate "$rate" --json "$name.json" \
+    | sed "s/^/[$mode syscalls, under strace] /"
+  # On SIGINT strace detaches, writes its table and dies by the signal.
+  kill -INT "$strace_pid"; wait "$strace_pid" 2>/dev/null || true
+  [ -s "$name.strace" ] || { echo "[$mode syscalls] $target: strace wrote no table" >&2; cat "$log" >&2; rm -f "$name.strace"; }
+}
+
 run_mode() {  # MODE WORKERS PIN PHASES...
   local mode=$1 workers=$2 pin=$3; shift 3
   local phases=("$@")
@@ -145,6 +181,9 @@ run_mode() {  # MODE WORKERS PIN PHASES...
       done
     done
   done
+  if [ "$mode" = pinned ]; then
+    for target in "${targets[@]}"; do census "$mode" "$target"; done
+  fi
   stop_proxies
 }
 

@@ -7,7 +7,8 @@
 //!   the CPU of the proxy under test read by [`cpu`].
 //! - [`synthetic_cp`]: a control plane that serves a fixed snapshot of N generated keys
 //!   ([`keyset`]), so real gateways can hold millions of keys.
-//! - [`summary`] and [`chart`]: the side-by-side comparison's medians, target checks and SVG.
+//! - [`summary`] and [`chart`]: the side-by-side comparison's medians, target checks and SVG;
+//!   [`syscalls`]: its `strace -c` census, system calls per request.
 //! - [`replica_memory`], [`ready_time`], [`cp_load`], [`disable_latency`]: scale and
 //!   propagation figures.
 //! - [`propagation`]: revocation (of a key, or of a passkey and its sessions) → refused at
@@ -37,6 +38,7 @@ pub mod replica_memory;
 pub mod report;
 pub mod summary;
 pub mod synthetic_cp;
+pub mod syscalls;
 pub mod tls;
 pub mod wan;
 pub mod zipf;

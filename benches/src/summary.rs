@@ -2,7 +2,10 @@
 //! `benches/tls-side-by-side.sh` (one JSON file per mode, phase, target and round, named
 //! `MODE-PHASE-TARGET-rROUND.json`), takes medians over rounds, computes the ratios the
 //! contract's targets are stated in, and says for each target whether it is met; [`table`]
-//! renders a summary as text.
+//! renders a summary as text. The syscall census (`MODE-syscalls-TARGET-rROUND.json`, the load
+//! report, beside `….strace`, what `strace -c` counted meanwhile) is read apart from the
+//! phases: its runs are slowed by strace, so they feed no group, ratio or target
+//! ([`crate::syscalls`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,6 +14,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::report::LoadReport;
+use crate::syscalls::{self, SyscallCensus};
 
 /// Phases of a side-by-side round.
 pub const SATURATION: &str = "saturation";
@@ -20,6 +24,8 @@ pub const HALF_PEAK: &str = "half-peak";
 pub const NEW_CONNECTION: &str = "new-conn";
 /// Every phase, in the order reports list them.
 pub const PHASES: [&str; 4] = [SATURATION, FIXED_RATE, HALF_PEAK, NEW_CONNECTION];
+/// The syscall census under strace: not a measured phase (not in [`PHASES`]).
+pub const SYSCALLS: &str = "syscalls";
 
 /// The mode of `benches/tls-side-by-side.sh`'s HTTPS measurements (pinned as `pinned`).
 pub const PINNED_TLS: &str = "pinned-tls";
@@ -104,6 +110,9 @@ pub struct Summary {
     pub targets: Vec<TargetCheck>,
     /// Round-by-round ratios keygate-key / other, median: `{mode: {"rps/nginx": x, …}}`.
     pub ratios: BTreeMap<String, BTreeMap<String, f64>>,
+    /// System calls per request by mode and target, from the strace census.
+    #[serde(default)]
+    pub syscalls: Vec<SyscallCensus>,
 }
 
 /// Median of `values` (mean of the middle two for an even count); NaN when empty.
@@ -130,9 +139,14 @@ struct Run {
 
 /// `MODE-PHASE-TARGET-rN` → its parts; modes and targets may contain `-`, phases are known.
 fn parse_name(stem: &str) -> Option<(String, String, String, u32)> {
+    parse_name_of(stem, &PHASES)
+}
+
+/// [`parse_name`] for names of one of `phases`.
+fn parse_name_of(stem: &str, phases: &[&str]) -> Option<(String, String, String, u32)> {
     let (rest, round) = stem.rsplit_once("-r")?;
     let round = round.parse().ok()?;
-    for phase in PHASES {
+    for &phase in phases {
         if let Some(at) = rest.find(&format!("-{phase}-")) {
             let mode = &rest[..at];
             let target = &rest[at + phase.len() + 2..];
@@ -169,6 +183,53 @@ fn read_runs(dir: &Path) -> anyhow::Result<Vec<Run>> {
     }
     runs.sort_by_key(|run| run.round);
     Ok(runs)
+}
+
+/// The syscall census in `dir`: each `MODE-syscalls-TARGET-rN.strace` with the load report of
+/// the same name (`.json`), by mode and target in round order.
+fn read_censuses(dir: &Path) -> anyhow::Result<Vec<SyscallCensus>> {
+    type Rounds = Vec<(u32, LoadReport, syscalls::SyscallCounts)>;
+    let mut found: BTreeMap<(String, String), Rounds> = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("strace") {
+            continue;
+        }
+        let Some((mode, _, target, round)) = path
+            .file_stem()
+            .and_then(|stem| stem.to_str())
+            .and_then(|stem| parse_name_of(stem, &[SYSCALLS]))
+        else {
+            continue;
+        };
+        let table = std::fs::read_to_string(&path)?;
+        let counts = syscalls::parse_strace_summary(&table)
+            .with_context(|| format!("{} is not an `strace -c` table", path.display()))?;
+        let report_path = path.with_extension("json");
+        let text = std::fs::read_to_string(&report_path).with_context(|| {
+            format!(
+                "cannot read {}, the load report of the census",
+                report_path.display()
+            )
+        })?;
+        let report: LoadReport = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a load report", report_path.display()))?;
+        found
+            .entry((mode, target))
+            .or_default()
+            .push((round, report, counts));
+    }
+    Ok(found
+        .into_iter()
+        .map(|((mode, target), mut rounds)| {
+            rounds.sort_by_key(|(round, _, _)| *round);
+            let rounds: Vec<_> = rounds
+                .into_iter()
+                .map(|(_, report, counts)| (report, counts))
+                .collect();
+            syscalls::census(&mode, &target, &rounds)
+        })
+        .collect())
 }
 
 fn group(runs: &[&Run]) -> Option<Group> {
@@ -433,6 +494,7 @@ pub fn summarize(dir: &Path, machine: String) -> anyhow::Result<Summary> {
         groups,
         targets,
         ratios,
+        syscalls: read_censuses(dir)?,
     })
 }
 
@@ -443,7 +505,12 @@ pub fn table(summary: &Summary) -> String {
     if !summary.machine.is_empty() {
         text.push_str(&format!("machine: {}\n", summary.machine));
     }
-    let mut modes: Vec<&str> = summary.groups.iter().map(|g| g.mode.as_str()).collect();
+    let mut modes: Vec<&str> = summary
+        .groups
+        .iter()
+        .map(|g| g.mode.as_str())
+        .chain(summary.syscalls.iter().map(|census| census.mode.as_str()))
+        .collect();
     modes.sort();
     modes.dedup();
     let number = |value: Option<f64>, decimals: usize| match value {
@@ -526,6 +593,7 @@ pub fn table(summary: &Summary) -> String {
                 text.push_str(&format!("  {line}\n"));
             }
         }
+        census_table(&mut text, summary, mode);
     }
     for (mode, ratios) in &summary.ratios {
         if ratios.is_empty() {
@@ -550,6 +618,57 @@ pub fn table(summary: &Summary) -> String {
         }
     }
     text
+}
+
+/// The syscall census of `mode`, targets in the comparison's order.
+fn census_table(text: &mut String, summary: &Summary, mode: &str) {
+    let order = [UPSTREAM, KEYGATE_NO_AUTH, KEYGATE_KEY, NGINX, HAPROXY];
+    let mut censuses: Vec<&SyscallCensus> = summary
+        .syscalls
+        .iter()
+        .filter(|census| census.mode == mode)
+        .collect();
+    let Some(first) = censuses.first() else {
+        return;
+    };
+    text.push_str(&format!(
+        "\n{mode}, syscalls: strace -c -f census, open loop{} for {:.1} s, median over {} round(s); \
+         slowed by strace, so counts only (no CPU or latency figures)\n",
+        first
+            .offered_rps
+            .map(|rate| format!(" at {rate:.0}/s"))
+            .unwrap_or_default(),
+        first.duration_s,
+        censuses.iter().map(|census| census.rounds).max().unwrap_or(0)
+    ));
+    text.push_str(
+        "| target | answered | unsent/errors | syscalls/req | top syscalls per request |\n",
+    );
+    text.push_str("| --- | --- | --- | --- | --- |\n");
+    censuses.sort_by_key(|census| {
+        order
+            .iter()
+            .position(|target| *target == census.target)
+            .unwrap_or(order.len())
+    });
+    for census in censuses {
+        let top: Vec<String> = census
+            .top
+            .iter()
+            .map(|rate| format!("{} {:.3}", rate.syscall, rate.per_request))
+            .collect();
+        text.push_str(&format!(
+            "| {} | {} | {}/{} | {} | {} |\n",
+            census.target,
+            census.requests,
+            census.unsent,
+            census.errors,
+            census
+                .syscalls_per_request
+                .map_or("-".into(), |calls| format!("{calls:.2}")),
+            top.join(", "),
+        ));
+    }
 }
 
 #[cfg(test)]
@@ -579,5 +698,70 @@ mod tests {
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(&mut []).is_nan());
+    }
+
+    #[test]
+    fn the_syscall_census_is_read_apart_from_the_phases() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let write = |name: &str, text: String| {
+            std::fs::write(dir.path().join(name), text).expect("written")
+        };
+        let fixed = crate::syscalls::tests::report(16000);
+        write(
+            "pinned-fixed-rate-nginx-r1.json",
+            serde_json::to_string(&fixed).expect("serializes"),
+        );
+        let traced = crate::syscalls::tests::report(4000);
+        write(
+            "pinned-syscalls-nginx-r1.json",
+            serde_json::to_string(&traced).expect("serializes"),
+        );
+        write(
+            "pinned-syscalls-nginx-r1.strace",
+            crate::syscalls::tests::UPSTREAM_SAMPLE.into(),
+        );
+
+        let summary = summarize(dir.path(), "test".into()).expect("summarizes");
+        assert_eq!(summary.groups.len(), 1, "the census is not a phase");
+        assert_eq!(summary.groups[0].phase, FIXED_RATE);
+        assert_eq!(summary.syscalls.len(), 1);
+        let census = &summary.syscalls[0];
+        assert_eq!(
+            (census.mode.as_str(), census.target.as_str()),
+            ("pinned", NGINX)
+        );
+        assert_eq!(census.requests, 4000);
+        assert!(
+            (census.syscalls_per_request.expect("requests were answered") - 12011.0 / 4000.0).abs()
+                < 1e-9
+        );
+        let text = table(&summary);
+        assert!(
+            text.contains("pinned, syscalls: strace -c -f census"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "| nginx | 4000 | 0/0 | 3.00 | recvfrom 1.003, writev 1.000, futex 0.551"
+            ),
+            "{text}"
+        );
+
+        // Summaries written before the census still load.
+        let old: Summary = serde_json::from_str(
+            r#"{"machine": "m", "groups": [], "targets": [], "ratios": {"pinned": {}}}"#,
+        )
+        .expect("a summary without a census loads");
+        assert!(old.syscalls.is_empty());
+
+        // A census without its load report is an error, not a silent gap.
+        std::fs::remove_file(dir.path().join("pinned-syscalls-nginx-r1.json")).expect("removed");
+        match summarize(dir.path(), "test".into()) {
+            Ok(_) => panic!("a census without its load report was summarized"),
+            Err(error) => assert!(
+                format!("{error:#}").contains("load report of the census"),
+                "{error:#}"
+            ),
+        }
     }
 }
