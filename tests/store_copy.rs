@@ -111,6 +111,20 @@ async fn a_sqlite_store_copied_to_postgres_answers_every_verification_as_the_ori
         gone["key"].as_str().unwrap().to_owned(),
     ));
     cli.json(&["keys", "revoke-owner", "gone"]).await;
+    // Limits: an identity and a credit balance are copied too.
+    cli.json(&[
+        "keys",
+        "create",
+        "--owner",
+        "acme",
+        "--name",
+        "with credits",
+        "--credits",
+        "500",
+        "--identity",
+        "acme-team",
+    ])
+    .await;
     credentials.push((
         "never issued".into(),
         ApiKey::generate(&KeyPrefix::default()),
@@ -181,6 +195,14 @@ async fn a_sqlite_store_copied_to_postgres_answers_every_verification_as_the_ori
     assert_eq!(copied["head"], head);
     let listed = keys_before["keys"].as_array().unwrap().len();
     assert_eq!(copied["keys"], listed);
+    assert_eq!(
+        (
+            copied["identities"].as_u64(),
+            copied["creditBalances"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "the identity acme-team, and the balance of the key with credits"
+    );
     assert_eq!(
         (copied["users"].as_u64(), copied["passkeys"].as_u64()),
         (Some(2), Some(2))

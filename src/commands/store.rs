@@ -27,6 +27,8 @@ pub async fn run(client_args: &ClientArgs, command: StoreCommand) -> Result<(), 
             "logId": copied.log.log_id.0,
             "head": copied.log.head.0,
             "keys": copied.keys,
+            "identities": copied.identities,
+            "creditBalances": copied.credits,
             "users": copied.users,
             "passkeys": copied.passkeys,
             "sessions": copied.sessions,
@@ -42,9 +44,12 @@ pub async fn run(client_args: &ClientArgs, command: StoreCommand) -> Result<(), 
         copied.log.log_id.0, copied.log.head, copied.log.oldest_retained
     );
     println!(
-        "{} keys, {} users, {} passkeys, {} enrollment links, {} sessions, {} passkey \
-         revocations, {} signing keys, {} events, {} audit rows, {} operator tokens",
+        "{} keys, {} identities, {} credit balances, {} users, {} passkeys, {} enrollment links, \
+         {} sessions, {} passkey revocations, {} signing keys, {} events, {} audit rows, {} \
+         operator tokens",
         copied.keys,
+        copied.identities,
+        copied.credits,
         copied.users,
         copied.passkeys,
         copied.enrollments,
