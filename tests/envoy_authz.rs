@@ -1,7 +1,8 @@
 //! Envoy's gRPC external authorization against a gateway with TLS and a real control plane:
 //! the `--authz-grpc-listen` listener speaks TLS with the main listener's certificate (only),
-//! allows a key the control plane issued with its identity, and fails closed (503) once the
-//! control plane has been stopped for longer than the propagation bound.
+//! allows a key the control plane issued with its identity, checks the permissions a route
+//! asks for in the check's context extension `permissions` against the key's, and fails closed
+//! (503) once the control plane has been stopped for longer than the propagation bound.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -19,6 +20,7 @@ use keygate_proto::envoy_pb::envoy::service::auth::v3::{
 use keygate_proxy::Gateway;
 use keygate_transport::Trust;
 use keygate_transport::client::grpc_client_tls;
+use support::cli::Cli;
 use support::tls::Pki;
 use support::{Cluster, eventually};
 use tokio::sync::oneshot;
@@ -42,6 +44,27 @@ fn envoy_check(path: &str, headers: &[(&str, &str)]) -> CheckRequest {
             ..AttributeContext::default()
         }),
     }
+}
+
+/// `request` with the context extension `permissions` (what Envoy's per-route
+/// `check_settings.context_extensions` sends).
+fn asking_for(mut request: CheckRequest, permissions: &str) -> CheckRequest {
+    request
+        .attributes
+        .as_mut()
+        .unwrap()
+        .context_extensions
+        .insert("permissions".into(), permissions.into());
+    request
+}
+
+/// The error code of a denied check's JSON body.
+fn denied_code(response: &CheckResponse) -> String {
+    let Some(HttpResponse::DeniedResponse(denied)) = &response.http_response else {
+        panic!("not denied: {response:?}");
+    };
+    let body: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
+    body["error"]["code"].as_str().unwrap().to_owned()
 }
 
 /// The HTTP status Envoy would answer with: 200 for an `ok_response`, else the denied one's.
@@ -110,6 +133,47 @@ async fn the_grpc_listener_speaks_tls_and_fails_closed_without_its_control_plane
     assert_eq!(ok.headers_to_remove, ["authorization"]);
     let open = check(&client, envoy_check("/public/page", &[])).await;
     assert_eq!(http_status(&open), 200);
+
+    // Permissions from the context extension: all of them needed, checked against the key's.
+    let reader = Cli::admin(&cluster)
+        .json(&[
+            "keys",
+            "create",
+            "--owner",
+            "bob",
+            "--permission",
+            "orders.read",
+        ])
+        .await;
+    let reader = format!("Bearer {}", reader["key"].as_str().unwrap());
+    let reading = envoy_check("/api", &[("authorization", &reader)]);
+    eventually("the reader's key allowed", || {
+        let (client, reading) = (client.clone(), reading.clone());
+        async move { http_status(&check(&client, asking_for(reading, "orders.read")).await) == 200 }
+    })
+    .await;
+    let writing = check(
+        &client,
+        asking_for(reading.clone(), "orders.read orders.write"),
+    )
+    .await;
+    assert_eq!(http_status(&writing), 403, "{writing:?}");
+    assert_eq!(denied_code(&writing), "INSUFFICIENT_PERMISSIONS");
+    let plain_key = check(
+        &client,
+        asking_for(
+            envoy_check("/api", &[("authorization", &bearer)]),
+            "orders.read",
+        ),
+    )
+    .await;
+    assert_eq!(
+        denied_code(&plain_key),
+        "INSUFFICIENT_PERMISSIONS",
+        "a key without permissions"
+    );
+    let unreadable = check(&client, asking_for(reading, "orders read!")).await;
+    assert_eq!(http_status(&unreadable), 400, "{unreadable:?}");
 
     // Plaintext HTTP/2 is not served beside TLS.
     let plaintext = async {
