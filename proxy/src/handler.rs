@@ -97,8 +97,7 @@ impl Handler {
             );
         };
         // A valid credential, with the instant it was verified at: one clock read serves the
-        // verdict and the limits step. (`now` is not held across the forwarding: a larger
-        // request future cost hyper's dispatcher instructions on every route, callgrind.)
+        // verdict and the limits step (`now` means nothing without a grant).
         let (grant, now) = if route.auth.verifies() {
             let (credential, carrier) = self.checks.credentials.find(request.headers(), route.auth);
             // CSRF: a browser attaches the cookie to any site's form post; a Bearer token or
