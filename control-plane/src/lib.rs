@@ -348,15 +348,18 @@ impl ControlPlane {
             }
         };
 
+        // Replicas on PostgreSQL share their gateways and their rate-limit use.
         let shared_registry = async {
             if self.shared {
-                crate::registry::shared::run(
-                    Arc::clone(&self.registry),
-                    Arc::clone(&self.store),
-                    self.config.gateway_timeout,
-                    stop.clone(),
-                )
-                .await;
+                tokio::join!(
+                    crate::registry::shared::run(
+                        Arc::clone(&self.registry),
+                        Arc::clone(&self.store),
+                        self.config.gateway_timeout,
+                        stop.clone(),
+                    ),
+                    crate::limits::shared::run(Arc::clone(&limits), stop.clone()),
+                );
             }
         };
 

@@ -16,6 +16,7 @@
 //! replicas do not hear each other's use (README, "Limits, credits and permissions"), while
 //! credits are global through the shared database.
 
+pub mod shared;
 pub mod usage;
 
 use std::sync::{Arc, Mutex, PoisonError};

@@ -1,5 +1,6 @@
 //! Limits end to end (DESIGN.md, "Limits and permissions per key"): a deployment of real
-//! `keygate` processes — one control plane, N gateways whose config adds a route that needs a
+//! `keygate` processes — one control plane (or several replicas sharing a throwaway
+//! PostgreSQL), N gateways whose config adds a route that needs a
 //! permission and one whose requests cost 5, the echo upstream — and load that records every
 //! answer: which gateway gave it, when the request left and when the answer came back (Unix
 //! ms, the clock the gateways' rate-limit windows are aligned to), its status, verdict code and
@@ -14,6 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use keygate_proto::time::now_unix_ms;
+use keygate_test_postgres::TestPostgres;
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -50,19 +52,53 @@ pub struct LimitsDeployment {
     pub grpc: String,
     pub http: String,
     pub gateways: Vec<GatewayProcess>,
+    /// The replicas after the first, when several share PostgreSQL.
+    _replicas: Vec<ControlPlaneProcess>,
     _upstream: Process,
     _data: tempfile::TempDir,
     _config: tempfile::TempDir,
+    /// Last, so it stops after the control planes that use it.
+    _postgres: Option<TestPostgres>,
 }
 
 impl LimitsDeployment {
     /// Starts everything; returns once every gateway is ready.
     pub async fn start(gateways: usize) -> Self {
+        Self::start_with(gateways, 1).await
+    }
+
+    /// `replicas` control planes sharing one throwaway PostgreSQL (one on SQLite when
+    /// `replicas` is 1); gateway `i` syncs from replica `i mod replicas`. The CLI speaks to
+    /// the first.
+    pub async fn start_with(gateways: usize, replicas: usize) -> Self {
         let data = tempfile::tempdir().unwrap();
         let tokens = Tokens::random();
-        let control_plane =
-            ControlPlaneProcess::start("cp", &sqlite_url(data.path()), &tokens, "127.0.0.1:0")
-                .await;
+        let postgres = if replicas > 1 {
+            let postgres = tokio::task::spawn_blocking(TestPostgres::start)
+                .await
+                .unwrap()
+                .expect("PostgreSQL starts (tests/postgres/setup.sh installs it)");
+            Some(postgres)
+        } else {
+            None
+        };
+        let database = match &postgres {
+            Some(postgres) => postgres.url(),
+            None => sqlite_url(data.path()),
+        };
+        let mut control_planes = Vec::with_capacity(replicas);
+        for index in 0..replicas.max(1) {
+            let name = if replicas > 1 {
+                format!("cp-{index}")
+            } else {
+                "cp".to_owned()
+            };
+            control_planes
+                .push(ControlPlaneProcess::start(&name, &database, &tokens, "127.0.0.1:0").await);
+        }
+        let grpcs: Vec<String> = control_planes.iter().map(|cp| cp.grpc.clone()).collect();
+        let mut control_planes = control_planes.into_iter();
+        let control_plane = control_planes.next().expect("at least one control plane");
         let (upstream_process, upstream) = start_echo_upstream().await;
         let config = tempfile::tempdir().unwrap();
         let file = config.path().join("gateway.toml");
@@ -82,7 +118,7 @@ impl LimitsDeployment {
                 GatewayProcess::start(
                     &format!("gw-{index}"),
                     &upstream,
-                    &[&control_plane.grpc],
+                    &[&grpcs[index % grpcs.len()]],
                     &tokens,
                     &["--config", file.to_str().unwrap()],
                 )
@@ -95,9 +131,11 @@ impl LimitsDeployment {
             http: control_plane.http.clone(),
             control_plane: Some(control_plane),
             gateways: started,
+            _replicas: control_planes.collect(),
             _upstream: upstream_process,
             _data: data,
             _config: config,
+            _postgres: postgres,
         }
     }
 

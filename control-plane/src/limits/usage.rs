@@ -7,6 +7,11 @@
 //! report of an earlier window is ignored. A gateway is owed an update for a window when what
 //! the others used there differs from what it was last sent; [`Usage::take_update`] hands it
 //! over, and the caller paces the pushes.
+//!
+//! With several replicas, what this replica's gateways reported is handed to
+//! [`super::shared`] ([`Usage::take_unpublished`]) for the others, and what the others'
+//! gateways reported comes back through [`Usage::merge`]: counted like a report of that
+//! gateway, so a limit is global across replicas.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -15,6 +20,8 @@ use std::time::Instant;
 use keygate_proto::limits::{Holder, MAX_NAME_CHARS, RateLimit};
 use keygate_proto::pb;
 use tokio::sync::Notify;
+
+use crate::store::UsageRow;
 
 /// A rate limit of one holder.
 pub type LimitKey = (Holder, String);
@@ -80,6 +87,47 @@ struct Inner {
     windows: HashMap<LimitKey, Window>,
     subscribers: HashMap<String, Subscriber>,
     serials: u64,
+    /// Counts this replica's gateways reported since the last [`Usage::take_unpublished`].
+    unpublished: HashSet<(LimitKey, String)>,
+}
+
+impl Inner {
+    /// Counts `used` for `gateway` in the window of `key` that starts at `start`, and marks
+    /// every subscriber that is owed an update by it; false for a window earlier than the one
+    /// kept.
+    fn count(&mut self, key: &LimitKey, start: i64, gateway: &str, used: u64) -> bool {
+        let Inner {
+            windows,
+            subscribers,
+            ..
+        } = self;
+        let window = windows
+            .entry(key.clone())
+            .or_insert_with(|| Window::new(start));
+        if start < window.start_unix_ms {
+            return false;
+        }
+        if start > window.start_unix_ms {
+            // A later window: the earlier one is over for everyone. Its length is looked
+            // up again if it goes idle (an operator may have changed it meanwhile).
+            *window = Window::new(start);
+        }
+        window.reported_at = Instant::now();
+        let own = window.used.entry(gateway.to_owned()).or_insert(0);
+        if used > *own {
+            window.total = window.total.saturating_add(used - *own);
+            *own = used;
+        }
+        for gateway in window.used.keys() {
+            if let Some(subscriber) = subscribers.get_mut(gateway) {
+                let others = window.others(gateway);
+                if subscriber.owed(key, start, others) && subscriber.dirty.insert(key.clone()) {
+                    subscriber.notify.notify_one();
+                }
+            }
+        }
+        true
+    }
 }
 
 /// The aggregator; one per control-plane replica.
@@ -151,11 +199,6 @@ impl Usage {
     pub fn report(&self, gateway_id: &str, report: &pb::UsageReport, now_unix_ms: i64) -> Reported {
         let mut outcome = Reported::default();
         let mut inner = self.lock();
-        let Inner {
-            windows,
-            subscribers,
-            ..
-        } = &mut *inner;
         for reported in &report.windows {
             let Ok(holder) = reported.holder.parse::<Holder>() else {
                 outcome.ignored += 1;
@@ -170,36 +213,65 @@ impl Usage {
                 continue;
             }
             let key: LimitKey = (holder, reported.limit.clone());
-            let window = windows
-                .entry(key.clone())
-                .or_insert_with(|| Window::new(start));
-            if start < window.start_unix_ms {
+            if inner.count(&key, start, gateway_id, reported.used) {
+                outcome.accepted += 1;
+                inner.unpublished.insert((key, gateway_id.to_owned()));
+            } else {
                 outcome.ignored += 1;
-                continue;
-            }
-            if start > window.start_unix_ms {
-                // A later window: the earlier one is over for everyone. Its length is looked
-                // up again if it goes idle (an operator may have changed it meanwhile).
-                *window = Window::new(start);
-            }
-            outcome.accepted += 1;
-            window.reported_at = Instant::now();
-            let own = window.used.entry(gateway_id.to_owned()).or_insert(0);
-            if reported.used > *own {
-                window.total = window.total.saturating_add(reported.used - *own);
-                *own = reported.used;
-            }
-            for gateway in window.used.keys() {
-                if let Some(subscriber) = subscribers.get_mut(gateway) {
-                    let others = window.others(gateway);
-                    if subscriber.owed(&key, start, others) && subscriber.dirty.insert(key.clone())
-                    {
-                        subscriber.notify.notify_one();
-                    }
-                }
             }
         }
         outcome
+    }
+
+    /// What this replica's gateways reported since the last call, as their current counts,
+    /// for the other replicas ([`super::shared`]).
+    pub fn take_unpublished(&self) -> Vec<UsageRow> {
+        let mut inner = self.lock();
+        let unpublished = std::mem::take(&mut inner.unpublished);
+        unpublished
+            .into_iter()
+            .filter_map(|((holder, limit), gateway_id)| {
+                let window = inner.windows.get(&(holder.clone(), limit.clone()))?;
+                let used = *window.used.get(&gateway_id)?;
+                Some(UsageRow {
+                    window_start_unix_ms: window.start_unix_ms,
+                    holder,
+                    limit,
+                    gateway_id,
+                    used,
+                })
+            })
+            .collect()
+    }
+
+    /// Rows [`Usage::take_unpublished`] handed out that could not be published: handed out
+    /// again next time (with the counts of then).
+    pub fn unpublish(&self, rows: &[UsageRow]) {
+        let mut inner = self.lock();
+        for row in rows {
+            inner.unpublished.insert((
+                (row.holder.clone(), row.limit.clone()),
+                row.gateway_id.clone(),
+            ));
+        }
+    }
+
+    /// Counts what other replicas' gateways used, as if they had reported here. Returns how
+    /// many rows were taken into account (a row of an earlier window than the one kept, or
+    /// with an unreadable limit name, is not).
+    pub fn merge(&self, rows: &[UsageRow], now_unix_ms: i64) -> usize {
+        let mut inner = self.lock();
+        rows.iter()
+            .filter(|row| {
+                !row.limit.is_empty()
+                    && row.limit.len() <= MAX_NAME_CHARS
+                    && row.window_start_unix_ms <= now_unix_ms.saturating_add(MAX_CLOCK_AHEAD_MS)
+            })
+            .filter(|row| {
+                let key = (row.holder.clone(), row.limit.clone());
+                inner.count(&key, row.window_start_unix_ms, &row.gateway_id, row.used)
+            })
+            .count()
     }
 
     /// The update a gateway is owed (the others' counts of every window whose count changed
@@ -380,6 +452,36 @@ mod tests {
         usage.report("gw-a", &report(&holder, NOW, 12), NOW);
         assert_eq!(usage.take_update(&d), None);
         assert_eq!(others(usage.take_update(&b)), Some((NOW, 13)));
+    }
+
+    #[test]
+    fn local_counts_are_handed_out_once_and_other_replicas_counts_count_as_reports() {
+        let usage = Usage::default();
+        let holder = Holder::Identity("acme".into());
+        let a = usage.attach("gw-a");
+        usage.report("gw-a", &report(&holder, NOW, 10), NOW);
+        let row = |gateway: &str, used: u64| UsageRow {
+            holder: holder.clone(),
+            limit: "requests".into(),
+            gateway_id: gateway.into(),
+            window_start_unix_ms: NOW,
+            used,
+        };
+        assert_eq!(usage.take_unpublished(), [row("gw-a", 10)]);
+        assert!(usage.take_unpublished().is_empty(), "handed out once");
+        // A gateway of another replica: counted like a report, and not handed out again.
+        assert_eq!(usage.merge(&[row("gw-z", 30)], NOW), 1);
+        assert_eq!(others(usage.take_update(&a)), Some((NOW, 30)));
+        assert!(usage.take_unpublished().is_empty());
+        // Merging the same row again, or an older count of it, changes nothing.
+        usage.merge(&[row("gw-z", 30), row("gw-z", 20)], NOW);
+        assert_eq!(usage.take_update(&a), None);
+        // A failed publish hands the row out again, with the count of then.
+        usage.report("gw-a", &report(&holder, NOW, 12), NOW);
+        let failed = usage.take_unpublished();
+        usage.report("gw-a", &report(&holder, NOW, 15), NOW);
+        usage.unpublish(&failed);
+        assert_eq!(usage.take_unpublished(), [row("gw-a", 15)]);
     }
 
     #[test]

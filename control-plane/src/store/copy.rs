@@ -9,7 +9,8 @@
 //!
 //! What is not copied: WebAuthn ceremonies in progress (`ceremonies`: five minutes of state)
 //! and the gateway registry (`replicas`, `gateways`), which the control planes serving the
-//! copy rebuild as gateways connect; outstanding credit leases (`credit_leases`): a balance is
+//! copy rebuild as gateways connect; rate-limit use shared among replicas (`rate_usage`: the
+//! current windows' counts, rebuilt as gateways report); outstanding credit leases (`credit_leases`): a balance is
 //! copied as it stands, without what gateways hold, so credits leased at the time of the copy
 //! count as spent in the copy (never overspent: the copy cannot take back a lease it does not
 //! know, and gateways lease again from the copy); and each backend's own migration
@@ -162,9 +163,15 @@ pub const COPIED_TABLES: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// Tables a copy leaves behind: ceremonies in progress, the gateway registry and outstanding
-/// credit leases (which count as spent in the copy).
-pub const TRANSIENT_TABLES: &[&str] = &["ceremonies", "replicas", "gateways", "credit_leases"];
+/// Tables a copy leaves behind: ceremonies in progress, the gateway registry, shared rate-limit
+/// use and outstanding credit leases (which count as spent in the copy).
+pub const TRANSIENT_TABLES: &[&str] = &[
+    "ceremonies",
+    "replicas",
+    "gateways",
+    "rate_usage",
+    "credit_leases",
+];
 
 /// Everything a store keeps for good, as rows, each table ordered by its primary key.
 #[derive(Debug, Clone, PartialEq, Eq)]

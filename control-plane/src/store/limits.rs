@@ -208,6 +208,37 @@ pub trait LimitStore: Send + Sync {
     /// Writes off the leases that expired before `before_unix_ms` without coming back; returns
     /// how many credits they held.
     async fn write_off_leases(&self, before_unix_ms: i64) -> Result<u64, StoreError>;
+
+    /// Records what gateways connected to `replica_id` used (`crate::limits::shared`): per
+    /// (holder, limit, gateway), a row is replaced only by a later window or a larger count in
+    /// the same one, so a late or repeated write never lowers a count.
+    async fn publish_usage(
+        &self,
+        replica_id: &str,
+        now_unix_ms: i64,
+        rows: &[UsageRow],
+    ) -> Result<(), StoreError>;
+
+    /// The rows other replicas than `replica_id` wrote at or after `since_unix_ms`.
+    async fn read_usage(
+        &self,
+        replica_id: &str,
+        since_unix_ms: i64,
+    ) -> Result<Vec<UsageRow>, StoreError>;
+
+    /// Deletes the rows last written before `before_unix_ms`; returns how many.
+    async fn forget_usage(&self, before_unix_ms: i64) -> Result<usize, StoreError>;
+}
+
+/// What one gateway used in one window of one rate limit, as a replica shares it with the
+/// others (absolute: the gateway's whole count in that window).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UsageRow {
+    pub holder: Holder,
+    pub limit: String,
+    pub gateway_id: String,
+    pub window_start_unix_ms: i64,
+    pub used: u64,
 }
 
 // What both backends compute alike; each keeps only its SQL.

@@ -56,7 +56,7 @@ pub use keys::{
 };
 pub use limits::{
     CreditState, CreditsChange, IdentityRecord, IdentityUpdate, LeaseGranted, LimitStore,
-    LimitsUpdate, NewIdentity, NewLease, RefillChange,
+    LimitsUpdate, NewIdentity, NewLease, RefillChange, UsageRow,
 };
 pub use log::{CommitObserver, EventLogStore, LogBounds, Snapshot};
 pub use passkeys::{

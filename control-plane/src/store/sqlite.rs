@@ -270,6 +270,21 @@ const MIGRATIONS: &[Migration] = &[
     CREATE INDEX credit_leases_by_holder ON credit_leases (holder);
     CREATE INDEX credit_leases_by_expiry ON credit_leases (expires_ms);",
     ),
+    // 11: rate-limit use shared among replicas. A SQLite control plane is alone, so nothing
+    // reads it; it exists so that both backends keep one schema and pass one store suite.
+    Migration::Sql(
+        "CREATE TABLE rate_usage (
+        holder          TEXT NOT NULL,
+        limit_name      TEXT NOT NULL,
+        gateway_id      TEXT NOT NULL,
+        window_start_ms INTEGER NOT NULL,
+        used            INTEGER NOT NULL,
+        replica_id      TEXT NOT NULL,
+        updated_ms      INTEGER NOT NULL,
+        PRIMARY KEY (holder, limit_name, gateway_id)
+    );
+    CREATE INDEX rate_usage_by_update ON rate_usage (updated_ms);",
+    ),
 ];
 
 /// Idle read connections kept open for reuse.

@@ -99,6 +99,7 @@ macro_rules! store_suite {
             refills_set_the_balance_to_the_amount_less_what_is_leased,
             expired_leases_are_written_off_and_never_come_back,
             a_reroll_moves_the_balance_and_keeps_the_limits,
+            rate_usage_keeps_the_latest_count_and_is_read_by_the_other_replicas,
         );
     };
     (@each $backend:expr; $($test:ident),+ $(,)?) => {

@@ -25,7 +25,7 @@ use crate::store::limits::{
 };
 use crate::store::{
     CreditState, CreditsChange, IdentityRecord, IdentityUpdate, KeyRecord, LeaseGranted,
-    LimitStore, LimitsUpdate, NewIdentity, NewLease, RefillChange, StoreError,
+    LimitStore, LimitsUpdate, NewIdentity, NewLease, RefillChange, StoreError, UsageRow,
 };
 
 /// How often a return looks again for a lease that moved to another holder (a reroll) between
@@ -661,5 +661,88 @@ impl LimitStore for PgStore {
         amounts.into_iter().try_fold(0u64, |total, amount| {
             Ok(total.saturating_add(amount_from_db(amount)?))
         })
+    }
+
+    async fn publish_usage(
+        &self,
+        replica_id: &str,
+        now_unix_ms: i64,
+        rows: &[UsageRow],
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let holders: Vec<String> = rows.iter().map(|row| row.holder.to_string()).collect();
+        let limits: Vec<&str> = rows.iter().map(|row| row.limit.as_str()).collect();
+        let gateways: Vec<&str> = rows.iter().map(|row| row.gateway_id.as_str()).collect();
+        let starts: Vec<i64> = rows.iter().map(|row| row.window_start_unix_ms).collect();
+        let used: Vec<i64> = rows.iter().map(|row| db_amount(row.used)).collect();
+        let mut w = self.write_unlogged().await?;
+        sqlx::query(
+            "INSERT INTO rate_usage (holder, limit_name, gateway_id, window_start_ms, used,
+                replica_id, updated_ms)
+             SELECT *, $6, $7 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[],
+                $5::BIGINT[])
+             ON CONFLICT (holder, limit_name, gateway_id) DO UPDATE SET
+                window_start_ms = EXCLUDED.window_start_ms, used = EXCLUDED.used,
+                replica_id = EXCLUDED.replica_id, updated_ms = EXCLUDED.updated_ms
+             WHERE (EXCLUDED.window_start_ms, EXCLUDED.used)
+                > (rate_usage.window_start_ms, rate_usage.used)",
+        )
+        .bind(holders)
+        .bind(limits)
+        .bind(gateways)
+        .bind(starts)
+        .bind(used)
+        .bind(replica_id)
+        .bind(now_unix_ms)
+        .execute(w.conn())
+        .await
+        .map_err(backend)?;
+        w.commit().await
+    }
+
+    async fn read_usage(
+        &self,
+        replica_id: &str,
+        since_unix_ms: i64,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let mut tx = self.read().await?;
+        let rows = sqlx::query(
+            "SELECT holder, limit_name, gateway_id, window_start_ms, used FROM rate_usage
+             WHERE replica_id <> $1 AND updated_ms >= $2
+             ORDER BY holder, limit_name, gateway_id",
+        )
+        .bind(replica_id)
+        .bind(since_unix_ms)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let holder: String = get(row, 0)?;
+                Ok(UsageRow {
+                    holder: holder.parse().map_err(|_| {
+                        StoreError::Corrupt(format!("rate-usage holder {holder:?}"))
+                    })?,
+                    limit: get(row, 1)?,
+                    gateway_id: get(row, 2)?,
+                    window_start_unix_ms: get(row, 3)?,
+                    used: amount_from_db(get(row, 4)?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn forget_usage(&self, before_unix_ms: i64) -> Result<usize, StoreError> {
+        let mut w = self.write_unlogged().await?;
+        let deleted = sqlx::query("DELETE FROM rate_usage WHERE updated_ms < $1")
+            .bind(before_unix_ms)
+            .execute(w.conn())
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        w.commit().await?;
+        Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
     }
 }

@@ -15,7 +15,7 @@ use crate::store::limits::{
 };
 use crate::store::{
     CreditState, CreditsChange, IdentityRecord, IdentityUpdate, KeyRecord, LeaseGranted,
-    LimitStore, LimitsUpdate, NewIdentity, NewLease, RefillChange, StoreError,
+    LimitStore, LimitsUpdate, NewIdentity, NewLease, RefillChange, StoreError, UsageRow,
 };
 
 /// A balance beside what it belongs to: the columns of `credits` (`NULL`s without a row) and
@@ -510,6 +510,82 @@ impl LimitStore for SqliteStore {
                 |row| row.get::<_, u64>(0),
             )?;
             Ok(amounts.iter().sum())
+        })
+        .await
+    }
+
+    async fn publish_usage(
+        &self,
+        replica_id: &str,
+        now_unix_ms: i64,
+        rows: &[UsageRow],
+    ) -> Result<(), StoreError> {
+        let (replica_id, rows) = (replica_id.to_owned(), rows.to_vec());
+        self.write(move |w| {
+            for row in &rows {
+                execute(
+                    w.tx,
+                    "INSERT INTO rate_usage (holder, limit_name, gateway_id, window_start_ms,
+                        used, replica_id, updated_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (holder, limit_name, gateway_id) DO UPDATE SET
+                        window_start_ms = excluded.window_start_ms, used = excluded.used,
+                        replica_id = excluded.replica_id, updated_ms = excluded.updated_ms
+                     WHERE (excluded.window_start_ms, excluded.used)
+                        > (rate_usage.window_start_ms, rate_usage.used)",
+                    params![
+                        row.holder.to_string(),
+                        row.limit,
+                        row.gateway_id,
+                        row.window_start_unix_ms,
+                        row.used,
+                        replica_id,
+                        now_unix_ms
+                    ],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn read_usage(
+        &self,
+        replica_id: &str,
+        since_unix_ms: i64,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let replica_id = replica_id.to_owned();
+        self.read(move |tx| {
+            collect(
+                tx,
+                "SELECT holder, limit_name, gateway_id, window_start_ms, used FROM rate_usage
+                 WHERE replica_id <> ?1 AND updated_ms >= ?2
+                 ORDER BY holder, limit_name, gateway_id",
+                params![replica_id, since_unix_ms],
+                |row| {
+                    Ok(UsageRow {
+                        holder: row
+                            .get::<_, String>(0)?
+                            .parse()
+                            .map_err(|_| corrupt("rate-usage holder"))?,
+                        limit: row.get(1)?,
+                        gateway_id: row.get(2)?,
+                        window_start_unix_ms: row.get(3)?,
+                        used: row.get(4)?,
+                    })
+                },
+            )
+        })
+        .await
+    }
+
+    async fn forget_usage(&self, before_unix_ms: i64) -> Result<usize, StoreError> {
+        self.write(move |w| {
+            w.tx.execute(
+                "DELETE FROM rate_usage WHERE updated_ms < ?1",
+                params![before_unix_ms],
+            )
+            .map_err(backend)
         })
         .await
     }

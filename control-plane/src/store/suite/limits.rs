@@ -11,7 +11,7 @@ use keygate_proto::{
 use super::{SuiteBackend, all_events, open};
 use crate::store::{
     CreditState, CreditsChange, IdentityUpdate, KeyQuery, LeaseGranted, LimitsUpdate, NewIdentity,
-    NewKey, NewLease, RefillChange, Reroll, Store, StoreError,
+    NewKey, NewLease, RefillChange, Reroll, Store, StoreError, UsageRow,
 };
 
 const MINUTE_MS: u64 = 60_000;
@@ -897,4 +897,64 @@ pub(crate) async fn a_reroll_moves_the_balance_and_keeps_the_limits(backend: &dy
     assert!(f.store.credits(&new_key.holder()).await.unwrap().is_some());
     f.store.delete_key(new_id, "admin").await.unwrap();
     assert_eq!(f.store.credits(&new_key.holder()).await.unwrap(), None);
+}
+
+pub(crate) async fn rate_usage_keeps_the_latest_count_and_is_read_by_the_other_replicas(
+    backend: &dyn SuiteBackend,
+) {
+    let f = open(backend).await;
+    let row = |gateway: &str, start: i64, used: u64| UsageRow {
+        holder: Holder::Identity("acme".into()),
+        limit: "requests".into(),
+        gateway_id: gateway.into(),
+        window_start_unix_ms: start,
+        used,
+    };
+    let store = &f.store;
+    store
+        .publish_usage(
+            "cp-1",
+            1_000,
+            &[row("gw-1", 60_000, 5), row("gw-2", 60_000, 7)],
+        )
+        .await
+        .unwrap();
+    // A smaller count of the same window (a late write) and an earlier window change nothing.
+    store
+        .publish_usage("cp-1", 1_100, &[row("gw-1", 60_000, 3), row("gw-2", 0, 90)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.read_usage("cp-2", 0).await.unwrap(),
+        [row("gw-1", 60_000, 5), row("gw-2", 60_000, 7)]
+    );
+    assert!(
+        store.read_usage("cp-1", 0).await.unwrap().is_empty(),
+        "a replica does not read its own rows"
+    );
+    // A larger count and a later window replace; `since` skips rows written before it.
+    store
+        .publish_usage(
+            "cp-1",
+            2_000,
+            &[row("gw-1", 60_000, 9), row("gw-2", 61_000, 1)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.read_usage("cp-2", 2_000).await.unwrap(),
+        [row("gw-1", 60_000, 9), row("gw-2", 61_000, 1)]
+    );
+    assert!(store.read_usage("cp-2", 2_001).await.unwrap().is_empty());
+    // The gateway moved to cp-2: its next count is cp-2's row, which cp-1 now reads.
+    store
+        .publish_usage("cp-2", 3_000, &[row("gw-1", 60_000, 12)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.read_usage("cp-1", 0).await.unwrap(),
+        [row("gw-1", 60_000, 12)]
+    );
+    assert_eq!(store.forget_usage(2_001).await.unwrap(), 1, "gw-2's row");
+    assert_eq!(store.read_usage("cp-3", 0).await.unwrap().len(), 1);
 }
