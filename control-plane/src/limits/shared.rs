@@ -34,6 +34,7 @@ const FORGET_EVERY: Duration = Duration::from_secs(3600);
 /// Shares this replica's gateways' counts and takes the others' until `stop`.
 pub async fn run(limits: Arc<Limits>, stop: CancellationToken) {
     let replica_id = limits.registry.replica_id().to_owned();
+    limits.usage.share();
     let mut tick = tokio::time::interval(SHARE_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // The first read takes every row: the windows in progress when this replica started.

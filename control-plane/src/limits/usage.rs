@@ -14,6 +14,7 @@
 //! gateway, so a limit is global across replicas.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -134,6 +135,9 @@ impl Inner {
 #[derive(Default)]
 pub struct Usage {
     inner: Mutex<Inner>,
+    /// Whether other replicas read what this one's gateways report ([`Usage::share`]): only
+    /// then are reports kept for [`Usage::take_unpublished`].
+    shared: AtomicBool,
 }
 
 /// A gateway's subscription to its updates; [`Usage::detach`] ends it.
@@ -215,12 +219,20 @@ impl Usage {
             let key: LimitKey = (holder, reported.limit.clone());
             if inner.count(&key, start, gateway_id, reported.used) {
                 outcome.accepted += 1;
-                inner.unpublished.insert((key, gateway_id.to_owned()));
+                if self.shared.load(Ordering::Relaxed) {
+                    inner.unpublished.insert((key, gateway_id.to_owned()));
+                }
             } else {
                 outcome.ignored += 1;
             }
         }
         outcome
+    }
+
+    /// From now on, keeps what this replica's gateways report for the other replicas
+    /// ([`super::shared`]); a replica alone keeps nothing of the kind.
+    pub fn share(&self) {
+        self.shared.store(true, Ordering::Relaxed);
     }
 
     /// What this replica's gateways reported since the last call, as their current counts,
@@ -378,12 +390,14 @@ impl Usage {
         let Inner {
             windows,
             subscribers,
+            unpublished,
             ..
         } = &mut *inner;
         for subscriber in subscribers.values_mut() {
             subscriber.sent.retain(|key, _| windows.contains_key(key));
             subscriber.dirty.retain(|key| windows.contains_key(key));
         }
+        unpublished.retain(|(key, _)| windows.contains_key(key));
         before - windows.len()
     }
 
@@ -458,6 +472,12 @@ mod tests {
     fn local_counts_are_handed_out_once_and_other_replicas_counts_count_as_reports() {
         let usage = Usage::default();
         let holder = Holder::Identity("acme".into());
+        usage.report("gw-a", &report(&holder, NOW - 1_000, 1), NOW);
+        assert!(
+            usage.take_unpublished().is_empty(),
+            "a replica alone keeps nothing to publish"
+        );
+        usage.share();
         let a = usage.attach("gw-a");
         usage.report("gw-a", &report(&holder, NOW, 10), NOW);
         let row = |gateway: &str, used: u64| UsageRow {
@@ -482,6 +502,11 @@ mod tests {
         usage.report("gw-a", &report(&holder, NOW, 15), NOW);
         usage.unpublish(&failed);
         assert_eq!(usage.take_unpublished(), [row("gw-a", 15)]);
+        // Nothing is kept of a window that is over.
+        usage.report("gw-a", &report(&holder, NOW, 16), NOW);
+        usage.set_window(&(holder.clone(), "requests".into()), Some(1_000));
+        assert_eq!(usage.drop_past(NOW + 1_000), 1);
+        assert!(usage.take_unpublished().is_empty());
     }
 
     #[test]
