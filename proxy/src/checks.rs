@@ -39,9 +39,9 @@ impl Checks {
         match grant {
             Grant::Key(key) => match limiter.admit_now(key.policy(), required, cost, now_unix_ms) {
                 Attempt::Done(admission) => admission,
-                Attempt::NeedLease => {
+                waiting => {
                     limiter
-                        .admit(key.policy(), required, cost, now_unix_ms)
+                        .settle(waiting, key.policy(), required, cost, now_unix_ms)
                         .await
                 }
             },

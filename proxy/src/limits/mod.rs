@@ -389,7 +389,22 @@ impl Limiter {
         cost: u64,
         now_unix_ms: i64,
     ) -> Admission {
-        match (self.admit_now(policy, required, cost, now_unix_ms), policy) {
+        let first = self.admit_now(policy, required, cost, now_unix_ms);
+        self.settle(first, policy, required, cost, now_unix_ms)
+            .await
+    }
+
+    /// The decision once [`Limiter::admit_now`] answered `first` for the same request: `first`
+    /// itself when it decided, else after waiting for a lease (which checks again first).
+    pub async fn settle(
+        &self,
+        first: Attempt,
+        policy: Option<&KeyPolicy>,
+        required: &[String],
+        cost: u64,
+        now_unix_ms: i64,
+    ) -> Admission {
+        match (first, policy) {
             (Attempt::Done(admission), _) => admission,
             (Attempt::NeedLease, Some(policy)) => {
                 Box::pin(self.admit_after_lease(policy, required, cost, now_unix_ms)).await
@@ -400,7 +415,7 @@ impl Limiter {
     }
 
     /// [`Limiter::admit`] without waiting: the request path calls this, and awaits
-    /// [`Limiter::admit`] only for [`Attempt::NeedLease`] (a future per request cost more
+    /// [`Limiter::settle`] only for [`Attempt::NeedLease`] (a future per request cost more
     /// than the decision: BENCHMARKS.md, "Limits per key").
     #[inline]
     pub fn admit_now(
