@@ -12,12 +12,12 @@
 //! Bodies stream both ways and are never buffered whole. Upgrades (e.g. WebSocket) are not
 //! proxied: the `Upgrade` header is hop-by-hop and removed.
 
-use std::time::{Duration, Instant};
+use std::borrow::Cow;
+use std::time::Duration;
 
 use bytes::BytesMut;
-use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response, StatusCode, Version};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
@@ -30,7 +30,7 @@ use crate::response::{self, ProxyBody, REQUEST_ID, codes};
 use crate::route::Route;
 use crate::server::Peer;
 use crate::trace_context;
-use crate::upstream::UpstreamError;
+use crate::upstream::{AddedFields, UpstreamError};
 use crate::verify::Grant;
 
 /// Header carrying the verified key's id to the upstream.
@@ -44,6 +44,7 @@ pub static SESSION_ID: HeaderName = HeaderName::from_static("x-keygate-session-i
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = header::FORWARDED;
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -94,75 +95,76 @@ impl Forwarder {
     /// does not answer in time.
     pub async fn forward(
         &self,
-        mut request: Request<Incoming>,
+        request: Request<Incoming>,
         forwarding: Forwarding<'_>,
     ) -> Response<ProxyBody> {
         let route = forwarding.route;
-        let original_host = request.headers().get(header::HOST).cloned().or_else(|| {
-            request
-                .uri()
-                .authority()
-                .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
-        });
-        // Origin form (`/path?query`): the connection already goes to the upstream.
-        let path = request
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut parts = Uri::from_static("/").into_parts();
-        parts.path_and_query = Some(path);
-        let Ok(uri) = Uri::from_parts(parts) else {
-            return response::error(
-                StatusCode::BAD_REQUEST,
-                codes::BAD_REQUEST,
-                "invalid request target",
-                forwarding.request_id,
-            );
-        };
-        *request.uri_mut() = uri;
-        *request.version_mut() = Version::HTTP_11;
-
-        let headers = request.headers_mut();
+        // The request line the upstream gets is in origin form (`/path?query`, from the URI
+        // whatever form the client used): the client writes it (`upstream/wire.rs`), so the URI
+        // is not rebuilt here.
+        let (mut parts, body) = request.into_parts();
+        let headers = &mut parts.headers;
         remove_hop_by_hop(headers);
         remove_keygate_headers(headers);
         if !route.forward_credential {
             self.credentials.strip(headers);
         }
         join_cookie_fragments(headers);
-        append_forwarded_for(headers, forwarding.peer);
-        append_forwarded(headers, forwarding.peer);
-        headers.insert(
-            X_FORWARDED_PROTO.clone(),
-            forwarding.peer.forwarded_proto.clone(),
-        );
-        if let Some(host) = original_host {
-            headers.insert(X_FORWARDED_HOST.clone(), host);
-        }
-        headers.insert(header::HOST, route.upstream_host.clone());
-        headers.insert(REQUEST_ID.clone(), forwarding.request_id.clone());
         if self.trace_context {
             trace_context::propagate(headers, forwarding.request_id);
         }
-        if let Some(grant) = forwarding.grant
-            && !add_grant_headers(headers, grant)
-        {
-            // Forwarding without the owner could let the upstream take the request for someone
-            // else's; refuse instead.
-            return response::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                codes::INTERNAL,
-                "the key's owner cannot be sent as a header",
-                forwarding.request_id,
-            );
+        // The fields the gateway adds are written into the head by the client, each replacing
+        // the request's own of that name (`AddedFields`); the request's map is only read now.
+        let headers = &parts.headers;
+        let authority;
+        let original_host = match headers.get(header::HOST) {
+            Some(host) => Some(host),
+            None => {
+                authority = parts
+                    .uri
+                    .authority()
+                    .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
+                authority.as_ref()
+            }
+        };
+        let forwarded_for = forwarded_for(headers, forwarding.peer);
+        let forwarded = forwarded(headers, forwarding.peer);
+        let mut added = AddedFields::new(&route.upstream_host);
+        if let Some(forwarded_for) = &forwarded_for {
+            added.push(&X_FORWARDED_FOR, forwarded_for);
+        }
+        added.push(&FORWARDED, &forwarded);
+        added.push(&X_FORWARDED_PROTO, &forwarding.peer.forwarded_proto);
+        if let Some(host) = original_host {
+            added.push(&X_FORWARDED_HOST, host);
+        }
+        added.push(&REQUEST_ID, forwarding.request_id);
+        let mut key_id = [0u8; KEY_ID_TEXT_LEN];
+        if let Some(grant) = forwarding.grant {
+            let Some(identity) = identity_fields(grant, &mut key_id) else {
+                // Forwarding without the owner could let the upstream take the request for
+                // someone else's; refuse instead.
+                return response::error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    codes::INTERNAL,
+                    "the key's owner cannot be sent as a header",
+                    forwarding.request_id,
+                );
+            };
+            for (name, value) in identity {
+                added.push_bytes(name, value);
+            }
         }
 
-        let started = Instant::now();
-        let request = request.map(|body| IdleBody::new(body, self.request_body_timeout));
-        let outcome = tokio::time::timeout(self.response_timeout, route.pool.send(request)).await;
+        let started = tokio::time::Instant::now();
+        let body = IdleBody::new(body, self.request_body_timeout);
+        let outcome = route
+            .pool
+            .send(&parts, body, &added, started + self.response_timeout)
+            .await;
         self.metrics.upstream_duration.record(started.elapsed());
         match outcome {
-            Ok(Ok(upstream)) => {
+            Ok(upstream) => {
                 let mut response = upstream.map(Either::Left);
                 remove_hop_by_hop(response.headers_mut());
                 response
@@ -170,7 +172,7 @@ impl Forwarder {
                     .insert(REQUEST_ID.clone(), forwarding.request_id.clone());
                 response
             }
-            Ok(Err(error @ UpstreamError::Busy { .. })) => {
+            Err(error @ UpstreamError::Busy { .. }) => {
                 tracing::warn!(upstream = %route.upstream, error = %error, "upstream busy");
                 self.metrics.upstream_failed(UpstreamFailure::Busy);
                 let mut response = response::error(
@@ -187,7 +189,7 @@ impl Forwarder {
             // The client's own body broke off or was malformed (say, a chunk size that
             // overflows) while it streamed to the upstream: the client's fault, not the
             // upstream's.
-            Ok(Err(UpstreamError::Http(error))) if error.is_user() => {
+            Err(error @ UpstreamError::RequestBody(_)) => {
                 tracing::debug!(upstream = %route.upstream, error = %error_chain(&error), "request body failed while forwarding");
                 response::error(
                     StatusCode::BAD_REQUEST,
@@ -196,17 +198,7 @@ impl Forwarder {
                     forwarding.request_id,
                 )
             }
-            Ok(Err(error)) => {
-                tracing::warn!(upstream = %route.upstream, error = %error_chain(&error), "upstream unavailable");
-                self.metrics.upstream_failed(UpstreamFailure::Unavailable);
-                response::error(
-                    StatusCode::BAD_GATEWAY,
-                    codes::UPSTREAM_UNAVAILABLE,
-                    "the upstream could not be reached or closed the connection",
-                    forwarding.request_id,
-                )
-            }
-            Err(_) => {
+            Err(UpstreamError::Timeout) => {
                 tracing::warn!(upstream = %route.upstream, timeout = ?self.response_timeout, "upstream timed out");
                 self.metrics.upstream_failed(UpstreamFailure::Timeout);
                 response::error(
@@ -216,32 +208,56 @@ impl Forwarder {
                     forwarding.request_id,
                 )
             }
+            Err(error) => {
+                tracing::warn!(upstream = %route.upstream, error = %error_chain(&error), "upstream unavailable");
+                self.metrics.upstream_failed(UpstreamFailure::Unavailable);
+                response::error(
+                    StatusCode::BAD_GATEWAY,
+                    codes::UPSTREAM_UNAVAILABLE,
+                    "the upstream could not be reached or closed the connection",
+                    forwarding.request_id,
+                )
+            }
         }
     }
 }
 
-/// Adds the verified identity; false when a key's owner is not a valid header value. A
-/// session's header values were built when its signature was verified.
-pub(crate) fn add_grant_headers(headers: &mut HeaderMap, grant: &Grant) -> bool {
-    let grant = match grant {
-        Grant::Key(grant) => grant,
-        Grant::Session(session) => {
-            headers.insert(USER_ID.clone(), session.user_id_header().clone());
-            headers.insert(SESSION_ID.clone(), session.session_id_header().clone());
-            return true;
+/// The verified identity as header fields: a key's id (written into `key_id`) and owner, or a
+/// session's user and id. `None` when a key's owner is not a valid header value. A session's
+/// values were built when its signature was verified; an owner's once per owner (`owners.rs`).
+pub(crate) fn identity_fields<'a>(
+    grant: &'a Grant,
+    key_id: &'a mut [u8; KEY_ID_TEXT_LEN],
+) -> Option<[(&'static HeaderName, &'a [u8]); 2]> {
+    match grant {
+        Grant::Key(grant) => {
+            let owner = grant.owner_header()?;
+            *key_id = grant.key_id_text();
+            Some([(&KEY_ID, &key_id[..]), (&OWNER, owner.as_bytes())])
         }
-    };
-    let id: [u8; KEY_ID_TEXT_LEN] = grant.key_id_text();
-    // The owner's value is built once per owner (`owners.rs`); `None` when the name cannot be
-    // a header value.
-    match (HeaderValue::from_bytes(&id), grant.owner_header()) {
-        (Ok(id), Some(owner)) => {
-            headers.insert(KEY_ID.clone(), id);
-            headers.insert(OWNER.clone(), owner.clone());
-            true
-        }
-        _ => false,
+        Grant::Session(session) => Some([
+            (&USER_ID, session.user_id_header().as_bytes()),
+            (&SESSION_ID, session.session_id_header().as_bytes()),
+        ]),
     }
+}
+
+/// Adds the verified identity to `headers` (an authz answer's); false when a key's owner is not
+/// a valid header value.
+pub(crate) fn add_grant_headers(headers: &mut HeaderMap, grant: &Grant) -> bool {
+    let mut key_id = [0u8; KEY_ID_TEXT_LEN];
+    let Some(identity) = identity_fields(grant, &mut key_id) else {
+        return false;
+    };
+    for (name, value) in identity {
+        match HeaderValue::from_bytes(value) {
+            Ok(value) => {
+                headers.insert(name.clone(), value);
+            }
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those `Connection` names.
@@ -293,23 +309,23 @@ fn remove_keygate_headers(headers: &mut HeaderMap) {
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
-    let previous: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .collect();
-    let value = match (&peer.forwarded_for, previous.is_empty()) {
+/// `X-Forwarded-For` with the client's address after any the request carried.
+fn forwarded_for<'a>(headers: &HeaderMap, peer: &'a Peer) -> Option<Cow<'a, HeaderValue>> {
+    let mut previous = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    if previous.peek().is_none()
+        && let Some(client) = &peer.forwarded_for
+    {
         // The common case: the connection's preformatted address, shared, no formatting.
-        (Some(client), true) => Some(client.clone()),
-        _ => {
-            let client = peer.addr.ip();
-            HeaderValue::from_str(&format!("{}, {client}", previous.join(", "))).ok()
-        }
-    };
-    if let Some(value) = value {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+        return Some(Cow::Borrowed(client));
     }
+    let previous: Vec<&str> = previous.filter_map(|value| value.to_str().ok()).collect();
+    let client = peer.addr.ip();
+    let joined = if previous.is_empty() {
+        client.to_string()
+    } else {
+        format!("{}, {client}", previous.join(", "))
+    };
+    HeaderValue::from_str(&joined).ok().map(Cow::Owned)
 }
 
 /// Joins several `Cookie` fields into one with `"; "`: HTTP/2 clients may split the cookies
@@ -348,36 +364,25 @@ fn join_cookie_fragments(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends this hop to `Forwarded` (RFC 7239): `for=<client>;proto=<http|https>`, the address
-/// quoted and bracketed when it is IPv6 (`for="[2001:db8::1]"`). Earlier elements are kept,
-/// as with `X-Forwarded-For`: only the last one is the gateway's, and the upstream must not
-/// trust the ones before it more than it trusts the client.
-fn append_forwarded(headers: &mut HeaderMap, peer: &Peer) {
-    let element = peer.forwarded.clone();
-    match headers.entry(header::FORWARDED) {
-        Entry::Vacant(slot) => {
-            slot.insert(element);
-        }
-        Entry::Occupied(mut slot) => {
-            let mut joined = BytesMut::new();
-            for previous in slot.iter() {
-                joined.extend_from_slice(previous.as_bytes());
-                joined.extend_from_slice(b", ");
-            }
-            joined.extend_from_slice(element.as_bytes());
-            match HeaderValue::from_maybe_shared(joined.freeze()) {
-                // Replaces every earlier field with the one joined line.
-                Ok(value) => {
-                    slot.insert(value);
-                }
-                // Earlier values are valid header values, so this does not happen; never
-                // forward the client's elements without the gateway's own after them.
-                Err(_) => {
-                    slot.remove();
-                }
-            }
-        }
+/// `Forwarded` (RFC 7239) with this hop appended: `for=<client>;proto=<http|https>`, the address
+/// quoted and bracketed when it is IPv6 (`for="[2001:db8::1]"`). Earlier elements are kept, as
+/// with `X-Forwarded-For`: only the last one is the gateway's, and the upstream must not trust
+/// the ones before it more than it trusts the client.
+fn forwarded<'a>(headers: &HeaderMap, peer: &'a Peer) -> Cow<'a, HeaderValue> {
+    let mut previous = headers.get_all(header::FORWARDED).iter().peekable();
+    if previous.peek().is_none() {
+        return Cow::Borrowed(&peer.forwarded);
     }
+    let mut joined = BytesMut::new();
+    for value in previous {
+        joined.extend_from_slice(value.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(peer.forwarded.as_bytes());
+    // Earlier values are valid header values, so this does not fail; if it did, the client's
+    // elements would be dropped rather than forwarded without the gateway's own after them.
+    HeaderValue::from_maybe_shared(joined.freeze())
+        .map_or(Cow::Borrowed(&peer.forwarded), Cow::Owned)
 }
 
 #[cfg(test)]
@@ -414,24 +419,24 @@ mod tests {
         headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
         headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
         let peer = Peer::new("192.0.2.7:5000".parse().expect("addr"), false);
-        append_forwarded_for(&mut headers, &peer);
-        assert_eq!(headers[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 192.0.2.7");
+        let value = forwarded_for(&headers, &peer).expect("a value");
+        assert_eq!(*value, "10.0.0.1, 10.0.0.2, 192.0.2.7");
         // Without earlier hops, the connection's preformatted address.
-        let mut headers = HeaderMap::new();
-        append_forwarded_for(&mut headers, &peer);
-        assert_eq!(headers[&X_FORWARDED_FOR], "192.0.2.7");
+        let value = forwarded_for(&HeaderMap::new(), &peer).expect("a value");
+        assert!(matches!(value, Cow::Borrowed(_)));
+        assert_eq!(*value, "192.0.2.7");
         let v6 = Peer::new("[2001:db8::1]:443".parse().expect("addr"), true);
-        let mut headers = HeaderMap::new();
-        append_forwarded_for(&mut headers, &v6);
-        assert_eq!(headers[&X_FORWARDED_FOR], "2001:db8::1");
+        let value = forwarded_for(&HeaderMap::new(), &v6).expect("a value");
+        assert_eq!(*value, "2001:db8::1");
     }
 
     #[test]
     fn forwarded_gets_this_hop_appended() {
         let v4 = Peer::new("192.0.2.7:5000".parse().expect("addr"), false);
-        let mut headers = HeaderMap::new();
-        append_forwarded(&mut headers, &v4);
-        assert_eq!(headers[header::FORWARDED], "for=192.0.2.7;proto=http");
+        assert_eq!(
+            *forwarded(&HeaderMap::new(), &v4),
+            "for=192.0.2.7;proto=http"
+        );
 
         let mut headers = HeaderMap::new();
         headers.append(
@@ -440,17 +445,16 @@ mod tests {
         );
         headers.append(header::FORWARDED, HeaderValue::from_static("for=unknown"));
         let v6 = Peer::new("[2001:db8::1]:443".parse().expect("addr"), true);
-        append_forwarded(&mut headers, &v6);
-        let values: Vec<&HeaderValue> = headers.get_all(header::FORWARDED).iter().collect();
         assert_eq!(
-            values,
-            vec!["for=198.51.100.1;proto=https, for=unknown, for=\"[2001:db8::1]\";proto=https"]
+            *forwarded(&headers, &v6),
+            "for=198.51.100.1;proto=https, for=unknown, for=\"[2001:db8::1]\";proto=https"
         );
 
         let v4_tls = Peer::new("192.0.2.7:5001".parse().expect("addr"), true);
-        let mut headers = HeaderMap::new();
-        append_forwarded(&mut headers, &v4_tls);
-        assert_eq!(headers[header::FORWARDED], "for=192.0.2.7;proto=https");
+        assert_eq!(
+            *forwarded(&HeaderMap::new(), &v4_tls),
+            "for=192.0.2.7;proto=https"
+        );
     }
 
     #[test]

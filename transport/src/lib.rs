@@ -13,7 +13,8 @@
 //! - [`reload`]: a server certificate that is re-read on SIGHUP and when its files change,
 //!   keeping the old pair when the new one is broken;
 //! - [`server`]: rustls server settings (TLS 1.2 and 1.3 only, ALPN, optional client
-//!   certificates) and [`ServerStream`], a plain or TLS connection;
+//!   certificates) and [`ServerStream`], an accepted plain or TLS connection;
+//! - [`stream`]: [`MaybeTls`], TCP or TLS over it, for accepted and opened connections alike;
 //! - [`client`]: rustls client settings for upstreams and the control plane (system roots or a
 //!   CA file, an optional client certificate);
 //! - [`identity`]: who a client certificate names (its first DNS or URI SAN).
@@ -31,6 +32,7 @@ pub mod identity;
 pub mod pem;
 pub mod reload;
 pub mod server;
+pub mod stream;
 
 use std::sync::Arc;
 
@@ -40,6 +42,7 @@ pub use client::{ClientIdentity, Trust, client_config};
 pub use drain::Connections;
 pub use reload::{ReloadingCert, watch_certificates};
 pub use server::{ConnectInfo, ServerStream, ServerTls};
+pub use stream::MaybeTls;
 
 /// The crypto provider behind every TLS configuration keygate builds: `ring`.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -1,43 +1,55 @@
-//! Keep-alive HTTP/1.1 connections to one upstream.
+//! Keep-alive HTTP/1.1 connections to one upstream, and the gateway's own HTTP/1.1 client that
+//! speaks on them.
 //!
 //! One pool per distinct upstream authority, shared by the routes that name it. A request takes
-//! the most recently returned idle connection that is ready (LIFO keeps the warm ones warm and
-//! lets the others reach the upstream's idle timeout), or opens a new one. The connection goes
-//! back to the pool when the response body has been read to its end and dropped; a response
-//! dropped early (the client went away) closes it instead, as HTTP/1.1 has no way to abandon
-//! one response and keep the connection.
+//! the most recently returned idle connection that is still open (LIFO keeps the warm ones
+//! warm and lets the others reach the upstream's idle timeout), or opens a new one. The
+//! connection goes back to the pool when the response body has been read to its end; a
+//! response dropped early (the client went away) closes it instead, as HTTP/1.1 has no way to
+//! abandon one response and keep the connection.
 //!
-//! This replaces hyper-util's general-purpose pooled client on the hot path: no pool key to
-//! hash, no per-request task to wait for readiness, one mutex held for a few instructions.
+//! The client is the gateway's own (`connection.rs`, framing in `wire.rs`), not hyper's: a
+//! connection is driven by the task of the request that holds it, so a request costs no
+//! connection task, channel or cross-task wake-up, and the response head is parsed once into
+//! the map the server side sends on. Measured in BENCHMARKS.md ("A client of its own").
 //!
-//! A request an idle connection could not take (the upstream had closed it; hyper hands the
-//! unsent request back) is retried on the next connection. A request that was written and then
-//! lost is not retried: its body may have been consumed, and the method may not be idempotent.
+//! A request on a reused connection that fails before a single byte of answer (the upstream
+//! had closed the idle connection as the request left) is sent again on another connection
+//! when that is safe: it had no body and its method is idempotent. Anything else is not
+//! retried: a body may have been consumed, and the method may not be idempotent.
 
-use std::pin::Pin;
+mod connection;
+mod wire;
+
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use http::Response;
 use http::uri::Authority;
-use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use keygate_transport::Trust;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::error::ConfigError;
-use crate::idle_body::{IdleBody, IdleBodyError};
+use crate::idle_body::IdleBody;
+pub use connection::ResponseBody;
+use connection::{Connection, Failed, Io};
+use wire::RequestFraming;
+pub(crate) use wire::{AddedFields, WireError};
 
 /// What the gateway sends upstream: the client's body, failing when the client stops sending it
 /// for `request_body_timeout`.
 pub(crate) type RequestBody = IdleBody<Incoming>;
+
+/// An upstream response body that fails when the upstream sends nothing for
+/// `body_idle_timeout` (the client's response is then cut off, and the connection closed). The
+/// timer exists only once the body has had to wait: a response that arrives whole costs none.
+pub type PooledBody = IdleBody<ResponseBody>;
 
 /// Idle connections kept per upstream; more are closed when they come back.
 const MAX_IDLE: usize = 512;
@@ -63,8 +75,16 @@ pub(crate) enum UpstreamError {
         max: usize,
         waited: Duration,
     },
-    #[error(transparent)]
-    Http(#[from] hyper::Error),
+    /// No response head by the deadline the forwarder set (`upstream_timeout`).
+    #[error("no response head in time")]
+    Timeout,
+    #[error("the upstream connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the upstream's answer is not HTTP/1.1 the gateway can pass on: {0}")]
+    Wire(#[from] WireError),
+    /// The client's body broke off or was malformed while it streamed up: the client's fault.
+    #[error("the request body could not be read: {0}")]
+    RequestBody(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// How to speak TLS to an `https://` upstream: whom to trust, and the name its certificate
@@ -121,11 +141,11 @@ pub(crate) struct UpstreamPool {
     /// `Some` for an `https://` upstream.
     tls: Option<UpstreamTls>,
     limits: UpstreamLimits,
-    /// One permit per open connection, held by the connection's task.
+    /// One permit per open connection, held by the connection.
     slots: Arc<Semaphore>,
     /// Signalled when a connection comes back idle, for requests waiting on a full pool.
     returned: Notify,
-    idle: Mutex<Vec<SendRequest<RequestBody>>>,
+    idle: Mutex<Vec<Connection>>,
 }
 
 impl std::fmt::Debug for UpstreamPool {
@@ -172,48 +192,70 @@ impl UpstreamPool {
         self.lock().len()
     }
 
-    /// Sends `request` (origin-form URI, `Host` set) on an idle connection when one is ready,
-    /// else on a new one while fewer than `max_connections` are open, else waits up to
-    /// `queue_timeout` for either. The response body returns the connection to the pool when it
-    /// is done.
+    /// Sends the request `parts` and `body` (no hop-by-hop fields; `added` written after its
+    /// own fields, replacing theirs of the same names) on an idle
+    /// connection when one is open, else on a new one while fewer than `max_connections` are
+    /// open, else waits up to `queue_timeout` for either. The response head must be in by
+    /// `deadline`, whatever the waiting and connecting took. The response body returns the
+    /// connection to the pool when it is done.
     pub async fn send(
         self: &Arc<Self>,
-        mut request: Request<RequestBody>,
+        parts: &http::request::Parts,
+        mut body: RequestBody,
+        added: &AddedFields<'_>,
+        deadline: Instant,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        let mut deadline = None;
+        let framing = RequestFraming::of(&parts.headers, body.is_end_stream());
+        let may_resend = framing == RequestFraming::Empty && wire::is_idempotent(&parts.method);
         loop {
-            while let Some(mut sender) = self.checkout() {
-                match sender.try_send_request(request).await {
-                    Ok(response) => return Ok(self.wrap(response, sender)),
-                    Err(mut error) => match error.take_message() {
-                        // Never written: the connection had closed. Try the next one.
-                        Some(unsent) => request = unsent,
-                        None => return Err(error.into_error().into()),
-                    },
+            let connection = self.acquire(deadline).await?;
+            let exchanged =
+                connection::exchange(self, connection, parts, &mut body, added, framing, deadline);
+            match exchanged.await {
+                Ok(response) => {
+                    return Ok(
+                        response.map(|body| IdleBody::new(body, self.limits.body_idle_timeout))
+                    );
                 }
+                Err(Failed { stale: true, .. }) if may_resend => {
+                    tracing::debug!(upstream = %self.target, "a reused connection had closed; sending again");
+                }
+                Err(Failed { error, .. }) => return Err(error),
+            }
+        }
+    }
+
+    /// An open idle connection, or a new one, waiting up to `queue_timeout` when every slot is
+    /// taken; never past `deadline`.
+    async fn acquire(&self, deadline: Instant) -> Result<Connection, UpstreamError> {
+        let mut queue_deadline = None;
+        loop {
+            if let Some(connection) = self.checkout() {
+                return Ok(connection);
             }
             let slot = match Arc::clone(&self.slots).try_acquire_owned() {
                 Ok(slot) => slot,
                 Err(_) => {
                     // Every connection is busy: wait for one to come back or to close.
-                    let deadline = *deadline.get_or_insert_with(|| {
-                        tokio::time::Instant::now() + self.limits.queue_timeout
-                    });
+                    let queue_deadline = *queue_deadline
+                        .get_or_insert_with(|| Instant::now() + self.limits.queue_timeout);
                     tokio::select! {
                         slot = Arc::clone(&self.slots).acquire_owned() => match slot {
                             Ok(slot) => slot,
                             Err(_) => return Err(self.busy()),
                         },
                         () = self.returned.notified() => continue,
-                        () = tokio::time::sleep_until(deadline) => return Err(self.busy()),
+                        () = tokio::time::sleep_until(queue_deadline.min(deadline)) => {
+                            return Err(if deadline <= queue_deadline {
+                                UpstreamError::Timeout
+                            } else {
+                                self.busy()
+                            });
+                        }
                     }
                 }
             };
-            let mut sender = self.connect(slot).await?;
-            return match sender.try_send_request(request).await {
-                Ok(response) => Ok(self.wrap(response, sender)),
-                Err(error) => Err(error.into_error().into()),
-            };
+            return self.connect(slot, deadline).await;
         }
     }
 
@@ -225,48 +267,50 @@ impl UpstreamPool {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SendRequest<RequestBody>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
         // The vector is valid whatever a panicking holder was doing.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The most recently returned connection that can take a request now. Closed ones are
-    /// dropped; one still finishing its previous exchange stays for the next request.
-    fn checkout(&self) -> Option<SendRequest<RequestBody>> {
-        let mut idle = self.lock();
-        let mut index = idle.len();
-        while index > 0 {
-            index -= 1;
-            // `remove`, not `swap_remove`: the rest stays in most-recent-last order. The common
-            // case is the last entry, where both are a pop.
-            if idle[index].is_closed() {
-                idle.remove(index);
-            } else if idle[index].is_ready() {
-                return Some(idle.remove(index));
+    /// The most recently returned idle connection that is still open; closed ones are dropped
+    /// (the check happens outside the lock).
+    fn checkout(&self) -> Option<Connection> {
+        loop {
+            let mut connection = self.lock().pop()?;
+            if connection.is_open() {
+                return Some(connection);
             }
         }
-        None
     }
 
-    fn checkin(&self, sender: SendRequest<RequestBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn checkin(&self, connection: Connection) {
         let mut idle = self.lock();
         if idle.len() < MAX_IDLE {
-            idle.push(sender);
+            idle.push(connection);
             drop(idle);
             self.returned.notify_one();
         }
     }
 
-    /// A new connection: TCP, then TLS for an https upstream (both within `connect_timeout`),
-    /// then the HTTP/1.1 handshake.
+    /// A new connection: TCP, then TLS for an https upstream, both within `connect_timeout`
+    /// and by `response_deadline`.
     async fn connect(
         &self,
         slot: OwnedSemaphorePermit,
-    ) -> Result<SendRequest<RequestBody>, UpstreamError> {
-        let deadline = tokio::time::Instant::now() + self.limits.connect_timeout;
+        response_deadline: Instant,
+    ) -> Result<Connection, UpstreamError> {
+        let connect_deadline = Instant::now() + self.limits.connect_timeout;
+        let deadline = connect_deadline.min(response_deadline);
+        let timed_out = || {
+            if response_deadline < connect_deadline {
+                UpstreamError::Timeout
+            } else {
+                UpstreamError::ConnectTimeout {
+                    target: self.target.clone(),
+                    timeout: self.limits.connect_timeout,
+                }
+            }
+        };
         let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(&self.target)).await
         {
             Ok(Ok(stream)) => stream,
@@ -276,121 +320,23 @@ impl UpstreamPool {
                     source,
                 });
             }
-            Err(_) => {
-                return Err(UpstreamError::ConnectTimeout {
-                    target: self.target.clone(),
-                    timeout: self.limits.connect_timeout,
-                });
-            }
+            Err(_) => return Err(timed_out()),
         };
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY on an upstream connection");
         }
         let Some(tls) = &self.tls else {
-            return self.handshake(TokioIo::new(stream), slot).await;
+            return Ok(Connection::new(Io::Plain(stream), slot));
         };
         let handshake = tls.connector.connect(tls.server_name.clone(), stream);
         match tokio::time::timeout_at(deadline, handshake).await {
-            Ok(Ok(stream)) => self.handshake(TokioIo::new(stream), slot).await,
+            Ok(Ok(stream)) => Ok(Connection::new(Io::Tls(Box::new(stream)), slot)),
             Ok(Err(source)) => Err(UpstreamError::Tls {
                 target: self.target.clone(),
                 source,
             }),
-            Err(_) => Err(UpstreamError::ConnectTimeout {
-                target: self.target.clone(),
-                timeout: self.limits.connect_timeout,
-            }),
+            Err(_) => Err(timed_out()),
         }
-    }
-
-    /// The HTTP/1.1 client handshake on a connected stream; the connection runs in its own task,
-    /// which holds the connection's slot until it ends.
-    async fn handshake<I>(
-        &self,
-        io: I,
-        slot: OwnedSemaphorePermit,
-    ) -> Result<SendRequest<RequestBody>, UpstreamError>
-    where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    {
-        let (sender, connection) = http1::handshake(io).await?;
-        let target = self.target.clone();
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(upstream = %target, %error, "upstream connection ended with an error");
-            }
-            drop(slot);
-        });
-        Ok(sender)
-    }
-
-    fn wrap(
-        self: &Arc<Self>,
-        response: Response<Incoming>,
-        sender: SendRequest<RequestBody>,
-    ) -> Response<PooledBody> {
-        response.map(|body| PooledBody {
-            body: IdleBody::new(body, self.limits.body_idle_timeout),
-            finished: false,
-            connection: Some((sender, Arc::clone(self))),
-        })
-    }
-}
-
-/// An upstream response body that gives its connection back to the pool once it has been
-/// read to the end, and fails when the upstream sends nothing for `idle_timeout` (the client's
-/// response is then cut off, and the connection closed). The timer exists only once the body
-/// has had to wait: a response that arrives whole costs none.
-pub struct PooledBody {
-    body: IdleBody<Incoming>,
-    finished: bool,
-    connection: Option<(SendRequest<RequestBody>, Arc<UpstreamPool>)>,
-}
-
-impl std::fmt::Debug for PooledBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PooledBody")
-            .field("finished", &self.finished)
-            .finish()
-    }
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = IdleBodyError<hyper::Error>;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.finished = true,
-            Poll::Ready(Some(Err(IdleBodyError::Idle(idle)))) => {
-                tracing::warn!(idle = ?idle, "upstream response body stalled; abandoning it");
-            }
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        if let Some((sender, pool)) = self.connection.take()
-            && (self.finished || self.body.is_end_stream())
-        {
-            pool.checkin(sender);
-        }
-        // Otherwise the sender drops here and hyper closes the half-read connection.
     }
 }
 
@@ -398,8 +344,12 @@ impl Drop for PooledBody {
 mod tests {
     use std::convert::Infallible;
 
+    use bytes::Bytes;
+    use http::Request;
     use http_body_util::{BodyExt, Full};
+    use hyper::client::conn::http1;
     use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
     use tokio::net::TcpListener;
 
     use super::*;
@@ -410,6 +360,18 @@ mod tests {
         queue_timeout: Duration::from_secs(5),
         body_idle_timeout: Duration::from_secs(60),
     };
+
+    /// Sends `request` through `pool` as the forwarder does, with a deadline no test reaches.
+    async fn send(
+        pool: &Arc<UpstreamPool>,
+        request: Request<RequestBody>,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        let (parts, body) = request.into_parts();
+        let host = http::HeaderValue::from_static("test");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        pool.send(&parts, body, &AddedFields::new(&host), deadline)
+            .await
+    }
 
     /// An upstream that answers `count` connections, each with keep-alive, and reports the
     /// number of connections it accepted.
@@ -481,7 +443,7 @@ mod tests {
         let pool = Arc::new(UpstreamPool::new(authority, None, TEST_LIMITS));
         for request in incoming_requests(&["/a", "/b", "/c"]).await {
             let path = request.uri().path().to_owned();
-            let response = pool.send(request).await.expect("answered");
+            let response = send(&pool, request).await.expect("answered");
             let body = response.into_body().collect().await.expect("body");
             assert_eq!(body.to_bytes(), Bytes::from(path));
         }
@@ -494,14 +456,12 @@ mod tests {
         let (authority, accepted) = upstream().await;
         let pool = Arc::new(UpstreamPool::new(authority, None, TEST_LIMITS));
         let mut requests = incoming_requests(&["/a", "/b"]).await.into_iter();
-        let first = pool
-            .send(requests.next().expect("first"))
+        let first = send(&pool, requests.next().expect("first"))
             .await
             .expect("answered");
         drop(first);
         assert_eq!(pool.idle_count(), 0);
-        let second = pool
-            .send(requests.next().expect("second"))
+        let second = send(&pool, requests.next().expect("second"))
             .await
             .expect("answered");
         let body = second.into_body().collect().await.expect("body");
@@ -522,7 +482,7 @@ mod tests {
         let pool = Arc::new(UpstreamPool::new(authority, None, TEST_LIMITS));
         let request = incoming_requests(&["/a"]).await.pop().expect("request");
         assert!(matches!(
-            pool.send(request).await,
+            send(&pool, request).await,
             Err(UpstreamError::Connect { .. })
         ));
     }
@@ -589,16 +549,14 @@ mod tests {
 
         // Trusting the upstream's own certificate: answered over TLS.
         let mut requests = incoming_requests(&["/a", "/b"]).await.into_iter();
-        let response = pool(&cert)
-            .send(requests.next().expect("a"))
+        let response = send(&pool(&cert), requests.next().expect("a"))
             .await
             .expect("answered");
         let body = response.into_body().collect().await.expect("body");
         assert_eq!(body.to_bytes(), Bytes::from("secret"));
 
         // Trusting someone else: refused, and the error (what the gateway logs) says why.
-        let error = pool(&stranger)
-            .send(requests.next().expect("b"))
+        let error = send(&pool(&stranger), requests.next().expect("b"))
             .await
             .expect_err("an unverifiable upstream is refused");
         assert!(matches!(error, UpstreamError::Tls { .. }), "{error:?}");
