@@ -6,7 +6,11 @@
 use std::fmt::Display;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
 
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::sync::OwnedSemaphorePermit;
@@ -57,49 +61,7 @@ impl Connections {
     {
         let (drain, close) = (self.drain.clone(), self.close.clone());
         self.tasks.spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            let mut watchdog = Watchdog::new();
-            let mut next_check = watch
-                .as_ref()
-                .map(|(_, limits, since)| *since + limits.first_request);
-            let result = loop {
-                let check = async {
-                    match next_check {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    result = connection.as_mut() => break Some(result),
-                    () = drain.cancelled() => {
-                        connection.as_mut().graceful_shutdown();
-                        break tokio::select! {
-                            result = connection.as_mut() => Some(result),
-                            () = close.cancelled() => None,
-                        };
-                    }
-                    () = check => {
-                        let Some((activity, limits, _)) = &watch else { continue };
-                        match watchdog.check(activity.as_ref().as_ref()) {
-                            Verdict::Busy => {
-                                next_check = Some(tokio::time::Instant::now() + limits.idle);
-                            }
-                            Verdict::NeverSpoke => {
-                                tracing::debug!(%remote, deadline = ?limits.first_request, "no request in time; closing");
-                                break None;
-                            }
-                            Verdict::Idle => {
-                                tracing::debug!(%remote, idle = ?limits.idle, "idle; closing");
-                                connection.as_mut().graceful_shutdown();
-                                break tokio::select! {
-                                    result = connection.as_mut() => Some(result),
-                                    () = close.cancelled() => None,
-                                };
-                            }
-                        }
-                    }
-                }
-            };
+            let result = watched(connection, &drain, &close, watch, remote).await;
             if let Some(Err(error)) = result {
                 tracing::debug!(%remote, %error, "connection ended with an error");
             }
@@ -122,5 +84,106 @@ impl Connections {
         }
         self.close.cancel();
         drained
+    }
+}
+
+/// Runs `connection` until it ends (`Some`) or is dropped (`None`): at the end of the shutdown
+/// grace, or when the watchdog finds it never spoke. Shutdown and an idle verdict ask it to
+/// finish gracefully.
+///
+/// The drain and close tokens and the watchdog's timer are polled with a waker of their own
+/// ([`Events`]), and only after one of them has woken it: a connection task wakes a few times
+/// per request, and polling three more futures on each wake (a lock each for the tokens, the
+/// timer's state) cost more than the request's own I/O readiness checks (BENCHMARKS.md).
+async fn watched<C, A>(
+    connection: C,
+    drain: &CancellationToken,
+    close: &CancellationToken,
+    watch: Option<(Arc<A>, IdleLimits, tokio::time::Instant)>,
+    remote: SocketAddr,
+) -> Option<Result<(), C::Error>>
+where
+    C: GracefulConnection,
+    A: AsRef<Activity>,
+{
+    let mut connection = std::pin::pin!(connection);
+    let mut drained = std::pin::pin!(drain.cancelled());
+    let mut closed = std::pin::pin!(close.cancelled());
+    let first_check = watch
+        .as_ref()
+        .map(|(_, limits, since)| *since + limits.first_request);
+    let mut check = std::pin::pin!(tokio::time::sleep_until(
+        first_check.unwrap_or_else(far_future)
+    ));
+    let mut checking = first_check.is_some();
+    let events = Arc::new(Events::default());
+    let events_waker = Waker::from(Arc::clone(&events));
+    let mut watchdog = Watchdog::new();
+    let (mut finishing, mut registered) = (false, false);
+    std::future::poll_fn(|cx| {
+        events.task.register(cx.waker());
+        if !registered || events.fired.swap(false, Ordering::AcqRel) {
+            registered = true;
+            let mut events_cx = Context::from_waker(&events_waker);
+            if !finishing && drained.as_mut().poll(&mut events_cx).is_ready() {
+                finishing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            if closed.as_mut().poll(&mut events_cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            if checking
+                && check.as_mut().poll(&mut events_cx).is_ready()
+                && let Some((activity, limits, _)) = &watch
+            {
+                match watchdog.check(activity.as_ref().as_ref()) {
+                    Verdict::Busy => {
+                        check
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + limits.idle);
+                        // Registers the events waker for the new deadline.
+                        let _ = check.as_mut().poll(&mut events_cx);
+                    }
+                    Verdict::NeverSpoke => {
+                        tracing::debug!(%remote, deadline = ?limits.first_request, "no request in time; closing");
+                        return Poll::Ready(None);
+                    }
+                    Verdict::Idle => {
+                        tracing::debug!(%remote, idle = ?limits.idle, "idle; closing");
+                        checking = false;
+                        if !finishing {
+                            finishing = true;
+                            connection.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
+            }
+        }
+        connection.as_mut().poll(cx).map(Some)
+    })
+    .await
+}
+
+/// A deadline that never comes, for a connection without a watchdog.
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// The waker the drain and close tokens and the watchdog's timer get: it notes that one of them
+/// fired and wakes the connection's task.
+#[derive(Default)]
+struct Events {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Events {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
