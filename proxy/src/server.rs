@@ -17,7 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use keygate_transport::{
-    AcceptSettings, Accepted, Activity, Connections, IdleLimits, ServerStream, ServerTls,
+    AcceptSettings, Accepted, Activity, Connections, IdleLimits, Reading, ServerStream, ServerTls,
     accept_loop,
 };
 use tokio::net::TcpListener;
@@ -120,10 +120,13 @@ pub(crate) async fn serve<S: Service>(
     shutdown: CancellationToken,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // No hyper head deadline: it allocated and registered a timer per request, and started it
+    // when hyper began waiting for the next head, which closed idle keep-alive connections
+    // after `header_read_timeout`. The connection's watchdog times heads from their first
+    // byte instead (`keygate_transport::activity`).
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes);
     builder
         .http2()
@@ -144,6 +147,7 @@ pub(crate) async fn serve<S: Service>(
         connections: connections.clone(),
         idle: IdleLimits {
             first_request: limits.header_read_timeout,
+            head: limits.header_read_timeout,
             idle: limits.idle_timeout,
         },
     };
@@ -180,8 +184,14 @@ impl<S: Service> Listener<S> {
         let peer = Arc::new(Peer::new(remote, stream.is_tls()));
         // One monomorphic connection per transport: the plain path has no TLS branch in it.
         match stream {
-            ServerStream::Plain(tcp) => self.serve_on(TokioIo::new(tcp), peer, at, permit),
-            ServerStream::Tls(tls) => self.serve_on(TokioIo::new(tls), peer, at, permit),
+            ServerStream::Plain(tcp) => {
+                let io = TokioIo::new(Reading::new(tcp, Arc::clone(&peer)));
+                self.serve_on(io, peer, at, permit);
+            }
+            ServerStream::Tls(tls) => {
+                let io = TokioIo::new(Reading::new(tls, Arc::clone(&peer)));
+                self.serve_on(io, peer, at, permit);
+            }
         }
     }
 
@@ -192,9 +202,12 @@ impl<S: Service> Listener<S> {
         let service = Arc::clone(&self.service);
         let remote = peer.addr;
         let watched = Arc::clone(&peer);
-        let hyper_service = service_fn(move |request| {
+        let hyper_service = service_fn(move |request: Request<Incoming>| {
             let (service, peer) = (Arc::clone(&service), Arc::clone(&peer));
             peer.activity.started();
+            if request.version() < http::Version::HTTP_2 {
+                peer.activity.http1();
+            }
             async move {
                 let response = service.call(request, &peer).await;
                 peer.activity.finished();

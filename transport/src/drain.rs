@@ -45,8 +45,9 @@ impl Connections {
     }
 
     /// Like [`Connections::spawn`], and with `watch`, closes the connection when the service
-    /// reports no first request within `first_request` of `since` (the accept: dropped) or no
-    /// request for `idle` (closed gracefully, so a response still streaming finishes).
+    /// reports no first request within `first_request` of `since` (the accept: dropped), an
+    /// HTTP/1 head not complete within `head` of its first byte (dropped), or no request for
+    /// `idle` (closed gracefully, so a response still streaming finishes).
     /// `A` is whatever per-connection state the service keeps its [`Activity`] in.
     pub fn spawn_watched<C, A>(
         &self,
@@ -136,16 +137,19 @@ where
                 && check.as_mut().poll(&mut events_cx).is_ready()
                 && let Some((activity, limits, _)) = &watch
             {
-                match watchdog.check(activity.as_ref().as_ref()) {
-                    Verdict::Busy => {
-                        check
-                            .as_mut()
-                            .reset(tokio::time::Instant::now() + limits.idle);
+                let now = tokio::time::Instant::now();
+                match watchdog.check(activity.as_ref().as_ref(), limits, now) {
+                    Verdict::Busy(next) => {
+                        check.as_mut().reset(next);
                         // Registers the events waker for the new deadline.
                         let _ = check.as_mut().poll(&mut events_cx);
                     }
                     Verdict::NeverSpoke => {
                         tracing::debug!(%remote, deadline = ?limits.first_request, "no request in time; closing");
+                        return Poll::Ready(None);
+                    }
+                    Verdict::SlowHead => {
+                        tracing::debug!(%remote, deadline = ?limits.head, "request head not complete in time; closing");
                         return Poll::Ready(None);
                     }
                     Verdict::Idle => {

@@ -37,7 +37,7 @@ pub mod stream;
 use std::sync::Arc;
 
 pub use accept::{AcceptSettings, Accepted, accept_loop};
-pub use activity::{Activity, IdleLimits};
+pub use activity::{Activity, IdleLimits, Reading};
 pub use client::{ClientIdentity, Trust, client_config};
 pub use drain::Connections;
 pub use reload::{ReloadingCert, watch_certificates};
