@@ -772,4 +772,67 @@ mod tests {
         long_extension.resize(MAX_DROPPED_BYTES + 10, b'a');
         assert!(decode_in_steps(&long_extension, 4096).is_err());
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// `data` as a chunked body, one chunk per piece, with an extension on odd chunks and a
+        /// trailer.
+        fn chunked(pieces: &[Vec<u8>]) -> Vec<u8> {
+            let mut wire = Vec::new();
+            for (index, piece) in pieces.iter().filter(|piece| !piece.is_empty()).enumerate() {
+                wire.extend_from_slice(format!("{:x}", piece.len()).as_bytes());
+                if index % 2 == 1 {
+                    wire.extend_from_slice(b";ext=v");
+                }
+                wire.extend_from_slice(b"\r\n");
+                wire.extend_from_slice(piece);
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b"0\r\nx-trailer: 1\r\n\r\n");
+            wire
+        }
+
+        proptest! {
+            #[test]
+            fn any_bytes_as_a_response_head_are_an_answer_or_an_error_never_a_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..600),
+            ) {
+                let mut buf = BytesMut::from(&bytes[..]);
+                if let Ok(Some(head)) = parse_response_head(&mut buf, &Method::GET, &mut Vec::new()) {
+                    prop_assert!(buf.len() < bytes.len(), "a parsed head is taken from the buffer");
+                    prop_assert!(!head.status.is_informational());
+                }
+            }
+
+            #[test]
+            fn any_bytes_as_a_chunked_body_never_panic_nor_loop(
+                bytes in proptest::collection::vec(any::<u8>(), 0..600),
+                step in 1usize..64,
+            ) {
+                let mut decoder = ChunkedDecoder::default();
+                let mut buf = BytesMut::new();
+                for piece in bytes.chunks(step) {
+                    buf.extend_from_slice(piece);
+                    // Data is never empty, so every turn consumes bytes: no loop without end.
+                    while let Ok(Decoded::Data(data)) = decoder.decode(&mut buf) {
+                        prop_assert!(!data.is_empty());
+                    }
+                }
+            }
+
+            #[test]
+            fn a_chunked_body_decodes_to_its_data_however_it_is_split(
+                pieces in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..70), 0..8),
+                step in 1usize..50,
+            ) {
+                let wire = chunked(&pieces);
+                let (body, rest) = decode_in_steps(&wire, step).expect("a valid chunked body");
+                prop_assert_eq!(body, pieces.concat());
+                prop_assert!(rest.is_empty());
+            }
+        }
+    }
 }
