@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::Method;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
@@ -195,6 +195,8 @@ impl Connection {
         self.io.flush().await.map_err(Sending::Io)
     }
 
+    /// Writes one data frame of the request body; a chunk's size line, data and CRLF go in one
+    /// vectored write.
     async fn write_data(&mut self, data: &Bytes, framing: RequestFraming) -> Result<(), Sending> {
         if data.is_empty() {
             return Ok(());
@@ -203,9 +205,8 @@ impl Connection {
             self.write.clear();
             self.write
                 .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-            self.io.write_all(&self.write).await.map_err(Sending::Io)?;
-            self.io.write_all(data).await.map_err(Sending::Io)?;
-            return self.io.write_all(b"\r\n").await.map_err(Sending::Io);
+            let mut chunk = self.write[..].chain(&data[..]).chain(&b"\r\n"[..]);
+            return self.io.write_all_buf(&mut chunk).await.map_err(Sending::Io);
         }
         self.io.write_all(data).await.map_err(Sending::Io)
     }
