@@ -203,8 +203,7 @@ impl Connection {
         }
         if framing == RequestFraming::Chunked {
             self.write.clear();
-            self.write
-                .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            chunk_size_line(&mut self.write, data.len());
             let mut chunk = self.write[..].chain(&data[..]).chain(&b"\r\n"[..]);
             return self.io.write_all_buf(&mut chunk).await.map_err(Sending::Io);
         }
@@ -246,12 +245,19 @@ fn encode_data(out: &mut Vec<u8>, data: &[u8], framing: RequestFraming) {
         return;
     }
     if framing == RequestFraming::Chunked {
-        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        chunk_size_line(out, data.len());
         out.extend_from_slice(data);
         out.extend_from_slice(b"\r\n");
     } else {
         out.extend_from_slice(data);
     }
+}
+
+/// A chunk's size line (`<hex>\r\n`), written in place: no string is allocated per chunk.
+fn chunk_size_line(out: &mut Vec<u8>, len: usize) {
+    use std::io::Write as _;
+    // Writing to a `Vec` cannot fail.
+    let _ = write!(out, "{len:x}\r\n");
 }
 
 /// The ways a connection the upstream closed while it was idle fails the next exchange.
