@@ -29,6 +29,7 @@ pub mod keyfile;
 pub mod keyset;
 pub mod limits;
 pub mod load;
+pub mod memory_latency;
 pub mod mix;
 pub mod percentiles;
 pub mod probe;

@@ -18,7 +18,7 @@ use keygate_benches::mix::{Distribution, KeyMix, KeyMixSpec};
 use keygate_benches::synthetic_cp::SyntheticControlPlane;
 use keygate_benches::tls::{TlsOptions, Verification};
 use keygate_benches::{
-    chart, cp_load, disable_latency, keyfile, ready_time, replica_memory, summary,
+    chart, cp_load, disable_latency, keyfile, memory_latency, ready_time, replica_memory, summary,
 };
 
 #[derive(Parser)]
@@ -110,6 +110,18 @@ enum Bench {
         keys: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Memory latency: ns per dependent read of a random 64-byte line in `--mib` MiB, on huge
+    /// pages (as the key table asks for) or, with `--small-pages`, without asking.
+    MemoryLatency {
+        #[arg(long, default_value_t = 128)]
+        mib: usize,
+        #[arg(long)]
+        small_pages: bool,
+        #[arg(long, default_value_t = 5_000_000)]
+        accesses: u64,
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -343,6 +355,29 @@ async fn run(command: Bench) -> anyhow::Result<()> {
                 measured.bytes_per_key,
                 measured.build_seconds,
                 measured.install_seconds,
+            );
+            write_json(json.as_deref(), &measured)
+        }
+        Bench::MemoryLatency {
+            mib,
+            small_pages,
+            accesses,
+            json,
+        } => {
+            let measured = tokio::task::spawn_blocking(move || {
+                memory_latency::measure(mib << 20, !small_pages, accesses)
+            })
+            .await??;
+            println!(
+                "{} MiB, huge pages {}: {:.1} ns per dependent read ({} MiB of the process on huge pages)",
+                measured.region_bytes >> 20,
+                if measured.huge_pages_asked {
+                    "asked"
+                } else {
+                    "not asked"
+                },
+                measured.nanoseconds_per_access,
+                measured.anon_huge_pages_bytes >> 20,
             );
             write_json(json.as_deref(), &measured)
         }
