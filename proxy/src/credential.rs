@@ -23,6 +23,7 @@ use http::header::{COOKIE, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{AuthMode, ProxyConfig, parse_header_name};
 use crate::error::ConfigError;
+use crate::fields;
 
 /// The cookie-name prefix that makes a browser keep a cookie only if it is Secure, has
 /// `Path=/` and no `Domain`.
@@ -120,7 +121,9 @@ impl CredentialHeaders {
             AuthMode::KeyOrSession => (true, true),
         };
         let header = |credential| (credential, Carrier::Header);
-        let mut authorization = headers.get_all(&self.authorization).iter();
+        let [authorization, api_key, cookie] =
+            fields::first(headers, [&self.authorization, &self.api_key, &COOKIE]);
+        let mut authorization = fields::values(headers, &self.authorization, authorization);
         let bearer = match (authorization.next(), authorization.next()) {
             (None, _) => None,
             // `Basic x` + `Bearer y`: whichever one is checked, the other would be forwarded.
@@ -132,9 +135,10 @@ impl CredentialHeaders {
             },
         };
         // Session routes take no API key, so they do not read its header.
+        let api_key_values = fields::values(headers, &self.api_key, api_key);
         let mut api_key = None;
         if keys {
-            for value in headers.get_all(&self.api_key) {
+            for value in api_key_values {
                 let Ok(key) = value.to_str() else {
                     return header(Credential::Unreadable);
                 };
@@ -154,7 +158,10 @@ impl CredentialHeaders {
             (None, Some(key)) => return header(Credential::ApiKey(key)),
             (None, None) => {}
         }
-        if sessions && let Some(credential) = self.session_cookie(headers) {
+        if sessions
+            && cookie.is_some()
+            && let Some(credential) = self.session_cookie(headers)
+        {
             return (credential, Carrier::Cookie);
         }
         (Credential::Missing, Carrier::Nothing)
@@ -191,6 +198,31 @@ impl CredentialHeaders {
     /// Removes every credential the gateway consumes: every Bearer `Authorization` value (other
     /// schemes stay), every API-key header and every session cookie pair (other cookies stay).
     pub fn strip(&self, headers: &mut HeaderMap) {
+        let [authorization, api_key, cookie] =
+            fields::first(headers, [&self.authorization, &self.api_key, &COOKIE]);
+        // When no name repeats (the usual case), the first value is the only one.
+        let only_bearer = (headers.len() == headers.keys_len())
+            .then(|| authorization.map(|value| is_bearer(value.as_bytes())));
+        let (authorization, api_key, cookie) =
+            (authorization.is_some(), api_key.is_some(), cookie.is_some());
+        match only_bearer {
+            Some(Some(true)) => {
+                headers.remove(&self.authorization);
+            }
+            Some(_) => {}
+            None if authorization => self.strip_bearer(headers),
+            None => {}
+        }
+        if api_key {
+            headers.remove(&self.api_key);
+        }
+        if cookie {
+            self.strip_session_cookies(headers);
+        }
+    }
+
+    /// Removes every Bearer value of the authorization header, keeping other schemes'.
+    fn strip_bearer(&self, headers: &mut HeaderMap) {
         let mut authorization = headers.get_all(&self.authorization).iter();
         match (authorization.next(), authorization.next()) {
             (None, _) => {}
@@ -212,7 +244,10 @@ impl CredentialHeaders {
                 }
             }
         }
-        headers.remove(&self.api_key);
+    }
+
+    /// Removes the session cookies from every `Cookie` field, keeping the others.
+    fn strip_session_cookies(&self, headers: &mut HeaderMap) {
         if !headers.get_all(COOKIE).iter().any(|value| {
             self.session_cookie_values(value.as_bytes())
                 .next()

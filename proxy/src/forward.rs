@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 
 use crate::credential::CredentialHeaders;
 use crate::error::error_chain;
+use crate::fields;
 use crate::idle_body::IdleBody;
 use crate::metrics::{Metrics, UpstreamFailure};
 use crate::replica::KEY_ID_TEXT_LEN;
@@ -116,8 +117,12 @@ impl Forwarder {
         // The fields the gateway adds are written into the head by the client, each replacing
         // the request's own of that name (`AddedFields`); the request's map is only read now.
         let headers = &parts.headers;
+        let [host, had_forwarded_for, had_forwarded] = fields::first(
+            headers,
+            [&header::HOST, &X_FORWARDED_FOR, &header::FORWARDED],
+        );
         let authority;
-        let original_host = match headers.get(header::HOST) {
+        let original_host = match host {
             Some(host) => Some(host),
             None => {
                 authority = parts
@@ -127,8 +132,8 @@ impl Forwarder {
                 authority.as_ref()
             }
         };
-        let forwarded_for = forwarded_for(headers, forwarding.peer);
-        let forwarded = forwarded(headers, forwarding.peer);
+        let forwarded_for = forwarded_for(headers, had_forwarded_for.is_some(), forwarding.peer);
+        let forwarded = forwarded(headers, had_forwarded.is_some(), forwarding.peer);
         let mut added = AddedFields::new(&route.upstream_host);
         if let Some(forwarded_for) = &forwarded_for {
             added.push(&X_FORWARDED_FOR, forwarded_for);
@@ -309,16 +314,22 @@ fn remove_keygate_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// `X-Forwarded-For` with the client's address after any the request carried.
-fn forwarded_for<'a>(headers: &HeaderMap, peer: &'a Peer) -> Option<Cow<'a, HeaderValue>> {
-    let mut previous = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-    if previous.peek().is_none()
-        && let Some(client) = &peer.forwarded_for
-    {
+/// `X-Forwarded-For` with the client's address after any the request carried (`had`: whether
+/// it carried one).
+fn forwarded_for<'a>(
+    headers: &HeaderMap,
+    had: bool,
+    peer: &'a Peer,
+) -> Option<Cow<'a, HeaderValue>> {
+    if !had && let Some(client) = &peer.forwarded_for {
         // The common case: the connection's preformatted address, shared, no formatting.
         return Some(Cow::Borrowed(client));
     }
-    let previous: Vec<&str> = previous.filter_map(|value| value.to_str().ok()).collect();
+    let previous: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect();
     let client = peer.addr.ip();
     let joined = if previous.is_empty() {
         client.to_string()
@@ -367,14 +378,13 @@ fn join_cookie_fragments(headers: &mut HeaderMap) {
 /// `Forwarded` (RFC 7239) with this hop appended: `for=<client>;proto=<http|https>`, the address
 /// quoted and bracketed when it is IPv6 (`for="[2001:db8::1]"`). Earlier elements are kept, as
 /// with `X-Forwarded-For`: only the last one is the gateway's, and the upstream must not trust
-/// the ones before it more than it trusts the client.
-fn forwarded<'a>(headers: &HeaderMap, peer: &'a Peer) -> Cow<'a, HeaderValue> {
-    let mut previous = headers.get_all(header::FORWARDED).iter().peekable();
-    if previous.peek().is_none() {
+/// the ones before it more than it trusts the client. `had`: whether the request carried one.
+fn forwarded<'a>(headers: &HeaderMap, had: bool, peer: &'a Peer) -> Cow<'a, HeaderValue> {
+    if !had {
         return Cow::Borrowed(&peer.forwarded);
     }
     let mut joined = BytesMut::new();
-    for value in previous {
+    for value in headers.get_all(header::FORWARDED) {
         joined.extend_from_slice(value.as_bytes());
         joined.extend_from_slice(b", ");
     }
@@ -419,14 +429,14 @@ mod tests {
         headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
         headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
         let peer = Peer::new("192.0.2.7:5000".parse().expect("addr"), false);
-        let value = forwarded_for(&headers, &peer).expect("a value");
+        let value = forwarded_for(&headers, true, &peer).expect("a value");
         assert_eq!(*value, "10.0.0.1, 10.0.0.2, 192.0.2.7");
         // Without earlier hops, the connection's preformatted address.
-        let value = forwarded_for(&HeaderMap::new(), &peer).expect("a value");
+        let value = forwarded_for(&HeaderMap::new(), false, &peer).expect("a value");
         assert!(matches!(value, Cow::Borrowed(_)));
         assert_eq!(*value, "192.0.2.7");
         let v6 = Peer::new("[2001:db8::1]:443".parse().expect("addr"), true);
-        let value = forwarded_for(&HeaderMap::new(), &v6).expect("a value");
+        let value = forwarded_for(&HeaderMap::new(), false, &v6).expect("a value");
         assert_eq!(*value, "2001:db8::1");
     }
 
@@ -434,7 +444,7 @@ mod tests {
     fn forwarded_gets_this_hop_appended() {
         let v4 = Peer::new("192.0.2.7:5000".parse().expect("addr"), false);
         assert_eq!(
-            *forwarded(&HeaderMap::new(), &v4),
+            *forwarded(&HeaderMap::new(), false, &v4),
             "for=192.0.2.7;proto=http"
         );
 
@@ -446,13 +456,13 @@ mod tests {
         headers.append(header::FORWARDED, HeaderValue::from_static("for=unknown"));
         let v6 = Peer::new("[2001:db8::1]:443".parse().expect("addr"), true);
         assert_eq!(
-            *forwarded(&headers, &v6),
+            *forwarded(&headers, true, &v6),
             "for=198.51.100.1;proto=https, for=unknown, for=\"[2001:db8::1]\";proto=https"
         );
 
         let v4_tls = Peer::new("192.0.2.7:5001".parse().expect("addr"), true);
         assert_eq!(
-            *forwarded(&HeaderMap::new(), &v4_tls),
+            *forwarded(&HeaderMap::new(), false, &v4_tls),
             "for=192.0.2.7;proto=https"
         );
     }

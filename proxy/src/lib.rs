@@ -37,6 +37,7 @@ pub mod config;
 pub mod credential;
 mod deleted;
 mod error;
+mod fields;
 mod forward;
 pub mod freshness;
 mod gateway;
