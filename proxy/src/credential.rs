@@ -200,17 +200,16 @@ impl CredentialHeaders {
     pub fn strip(&self, headers: &mut HeaderMap) {
         let [authorization, api_key, cookie] =
             fields::first(headers, [&self.authorization, &self.api_key, &COOKIE]);
+        let (api_key, cookie) = (api_key.is_some(), cookie.is_some());
         // When no name repeats (the usual case), the first value is the only one.
-        let only_bearer = (headers.len() == headers.keys_len())
-            .then(|| authorization.map(|value| is_bearer(value.as_bytes())));
-        let (authorization, api_key, cookie) =
-            (authorization.is_some(), api_key.is_some(), cookie.is_some());
-        match only_bearer {
-            Some(Some(true)) => {
+        let single = headers.len() == headers.keys_len();
+        match authorization {
+            Some(value) if single && is_bearer(value.as_bytes()) => {
                 headers.remove(&self.authorization);
             }
-            Some(_) => {}
-            None if authorization => self.strip_bearer(headers),
+            // One value of another scheme: not ours.
+            Some(_) if single => {}
+            Some(_) => self.strip_bearer(headers),
             None => {}
         }
         if api_key {
