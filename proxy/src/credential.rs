@@ -121,8 +121,7 @@ impl CredentialHeaders {
             AuthMode::KeyOrSession => (true, true),
         };
         let header = |credential| (credential, Carrier::Header);
-        let [authorization, api_key, cookie] =
-            fields::first(headers, [&self.authorization, &self.api_key, &COOKIE]);
+        let [authorization, api_key, cookie] = self.carriers(headers);
         let mut authorization = fields::values(headers, &self.authorization, authorization);
         let bearer = match (authorization.next(), authorization.next()) {
             (None, _) => None,
@@ -198,31 +197,9 @@ impl CredentialHeaders {
     /// Removes every credential the gateway consumes: every Bearer `Authorization` value (other
     /// schemes stay), every API-key header and every session cookie pair (other cookies stay).
     pub fn strip(&self, headers: &mut HeaderMap) {
-        let [authorization, api_key, cookie] =
-            fields::first(headers, [&self.authorization, &self.api_key, &COOKIE]);
+        let [authorization, api_key, cookie] = self.carriers(headers);
         let (api_key, cookie) = (api_key.is_some(), cookie.is_some());
-        // When no name repeats (the usual case), the first value is the only one.
-        let single = headers.len() == headers.keys_len();
-        match authorization {
-            Some(value) if single && is_bearer(value.as_bytes()) => {
-                headers.remove(&self.authorization);
-            }
-            // One value of another scheme: not ours.
-            Some(_) if single => {}
-            Some(_) => self.strip_bearer(headers),
-            None => {}
-        }
-        if api_key {
-            headers.remove(&self.api_key);
-        }
-        if cookie {
-            self.strip_session_cookies(headers);
-        }
-    }
-
-    /// Removes every Bearer value of the authorization header, keeping other schemes'.
-    fn strip_bearer(&self, headers: &mut HeaderMap) {
-        let mut authorization = headers.get_all(&self.authorization).iter();
+        let mut authorization = fields::values(headers, &self.authorization, authorization);
         match (authorization.next(), authorization.next()) {
             (None, _) => {}
             (Some(value), None) => {
@@ -243,6 +220,18 @@ impl CredentialHeaders {
                 }
             }
         }
+        if api_key {
+            headers.remove(&self.api_key);
+        }
+        if cookie {
+            self.strip_session_cookies(headers);
+        }
+    }
+
+    /// The first value of each place a credential can be (`Authorization`, the API-key header,
+    /// `Cookie`), found in one walk over the request's fields.
+    fn carriers<'a>(&self, headers: &'a HeaderMap) -> [Option<&'a HeaderValue>; 3] {
+        fields::first(headers, [&self.authorization, &self.api_key, &COOKIE])
     }
 
     /// Removes the session cookies from every `Cookie` field, keeping the others.
