@@ -8,7 +8,6 @@ mod support;
 
 use std::time::Duration;
 
-use keygate_proxy::{AuthMode, RouteConfig};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -24,12 +23,7 @@ async fn gateway() -> (RunningGateway, Upstream) {
     let mut config = config(&control_plane);
     config.header_read_timeout = HEAD_TIMEOUT;
     config.idle_timeout = Duration::from_secs(60);
-    config.routes = vec![RouteConfig {
-        path_prefix: "/".into(),
-        upstream: upstream.url(),
-        auth: AuthMode::None,
-        ..RouteConfig::default()
-    }];
+    config.routes = vec![open_route(upstream.url())];
     (start_ready_gateway(config).await, upstream)
 }
 

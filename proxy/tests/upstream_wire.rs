@@ -14,7 +14,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use keygate_proxy::{AuthMode, RouteConfig};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -112,12 +111,7 @@ async fn gateway_to(upstream: &Scripted) -> RunningGateway {
     let control_plane = ControlPlane::start().await;
     let mut config = config(&control_plane);
     config.upstream_timeout = Duration::from_secs(30);
-    config.routes = vec![RouteConfig {
-        path_prefix: "/".into(),
-        upstream: upstream.url(),
-        auth: AuthMode::None,
-        ..RouteConfig::default()
-    }];
+    config.routes = vec![open_route(upstream.url())];
     start_ready_gateway(config).await
 }
 

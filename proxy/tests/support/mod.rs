@@ -23,7 +23,7 @@ use keygate_proto::{
     ApiKey, Change, Event, KeyHash, KeyId, KeyPrefix, Meta, PasskeyRevocation, ReplicaKey,
     Revision, SessionRevocation, SessionVerifyingKey, UserState,
 };
-use keygate_proxy::{Gateway, GatewayStatus, ProxyConfig};
+use keygate_proxy::{AuthMode, Gateway, GatewayStatus, ProxyConfig, RouteConfig};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
@@ -798,6 +798,16 @@ impl RunningGateway {
 
     pub async fn wait_stopped(self) {
         self.served.await.unwrap().unwrap();
+    }
+}
+
+/// One route, `/`, to `upstream` with no credential needed.
+pub fn open_route(upstream: String) -> RouteConfig {
+    RouteConfig {
+        path_prefix: "/".into(),
+        upstream,
+        auth: AuthMode::None,
+        ..RouteConfig::default()
     }
 }
 
