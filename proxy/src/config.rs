@@ -130,6 +130,11 @@ pub struct ProxyConfig {
     /// Most client connections served at once; further connections wait in the accept
     /// backlog. Default 10 000.
     pub max_connections: usize,
+    /// Threads that serve the main listener, each with its own runtime, listener
+    /// (`SO_REUSEPORT`) and idle upstream connections; a connection stays on the thread that
+    /// accepted it. Default: the CPUs the process may run on (its affinity mask and cgroup
+    /// quota). At most 1 024.
+    pub workers: Option<usize>,
     /// How long "this key does not exist" answers of the control plane are remembered, so a
     /// flood of unknown well-formed keys costs one lookup each per period. Default 2 s.
     #[serde(with = "humantime_duration")]
@@ -204,6 +209,7 @@ impl Default for ProxyConfig {
             http2_keepalive_interval: Duration::from_secs(20),
             max_header_bytes: 64 * 1024,
             max_connections: 10_000,
+            workers: None,
             negative_cache_ttl: Duration::from_secs(2),
             lookup_timeout: Duration::from_secs(1),
             max_lookups_per_second: 200,
@@ -488,7 +494,24 @@ impl ProxyConfig {
                 reason: "must be at least 1".to_owned(),
             });
         }
+        if let Some(workers) = self.workers
+            && !(1..=MAX_WORKERS).contains(&workers)
+        {
+            return Err(ConfigError::Invalid {
+                field: "workers",
+                reason: format!("must be between 1 and {MAX_WORKERS}, not {workers}"),
+            });
+        }
         Ok(())
+    }
+
+    /// Threads serving the main listener: `workers`, else one per CPU the process may use.
+    pub fn serving_threads(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get)
+                .min(MAX_WORKERS)
+        })
     }
 
     /// The main listener's certificate and key files, when it serves HTTPS.
@@ -531,6 +554,7 @@ impl ProxyConfig {
             max_connections: self.max_upstream_connections,
             queue_timeout: self.upstream_queue_timeout,
             body_idle_timeout: self.upstream_body_timeout,
+            threads: self.serving_threads(),
         }
     }
 
@@ -682,6 +706,9 @@ fn session_origin(route: &RouteConfig, origin: &str) -> Result<String, ConfigErr
 
 /// hyper refuses smaller HTTP/1 read buffers.
 const MIN_HEADER_BYTES: usize = 8192;
+
+/// Most serving threads (`workers`).
+const MAX_WORKERS: usize = 1024;
 
 fn header_name(field: &'static str, name: &str) -> Result<HeaderName, ConfigError> {
     HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).map_err(|_| ConfigError::Invalid {
@@ -931,6 +958,20 @@ mod tests {
                 },
                 "more than once",
             ),
+            (
+                ProxyConfig {
+                    workers: Some(0),
+                    ..valid()
+                },
+                "workers",
+            ),
+            (
+                ProxyConfig {
+                    workers: Some(MAX_WORKERS + 1),
+                    ..valid()
+                },
+                "workers",
+            ),
         ];
         for (config, needle) in cases {
             let message = config.validate().expect_err(needle).to_string();
@@ -939,6 +980,15 @@ mod tests {
                 "{message:?} does not mention {needle:?}"
             );
         }
+    }
+
+    #[test]
+    fn serving_threads_are_the_workers_set_else_the_usable_cpus() {
+        let config: ProxyConfig = toml::from_str("workers = 3").expect("parses");
+        assert_eq!(config.serving_threads(), 3);
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        assert_eq!(valid().serving_threads(), cpus.min(MAX_WORKERS));
+        assert_eq!(valid().upstream_limits().threads, cpus.min(MAX_WORKERS));
     }
 
     #[test]

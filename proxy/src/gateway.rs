@@ -50,7 +50,8 @@ const ADMIN_GRACE: Duration = Duration::from_secs(1);
 
 /// A bound, not yet serving gateway.
 pub struct Gateway {
-    listener: TcpListener,
+    /// The main listener, once per serving thread, all on one port (`config.workers`).
+    listeners: Vec<TcpListener>,
     admin_listener: TcpListener,
     /// TLS of the main and admin listeners, when configured.
     tls: Option<ServerTls>,
@@ -83,10 +84,13 @@ impl Gateway {
     /// Validates `config`, builds the replica, binds the main and admin listeners (port 0
     /// picks a free port). Syncing starts with [`Gateway::serve`].
     pub async fn bind(
-        config: ProxyConfig,
+        mut config: ProxyConfig,
         metrics: PrometheusHandle,
     ) -> Result<Gateway, ProxyError> {
         config.validate()?;
+        // Resolved once: the upstream pools keep one idle list per serving thread, and a
+        // reload builds its pools from this configuration.
+        config.workers = Some(config.serving_threads());
         let routes = Arc::new(ArcSwap::from_pointee(RouteTable::new(
             config.resolved_routes()?,
             config.upstream_limits(),
@@ -169,14 +173,13 @@ impl Gateway {
         // With spans, the handler sets the `traceparent` itself, naming its forward span.
         .propagating_trace_context(config.trace_context && !config.spans);
 
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ProxyError::Bind {
-                    listener: "main",
-                    addr: config.listen,
-                    source,
-                })?;
+        let listeners = bind_main(config.listen, config.serving_threads())
+            .await
+            .map_err(|source| ProxyError::Bind {
+                listener: "main",
+                addr: config.listen,
+                source,
+            })?;
         let admin_listener = TcpListener::bind(config.admin_listen)
             .await
             .map_err(|source| ProxyError::Bind {
@@ -184,7 +187,10 @@ impl Gateway {
                 addr: config.admin_listen,
                 source,
             })?;
-        let addr = listener.local_addr()?;
+        let addr = match listeners.first() {
+            Some(listener) => listener.local_addr()?,
+            None => config.listen,
+        };
         let admin_addr = admin_listener.local_addr()?;
         let authz_grpc = match config.authz_grpc_listen {
             None => None,
@@ -234,7 +240,7 @@ impl Gateway {
             handles.clone(),
         );
         Ok(Gateway {
-            listener,
+            listeners,
             admin_listener,
             tls,
             admin_tls,
@@ -383,28 +389,28 @@ impl Gateway {
         });
         tracing::info!(addr = %self.addr, admin = %self.admin_addr, "keygate proxy serving");
 
-        if self.handler.spans {
+        let served = if self.handler.spans {
             let service = Arc::new(InSpans(self.handler));
-            server::serve(
+            server::serve_on_threads(
                 "main",
-                self.listener,
+                self.listeners,
                 self.tls,
                 service,
                 self.limits,
                 stop_main,
             )
-            .await;
+            .await
         } else {
-            server::serve(
+            server::serve_on_threads(
                 "main",
-                self.listener,
+                self.listeners,
                 self.tls,
                 self.handler,
                 self.limits,
                 stop_main,
             )
-            .await;
-        }
+            .await
+        };
 
         if let Some(task) = authz_grpc
             && let Err(error) = task.await
@@ -431,7 +437,7 @@ impl Gateway {
             tracing::error!(%error, "route reload task failed");
         }
         tracing::info!("keygate proxy stopped");
-        Ok(())
+        served.map_err(ProxyError::from)
     }
 }
 
@@ -465,6 +471,40 @@ fn gateway_id(config: &ProxyConfig) -> Result<String, ConfigError> {
         (None, _) => Ok(config.effective_gateway_id()),
     }
 }
+
+/// The main listener once per serving thread, all on one port: with several, each socket has
+/// `SO_REUSEPORT` and the kernel spreads new connections over them; port 0 picks a free port
+/// for the first and the others take the same. (Only a process of the same user can join the
+/// port's group, and only by setting the option too.)
+async fn bind_main(addr: SocketAddr, threads: usize) -> std::io::Result<Vec<TcpListener>> {
+    if threads <= 1 {
+        return Ok(vec![TcpListener::bind(addr).await?]);
+    }
+    let first = bind_sharing(addr)?;
+    let port = first.local_addr()?;
+    let mut listeners = Vec::with_capacity(threads);
+    listeners.push(first);
+    for _ in 1..threads {
+        listeners.push(bind_sharing(port)?);
+    }
+    Ok(listeners)
+}
+
+/// A listener on `addr` that others may share (`SO_REUSEPORT`).
+fn bind_sharing(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind` does: a restart can bind while old connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// The accept queue of each main listener (what `TcpListener::bind` asks for).
+const LISTEN_BACKLOG: u32 = 1024;
 
 /// The TLS settings of a listener from its certificate and key files, if it has them.
 fn listener_tls(

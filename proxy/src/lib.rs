@@ -15,7 +15,8 @@
 //! authorization for nginx, Traefik and Envoy's HTTP filter) and `authz_grpc` (Envoy's gRPC
 //! `Check`, the same decision), [`trace_context`] (W3C `traceparent`), [`spans`] (OpenTelemetry spans for export),
 //! [`limits`] (per-key permissions, rate limits and credits), [`metrics`], `response`
-//! (JSON errors) and `gateway` (wiring, bind and serve).
+//! (JSON errors), `workers` (which serving thread the caller is on) and `gateway` (wiring,
+//! bind and serve).
 //!
 //! **Invariant:** the hot path ([`Verifier::verify_cached`], [`Verifier::verify_session`])
 //! takes no lock a writer can hold for longer than one map operation, and never logs or stores
@@ -63,6 +64,7 @@ mod upstream;
 pub mod verdict;
 pub mod verify;
 mod verify_endpoint;
+mod workers;
 
 pub use config::{AuthMode, EscapedSlashes, ProxyConfig, RouteConfig, Secret, StalePolicy};
 pub use error::{ConfigError, ProxyError};

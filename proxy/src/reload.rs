@@ -173,6 +173,7 @@ pub(crate) fn restart_only_changes(running: &ProxyConfig, next: &ProxyConfig) ->
         idle_timeout,
         max_header_bytes,
         max_connections,
+        workers,
         negative_cache_ttl,
         lookup_timeout,
         max_lookups_per_second,
@@ -191,6 +192,9 @@ pub(crate) fn restart_only_changes(running: &ProxyConfig, next: &ProxyConfig) ->
     } = next;
     let changed = [
         ("listen", *listen != running.listen),
+        // The running count was resolved at start (`Gateway::build`); a file that leaves it
+        // unset keeps it.
+        ("workers", workers.is_some() && *workers != running.workers),
         ("admin_listen", *admin_listen != running.admin_listen),
         (
             "authz_grpc_listen",
@@ -351,6 +355,18 @@ mod tests {
             restart_only_changes(&running, &restart),
             ["listen", "gateway_token", "max_connections", "tls_cert"]
         );
+
+        // The running count is resolved at start; a file that leaves it unset keeps it.
+        let resolved = ProxyConfig {
+            workers: Some(4),
+            ..running.clone()
+        };
+        assert!(restart_only_changes(&resolved, &running).is_empty());
+        let more = ProxyConfig {
+            workers: Some(8),
+            ..running.clone()
+        };
+        assert_eq!(restart_only_changes(&resolved, &more), ["workers"]);
     }
 
     #[test]

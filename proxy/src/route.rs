@@ -231,6 +231,7 @@ pub(crate) mod tests {
         max_connections: 8,
         queue_timeout: Duration::from_secs(1),
         body_idle_timeout: Duration::from_secs(1),
+        threads: 1,
     };
 
     fn route(prefix: &str, upstream: &str, auth: AuthMode) -> ResolvedRoute {

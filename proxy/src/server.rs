@@ -3,11 +3,19 @@
 //! `keygate_transport::accept_loop`'s; here HTTP/1 header reads are bounded in time and size
 //! (an oversized head gets 431 from hyper), and shutdown stops accepting, lets in-flight
 //! requests finish for up to the grace period, then closes what is left.
+//!
+//! The main listener is served thread-per-core ([`serve_on_threads`]): one current-thread
+//! runtime per serving thread, each accepting on its own listener of the shared port and
+//! keeping its connections, their timers and their upstream connections to itself. A request
+//! then never wakes another thread, and no scheduler moves work between threads. The kernel
+//! spreads new connections over the listeners (`SO_REUSEPORT` hashes the 4-tuple); the
+//! threads share one connection cap.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,10 +26,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use keygate_transport::{
     AcceptSettings, Accepted, Activity, Connections, IdleLimits, Reading, ServerStream, ServerTls,
-    accept_loop,
+    accept_loop, accept_loop_sharing,
 };
 use tokio::net::TcpListener;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -119,6 +127,149 @@ pub(crate) async fn serve<S: Service>(
     limits: ServerLimits,
     shutdown: CancellationToken,
 ) {
+    serve_drawing_on(name, listener, tls, service, limits, None, shutdown).await;
+}
+
+/// Serves each of `listeners` (bound to one port) on a thread of its own, in a current-thread
+/// runtime, until `shutdown`; returns when every thread has drained. The threads share
+/// `max_connections`. Errors only when a thread cannot be started; the threads already started
+/// are then stopped and drained first.
+pub(crate) async fn serve_on_threads<S: Service>(
+    name: &'static str,
+    listeners: Vec<TcpListener>,
+    tls: Option<ServerTls>,
+    service: Arc<S>,
+    limits: ServerLimits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    // One listener keeps its own slots, taken before `accept` (clients beyond the cap wait in
+    // the backlog); several share theirs (`keygate_transport::accept`).
+    let slots =
+        (listeners.len() > 1).then(|| Arc::new(Semaphore::new(limits.max_connections.max(1))));
+    let stop = shutdown.child_token();
+    let threads = listeners.len();
+    let draining = Arc::new(Draining::new(threads));
+    let mut finished = Vec::with_capacity(listeners.len());
+    let mut failure = None;
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let thread = index + 1;
+        let started = start_thread(
+            thread,
+            name,
+            listener,
+            (tls.clone(), Arc::clone(&service), limits),
+            slots.clone(),
+            (stop.clone(), Arc::clone(&draining)),
+        );
+        match started {
+            Ok(done) => finished.push((thread, done)),
+            Err(error) => {
+                failure = Some(error);
+                stop.cancel();
+                // This thread and those after it never started: they count as drained.
+                draining.done(threads - index);
+                break;
+            }
+        }
+    }
+    for (thread, done) in finished {
+        if done.await.is_err() {
+            tracing::error!(
+                listener = name,
+                thread,
+                "a serving thread stopped before draining"
+            );
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// Starts serving thread `thread` (from 1) on `listener`; the receiver resolves when it has
+/// drained, and fails if the thread ended any other way.
+fn start_thread<S: Service>(
+    thread: usize,
+    name: &'static str,
+    listener: TcpListener,
+    (tls, service, limits): (Option<ServerTls>, Arc<S>, ServerLimits),
+    slots: Option<Arc<Semaphore>>,
+    (stop, draining): (CancellationToken, Arc<Draining>),
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // The listener moves to the thread's runtime: its readiness is that runtime's to watch.
+    let listener = listener.into_std()?;
+    let listener = {
+        let _runtime = runtime.enter();
+        TcpListener::from_std(listener)?
+    };
+    let (drained, done) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("keygate-{name}-{thread}"))
+        .spawn(move || {
+            crate::workers::enter(thread);
+            runtime.block_on(async {
+                let everyone = draining.all.clone();
+                {
+                    let _drained = Drained(draining);
+                    serve_drawing_on(name, listener, tls, service, limits, slots, stop).await;
+                }
+                // A request still draining on another thread may be using an upstream
+                // connection this runtime watches (a borrowed one, `upstream`): keep it
+                // running until every thread has drained.
+                everyone.cancelled().await;
+            });
+            // Whatever the connections left running (a close, a timer) is dropped with the
+            // runtime here.
+            drop(runtime);
+            let _ = drained.send(());
+        })?;
+    Ok(done)
+}
+
+/// The serving threads of one listener that have not drained yet.
+struct Draining {
+    left: AtomicUsize,
+    /// Cancelled when the last has drained.
+    all: CancellationToken,
+}
+
+impl Draining {
+    fn new(threads: usize) -> Self {
+        Self {
+            left: AtomicUsize::new(threads),
+            all: CancellationToken::new(),
+        }
+    }
+
+    /// Counts `threads` more as drained.
+    fn done(&self, threads: usize) {
+        if self.left.fetch_sub(threads, Ordering::AcqRel) <= threads {
+            self.all.cancel();
+        }
+    }
+}
+
+/// Counts its thread as drained when dropped, unwinding from a panic included, so that the
+/// other threads never wait for a thread that is gone.
+struct Drained(Arc<Draining>);
+
+impl Drop for Drained {
+    fn drop(&mut self) {
+        self.0.done(1);
+    }
+}
+
+/// [`serve`], drawing connection slots from `shared` when the listener shares its port.
+async fn serve_drawing_on<S: Service>(
+    name: &'static str,
+    listener: TcpListener,
+    tls: Option<ServerTls>,
+    service: Arc<S>,
+    limits: ServerLimits,
+    shared: Option<Arc<Semaphore>>,
+    shutdown: CancellationToken,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // No hyper head deadline: it allocated and registered a timer per request, and started it
     // when hyper began waiting for the next head, which closed idle keep-alive connections
@@ -156,10 +307,11 @@ pub(crate) async fn serve<S: Service>(
         max_connections: limits.max_connections,
         handshake_timeout: limits.header_read_timeout,
     };
-    accept_loop(listener, settings, tls, shutdown, move |accepted| {
-        listener_state.serve(accepted);
-    })
-    .await;
+    let serve = move |accepted| listener_state.serve(accepted);
+    match shared {
+        None => accept_loop(listener, settings, tls, shutdown, serve).await,
+        Some(slots) => accept_loop_sharing(listener, settings, slots, tls, shutdown, serve).await,
+    }
     if connections.drain(name, limits.shutdown_grace).await {
         tracing::debug!(listener = name, "drained");
     }

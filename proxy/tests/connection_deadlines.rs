@@ -27,33 +27,6 @@ async fn gateway() -> (RunningGateway, Upstream) {
     (start_ready_gateway(config).await, upstream)
 }
 
-/// Sends one request on `stream` and reads its whole answer (a `Content-Length` body); returns
-/// the status line.
-async fn exchange(stream: &mut TcpStream, path: &str) -> String {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: gateway\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|line| line.strip_prefix("content-length:"))
-                .map_or(0, |value| value.trim().parse().unwrap());
-            if answer.len() >= end + 4 + length {
-                return head.lines().next().unwrap().to_owned();
-            }
-        }
-        let read = tokio::time::timeout(DEADLINE, stream.read(&mut chunk))
-            .await
-            .expect("an answer in time")
-            .unwrap();
-        assert!(read > 0, "closed before answering {path}");
-        answer.extend_from_slice(&chunk[..read]);
-    }
-}
-
 #[tokio::test]
 async fn a_kept_alive_connection_may_stay_quiet_longer_than_the_head_deadline() {
     let (gateway, _upstream) = gateway().await;

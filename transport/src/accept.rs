@@ -4,6 +4,11 @@
 //! - A connection slot (a semaphore permit) is taken *before* `accept`, so at most
 //!   `max_connections` are open; further clients wait in the kernel's backlog. The permit
 //!   travels with the connection and is released when whoever serves it drops it.
+//! - Listeners that share one port (`SO_REUSEPORT`, one per serving thread) share their slots
+//!   ([`accept_loop_sharing`]). There a slot is taken *after* `accept`: taken before, an idle
+//!   loop would sit on a slot while the connection the kernel queued for another loop waited
+//!   for it. So each such loop holds at most one accepted connection that is not yet served,
+//!   waiting for a slot as it would have waited in the backlog.
 //! - When `accept` fails because the process or system is out of file descriptors or memory,
 //!   the loop backs off (10 ms doubling to 1 s) instead of spinning; errors that concern one
 //!   connection only (reset before accept) are skipped at once.
@@ -60,19 +65,78 @@ pub async fn accept_loop<F>(
 ) where
     F: Fn(Accepted) + Send + Sync + 'static,
 {
-    let serve = Arc::new(serve);
     let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    run(listener, settings, Slots::Own(slots), tls, shutdown, serve).await;
+}
+
+/// Like [`accept_loop`], for one of several listeners on the same port that together serve at
+/// most as many connections as `slots` has permits (`settings.max_connections` is not used).
+/// A slot is taken after `accept` (see the module's notes).
+pub async fn accept_loop_sharing<F>(
+    listener: TcpListener,
+    settings: AcceptSettings,
+    slots: Arc<Semaphore>,
+    tls: Option<ServerTls>,
+    shutdown: CancellationToken,
+    serve: F,
+) where
+    F: Fn(Accepted) + Send + Sync + 'static,
+{
+    run(
+        listener,
+        settings,
+        Slots::Shared(slots),
+        tls,
+        shutdown,
+        serve,
+    )
+    .await;
+}
+
+/// Where a listener's connection slots come from.
+enum Slots {
+    /// Its own: a slot is taken before `accept`.
+    Own(Arc<Semaphore>),
+    /// Shared with the other listeners on its port: a slot is taken after `accept`.
+    Shared(Arc<Semaphore>),
+}
+
+impl Slots {
+    /// A slot, or `None` when `shutdown` comes first.
+    async fn take(
+        slots: &Arc<Semaphore>,
+        shutdown: &CancellationToken,
+    ) -> Option<OwnedSemaphorePermit> {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => None,
+            // The semaphore is never closed, so this fails only if it were.
+            permit = Arc::clone(slots).acquire_owned() => permit.ok(),
+        }
+    }
+}
+
+async fn run<F>(
+    listener: TcpListener,
+    settings: AcceptSettings,
+    slots: Slots,
+    tls: Option<ServerTls>,
+    shutdown: CancellationToken,
+    serve: F,
+) where
+    F: Fn(Accepted) + Send + Sync + 'static,
+{
+    let serve = Arc::new(serve);
     let mut backoff = BACKOFF_START;
     metrics::counter!("keygate_tls_handshake_failures_total", "listener" => settings.name)
         .increment(0);
     loop {
-        let permit = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
+        let taken_first = match &slots {
+            Slots::Own(slots) => match Slots::take(slots, &shutdown).await {
+                Some(permit) => Some(permit),
+                None => break,
             },
+            Slots::Shared(_) => None,
         };
         let (stream, remote) = tokio::select! {
             biased;
@@ -97,6 +161,16 @@ pub async fn accept_loop<F>(
                 }
             },
         };
+        let permit = match (taken_first, &slots) {
+            (Some(permit), _) => permit,
+            (None, Slots::Shared(slots) | Slots::Own(slots)) => {
+                match Slots::take(slots, &shutdown).await {
+                    Some(permit) => permit,
+                    None => break,
+                }
+            }
+        };
+        // Deadlines run from here: a connection that waited for a slot has not been served.
         let at = tokio::time::Instant::now();
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
@@ -225,6 +299,17 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// Shows that `accepted` is `client`'s connection, being served: a byte the client sends
+    /// arrives. Later clients were accepted (or not) by the time it does.
+    async fn served(client: &mut tokio::net::TcpStream, accepted: &mut Accepted) {
+        client.write_all(b"x").await.unwrap();
+        let mut byte = [0u8; 1];
+        let ServerStream::Plain(stream) = &mut accepted.stream else {
+            panic!("plain listener")
+        };
+        stream.read_exact(&mut byte).await.unwrap();
+    }
+
     #[tokio::test]
     async fn connections_beyond_the_cap_wait_until_a_slot_frees() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -249,12 +334,7 @@ mod tests {
         let mut accepted = rx.recv().await.unwrap();
         let _second = tokio::net::TcpStream::connect(addr).await.unwrap();
         // The second waits in the backlog while the first holds the only slot.
-        first.write_all(b"x").await.unwrap();
-        let mut byte = [0u8; 1];
-        let ServerStream::Plain(stream) = &mut accepted.stream else {
-            panic!("plain listener")
-        };
-        stream.read_exact(&mut byte).await.unwrap();
+        served(&mut first, &mut accepted).await;
         assert!(rx.try_recv().is_err());
         drop(accepted);
         assert!(
@@ -263,6 +343,51 @@ mod tests {
         );
         shutdown.cancel();
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn listeners_sharing_slots_serve_whichever_gets_a_connection() {
+        let shutdown = CancellationToken::new();
+        let slots = Arc::new(Semaphore::new(1));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut addrs = Vec::new();
+        let mut loops = Vec::new();
+        for name in ["a", "b"] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addrs.push(listener.local_addr().unwrap());
+            let settings = AcceptSettings {
+                name,
+                max_connections: 1,
+                handshake_timeout: Duration::from_secs(5),
+            };
+            let tx = tx.clone();
+            loops.push(tokio::spawn(accept_loop_sharing(
+                listener,
+                settings,
+                Arc::clone(&slots),
+                None,
+                shutdown.clone(),
+                move |accepted| {
+                    let _ = tx.send((name, accepted));
+                },
+            )));
+        }
+        // Both loops are idle; neither holds the one slot, so B serves its client.
+        let mut first = tokio::net::TcpStream::connect(addrs[1]).await.unwrap();
+        let (name, mut accepted) = rx.recv().await.unwrap();
+        assert_eq!(name, "b");
+        // A client of A now waits: the slot is B's connection's.
+        let _second = tokio::net::TcpStream::connect(addrs[0]).await.unwrap();
+        served(&mut first, &mut accepted).await;
+        assert!(rx.try_recv().is_err());
+        assert_eq!(slots.available_permits(), 0);
+        drop(accepted);
+        let (name, _accepted) = rx.recv().await.unwrap();
+        assert_eq!(name, "a", "the freed slot goes to the client waiting on A");
+        shutdown.cancel();
+        for task in loops {
+            task.await.unwrap();
+        }
     }
 
     #[test]

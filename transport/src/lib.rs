@@ -36,7 +36,7 @@ pub mod stream;
 
 use std::sync::Arc;
 
-pub use accept::{AcceptSettings, Accepted, accept_loop};
+pub use accept::{AcceptSettings, Accepted, accept_loop, accept_loop_sharing};
 pub use activity::{Activity, IdleLimits, Reading};
 pub use client::{ClientIdentity, Trust, client_config};
 pub use drain::Connections;

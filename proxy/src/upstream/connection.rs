@@ -50,6 +50,9 @@ pub(super) struct Connection {
     /// a timer per request is registered and removed under the runtime's timer lock. `None`
     /// only while an exchange has it.
     timer: Option<Pin<Box<Sleep>>>,
+    /// The serving thread that opened it ([`crate::workers`]), whose runtime its socket and
+    /// timer are registered with; it goes back to that thread's idle list.
+    pub home: usize,
     /// The pool's count of open connections: released when the connection is dropped.
     _slot: OwnedSemaphorePermit,
 }
@@ -71,6 +74,7 @@ impl Connection {
             fields: Vec::new(),
             reused: false,
             timer: None,
+            home: crate::workers::current(),
             _slot: slot,
         }
     }

@@ -3,7 +3,14 @@
 //!
 //! One pool per distinct upstream authority, shared by the routes that name it. A request takes
 //! the most recently returned idle connection that is still open (LIFO keeps the warm ones
-//! warm and lets the others reach the upstream's idle timeout), or opens a new one. The
+//! warm and lets the others reach the upstream's idle timeout), or opens a new one. Idle
+//! connections are kept per serving thread (`crate::workers`): a connection is registered with
+//! the runtime of the thread that opened it, and a request takes one from its own thread's
+//! list, so that its reads are woken by its own thread. Only when every slot is taken and its
+//! thread has none idle does a request borrow another thread's idle connection (its wake-ups
+//! then cross threads); it goes back to its own thread's list. Closing the other thread's
+//! connection to open one here instead would churn connections under a saturated pool, and
+//! the upstream, which sees a close late, would count more than `max_connections` open. The
 //! connection goes back to the pool when the response body has been read to its end; a
 //! response dropped early (the client went away) closes it instead, as HTTP/1.1 has no way to
 //! abandon one response and keep the connection.
@@ -37,6 +44,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::error::ConfigError;
 use crate::idle_body::IdleBody;
+use crate::workers;
 pub use connection::ResponseBody;
 use connection::{Connection, Failed, Io};
 use wire::RequestFraming;
@@ -51,7 +59,7 @@ pub(crate) type RequestBody = IdleBody<Incoming>;
 /// timer exists only once the body has had to wait: a response that arrives whole costs none.
 pub type PooledBody = IdleBody<ResponseBody>;
 
-/// Idle connections kept per upstream; more are closed when they come back.
+/// Idle connections kept per upstream and serving thread; more are closed when they come back.
 const MAX_IDLE: usize = 512;
 
 /// Why a request could not be sent or answered.
@@ -131,6 +139,8 @@ pub(crate) struct UpstreamLimits {
     pub queue_timeout: Duration,
     /// How long a response body may deliver nothing before it is abandoned.
     pub body_idle_timeout: Duration,
+    /// Serving threads that send through the pool; each keeps its own idle connections.
+    pub threads: usize,
 }
 
 /// The keep-alive connections to one upstream.
@@ -145,14 +155,16 @@ pub(crate) struct UpstreamPool {
     slots: Arc<Semaphore>,
     /// Signalled when a connection comes back idle, for requests waiting on a full pool.
     returned: Notify,
-    idle: Mutex<Vec<Connection>>,
+    /// Idle connections by serving thread: index 0 for any thread that is not one
+    /// ([`workers::current`]).
+    idle: Box<[Mutex<Vec<Connection>>]>,
 }
 
 impl std::fmt::Debug for UpstreamPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamPool")
             .field("authority", &self.authority)
-            .field("idle", &self.lock().len())
+            .field("idle", &self.idle_total())
             .finish()
     }
 }
@@ -172,7 +184,7 @@ impl UpstreamPool {
             limits,
             slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             returned: Notify::new(),
-            idle: Mutex::new(Vec::new()),
+            idle: (0..=limits.threads).map(|_| Mutex::default()).collect(),
         }
     }
 
@@ -186,10 +198,14 @@ impl UpstreamPool {
         self.tls.as_ref().map(|tls| &tls.trust)
     }
 
-    /// Idle connections right now.
+    /// Idle connections right now, of every thread.
     #[cfg(test)]
     pub fn idle_count(&self) -> usize {
-        self.lock().len()
+        self.idle_total()
+    }
+
+    fn idle_total(&self) -> usize {
+        self.idle.iter().map(|idle| lock(idle).len()).sum()
     }
 
     /// Sends the request `parts` and `body` (no hop-by-hop fields; `added` written after its
@@ -236,6 +252,10 @@ impl UpstreamPool {
             let slot = match Arc::clone(&self.slots).try_acquire_owned() {
                 Ok(slot) => slot,
                 Err(_) => {
+                    // Every slot is taken, but another thread may have one idle.
+                    if let Some(connection) = self.borrow() {
+                        return Ok(connection);
+                    }
                     // Every connection is busy: wait for one to come back or to close.
                     let queue_deadline = *queue_deadline
                         .get_or_insert_with(|| Instant::now() + self.limits.queue_timeout);
@@ -267,24 +287,45 @@ impl UpstreamPool {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
-        // The vector is valid whatever a panicking holder was doing.
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The idle connections of serving thread `thread`.
+    fn idle_of(&self, thread: usize) -> &Mutex<Vec<Connection>> {
+        // `threads` counts every serving thread, so the index is in range; were it not, that
+        // thread's connections would share the list of threads that are not serving ones.
+        self.idle.get(thread).unwrap_or(&self.idle[0])
     }
 
-    /// The most recently returned idle connection that is still open; closed ones are dropped
-    /// (the check happens outside the lock).
+    /// The most recently returned idle connection of this thread that is still open; closed
+    /// ones are dropped (the check happens outside the lock).
     fn checkout(&self) -> Option<Connection> {
+        let idle = self.idle_of(workers::current());
         loop {
-            let mut connection = self.lock().pop()?;
+            let mut connection = lock(idle).pop()?;
             if connection.is_open() {
                 return Some(connection);
             }
         }
     }
 
+    /// An open idle connection of another thread, for when this one has none and no slot is
+    /// free.
+    fn borrow(&self) -> Option<Connection> {
+        let here = workers::current();
+        for (thread, idle) in self.idle.iter().enumerate() {
+            if thread == here {
+                continue;
+            }
+            while let Some(mut connection) = lock(idle).pop() {
+                if connection.is_open() {
+                    return Some(connection);
+                }
+            }
+        }
+        None
+    }
+
+    /// Back to the idle list of the thread that opened it.
     fn checkin(&self, connection: Connection) {
-        let mut idle = self.lock();
+        let mut idle = lock(self.idle_of(connection.home));
         if idle.len() < MAX_IDLE {
             idle.push(connection);
             drop(idle);
@@ -340,6 +381,11 @@ impl UpstreamPool {
     }
 }
 
+fn lock(idle: &Mutex<Vec<Connection>>) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+    // The vector is valid whatever a panicking holder was doing.
+    idle.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
@@ -359,6 +405,7 @@ mod tests {
         max_connections: 64,
         queue_timeout: Duration::from_secs(5),
         body_idle_timeout: Duration::from_secs(60),
+        threads: 1,
     };
 
     /// Sends `request` through `pool` as the forwarder does, with a deadline no test reaches.
@@ -449,6 +496,109 @@ mod tests {
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(pool.idle_count(), 1);
+    }
+
+    /// A serving thread as the gateway runs them: a thread with its own runtime, marked as
+    /// serving thread `index`, sending the requests it is given through one pool.
+    struct ServingThread {
+        requests:
+            tokio::sync::mpsc::UnboundedSender<(&'static str, tokio::sync::oneshot::Sender<()>)>,
+    }
+
+    impl ServingThread {
+        fn start(pool: &Arc<UpstreamPool>, index: usize) -> Self {
+            let pool = Arc::clone(pool);
+            let (requests, mut received) = tokio::sync::mpsc::unbounded_channel::<(
+                &'static str,
+                tokio::sync::oneshot::Sender<()>,
+            )>();
+            std::thread::spawn(move || {
+                crate::workers::enter(index);
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                runtime.block_on(async {
+                    while let Some((path, answered)) = received.recv().await {
+                        let request = incoming_requests(&[path]).await.pop().expect("request");
+                        let response = send(&pool, request).await.expect("answered");
+                        let body = response.into_body().collect().await.expect("body");
+                        assert_eq!(body.to_bytes(), Bytes::from(path));
+                        let _ = answered.send(());
+                    }
+                });
+            });
+            Self { requests }
+        }
+
+        /// Sends a request for `path` from this thread; panics unless it is answered with its
+        /// path (the upstream's echo).
+        async fn send(&self, path: &'static str) {
+            let (answered, done) = tokio::sync::oneshot::channel();
+            self.requests
+                .send((path, answered))
+                .expect("thread running");
+            done.await
+                .expect("the request failed on its serving thread");
+        }
+    }
+
+    /// A pool for two serving threads, and the two threads.
+    fn pool_of_two_threads(
+        authority: Authority,
+        limits: UpstreamLimits,
+    ) -> (Arc<UpstreamPool>, ServingThread, ServingThread) {
+        let pool = Arc::new(UpstreamPool::new(authority, None, limits));
+        let (one, two) = (
+            ServingThread::start(&pool, 1),
+            ServingThread::start(&pool, 2),
+        );
+        (pool, one, two)
+    }
+
+    #[tokio::test]
+    async fn each_serving_thread_reuses_only_its_own_connections() {
+        let (authority, accepted) = upstream().await;
+        let limits = UpstreamLimits {
+            threads: 2,
+            ..TEST_LIMITS
+        };
+        let (pool, one, two) = pool_of_two_threads(authority, limits);
+        one.send("/a").await;
+        one.send("/b").await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Thread 2 does not take thread 1's idle connection: it belongs to another runtime.
+        two.send("/c").await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(pool.idle_count(), 2);
+        two.send("/d").await;
+        one.send("/e").await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_lends_another_threads_idle_connection_and_takes_it_back() {
+        let (authority, accepted) = upstream().await;
+        let limits = UpstreamLimits {
+            threads: 2,
+            max_connections: 1,
+            queue_timeout: Duration::from_millis(200),
+            ..TEST_LIMITS
+        };
+        let (pool, one, two) = pool_of_two_threads(authority, limits);
+        one.send("/a").await;
+        // The one slot is thread 1's idle connection. Waiting for a slot would end in
+        // UPSTREAM_BUSY, and the send would fail; closing it would open a second one.
+        two.send("/b").await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(
+            lock(&pool.idle[1]).len(),
+            1,
+            "back with the thread that opened it"
+        );
+        assert_eq!(lock(&pool.idle[2]).len(), 0);
+        one.send("/c").await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

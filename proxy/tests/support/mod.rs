@@ -801,6 +801,41 @@ impl RunningGateway {
     }
 }
 
+/// Bounds the wait for an answer in [`exchange`]; never a figure a test asserts.
+const ANSWER_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Sends one request on `stream` and reads its whole answer (a `Content-Length` body); returns
+/// the status line.
+pub async fn exchange(stream: &mut tokio::net::TcpStream, path: &str) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: gateway\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(stream, request.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .map_or(0, |value| value.trim().parse().unwrap());
+            if answer.len() >= end + 4 + length {
+                return head.lines().next().unwrap().to_owned();
+            }
+        }
+        let read = tokio::time::timeout(
+            ANSWER_DEADLINE,
+            tokio::io::AsyncReadExt::read(stream, &mut chunk),
+        )
+        .await
+        .expect("an answer in time")
+        .unwrap();
+        assert!(read > 0, "closed before answering {path}");
+        answer.extend_from_slice(&chunk[..read]);
+    }
+}
+
 /// One route, `/`, to `upstream` with no credential needed.
 pub fn open_route(upstream: String) -> RouteConfig {
     RouteConfig {
