@@ -3,8 +3,8 @@
 # CPU per proxied request (µs, and its user/kernel split) at a fixed open-loop rate, for deciding
 # whether a change pays before keeping it (issue 15: a change that does not pay in CPU is not
 # kept). The three proxies run at once, each pinned to core 1 with one worker (keygate:
-# TOKIO_WORKER_THREADS=1), against the same synthetic control plane and fixed-response upstream;
-# load generator and backends on core 0. Only one proxy is loaded at a time, in an order rotated
+# KEYGATE_WORKERS=1 and TOKIO_WORKER_THREADS=1), against the same synthetic control plane and
+# fixed-response upstream; load generator and backends on core 0. Only one proxy is loaded at a time, in an order rotated
 # each round. Medians over rounds, per proxy, to stdout and OUT.json.
 #
 # Usage: benches/ab-cpu.sh DIR_A DIR_B [--rounds N] [--duration D] [--warmup D] [--keys N]
@@ -47,7 +47,7 @@ sbs_start_backends
 sbs_nginx_conf 1 "listen $ng;"
 
 start_keygate() {  # DIR LISTEN ADMIN ID
-  TOKIO_WORKER_THREADS=1 taskset -c 1 "$1/keygate" proxy --config "$work/routes.toml" \
+  KEYGATE_WORKERS=1 TOKIO_WORKER_THREADS=1 taskset -c 1 "$1/keygate" proxy --config "$work/routes.toml" \
     --listen "$2" --admin-listen "$3" --control-plane "http://$cp" --gateway-token "$gw" \
     --gateway-id "$4" >/dev/null &
   pids+=("$!")

@@ -7,7 +7,8 @@
 #      authz       GET /_keygate/v1/authz/x (Envoy's path_prefix form): verified, answered
 #      verify      POST /_keygate/v1/verify with the key in Authorization: verified, answered
 # 2. CPU per request at a fixed rate, the proxies pinned to core 1 (nginx one worker, keygate
-#    TOKIO_WORKER_THREADS=1), load generator, upstream and control plane on core 0:
+#    KEYGATE_WORKERS=1, TOKIO_WORKER_THREADS=1), load generator, upstream and control plane on
+#    core 0:
 #      nginx-map        nginx checking the key itself with a `map` (benches/side-by-side.sh's)
 #      nginx-authreq    nginx with auth_request to keygate's /_keygate/v1/authz (nginx's CPU
 #                       plus keygate's, both per request)
@@ -62,7 +63,7 @@ done
 kill "$cg_pid" 2>/dev/null || true
 
 # --- 2. nginx's own check against nginx + auth_request to keygate ---
-TOKIO_WORKER_THREADS=1 taskset -c 1 "$bin/keygate" proxy --config "$work/routes.toml" \
+KEYGATE_WORKERS=1 TOKIO_WORKER_THREADS=1 taskset -c 1 "$bin/keygate" proxy --config "$work/routes.toml" \
   --listen "$kg" --admin-listen "$kg_admin" --control-plane "http://$cp" --gateway-token "$gw" \
   --gateway-id authz >/dev/null 2>"$work/keygate.log" &
 kg_pid=$!; pids+=("$kg_pid")

@@ -8,8 +8,9 @@
 #   nginx           nginx with the same keys in a `map` on the Authorization header
 #   haproxy         HAProxy with the same keys in a map file
 # Mode "pinned": every proxy on core 1 with one worker (nginx worker_processes 1, HAProxy
-# nbthread 1, keygate TOKIO_WORKER_THREADS=1 — keygate has no worker flag), load generator,
-# upstream and control plane on core 0. Mode "unpinned-2w": two workers each, nothing pinned.
+# nbthread 1, keygate KEYGATE_WORKERS=1 serving threads and TOKIO_WORKER_THREADS=1), load
+# generator, upstream and control plane on core 0. Mode "unpinned-2w": two workers each,
+# nothing pinned.
 # Phases per round: saturation (closed loop), fixed-rate (open loop at --rate, proxy CPU time
 # per request from /proc), half-peak (open loop at half of keygate-key's saturation rate of the
 # round; latency from the intended send time). Medians over rounds, ratios and target checks go
@@ -92,7 +93,7 @@ frontend keys
 backend fixed
   server up $upstream
 HAPROXY
-  TOKIO_WORKER_THREADS=$workers $pin "$bin/keygate" proxy --config "$work/routes.toml" \
+  KEYGATE_WORKERS=$workers TOKIO_WORKER_THREADS=$workers $pin "$bin/keygate" proxy --config "$work/routes.toml" \
     --listen "$kg" --admin-listen "$kg_admin" --control-plane "http://$cp" --gateway-token "$gw" \
     --gateway-id side-by-side >/dev/null &
   kg_pid=$!; pids+=("$kg_pid")

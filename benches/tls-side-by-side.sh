@@ -13,8 +13,8 @@
 # keeps no session (rustls, resumption disabled), so every new connection is a full TLS 1.3
 # handshake (X25519, ECDSA P-256 signature), which the generator counts and reports.
 # Pinned as side-by-side.sh pins: every proxy on core 1 with one worker (keygate
-# TOKIO_WORKER_THREADS=1, nginx worker_processes 1), load generator (one thread), upstream and
-# control plane on core 0.
+# KEYGATE_WORKERS=1 and TOKIO_WORKER_THREADS=1, nginx worker_processes 1), load generator (one
+# thread), upstream and control plane on core 0.
 # Modes: "pinned-tls" (https://, targets keygate-noauth, keygate-key, nginx) and "pinned" (the
 # same over http://, the plaintext baseline of this run). Phases per round, targets rotated:
 #   fixed-rate  keep-alive connections, open loop at --rate req/s; proxy CPU per request from
@@ -108,10 +108,10 @@ start_proxies() {
   kg_pid="" kgs_pid=""
   if [ "$wants_keygate" = 1 ]; then
     local common=(--config "$work/routes.toml" --control-plane "http://$cp" --gateway-token "$gw")
-    TOKIO_WORKER_THREADS=1 taskset -c 1 "$bin/keygate" proxy "${common[@]}" --listen "$kg" \
+    KEYGATE_WORKERS=1 TOKIO_WORKER_THREADS=1 taskset -c 1 "$bin/keygate" proxy "${common[@]}" --listen "$kg" \
       --admin-listen "$kg_admin" --gateway-id tls-side-by-side-plain >/dev/null &
     kg_pid=$!; pids+=("$kg_pid")
-    TOKIO_WORKER_THREADS=1 taskset -c 1 "$bin/keygate" proxy "${common[@]}" --listen "$kgs" \
+    KEYGATE_WORKERS=1 TOKIO_WORKER_THREADS=1 taskset -c 1 "$bin/keygate" proxy "${common[@]}" --listen "$kgs" \
       --admin-listen "$kgs_admin" --gateway-id tls-side-by-side-tls \
       --tls-cert "$tls/leaf.pem" --tls-key "$tls/leaf.key" >/dev/null &
     kgs_pid=$!; pids+=("$kgs_pid")

@@ -265,6 +265,10 @@ pub struct ProxyArgs {
     /// PEM private key of --client-cert.
     #[arg(long, env = "KEYGATE_CLIENT_KEY", value_name = "FILE")]
     pub client_key: Option<PathBuf>,
+    /// Threads serving the main listener, each with its own listener on the port, runtime and
+    /// upstream connections (config `workers`) [default: the CPUs the process may use].
+    #[arg(long, env = "KEYGATE_WORKERS")]
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -109,6 +109,9 @@ pub fn proxy_config(flags: &ProxyArgs) -> Result<ProxyConfig, Failure> {
     if let Some(bound) = flags.propagation_bound {
         config.propagation_bound = bound;
     }
+    if flags.workers.is_some() {
+        config.workers = flags.workers;
+    }
     for (flag, setting) in [
         (&flags.tls_cert, &mut config.tls_cert),
         (&flags.tls_key, &mut config.tls_key),

@@ -202,6 +202,42 @@ fn a_config_file_with_a_typo_is_refused_with_one_clear_line() {
 }
 
 #[test]
+fn a_serving_thread_count_out_of_range_is_refused_naming_it() {
+    let gateway = |workers: &str, from_env: bool| {
+        let mut command = keygate();
+        command.args([
+            "proxy",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--control-plane",
+            "http://127.0.0.1:9",
+            "--gateway-token",
+            "t",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ]);
+        if from_env {
+            command.env("KEYGATE_WORKERS", workers);
+        } else {
+            command.args(["--workers", workers]);
+        }
+        command.output().unwrap()
+    };
+    for (workers, from_env) in [("0", false), ("1025", true)] {
+        let output = gateway(workers, from_env);
+        assert_eq!(output.status.code(), Some(78), "workers {workers}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("workers") && stderr.contains(workers),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn a_bad_trusted_proxy_range_is_refused_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("control-plane.toml");
