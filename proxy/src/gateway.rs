@@ -387,7 +387,12 @@ impl Gateway {
                 stop_main.clone(),
             ))
         });
-        tracing::info!(addr = %self.addr, admin = %self.admin_addr, "keygate proxy serving");
+        tracing::info!(
+            addr = %self.addr,
+            admin = %self.admin_addr,
+            workers = self.listeners.len(),
+            "keygate proxy serving"
+        );
 
         let served = if self.handler.spans {
             let service = Arc::new(InSpans(self.handler));
