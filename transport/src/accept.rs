@@ -103,10 +103,8 @@ enum Slots {
 
 impl Slots {
     /// A slot, or `None` when `shutdown` comes first.
-    async fn take(
-        slots: &Arc<Semaphore>,
-        shutdown: &CancellationToken,
-    ) -> Option<OwnedSemaphorePermit> {
+    async fn take(&self, shutdown: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+        let (Self::Own(slots) | Self::Shared(slots)) = self;
         tokio::select! {
             biased;
             () = shutdown.cancelled() => None,
@@ -131,13 +129,14 @@ async fn run<F>(
     metrics::counter!("keygate_tls_handshake_failures_total", "listener" => settings.name)
         .increment(0);
     loop {
-        let taken_first = match &slots {
-            Slots::Own(slots) => match Slots::take(slots, &shutdown).await {
-                Some(permit) => Some(permit),
+        // Own slots are taken before `accept`, shared ones after (see the module's notes).
+        let mut taken = None;
+        if let Slots::Own(_) = slots {
+            match slots.take(&shutdown).await {
+                Some(permit) => taken = Some(permit),
                 None => break,
-            },
-            Slots::Shared(_) => None,
-        };
+            }
+        }
         let (stream, remote) = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
@@ -161,14 +160,12 @@ async fn run<F>(
                 }
             },
         };
-        let permit = match (taken_first, &slots) {
-            (Some(permit), _) => permit,
-            (None, Slots::Shared(slots) | Slots::Own(slots)) => {
-                match Slots::take(slots, &shutdown).await {
-                    Some(permit) => permit,
-                    None => break,
-                }
-            }
+        let permit = match taken {
+            Some(permit) => permit,
+            None => match slots.take(&shutdown).await {
+                Some(permit) => permit,
+                None => break,
+            },
         };
         // Deadlines run from here: a connection that waited for a slot has not been served.
         let at = tokio::time::Instant::now();
