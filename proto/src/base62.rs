@@ -134,11 +134,16 @@ mod tests {
             CHUNK - 1,
             CHUNK,
             CHUNK * 62 + 5,
+            u128::from(u64::MAX),
+            u128::from(u64::MAX) + 1,
             u128::MAX / 3,
             u128::MAX,
         ];
-        for value in samples {
-            for width in [1, 6, 9, 10, 11, 22] {
+        // And values spread over the whole range (a fixed multiplicative sequence).
+        let spread =
+            (1..200u128).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835));
+        for value in samples.into_iter().chain(spread) {
+            for width in [1, 2, 6, 9, 10, 11, 12, 19, 20, 21, 22] {
                 let (mut fast, mut reference) = ([0u8; 22], [0u8; 22]);
                 encode_fixed(value, &mut fast[..width]);
                 slow(value, &mut reference[..width]);
