@@ -72,7 +72,14 @@ async fn the_serving_threads_share_one_connection_cap() {
 
 #[tokio::test]
 async fn every_serving_thread_answers_and_stops_with_the_gateway() {
-    let (gateway, _upstream) = gateway(3, 10_000).await;
+    // One thread binds without `SO_REUSEPORT` and keeps slots of its own; three share both.
+    for workers in [1, 3] {
+        serve_many_then_stop(workers).await;
+    }
+}
+
+async fn serve_many_then_stop(workers: usize) {
+    let (gateway, _upstream) = gateway(workers, 10_000).await;
     let addr = gateway.addr;
     // Enough connections that the kernel's hash gives every thread some.
     let mut clients = Vec::new();
@@ -91,5 +98,8 @@ async fn every_serving_thread_answers_and_stops_with_the_gateway() {
     gateway.stop().await;
     // Every thread's listener is closed: nothing accepts on the port any more.
     let refused = TcpStream::connect(addr).await;
-    assert!(refused.is_err(), "a listener is still open after stop");
+    assert!(
+        refused.is_err(),
+        "a listener of {workers} is still open after stop"
+    );
 }
