@@ -149,7 +149,7 @@ pub(crate) async fn serve_on_threads<S: Service>(
     let stop = shutdown.child_token();
     let threads = listeners.len();
     let draining = Arc::new(Draining::new(threads));
-    let mut finished = Vec::with_capacity(listeners.len());
+    let mut finished = Vec::with_capacity(threads);
     let mut failure = None;
     for (index, listener) in listeners.into_iter().enumerate() {
         let thread = index + 1;

@@ -164,7 +164,7 @@ impl std::fmt::Debug for UpstreamPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamPool")
             .field("authority", &self.authority)
-            .field("idle", &self.idle_total())
+            .field("idle", &self.idle_count())
             .finish()
     }
 }
@@ -199,12 +199,7 @@ impl UpstreamPool {
     }
 
     /// Idle connections right now, of every thread.
-    #[cfg(test)]
     pub fn idle_count(&self) -> usize {
-        self.idle_total()
-    }
-
-    fn idle_total(&self) -> usize {
         self.idle.iter().map(|idle| lock(idle).len()).sum()
     }
 
@@ -294,33 +289,20 @@ impl UpstreamPool {
         self.idle.get(thread).unwrap_or(&self.idle[0])
     }
 
-    /// The most recently returned idle connection of this thread that is still open; closed
-    /// ones are dropped (the check happens outside the lock).
+    /// The most recently returned idle connection of this thread that is still open.
     fn checkout(&self) -> Option<Connection> {
-        let idle = self.idle_of(workers::current());
-        loop {
-            let mut connection = lock(idle).pop()?;
-            if connection.is_open() {
-                return Some(connection);
-            }
-        }
+        open_idle(self.idle_of(workers::current()))
     }
 
     /// An open idle connection of another thread, for when this one has none and no slot is
     /// free.
     fn borrow(&self) -> Option<Connection> {
         let here = workers::current();
-        for (thread, idle) in self.idle.iter().enumerate() {
-            if thread == here {
-                continue;
-            }
-            while let Some(mut connection) = lock(idle).pop() {
-                if connection.is_open() {
-                    return Some(connection);
-                }
-            }
-        }
-        None
+        self.idle
+            .iter()
+            .enumerate()
+            .filter(|(thread, _)| *thread != here)
+            .find_map(|(_, idle)| open_idle(idle))
     }
 
     /// Back to the idle list of the thread that opened it.
@@ -377,6 +359,17 @@ impl UpstreamPool {
                 source,
             }),
             Err(_) => Err(timed_out()),
+        }
+    }
+}
+
+/// The most recently returned connection in `idle` that is still open; closed ones are dropped
+/// (the check happens outside the lock).
+fn open_idle(idle: &Mutex<Vec<Connection>>) -> Option<Connection> {
+    loop {
+        let mut connection = lock(idle).pop()?;
+        if connection.is_open() {
+            return Some(connection);
         }
     }
 }
