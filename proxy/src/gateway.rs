@@ -90,7 +90,8 @@ impl Gateway {
         config.validate()?;
         // Resolved once: the upstream pools keep one idle list per serving thread, and a
         // reload builds its pools from this configuration.
-        config.workers = Some(config.serving_threads());
+        let threads = config.serving_threads();
+        config.workers = Some(threads);
         let routes = Arc::new(ArcSwap::from_pointee(RouteTable::new(
             config.resolved_routes()?,
             config.upstream_limits(),
@@ -173,20 +174,12 @@ impl Gateway {
         // With spans, the handler sets the `traceparent` itself, naming its forward span.
         .propagating_trace_context(config.trace_context && !config.spans);
 
-        let listeners = bind_main(config.listen, config.serving_threads())
+        let listeners = bind_main(config.listen, threads)
             .await
-            .map_err(|source| ProxyError::Bind {
-                listener: "main",
-                addr: config.listen,
-                source,
-            })?;
+            .map_err(bind_failed("main", config.listen))?;
         let admin_listener = TcpListener::bind(config.admin_listen)
             .await
-            .map_err(|source| ProxyError::Bind {
-                listener: "admin",
-                addr: config.admin_listen,
-                source,
-            })?;
+            .map_err(bind_failed("admin", config.admin_listen))?;
         let addr = match listeners.first() {
             Some(listener) => listener.local_addr()?,
             None => config.listen,
@@ -195,14 +188,9 @@ impl Gateway {
         let authz_grpc = match config.authz_grpc_listen {
             None => None,
             Some(listen) => {
-                let listener =
-                    TcpListener::bind(listen)
-                        .await
-                        .map_err(|source| ProxyError::Bind {
-                            listener: "authz gRPC",
-                            addr: listen,
-                            source,
-                        })?;
+                let listener = TcpListener::bind(listen)
+                    .await
+                    .map_err(bind_failed("authz gRPC", listen))?;
                 Some(AuthzGrpcListener {
                     addr: listener.local_addr()?,
                     listener,
@@ -474,6 +462,18 @@ fn gateway_id(config: &ProxyConfig) -> Result<String, ConfigError> {
         }
         (Some(certified), _) => Ok(certified),
         (None, _) => Ok(config.effective_gateway_id()),
+    }
+}
+
+/// What a failed bind of `listener` on `addr` is reported as.
+fn bind_failed(
+    listener: &'static str,
+    addr: SocketAddr,
+) -> impl FnOnce(std::io::Error) -> ProxyError {
+    move |source| ProxyError::Bind {
+        listener,
+        addr,
+        source,
     }
 }
 
