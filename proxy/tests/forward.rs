@@ -146,7 +146,14 @@ async fn upstream_connections_are_kept_alive_and_chunked_bodies_stream_through()
         client,
         key,
         ..
-    } = setup(|_, _| {}).await;
+    } = setup(|config, _| {
+        // One serving thread, so that upstream connections are counted exactly: idle ones are
+        // kept per serving thread, and the test's client may open a second connection to the
+        // gateway (hyper's pool takes a connection back a moment after its response), which
+        // another thread would serve on an upstream connection of its own.
+        config.workers = Some(1);
+    })
+    .await;
     let connections = || {
         upstream
             .connections

@@ -111,6 +111,10 @@ async fn gateway_to(upstream: &Scripted) -> RunningGateway {
     let control_plane = ControlPlane::start().await;
     let mut config = config(&control_plane);
     config.upstream_timeout = Duration::from_secs(30);
+    // One serving thread: the tests count upstream connections, idle ones are kept per serving
+    // thread, and the test's client may open a second connection to the gateway (hyper's pool
+    // takes a connection back a moment after its response) that another thread would serve.
+    config.workers = Some(1);
     config.routes = vec![open_route(upstream.url())];
     start_ready_gateway(config).await
 }
