@@ -5,10 +5,10 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 
+use crate::client_body::ClientBody;
 use crate::metrics::Metrics;
 use crate::response::{self, ProxyBody};
 use crate::server::{Peer, Service};
@@ -104,7 +104,7 @@ impl Admin {
 impl Service for Admin {
     type Body = ProxyBody;
 
-    async fn call(&self, request: Request<Incoming>, _peer: &Peer) -> Response<ProxyBody> {
+    async fn call(&self, request: Request<ClientBody>, _peer: &Peer) -> Response<ProxyBody> {
         self.answer(request.uri().path())
     }
 }

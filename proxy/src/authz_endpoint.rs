@@ -32,9 +32,9 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
 
 use crate::checks::{self, Checks};
+use crate::client_body::ClientBody;
 use crate::credential::Carrier;
 use crate::forward;
 use crate::limits::{self, Admission};
@@ -62,7 +62,7 @@ pub(crate) fn serves(path: &str) -> bool {
 pub(crate) async fn answer(
     checks: &Checks,
     routes: &RouteTable,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     request_id: &HeaderValue,
 ) -> Response<ProxyBody> {
     let (parts, _body) = request.into_parts();

@@ -40,7 +40,6 @@ use std::sync::Arc;
 use http::header::{CONTENT_LENGTH, COOKIE, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either};
-use hyper::body::Incoming;
 use keygate_proto::envoy_pb::envoy::config::core::v3 as core;
 use keygate_proto::envoy_pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use keygate_proto::envoy_pb::envoy::service::auth::v3::authorization_server::{
@@ -57,6 +56,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::authz_endpoint::{self, Decision};
+use crate::client_body::ClientBody;
 use crate::handler::Handler;
 use crate::limits;
 use crate::metrics::AuthzOutcome;
@@ -329,7 +329,7 @@ impl Service for GrpcChecks {
     type Body = tonic::body::Body;
     const HTTP2_ONLY: bool = true;
 
-    async fn call(&self, request: Request<Incoming>, _peer: &Peer) -> Response<Self::Body> {
+    async fn call(&self, request: Request<ClientBody>, _peer: &Peer) -> Response<Self::Body> {
         // The generated server is always ready (`poll_ready` is `Ready(Ok)`), and a clone
         // shares the one `AuthzGrpc`.
         let mut server = self.0.clone();

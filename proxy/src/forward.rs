@@ -19,8 +19,8 @@ use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::Either;
-use hyper::body::Incoming;
 
+use crate::client_body::ClientBody;
 use crate::credential::CredentialHeaders;
 use crate::error::error_chain;
 use crate::fields;
@@ -96,7 +96,7 @@ impl Forwarder {
     /// does not answer in time.
     pub async fn forward(
         &self,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         forwarding: Forwarding<'_>,
     ) -> Response<ProxyBody> {
         let route = forwarding.route;

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use keygate_transport::server::{ALPN_H2, ALPN_H2_HTTP1};
 use keygate_transport::{ReloadingCert, ServerTls, Trust};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -22,6 +21,7 @@ use tracing::Instrument;
 use crate::admin::Admin;
 use crate::authz_grpc;
 use crate::checks::Checks;
+use crate::client_body::ClientBody;
 use crate::config::ProxyConfig;
 use crate::credential::CredentialHeaders;
 use crate::error::{ConfigError, ProxyError};
@@ -533,8 +533,9 @@ fn listener_tls(
 
 impl Service for Handler {
     type Body = ProxyBody;
+    const LEAN_HTTP1: bool = true;
 
-    async fn call(&self, request: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+    async fn call(&self, request: Request<ClientBody>, peer: &Peer) -> Response<ProxyBody> {
         self.handle(request, peer, &Untraced).await
     }
 }
@@ -546,8 +547,9 @@ struct InSpans(Arc<Handler>);
 
 impl Service for InSpans {
     type Body = ProxyBody;
+    const LEAN_HTTP1: bool = true;
 
-    async fn call(&self, request: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+    async fn call(&self, request: Request<ClientBody>, peer: &Peer) -> Response<ProxyBody> {
         let span = spans::request(request.method(), request.uri().path(), request.headers());
         let response = self
             .0

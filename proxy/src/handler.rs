@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::authz_endpoint;
 use crate::checks::{Checks, needs_limits};
+use crate::client_body::ClientBody;
 use crate::credential::Carrier;
 use crate::forward::{Forwarder, Forwarding};
 use crate::limits::{self, Admission};
@@ -45,7 +45,7 @@ impl Handler {
     /// `forward` spans of a request span ([`spans::Traced`]).
     pub async fn handle<S: RequestSpans>(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<ClientBody>,
         peer: &Peer,
         spans: &S,
     ) -> Response<ProxyBody> {

@@ -2,7 +2,9 @@
 //! admin listener alike. Accepting, the connection cap and TLS termination are
 //! `keygate_transport::accept_loop`'s; here HTTP/1 header reads are bounded in time and size
 //! (an oversized head gets 431 from hyper), and shutdown stops accepting, lets in-flight
-//! requests finish for up to the grace period, then closes what is left.
+//! requests finish for up to the grace period, then closes what is left. A service that says
+//! [`Service::LEAN_HTTP1`] (the main listener's) has its plain HTTP/1.1 requests served by the
+//! gateway's own loop (`lean.rs`), and everything else by hyper.
 //!
 //! The main listener is served thread-per-core ([`serve_on_threads`]): one current-thread
 //! runtime per serving thread, each accepting on its own listener of the shared port and
@@ -25,13 +27,17 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use keygate_transport::{
-    AcceptSettings, Accepted, Activity, Connections, IdleLimits, Reading, ServerStream, ServerTls,
-    accept_loop, accept_loop_sharing,
+    AcceptSettings, Accepted, Activity, Connections, Graceful, IdleLimits, Reading, ServerStream,
+    ServerTls, accept_loop, accept_loop_sharing,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::client_body::ClientBody;
+use crate::lean;
 
 /// The client end of one connection. Its address is formatted for `X-Forwarded-For` once per
 /// connection, not once per request.
@@ -77,20 +83,23 @@ impl Peer {
 /// Something that answers requests.
 pub(crate) trait Service: Send + Sync + 'static {
     /// What responses carry: the gateway's own bodies, or gRPC's (with trailers).
-    type Body: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
+    type Body: hyper::body::Body<Data = Bytes, Error: Into<BoxError> + Send> + Send + 'static;
     /// Speaks only HTTP/2 (a gRPC service); otherwise HTTP/1.1 and h2 are both served.
     const HTTP2_ONLY: bool = false;
+    /// Plain HTTP/1.1 requests are served by the gateway's own loop (`lean.rs`), the rest by
+    /// hyper.
+    const LEAN_HTTP1: bool = false;
 
     /// Answers one request from `peer`.
     fn call(
         &self,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         peer: &Peer,
     ) -> impl Future<Output = Response<Self::Body>> + Send;
 }
 
 /// The error a response body may end with, as hyper takes it.
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Bounds of one listener.
 #[derive(Debug, Clone, Copy)]
@@ -301,6 +310,7 @@ async fn serve_drawing_on<S: Service>(
             head: limits.header_read_timeout,
             idle: limits.idle_timeout,
         },
+        max_header_bytes: limits.max_header_bytes,
     };
     let settings = AcceptSettings {
         name,
@@ -323,6 +333,7 @@ struct Listener<S> {
     service: Arc<S>,
     connections: Connections,
     idle: IdleLimits,
+    max_header_bytes: usize,
 }
 
 impl<S: Service> Listener<S> {
@@ -337,40 +348,69 @@ impl<S: Service> Listener<S> {
         // One monomorphic connection per transport: the plain path has no TLS branch in it.
         match stream {
             ServerStream::Plain(tcp) => {
-                let io = TokioIo::new(Reading::new(tcp, Arc::clone(&peer)));
+                let io = Reading::new(tcp, Arc::clone(&peer));
                 self.serve_on(io, peer, at, permit);
             }
             ServerStream::Tls(tls) => {
-                let io = TokioIo::new(Reading::new(tls, Arc::clone(&peer)));
+                let io = Reading::new(tls, Arc::clone(&peer));
                 self.serve_on(io, peer, at, permit);
             }
         }
     }
 
-    fn serve_on<I>(&self, io: I, peer: Arc<Peer>, at: Instant, permit: OwnedSemaphorePermit)
+    fn serve_on<T>(&self, io: T, peer: Arc<Peer>, at: Instant, permit: OwnedSemaphorePermit)
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let service = Arc::clone(&self.service);
         let remote = peer.addr;
-        let watched = Arc::clone(&peer);
-        let hyper_service = service_fn(move |request: Request<Incoming>| {
-            let (service, peer) = (Arc::clone(&service), Arc::clone(&peer));
-            peer.activity.started();
-            if request.version() < http::Version::HTTP_2 {
-                peer.activity.http1();
-            }
-            async move {
-                let response = service.call(request, &peer).await;
-                peer.activity.finished();
-                Ok::<_, Infallible>(response)
-            }
-        });
-        let connection = self
-            .builder
-            .serve_connection(io, hyper_service)
-            .into_owned();
-        self.connections
-            .spawn_watched(connection, remote, permit, Some((watched, self.idle, at)));
+        let watch = Some((Arc::clone(&peer), self.idle, at));
+        if S::LEAN_HTTP1 {
+            let (builder, service) = (self.builder.clone(), Arc::clone(&self.service));
+            let hyper_peer = Arc::clone(&peer);
+            let connection = lean::connection(
+                io,
+                Arc::clone(&self.service),
+                peer,
+                self.max_header_bytes,
+                move |rest| hyper_connection(&builder, TokioIo::new(rest), service, hyper_peer),
+            );
+            self.connections
+                .spawn_watched(connection, remote, permit, watch);
+        } else {
+            let connection = hyper_connection(
+                &self.builder,
+                TokioIo::new(io),
+                Arc::clone(&self.service),
+                peer,
+            );
+            self.connections
+                .spawn_watched(connection, remote, permit, watch);
+        }
     }
+}
+
+/// hyper serving `io` (HTTP/1.1, or h2 after its preface) with `service`.
+fn hyper_connection<S, I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: Arc<S>,
+    peer: Arc<Peer>,
+) -> impl Graceful<Error = BoxError> + Send + use<S, I>
+where
+    S: Service,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let hyper_service = service_fn(move |request: Request<Incoming>| {
+        let (service, peer) = (Arc::clone(&service), Arc::clone(&peer));
+        peer.activity.started();
+        if request.version() < http::Version::HTTP_2 {
+            peer.activity.http1();
+        }
+        async move {
+            let response = service.call(request.map(ClientBody::from), &peer).await;
+            peer.activity.finished();
+            Ok::<_, Infallible>(response)
+        }
+    });
+    builder.serve_connection(io, hyper_service).into_owned()
 }

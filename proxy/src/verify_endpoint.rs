@@ -21,12 +21,12 @@ use std::time::Duration;
 use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use keygate_proto::Meta;
 use keygate_proto::time::rfc3339;
 use serde::{Deserialize, Serialize};
 
 use crate::checks::Checks;
+use crate::client_body::ClientBody;
 use crate::config::AuthMode;
 use crate::credential::Credential;
 use crate::limits::{self, Admission};
@@ -72,7 +72,7 @@ struct SessionVerifyResponse<'a> {
 pub(crate) async fn answer(
     checks: &Checks,
     body_timeout: Duration,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     request_id: &HeaderValue,
 ) -> Response<ProxyBody> {
     if request.method() != Method::POST {

@@ -19,6 +19,24 @@ use tokio_util::task::TaskTracker;
 
 use crate::activity::{Activity, IdleLimits, Verdict, Watchdog};
 
+/// A served connection that can be asked to finish what it is doing and close: hyper's
+/// connections ([`GracefulConnection`], which hyper-util seals), and a server's own.
+pub trait Graceful: Future<Output = Result<(), Self::Error>> {
+    type Error;
+
+    /// Finish the request in flight, if any, then close. [`Connections`] polls the connection
+    /// right after asking, so an implementation may act on the request in its next poll.
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl<C: GracefulConnection> Graceful for C {
+    type Error = <C as GracefulConnection>::Error;
+
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        GracefulConnection::graceful_shutdown(self);
+    }
+}
+
 /// The open connections of one listener.
 #[derive(Debug, Clone, Default)]
 pub struct Connections {
@@ -38,7 +56,7 @@ impl Connections {
     /// period runs out.
     pub fn spawn<C>(&self, connection: C, remote: SocketAddr, permit: OwnedSemaphorePermit)
     where
-        C: GracefulConnection + Send + 'static,
+        C: Graceful + Send + 'static,
         C::Error: Display + Send,
     {
         self.spawn_watched::<C, Activity>(connection, remote, permit, None);
@@ -56,7 +74,7 @@ impl Connections {
         permit: OwnedSemaphorePermit,
         watch: Option<(Arc<A>, IdleLimits, tokio::time::Instant)>,
     ) where
-        C: GracefulConnection + Send + 'static,
+        C: Graceful + Send + 'static,
         C::Error: Display + Send,
         A: AsRef<Activity> + Send + Sync + 'static,
     {
@@ -104,7 +122,7 @@ async fn watched<C, A>(
     remote: SocketAddr,
 ) -> Option<Result<(), C::Error>>
 where
-    C: GracefulConnection,
+    C: Graceful,
     A: AsRef<Activity>,
 {
     let mut connection = std::pin::pin!(connection);

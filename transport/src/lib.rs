@@ -39,7 +39,7 @@ use std::sync::Arc;
 pub use accept::{AcceptSettings, Accepted, accept_loop, accept_loop_sharing};
 pub use activity::{Activity, IdleLimits, Reading};
 pub use client::{ClientIdentity, Trust, client_config};
-pub use drain::Connections;
+pub use drain::{Connections, Graceful};
 pub use reload::{ReloadingCert, watch_certificates};
 pub use server::{ConnectInfo, ServerStream, ServerTls};
 pub use stream::MaybeTls;

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::Method;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
@@ -19,17 +19,16 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::client::TlsStream;
 
+use crate::h1::{self, FieldIndex};
+
 use super::wire::{
-    self, AddedFields, BodyFraming, ChunkedDecoder, Decoded, FieldIndex, RequestFraming,
-    ResponseHead, WireError,
+    self, AddedFields, BodyFraming, ChunkedDecoder, Decoded, RequestFraming, ResponseHead,
+    WireError,
 };
 use super::{RequestBody, UpstreamError, UpstreamPool};
 
 /// Room kept free in the read buffer before each read.
 const READ_RESERVE: usize = 8 * 1024;
-/// A request body frame at most this large travels in the same write as the head.
-const COALESCE_LIMIT: usize = 16 * 1024;
-
 /// The byte stream of an upstream connection.
 pub(super) type Io = keygate_transport::MaybeTls<TlsStream<TcpStream>>;
 
@@ -154,8 +153,8 @@ impl Connection {
         let mut pending = None;
         match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) if data.len() <= COALESCE_LIMIT => {
-                    encode_data(&mut self.write, &data, framing);
+                Ok(data) if data.len() <= h1::COALESCE_LIMIT => {
+                    h1::encode_data(&mut self.write, &data, framing == RequestFraming::Chunked);
                 }
                 Ok(data) => pending = Some(data),
                 Err(_trailers) => {}
@@ -199,19 +198,12 @@ impl Connection {
         self.io.flush().await.map_err(Sending::Io)
     }
 
-    /// Writes one data frame of the request body; a chunk's size line, data and CRLF go in one
-    /// vectored write.
+    /// Writes one data frame of the request body.
     async fn write_data(&mut self, data: &Bytes, framing: RequestFraming) -> Result<(), Sending> {
-        if data.is_empty() {
-            return Ok(());
-        }
-        if framing == RequestFraming::Chunked {
-            self.write.clear();
-            chunk_size_line(&mut self.write, data.len());
-            let mut chunk = self.write[..].chain(&data[..]).chain(&b"\r\n"[..]);
-            return self.io.write_all_buf(&mut chunk).await.map_err(Sending::Io);
-        }
-        self.io.write_all(data).await.map_err(Sending::Io)
+        let chunked = framing == RequestFraming::Chunked;
+        h1::write_data(&mut self.io, &mut self.write, data, chunked)
+            .await
+            .map_err(Sending::Io)
     }
 
     /// Reads until a final response head is complete.
@@ -242,26 +234,6 @@ impl Connection {
 enum Sending {
     Body(UpstreamError),
     Io(io::Error),
-}
-
-fn encode_data(out: &mut Vec<u8>, data: &[u8], framing: RequestFraming) {
-    if data.is_empty() {
-        return;
-    }
-    if framing == RequestFraming::Chunked {
-        chunk_size_line(out, data.len());
-        out.extend_from_slice(data);
-        out.extend_from_slice(b"\r\n");
-    } else {
-        out.extend_from_slice(data);
-    }
-}
-
-/// A chunk's size line (`<hex>\r\n`), written in place: no string is allocated per chunk.
-fn chunk_size_line(out: &mut Vec<u8>, len: usize) {
-    use std::io::Write as _;
-    // Writing to a `Vec` cannot fail.
-    let _ = write!(out, "{len:x}\r\n");
 }
 
 /// The ways a connection the upstream closed while it was idle fails the next exchange.

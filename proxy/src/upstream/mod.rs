@@ -34,7 +34,6 @@ use std::time::Duration;
 use http::Response;
 use http::uri::Authority;
 use http_body::Body;
-use hyper::body::Incoming;
 use keygate_transport::Trust;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -42,6 +41,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
+use crate::client_body::ClientBody;
 use crate::error::ConfigError;
 use crate::idle_body::IdleBody;
 use crate::workers;
@@ -52,7 +52,7 @@ pub(crate) use wire::{AddedFields, WireError};
 
 /// What the gateway sends upstream: the client's body, failing when the client stops sending it
 /// for `request_body_timeout`.
-pub(crate) type RequestBody = IdleBody<Incoming>;
+pub(crate) type RequestBody = IdleBody<ClientBody>;
 
 /// An upstream response body that fails when the upstream sends nothing for
 /// `body_idle_timeout` (the client's response is then cut off, and the connection closed). The
@@ -386,6 +386,7 @@ mod tests {
     use bytes::Bytes;
     use http::Request;
     use http_body_util::{BodyExt, Full};
+    use hyper::body::Incoming;
     use hyper::client::conn::http1;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
@@ -472,7 +473,7 @@ mod tests {
                 .expect("request");
             client.send_request(request).await.expect("sent");
             let request: Request<Incoming> = received.recv().await.expect("received");
-            requests.push(request.map(|body| IdleBody::new(body, Duration::from_secs(30))));
+            requests.push(request.map(|body| IdleBody::new(body.into(), Duration::from_secs(30))));
         }
         requests
     }

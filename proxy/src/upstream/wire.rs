@@ -15,6 +15,7 @@
 
 use std::mem::MaybeUninit;
 
+use crate::h1::{FieldIndex, field};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header};
 
@@ -153,13 +154,6 @@ pub(super) fn encode_request_head(
     out.extend_from_slice(b"\r\n");
 }
 
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 fn expects_body(method: &Method) -> bool {
     !matches!(
         *method,
@@ -203,13 +197,6 @@ pub(super) struct ResponseHead {
     pub framing: BodyFraming,
     /// Whether the connection may carry another request after this response's body.
     pub keep_alive: bool,
-}
-
-/// Where a field's name and value lie in the head.
-#[derive(Clone, Copy)]
-pub(super) struct FieldIndex {
-    name: (usize, usize),
-    value: (usize, usize),
 }
 
 /// Takes the next final response head from the front of `buf`, skipping interim (1xx) ones;
@@ -258,14 +245,12 @@ pub(super) fn parse_response_head(
         // Offsets, so that the values can be slices of the frozen head rather than copies.
         let base = buf.as_ptr() as usize;
         fields.clear();
-        fields.extend(response.headers.iter().map(|field| {
-            let name = field.name.as_ptr() as usize - base;
-            let value = field.value.as_ptr() as usize - base;
-            FieldIndex {
-                name: (name, name + field.name.len()),
-                value: (value, value + field.value.len()),
-            }
-        }));
+        fields.extend(
+            response
+                .headers
+                .iter()
+                .map(|field| FieldIndex::at(base, field.name.as_bytes(), field.value)),
+        );
         let head = buf.split_to(length).freeze();
         return build_head(&head, fields, status, version, method).map(Some);
     }

@@ -1,0 +1,113 @@
+//! HTTP/1.1 wire pieces both of the gateway's own codecs use: the server loop towards clients
+//! (`lean.rs`) and the client towards upstreams (`upstream/`). Pure byte handling, no policy.
+
+use std::io;
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// A first body frame up to this size goes in the same write as the head.
+pub(crate) const COALESCE_LIMIT: usize = 16 * 1024;
+
+/// Where a field's name and value lie in a parsed head, so that values can become slices of
+/// the frozen head rather than copies.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FieldIndex {
+    pub name: (usize, usize),
+    pub value: (usize, usize),
+}
+
+impl FieldIndex {
+    /// The field `name: value`, both slices of the buffer that starts at address `base`.
+    pub fn at(base: usize, name: &[u8], value: &[u8]) -> Self {
+        Self {
+            name: span(base, name),
+            value: span(base, value),
+        }
+    }
+}
+
+/// Where `part`, a slice of the buffer that starts at address `base`, lies in it.
+pub(crate) fn span(base: usize, part: &[u8]) -> (usize, usize) {
+    let start = part.as_ptr() as usize - base;
+    (start, start + part.len())
+}
+
+/// Writes the field line `name: value`.
+pub(crate) fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A chunk's size line (`<hex>\r\n`), written in place: no string is allocated per chunk.
+pub(crate) fn chunk_size_line(out: &mut Vec<u8>, len: usize) {
+    use std::io::Write as _;
+    // Writing to a `Vec` cannot fail.
+    let _ = write!(out, "{len:x}\r\n");
+}
+
+/// Appends one data frame of a body to `out`, as a chunk when `chunked`.
+pub(crate) fn encode_data(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
+    if data.is_empty() {
+        return;
+    }
+    if chunked {
+        chunk_size_line(out, data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(data);
+    }
+}
+
+/// Writes one data frame of a body, as a chunk when `chunked`: the size line (in `scratch`),
+/// data and CRLF in one vectored write.
+pub(crate) async fn write_data<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    scratch: &mut Vec<u8>,
+    data: &Bytes,
+    chunked: bool,
+) -> io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    if chunked {
+        scratch.clear();
+        chunk_size_line(scratch, data.len());
+        let mut chunk = scratch[..].chain(&data[..]).chain(&b"\r\n"[..]);
+        return io.write_all_buf(&mut chunk).await;
+    }
+    io.write_all(data).await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_carry_their_size_in_hex_and_empty_frames_write_nothing() {
+        let mut out = Vec::new();
+        encode_data(&mut out, &[b'x'; 26], true);
+        encode_data(&mut out, b"", true);
+        encode_data(&mut out, b"raw", false);
+        let mut expected = b"1a\r\n".to_vec();
+        expected.extend_from_slice(&[b'x'; 26]);
+        expected.extend_from_slice(b"\r\nraw");
+        assert_eq!(out, expected);
+    }
+
+    #[tokio::test]
+    async fn a_written_chunk_matches_an_encoded_one() {
+        let data = Bytes::from(vec![b'y'; 300]);
+        let (mut written, mut encoded) = (Vec::new(), Vec::new());
+        write_data(&mut written, &mut Vec::new(), &data, true)
+            .await
+            .unwrap();
+        encode_data(&mut encoded, &data, true);
+        assert_eq!(written, encoded);
+        assert!(written.starts_with(b"12c\r\n"));
+    }
+}
