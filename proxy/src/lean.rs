@@ -175,7 +175,10 @@ where
         let close = close || state.finish.load(Ordering::Relaxed);
         respond(&mut io, &mut write, response, bodiless_response, close).await?;
         if close {
-            // Best effort: the response is written; a client gone already changes nothing.
+            // Best effort: the response is written; a client gone already changes nothing. A
+            // client that reads nothing more may hold the TLS close_notify: the connection
+            // counts as between requests, so that drain and the idle deadline end it.
+            state.between_requests.store(true, Ordering::Relaxed);
             let _ = io.shutdown().await;
             return Ok(None);
         }
