@@ -633,4 +633,88 @@ mod tests {
         assert_eq!(text.matches("content-length").count(), 1, "{text}");
         assert!(text.ends_with("\r\n\r\nabc"), "{text}");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Field names the loop treats specially are left out; the rest are plain.
+        fn plain_name() -> impl Strategy<Value = String> {
+            "[a-z][a-z0-9-]{0,11}".prop_filter("a name the loop judges", |name| {
+                ![
+                    "content-length",
+                    "transfer-encoding",
+                    "expect",
+                    "upgrade",
+                    "connection",
+                ]
+                .contains(&name.as_str())
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn any_bytes_are_a_head_taken_whole_or_left_untouched(
+                bytes in proptest::collection::vec(any::<u8>(), 0..600),
+            ) {
+                let mut buf = BytesMut::from(&bytes[..]);
+                match parse_head(&mut buf, MAX, &mut Vec::new()) {
+                    Ok(Some(_)) => {
+                        prop_assert!(bytes.ends_with(&buf));
+                        prop_assert!(buf.len() < bytes.len());
+                    }
+                    Ok(None) | Err(NotPlain) => prop_assert_eq!(&buf[..], &bytes[..]),
+                }
+            }
+
+            #[test]
+            fn a_plain_request_arriving_in_pieces_is_read_whole_and_exactly(
+                method in prop::sample::select(vec!["GET", "HEAD", "DELETE", "OPTIONS"]),
+                path in "/[a-z0-9/._~-]{0,30}(\\?[a-z0-9=&]{0,20})?",
+                fields in proptest::collection::vec((plain_name(), "[!-~]([ -~]{0,30}[!-~])?"), 0..12),
+                step in 1usize..40,
+            ) {
+                let mut wire = format!("{method} {path} HTTP/1.1\r\n");
+                for (name, value) in &fields {
+                    wire.push_str(&format!("{name}: {value}\r\n"));
+                }
+                wire.push_str("\r\nNEXT");
+                let wire = wire.into_bytes();
+                let mut buf = BytesMut::new();
+                let mut scratch = Vec::new();
+                let mut parsed = None;
+                for piece in wire.chunks(step) {
+                    buf.extend_from_slice(piece);
+                    match parse_head(&mut buf, MAX, &mut scratch) {
+                        Ok(Some(head)) => {
+                            parsed = Some(head);
+                            break;
+                        }
+                        Ok(None) => {}
+                        Err(NotPlain) => prop_assert!(false, "plain request refused: {wire:?}"),
+                    }
+                }
+                let head = parsed.expect("the whole head read");
+                // Whatever arrived after the head stays for the next request.
+                prop_assert!(b"NEXT".starts_with(&buf));
+                prop_assert_eq!(head.request.method().as_str(), method);
+                prop_assert_eq!(head.request.uri().to_string(), path);
+                let got: Vec<(String, String)> = head
+                    .request
+                    .headers()
+                    .iter()
+                    .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+                    .collect();
+                // A map groups a name's values; their order within a name is kept.
+                let mut expected = fields.clone();
+                expected.sort_by(|a, b| a.0.cmp(&b.0));
+                let mut got_sorted = got;
+                got_sorted.sort_by(|a, b| a.0.cmp(&b.0));
+                prop_assert_eq!(got_sorted, expected);
+                prop_assert_eq!(head.bodiless_response, method == "HEAD");
+                prop_assert!(!head.close);
+            }
+        }
+    }
 }
