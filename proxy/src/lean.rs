@@ -4,7 +4,7 @@
 //! Per request, the loop parses the head once with httparse into a map whose values are slices
 //! of the read buffer, calls the service, and writes the response head and body itself: one
 //! async loop per connection, with no dispatcher, no per-request channel or task, and the head
-//! and a small body in one write. See BENCHMARKS.md (2026-12-02, "the lean HTTP/1.1 path").
+//! and a small body in one write. See BENCHMARKS.md (2026-12-02, "the lean HTTP/1.1 loop").
 //!
 //! Only plain requests are served here: HTTP/1.1, origin-form target, no body
 //! (no `Transfer-Encoding`, `Content-Length` absent or 0), no `Expect`, no `Upgrade`, a head
