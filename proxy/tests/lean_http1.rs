@@ -312,3 +312,26 @@ async fn what_the_loop_does_not_serve_gets_hypers_answer() {
     assert_eq!(client.answer(false).await.status, 431);
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn drain_closes_idle_connections_and_lets_a_request_in_flight_finish() {
+    let (mut gateway, upstream, _key) = setup().await;
+    // One connection idle between requests, one waiting for its answer.
+    let mut idle = connect(&gateway).await;
+    idle.send(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(idle.answer(false).await.status, 200);
+    let mut busy = connect(&gateway).await;
+    busy.send(b"GET /held HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    upstream.arrived.notified().await;
+    gateway.signal_stop();
+    assert!(
+        idle.closed().await,
+        "an idle connection is closed when draining starts"
+    );
+    upstream.release.notify_one();
+    let answer = busy.answer(false).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.field("connection"), Some("close"), "{answer:?}");
+    assert!(busy.closed().await, "then the connection closes");
+    gateway.wait_stopped().await;
+}
