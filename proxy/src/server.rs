@@ -302,7 +302,7 @@ async fn serve_drawing_on<S: Service>(
     }
     let connections = Connections::new();
     let listener_state = Listener {
-        builder,
+        builder: Arc::new(builder),
         service,
         connections: connections.clone(),
         idle: IdleLimits {
@@ -329,7 +329,8 @@ async fn serve_drawing_on<S: Service>(
 
 /// What every connection of one listener shares.
 struct Listener<S> {
-    builder: auto::Builder<TokioExecutor>,
+    /// Shared: a lean connection keeps it for a hand-over that most never make.
+    builder: Arc<auto::Builder<TokioExecutor>>,
     service: Arc<S>,
     connections: Connections,
     idle: IdleLimits,
@@ -365,7 +366,7 @@ impl<S: Service> Listener<S> {
         let remote = peer.addr;
         let watch = Some((Arc::clone(&peer), self.idle, at));
         if S::LEAN_HTTP1 {
-            let (builder, service) = (self.builder.clone(), Arc::clone(&self.service));
+            let (builder, service) = (Arc::clone(&self.builder), Arc::clone(&self.service));
             let hyper_peer = Arc::clone(&peer);
             let connection = lean::connection(
                 io,
