@@ -2,12 +2,15 @@
 //! (`lean.rs`) and the client towards upstreams (`upstream/`). Pure byte handling, no policy.
 
 use std::io;
+use std::pin::Pin;
+use std::task::Poll;
 
 use bytes::{Buf, Bytes};
+use http_body::Body;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// A first body frame up to this size goes in the same write as the head.
-pub(crate) const COALESCE_LIMIT: usize = 16 * 1024;
+const COALESCE_LIMIT: usize = 16 * 1024;
 
 /// Where a field's name and value lie in a parsed head, so that values can become slices of
 /// the frozen head rather than copies.
@@ -48,8 +51,73 @@ pub(crate) fn chunk_size_line(out: &mut Vec<u8>, len: usize) {
     let _ = write!(out, "{len:x}\r\n");
 }
 
+/// Why a body could not be written: its source failed, or the connection did.
+#[derive(Debug)]
+pub(crate) enum BodyWriteError<E> {
+    Body(E),
+    Io(io::Error),
+}
+
+impl<E> From<io::Error> for BodyWriteError<E> {
+    fn from(error: io::Error) -> Self {
+        Self::Io(error)
+    }
+}
+
+/// Writes `head` (already in `write`) and `body` after it, framed as chunks when `chunked`
+/// (else as they come: the head gave the length), and flushes. A first frame up to
+/// [`COALESCE_LIMIT`] that is ready at once goes in the head's write; trailers are dropped (the
+/// peer was not told to expect them).
+pub(crate) async fn write_body<T, B>(
+    io: &mut T,
+    write: &mut Vec<u8>,
+    mut body: Pin<&mut B>,
+    chunked: bool,
+) -> Result<(), BodyWriteError<B::Error>>
+where
+    T: AsyncWrite + Unpin,
+    B: Body<Data = Bytes>,
+{
+    let mut pending = None;
+    let first = std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
+    match first {
+        Poll::Ready(Some(frame)) => match frame.map_err(BodyWriteError::Body)?.into_data() {
+            Ok(data) if data.len() <= COALESCE_LIMIT => encode_data(write, &data, chunked),
+            Ok(data) => pending = Some(data),
+            Err(_trailers) => {}
+        },
+        Poll::Ready(None) => {
+            if chunked {
+                write.extend_from_slice(b"0\r\n\r\n");
+            }
+            io.write_all(write).await?;
+            return Ok(io.flush().await?);
+        }
+        Poll::Pending => {}
+    }
+    io.write_all(write).await?;
+    if let Some(data) = pending {
+        write_data(io, write, &data, chunked).await?;
+    }
+    loop {
+        io.flush().await?;
+        match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            Some(frame) => {
+                if let Ok(data) = frame.map_err(BodyWriteError::Body)?.into_data() {
+                    write_data(io, write, &data, chunked).await?;
+                }
+            }
+            None => break,
+        }
+    }
+    if chunked {
+        io.write_all(b"0\r\n\r\n").await?;
+    }
+    Ok(io.flush().await?)
+}
+
 /// Appends one data frame of a body to `out`, as a chunk when `chunked`.
-pub(crate) fn encode_data(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
+fn encode_data(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
     if data.is_empty() {
         return;
     }
@@ -64,7 +132,7 @@ pub(crate) fn encode_data(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
 
 /// Writes one data frame of a body, as a chunk when `chunked`: the size line (in `scratch`),
 /// data and CRLF in one vectored write.
-pub(crate) async fn write_data<T: AsyncWrite + Unpin>(
+async fn write_data<T: AsyncWrite + Unpin>(
     io: &mut T,
     scratch: &mut Vec<u8>,
     data: &Bytes,

@@ -355,48 +355,13 @@ where
         io.write_all(write).await?;
         return Ok(io.flush().await?);
     }
-    let mut body = std::pin::pin!(body);
-    // A first frame that is ready now (a whole small response) goes in the head's write.
-    let first = std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
-    let mut pending = None;
-    match first {
-        Poll::Ready(Some(frame)) => match frame.map_err(Into::into)?.into_data() {
-            Ok(data) if data.len() <= h1::COALESCE_LIMIT => {
-                h1::encode_data(write, &data, framing == Framing::Chunked);
-            }
-            Ok(data) => pending = Some(data),
-            Err(_trailers) => {}
-        },
-        Poll::Ready(None) => {
-            if framing == Framing::Chunked {
-                write.extend_from_slice(b"0\r\n\r\n");
-            }
-            io.write_all(write).await?;
-            return Ok(io.flush().await?);
-        }
-        Poll::Pending => {}
-    }
-    io.write_all(write).await?;
-    if let Some(data) = pending {
-        h1::write_data(io, write, &data, framing == Framing::Chunked).await?;
-    }
-    loop {
-        io.flush().await?;
-        let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
-        match frame {
-            // Trailers are dropped: HTTP/1.1 clients were not offered them.
-            Some(frame) => {
-                if let Ok(data) = frame.map_err(Into::into)?.into_data() {
-                    h1::write_data(io, write, &data, framing == Framing::Chunked).await?;
-                }
-            }
-            None => break,
-        }
-    }
-    if framing == Framing::Chunked {
-        io.write_all(b"0\r\n\r\n").await?;
-    }
-    Ok(io.flush().await?)
+    let body = std::pin::pin!(body);
+    h1::write_body(io, write, body, framing == Framing::Chunked)
+        .await
+        .map_err(|error| match error {
+            h1::BodyWriteError::Body(error) => error.into(),
+            h1::BodyWriteError::Io(error) => error.into(),
+        })
 }
 
 /// A stream whose first bytes are ones already read from it: how the lean loop hands a

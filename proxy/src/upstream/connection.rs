@@ -149,61 +149,15 @@ impl Connection {
             self.io.write_all(&self.write).await.map_err(Sending::Io)?;
             return self.io.flush().await.map_err(Sending::Io);
         }
-        // A small first frame that is ready now goes in the head's write.
-        let mut pending = None;
-        match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
-            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) if data.len() <= h1::COALESCE_LIMIT => {
-                    h1::encode_data(&mut self.write, &data, framing == RequestFraming::Chunked);
-                }
-                Ok(data) => pending = Some(data),
-                Err(_trailers) => {}
-            },
-            Poll::Ready(Some(Err(error))) => {
-                return Err(Sending::Body(UpstreamError::RequestBody(error.into())));
-            }
-            Poll::Ready(None) => {
-                if framing == RequestFraming::Chunked {
-                    self.write.extend_from_slice(b"0\r\n\r\n");
-                }
-                self.io.write_all(&self.write).await.map_err(Sending::Io)?;
-                return self.io.flush().await.map_err(Sending::Io);
-            }
-            Poll::Pending => {}
-        }
-        self.io.write_all(&self.write).await.map_err(Sending::Io)?;
-        if let Some(data) = pending {
-            self.write_data(&data, framing).await?;
-        }
-        loop {
-            self.io.flush().await.map_err(Sending::Io)?;
-            let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await;
-            match frame {
-                Some(Ok(frame)) => {
-                    // Trailers are dropped: the upstream was not told to expect them (`TE` is
-                    // hop-by-hop).
-                    if let Ok(data) = frame.into_data() {
-                        self.write_data(&data, framing).await?;
-                    }
-                }
-                Some(Err(error)) => {
-                    return Err(Sending::Body(UpstreamError::RequestBody(error.into())));
-                }
-                None => break,
-            }
-        }
-        if framing == RequestFraming::Chunked {
-            self.io.write_all(b"0\r\n\r\n").await.map_err(Sending::Io)?;
-        }
-        self.io.flush().await.map_err(Sending::Io)
-    }
-
-    /// Writes one data frame of the request body.
-    async fn write_data(&mut self, data: &Bytes, framing: RequestFraming) -> Result<(), Sending> {
         let chunked = framing == RequestFraming::Chunked;
-        h1::write_data(&mut self.io, &mut self.write, data, chunked)
+        h1::write_body(&mut self.io, &mut self.write, Pin::new(body), chunked)
             .await
-            .map_err(Sending::Io)
+            .map_err(|error| match error {
+                h1::BodyWriteError::Body(error) => {
+                    Sending::Body(UpstreamError::RequestBody(error.into()))
+                }
+                h1::BodyWriteError::Io(error) => Sending::Io(error),
+            })
     }
 
     /// Reads until a final response head is complete.
