@@ -53,10 +53,9 @@ pub(crate) struct Http1Connection {
 struct State {
     /// Shutdown or the idle deadline asked the connection to finish.
     finish: AtomicBool,
-    /// The loop waits for the first byte of a head: finishing now loses nothing.
+    /// The loop waits for the first byte of a head: finishing now loses nothing. Never set
+    /// once hyper serves the connection, which then finishes it itself.
     between_requests: AtomicBool,
-    /// hyper serves the connection (the loop has handed it over).
-    handed_over: AtomicBool,
 }
 
 impl Future for Http1Connection {
@@ -64,10 +63,7 @@ impl Future for Http1Connection {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let state = &self.state;
-        if state.finish.load(Ordering::Relaxed)
-            && !state.handed_over.load(Ordering::Relaxed)
-            && state.between_requests.load(Ordering::Relaxed)
-        {
+        if state.finish.load(Ordering::Relaxed) && state.between_requests.load(Ordering::Relaxed) {
             return Poll::Ready(Ok(()));
         }
         self.serving.as_mut().poll(cx)
@@ -105,7 +101,7 @@ where
         let Some((io, read)) = serve(io, &*service, &peer, max_header_bytes, &shared).await? else {
             return Ok(());
         };
-        shared.handed_over.store(true, Ordering::Relaxed);
+        shared.between_requests.store(false, Ordering::Relaxed);
         let mut hyper = std::pin::pin!(fallback(Rewind::new(read.freeze(), io)));
         let mut asked = false;
         std::future::poll_fn(|cx| {
