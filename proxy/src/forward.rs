@@ -2,7 +2,9 @@
 //!
 //! Header hygiene, in both directions: hop-by-hop headers go (RFC 9110 §7.6.1: `Connection`
 //! and every header it names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`,
-//! `Upgrade`, `Trailer`). Towards the upstream, additionally: every inbound `x-keygate-*` header
+//! `Upgrade`, `Trailer`; a response's are left out as its head is parsed, `upstream/wire.rs`,
+//! and its fields reach the client as they came, `h1::HeadFields`). Towards the upstream,
+//! additionally: every inbound `x-keygate-*` header
 //! is removed (no spoofing) before the gateway adds its own, the credential is removed unless
 //! the route forwards it, the `Cookie` fields of an HTTP/2 request are joined into the one
 //! line HTTP/1.1 allows (RFC 9113 §8.2.3), `X-Forwarded-*` are set, `Forwarded` (RFC 7239)
@@ -24,6 +26,7 @@ use crate::client_body::ClientBody;
 use crate::credential::CredentialHeaders;
 use crate::error::error_chain;
 use crate::fields;
+use crate::h1;
 use crate::idle_body::IdleBody;
 use crate::metrics::{Metrics, UpstreamFailure};
 use crate::replica::KEY_ID_TEXT_LEN;
@@ -46,8 +49,6 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static FORWARDED: HeaderName = header::FORWARDED;
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// What the gateway knows about a request besides the request itself.
 pub(crate) struct Forwarding<'a> {
@@ -170,8 +171,10 @@ impl Forwarder {
         self.metrics.upstream_duration.record(started.elapsed());
         match outcome {
             Ok(upstream) => {
+                // The upstream's fields are in the body, hop-by-hop ones left out when the
+                // head was parsed (`upstream/wire.rs`); the map holds what the gateway sets,
+                // which replaces any of the upstream's by the same name (`h1::HeadFields`).
                 let mut response = upstream.map(Either::Left);
-                remove_hop_by_hop(response.headers_mut());
                 response
                     .headers_mut()
                     .insert(REQUEST_ID.clone(), forwarding.request_id.clone());
@@ -266,7 +269,7 @@ pub(crate) fn add_grant_headers(headers: &mut HeaderMap, grant: &Grant) -> bool 
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those `Connection` names.
-pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most requests carry none of them: one pass over the few names present is cheaper than
     // seven hashed removals.
     if !headers.keys().any(is_hop_by_hop) {
@@ -282,24 +285,24 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
 
-/// The hop-by-hop headers of RFC 9110 §7.6.1 (plus the legacy `Proxy-Connection`).
-const HOP_BY_HOP: [&HeaderName; 7] = [
-    &header::CONNECTION,
-    &KEEP_ALIVE,
-    &PROXY_CONNECTION,
-    &header::TE,
-    &header::TRANSFER_ENCODING,
-    &header::UPGRADE,
-    &header::TRAILER,
+/// [`h1::HOP_BY_HOP`] as names: comparing two is an enum comparison for the standard ones.
+static HOP_BY_HOP: [HeaderName; 7] = [
+    HeaderName::from_static(h1::HOP_BY_HOP[0]),
+    HeaderName::from_static(h1::HOP_BY_HOP[1]),
+    HeaderName::from_static(h1::HOP_BY_HOP[2]),
+    HeaderName::from_static(h1::HOP_BY_HOP[3]),
+    HeaderName::from_static(h1::HOP_BY_HOP[4]),
+    HeaderName::from_static(h1::HOP_BY_HOP[5]),
+    HeaderName::from_static(h1::HOP_BY_HOP[6]),
 ];
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name)
+    HOP_BY_HOP.contains(name)
 }
 
 /// Removes every `x-keygate-*` header: only the gateway may set them.

@@ -27,12 +27,13 @@ use crate::credential::CredentialHeaders;
 use crate::error::{ConfigError, ProxyError};
 use crate::forward::Forwarder;
 use crate::freshness::Freshness;
+use crate::h1::HeadFields;
 use crate::handler::Handler;
 use crate::metrics::Metrics;
 use crate::miss::{ControlPlaneSlot, MissLookup, MissSettings};
 use crate::reload::{self, ConfigSource, RouteReloader};
 use crate::replica::Replica;
-use crate::response::{ProxyBody, REQUEST_ID};
+use crate::response::{self, ProxyBody, REQUEST_ID};
 use crate::route::RouteTable;
 use crate::server::{self, Peer, ServerLimits, Service};
 use crate::sessions;
@@ -538,6 +539,10 @@ impl Service for Handler {
     async fn call(&self, request: Request<ClientBody>, peer: &Peer) -> Response<ProxyBody> {
         self.handle(request, peer, &Untraced).await
     }
+
+    fn head_fields(body: &mut ProxyBody) -> HeadFields {
+        response::head_fields(body)
+    }
 }
 
 /// The main listener's service when spans are exported: each request inside a `request` span
@@ -565,5 +570,9 @@ impl Service for InSpans {
             span.record("keygate.request_id", id);
         }
         response
+    }
+
+    fn head_fields(body: &mut ProxyBody) -> HeadFields {
+        response::head_fields(body)
     }
 }

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use bytes::{Buf, Bytes};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::Body;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -28,6 +29,93 @@ impl FieldIndex {
             value: span(base, value),
         }
     }
+}
+
+/// The hop-by-hop fields of RFC 9110 §7.6.1 (plus the legacy `Proxy-Connection`): they
+/// describe one connection, and a proxy passes none of them on (nor the fields `Connection`
+/// names).
+pub(crate) const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "trailer",
+];
+
+/// Whether `name`, in any case, is one of [`HOP_BY_HOP`].
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|hop| hop.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// The fields of a response head as they came on the wire: slices of the head's bytes, kept
+/// out of a `HeaderMap`. An upstream's response reaches the client's connection this way (the
+/// body carries them, `upstream/connection.rs`): the lean loop writes them as they are, and
+/// only a connection served by hyper has them moved into the response's map
+/// ([`HeadFields::into_map`]). Building and dropping a map of them cost ~1 400 instructions a
+/// response (BENCHMARKS.md).
+///
+/// A field of a name the response's map also holds is left out: what the gateway set (its
+/// `x-request-id`, the limit fields) replaces what the upstream sent. Names and values are
+/// what httparse accepts, which is what `HeaderName` and `HeaderValue` accept (a property
+/// test in `upstream/wire.rs` holds the two to it).
+#[derive(Debug, Default)]
+pub(crate) struct HeadFields {
+    head: Bytes,
+    fields: Vec<FieldIndex>,
+}
+
+impl HeadFields {
+    /// The fields at `fields` in `head`.
+    pub fn new(head: Bytes, fields: Vec<FieldIndex>) -> Self {
+        Self { head, fields }
+    }
+
+    /// Each field's name (as the peer spelled it) and value.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields
+            .iter()
+            .map(|field| (self.name(field), &self.head[field.value.0..field.value.1]))
+    }
+
+    /// The fields `map` does not replace (see the type's documentation).
+    pub fn not_in<'a>(&'a self, map: &'a HeaderMap) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+        self.iter().filter(|(name, _)| !replaced(map, name))
+    }
+
+    /// Appends the fields to `map`, but those it replaces. A field that is not a valid
+    /// `HeaderName` and `HeaderValue` is left out (none is: see the type's documentation).
+    pub fn into_map(self, map: &mut HeaderMap) {
+        let kept: Vec<(HeaderName, HeaderValue)> = self
+            .fields
+            .iter()
+            .filter(|field| !replaced(map, self.name(field)))
+            .filter_map(|field| {
+                let name = HeaderName::from_bytes(self.name(field)).ok()?;
+                let value =
+                    HeaderValue::from_maybe_shared(self.head.slice(field.value.0..field.value.1));
+                Some((name, value.ok()?))
+            })
+            .collect();
+        map.reserve(kept.len());
+        for (name, value) in kept {
+            map.append(name, value);
+        }
+    }
+
+    fn name(&self, field: &FieldIndex) -> &[u8] {
+        &self.head[field.name.0..field.name.1]
+    }
+}
+
+/// Whether `map` holds a field named `name` (in any case). The map is the gateway's own few
+/// fields, so a walk costs less than a hashed lookup.
+fn replaced(map: &HeaderMap, name: &[u8]) -> bool {
+    map.keys()
+        .any(|held| held.as_str().as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// Where `part`, a slice of the buffer that starts at address `base`, lies in it.
@@ -154,6 +242,32 @@ async fn write_data<T: AsyncWrite + Unpin>(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn head_fields_go_into_a_map_but_those_it_replaces() {
+        let head = Bytes::from_static(b"X-Up: 1X-Request-Id: theirsx-up: 2");
+        let base = head.as_ptr() as usize;
+        let at = |name: (usize, usize), value: (usize, usize)| {
+            FieldIndex::at(base, &head[name.0..name.1], &head[value.0..value.1])
+        };
+        let fields = HeadFields::new(
+            head.clone(),
+            vec![
+                at((0, 4), (6, 7)),
+                at((7, 19), (21, 27)),
+                at((27, 31), (33, 34)),
+            ],
+        );
+        let mut map = HeaderMap::new();
+        map.insert("x-request-id", HeaderValue::from_static("ours"));
+        let kept: Vec<_> = fields.not_in(&map).collect();
+        assert_eq!(kept, [(&b"X-Up"[..], &b"1"[..]), (b"x-up", b"2")]);
+        fields.into_map(&mut map);
+        assert_eq!(map["x-request-id"], "ours");
+        let ups: Vec<_> = map.get_all("x-up").iter().collect();
+        assert_eq!(ups, ["1", "2"]);
+        assert_eq!(map.len(), 3);
+    }
 
     #[test]
     fn chunks_carry_their_size_in_hex_and_empty_frames_write_nothing() {

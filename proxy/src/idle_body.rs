@@ -29,6 +29,11 @@ impl<B> IdleBody<B> {
             deadline: None,
         }
     }
+
+    /// The source.
+    pub fn get_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
 }
 
 /// Why an [`IdleBody`] ended early.

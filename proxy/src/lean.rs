@@ -34,7 +34,7 @@ use keygate_transport::Graceful;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::client_body::ClientBody;
-use crate::h1::{self, FieldIndex};
+use crate::h1::{self, FieldIndex, HeadFields};
 use crate::server::{BoxError, Peer, Service};
 
 /// Most fields in a request head (hyper's default, which the fallback applies).
@@ -166,10 +166,17 @@ where
         } = head;
         peer.activity.started();
         peer.activity.http1();
-        let response = service.call(request, peer).await;
+        let mut response = service.call(request, peer).await;
         peer.activity.finished();
         let close = close || state.finish.load(Ordering::Relaxed);
-        respond(&mut io, &mut write, response, bodiless_response, close).await?;
+        let fields = S::head_fields(response.body_mut());
+        let answer = Answer {
+            response,
+            fields,
+            bodiless_response,
+            close,
+        };
+        respond(&mut io, &mut write, answer).await?;
         if close {
             // Best effort: the response is written; a client gone already changes nothing. A
             // client that reads nothing more may hold the TLS close_notify: the connection
@@ -297,18 +304,29 @@ enum Framing {
     Chunked,
 }
 
-/// Writes `response` to the client; an error means the connection cannot go on.
-async fn respond<T, B>(
-    io: &mut T,
-    write: &mut Vec<u8>,
+/// A response and how to write it.
+struct Answer<B> {
     response: Response<B>,
+    /// Its fields outside its map (an upstream's, `h1::HeadFields`), written before the map's.
+    fields: HeadFields,
+    /// An answer to HEAD: fields, no body.
     bodiless_response: bool,
+    /// The connection closes after it.
     close: bool,
-) -> Result<(), BoxError>
+}
+
+/// Writes `answer` to the client; an error means the connection cannot go on.
+async fn respond<T, B>(io: &mut T, write: &mut Vec<u8>, answer: Answer<B>) -> Result<(), BoxError>
 where
     T: AsyncWrite + Unpin,
     B: Body<Data = Bytes, Error: Into<BoxError> + Send>,
 {
+    let Answer {
+        response,
+        fields,
+        bodiless_response,
+        close,
+    } = answer;
     let (parts, body) = response.into_parts();
     let status = parts.status;
     let no_body = bodiless_response
@@ -323,6 +341,11 @@ where
     write.extend_from_slice(b"\r\n");
     let mut has_date = false;
     let mut has_length = false;
+    for (name, value) in fields.not_in(&parts.headers) {
+        has_date |= name.eq_ignore_ascii_case(b"date");
+        has_length |= name.eq_ignore_ascii_case(b"content-length");
+        h1::field(write, name, value);
+    }
     for (name, value) in &parts.headers {
         has_date |= *name == header::DATE;
         has_length |= *name == header::CONTENT_LENGTH;
@@ -427,6 +450,7 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
+    use crate::response::REQUEST_ID;
 
     const MAX: usize = 16 * 1024;
 
@@ -533,10 +557,26 @@ mod tests {
     where
         B: Body<Data = Bytes, Error: Into<BoxError> + Send>,
     {
+        written_with(response, HeadFields::default(), head_only, close).await
+    }
+
+    async fn written_with<B>(
+        response: Response<B>,
+        fields: HeadFields,
+        head_only: bool,
+        close: bool,
+    ) -> String
+    where
+        B: Body<Data = Bytes, Error: Into<BoxError> + Send>,
+    {
         let mut out = Vec::new();
-        respond(&mut out, &mut Vec::new(), response, head_only, close)
-            .await
-            .unwrap();
+        let answer = Answer {
+            response,
+            fields,
+            bodiless_response: head_only,
+            close,
+        };
+        respond(&mut out, &mut Vec::new(), answer).await.unwrap();
         String::from_utf8(out).unwrap()
     }
 
@@ -593,6 +633,54 @@ mod tests {
         assert_eq!(text.matches("date").count(), 1, "{text}");
         assert_eq!(text.matches("content-length").count(), 1, "{text}");
         assert!(text.ends_with("\r\n\r\nabc"), "{text}");
+    }
+
+    /// An upstream's head fields over `head`, every field of it.
+    fn upstream_fields(head: &'static [u8]) -> HeadFields {
+        let head = Bytes::from_static(head);
+        let mut fields = Vec::new();
+        let mut start = 0;
+        for line in head.split(|&b| b == b'\n') {
+            if let Some(colon) = line.iter().position(|&b| b == b':') {
+                let base = head.as_ptr() as usize;
+                let name = &head[start..start + colon];
+                let value = line[colon + 1..].trim_ascii();
+                fields.push(FieldIndex::at(base, name, value));
+            }
+            start += line.len() + 1;
+        }
+        HeadFields::new(head, fields)
+    }
+
+    #[tokio::test]
+    async fn an_upstreams_fields_are_written_as_they_came_unless_the_gateway_set_them() {
+        let fields = upstream_fields(
+            b"Content-Type: text/plain\nX-Request-Id: theirs\nContent-Length: 3\nDate: then\n",
+        );
+        let mut response = Response::new(Full::new(Bytes::from("abc")));
+        response
+            .headers_mut()
+            .insert(REQUEST_ID.clone(), HeaderValue::from_static("ours"));
+        let text = written_with(response, fields, false, false).await;
+        assert!(
+            text.starts_with(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\
+                 Date: then\r\nx-request-id: ours\r\n\r\nabc"
+            ),
+            "{text}"
+        );
+        // Without a length of its own, the body's is written.
+        let fields = upstream_fields(b"X-Up: 1\n");
+        let text = written_with(
+            Response::new(Full::new(Bytes::from("ab"))),
+            fields,
+            false,
+            false,
+        )
+        .await;
+        assert!(text.contains("\r\nX-Up: 1\r\n"), "{text}");
+        assert!(text.contains("\r\ncontent-length: 2\r\n"), "{text}");
+        assert_eq!(text.matches("date: ").count(), 1, "{text}");
     }
 
     mod properties {

@@ -10,12 +10,22 @@ use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 use serde::Serialize;
 
+use crate::h1::HeadFields;
 use crate::limits::{self, Admission};
 use crate::upstream::PooledBody;
 use crate::verify::Code;
 
 /// Body of every response the gateway sends: streamed from an upstream, or written here.
 pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
+
+/// The fields of an upstream's response head, which its map does not hold (`h1::HeadFields`);
+/// none for a response the gateway wrote.
+pub fn head_fields(body: &mut ProxyBody) -> HeadFields {
+    match body {
+        Either::Left(upstream) => upstream.get_mut().take_fields(),
+        Either::Right(_) => HeadFields::default(),
+    }
+}
 
 /// The request-id header, read from clients and sent to upstreams and back.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

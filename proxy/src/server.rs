@@ -37,6 +37,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::client_body::ClientBody;
+use crate::h1::HeadFields;
 use crate::lean;
 
 /// The client end of one connection. Its address is formatted for `X-Forwarded-For` once per
@@ -96,6 +97,13 @@ pub(crate) trait Service: Send + Sync + 'static {
         request: Request<ClientBody>,
         peer: &Peer,
     ) -> impl Future<Output = Response<Self::Body>> + Send;
+
+    /// The fields of a response that its map does not hold, taken out of its body: an
+    /// upstream's head as it came ([`HeadFields`]). The lean loop writes them as they are;
+    /// hyper's connections have them moved into the map first.
+    fn head_fields(_body: &mut Self::Body) -> HeadFields {
+        HeadFields::default()
+    }
 }
 
 /// The error a response body may end with, as hyper takes it.
@@ -408,7 +416,8 @@ where
             peer.activity.http1();
         }
         async move {
-            let response = service.call(request.map(ClientBody::from), &peer).await;
+            let mut response = service.call(request.map(ClientBody::from), &peer).await;
+            S::head_fields(response.body_mut()).into_map(response.headers_mut());
             peer.activity.finished();
             Ok::<_, Infallible>(response)
         }

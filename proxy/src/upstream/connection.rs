@@ -19,7 +19,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::client::TlsStream;
 
-use crate::h1::{self, FieldIndex};
+use crate::h1::{self, FieldIndex, HeadFields};
 
 use super::wire::{
     self, AddedFields, BodyFraming, ChunkedDecoder, Decoded, RequestFraming, ResponseHead,
@@ -213,6 +213,8 @@ impl ResponseHead {
 /// body has been read to its end (and the upstream allows it); a body dropped early closes the
 /// connection, as HTTP/1.1 cannot abandon one response and go on with the next.
 pub struct ResponseBody {
+    /// The response head's fields, until the server side takes them ([`Self::take_fields`]).
+    fields: HeadFields,
     connection: Option<Connection>,
     framing: Framing,
     keep_alive: bool,
@@ -251,8 +253,10 @@ impl ResponseBody {
         framing: BodyFraming,
         keep_alive: bool,
         pool: Arc<UpstreamPool>,
+        fields: HeadFields,
     ) -> Self {
         let mut body = Self {
+            fields,
             connection: Some(connection),
             framing: match framing {
                 BodyFraming::Empty => Framing::Done,
@@ -267,6 +271,12 @@ impl ResponseBody {
             body.finish();
         }
         body
+    }
+
+    /// The response head's fields, which the response's map does not hold; empty after the
+    /// first call.
+    pub fn take_fields(&mut self) -> HeadFields {
+        std::mem::take(&mut self.fields)
     }
 
     /// The body is through: the connection goes back to the pool when nothing is left over
@@ -420,18 +430,19 @@ pub(super) async fn exchange(
     let ResponseHead {
         status,
         version,
-        headers,
+        fields,
         framing,
         keep_alive,
     } = head?;
+    // The head's fields travel with the body, out of the response's map (`h1::HeadFields`).
     let mut response = http::Response::new(ResponseBody::new(
         connection,
         framing,
         keep_alive,
         Arc::clone(pool),
+        fields,
     ));
     *response.status_mut() = status;
     *response.version_mut() = version;
-    *response.headers_mut() = headers;
     Ok(response)
 }

@@ -15,7 +15,7 @@
 
 use std::mem::MaybeUninit;
 
-use crate::h1::{FieldIndex, field};
+use crate::h1::{self, FieldIndex, HeadFields, field};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header};
 
@@ -34,8 +34,6 @@ pub(crate) enum WireError {
     Head(httparse::Error),
     #[error("response head larger than {MAX_HEAD_BYTES} bytes")]
     HeadTooLarge,
-    #[error("invalid header value in the response head")]
-    HeaderValue,
     #[error("invalid Content-Length")]
     ContentLength,
     #[error("the upstream switched protocols, which the gateway never asks for")]
@@ -191,9 +189,9 @@ pub(super) enum BodyFraming {
 pub(super) struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
-    /// Every field but `Transfer-Encoding` (and `Content-Length` when chunked wins over it);
-    /// the forwarder removes the other hop-by-hop fields.
-    pub headers: HeaderMap,
+    /// Every field but the hop-by-hop ones (and `Content-Length` when chunked wins over it),
+    /// as they came.
+    pub fields: HeadFields,
     pub framing: BodyFraming,
     /// Whether the connection may carry another request after this response's body.
     pub keep_alive: bool,
@@ -252,26 +250,30 @@ pub(super) fn parse_response_head(
                 .map(|field| FieldIndex::at(base, field.name.as_bytes(), field.value)),
         );
         let head = buf.split_to(length).freeze();
-        return build_head(&head, fields, status, version, method).map(Some);
+        return build_head(head, fields, status, version, method).map(Some);
     }
 }
 
 fn build_head(
-    head: &Bytes,
+    head: Bytes,
     fields: &[FieldIndex],
     status: StatusCode,
     version: Version,
     method: &Method,
 ) -> Result<ResponseHead, WireError> {
-    // Room for what the gateway adds (`X-Request-Id`, rate-limit fields) without growing.
-    let mut headers = HeaderMap::with_capacity(fields.len() + 4);
+    let mut kept = Vec::with_capacity(fields.len());
     let mut length: Option<u64> = None;
     // The last coding of the last `Transfer-Encoding` field, when there is one.
     let mut chunked: Option<bool> = None;
     let (mut close, mut keep_alive_token) = (false, false);
+    // Whether `Connection` names a field besides its own options (which go with it).
+    let mut names_fields = false;
     for field in fields {
         let name = &head[field.name.0..field.name.1];
         let value = &head[field.value.0..field.value.1];
+        if name.len() > MAX_NAME_LEN {
+            return Err(WireError::Head(httparse::Error::HeaderName));
+        }
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
             if let Some(last) = value.rsplit(|&b| b == b',').map(<[u8]>::trim_ascii).next()
                 && !last.is_empty()
@@ -290,15 +292,16 @@ fn build_head(
             }
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+                let is_close = token.eq_ignore_ascii_case(b"close");
+                let is_keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                close |= is_close;
+                keep_alive_token |= is_keep_alive;
+                names_fields |= !(is_close || is_keep_alive || token.is_empty());
             }
         }
-        let name = HeaderName::from_bytes(name)
-            .map_err(|_| WireError::Head(httparse::Error::HeaderName))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(field.value.0..field.value.1))
-            .map_err(|_| WireError::HeaderValue)?;
-        headers.append(name, value);
+        if !h1::is_hop_by_hop(name) {
+            kept.push(*field);
+        }
     }
     let mut keep_alive = match version {
         Version::HTTP_10 => keep_alive_token && !close,
@@ -307,12 +310,13 @@ fn build_head(
     let no_body = *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
+    let mut contested = false;
     let framing = if no_body {
         BodyFraming::Empty
     } else if let Some(chunked) = chunked {
         if length.is_some() {
             // Both: chunked wins, and a connection whose framing was contested is not reused.
-            headers.remove(header::CONTENT_LENGTH);
+            contested = true;
             keep_alive = false;
         }
         if chunked {
@@ -330,13 +334,37 @@ fn build_head(
     if framing == BodyFraming::UntilClose {
         keep_alive = false;
     }
+    if contested || names_fields {
+        let named = connection_named(&head, fields);
+        kept.retain(|field| {
+            let name = &head[field.name.0..field.name.1];
+            let dropped_length = contested && name.eq_ignore_ascii_case(b"content-length");
+            let named_hop = named.iter().any(|named| named.eq_ignore_ascii_case(name));
+            !(dropped_length || named_hop)
+        });
+    }
     Ok(ResponseHead {
         status,
         version,
-        headers,
+        fields: HeadFields::new(head, kept),
         framing,
         keep_alive,
     })
+}
+
+/// Longest field name a `HeaderName` holds: a longer one is refused as it was when the head
+/// became a map, not passed on.
+const MAX_NAME_LEN: usize = (1 << 16) - 1;
+
+/// The field names every `Connection` field lists (RFC 9110 §7.6.1: hop-by-hop too).
+fn connection_named<'a>(head: &'a [u8], fields: &[FieldIndex]) -> Vec<&'a [u8]> {
+    fields
+        .iter()
+        .filter(|field| head[field.name.0..field.name.1].eq_ignore_ascii_case(b"connection"))
+        .flat_map(|field| head[field.value.0..field.value.1].split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.is_empty())
+        .collect()
 }
 
 /// A `Content-Length` value: ASCII digits only, no sign, no overflow.
@@ -572,20 +600,21 @@ mod tests {
     fn a_response_head_is_parsed_and_its_framing_decided() {
         let mut buf =
             BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: a\r\n\r\nhello"[..]);
-        let parsed = parse_response_head(&mut buf, &Method::GET, &mut Vec::new())
+        let mut parsed = parse_response_head(&mut buf, &Method::GET, &mut Vec::new())
             .expect("valid")
             .expect("complete");
         assert_eq!(parsed.status, StatusCode::OK);
         assert_eq!(parsed.framing, BodyFraming::Length(5));
         assert!(parsed.keep_alive);
-        assert_eq!(parsed.headers["x-up"], "a");
-        assert_eq!(parsed.headers[header::CONTENT_LENGTH], "5");
+        let fields = headers(&mut parsed);
+        assert_eq!(fields["x-up"], "a");
+        assert_eq!(fields[header::CONTENT_LENGTH], "5");
         assert_eq!(&buf[..], b"hello", "the body stays in the buffer");
 
-        let chunked = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        let mut chunked = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
         assert_eq!(chunked.framing, BodyFraming::Chunked);
         assert!(chunked.keep_alive);
-        assert!(!chunked.headers.contains_key(header::TRANSFER_ENCODING));
+        assert!(!headers(&mut chunked).contains_key(header::TRANSFER_ENCODING));
 
         let close = head(b"HTTP/1.1 200 OK\r\n\r\n");
         assert_eq!(close.framing, BodyFraming::UntilClose);
@@ -622,23 +651,61 @@ mod tests {
             assert!(parsed.keep_alive);
         }
         // HEAD keeps the length the upstream gave.
-        let to_head = parse(
+        let mut to_head = parse(
             b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
             &Method::HEAD,
         )
         .expect("valid")
         .expect("complete");
-        assert_eq!(to_head.headers[header::CONTENT_LENGTH], "9");
+        assert_eq!(headers(&mut to_head)[header::CONTENT_LENGTH], "9");
+    }
+
+    /// The head's fields in a map, as a connection hyper serves gets them.
+    fn headers(head: &mut ResponseHead) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        std::mem::take(&mut head.fields).into_map(&mut map);
+        map
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_those_connection_names_are_left_out() {
+        let mut parsed = head(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret-Hop\r\nKeep-Alive: timeout=5\r\n\
+              X-Secret-Hop: 1\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nUpgrade: h2c\r\n\
+              Trailer: x-sum\r\nContent-Type: text/plain\r\nx-secret-hop: 2\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert!(parsed.keep_alive);
+        let names: Vec<&[u8]> = parsed.fields.iter().map(|(name, _)| name).collect();
+        assert_eq!(
+            names,
+            [&b"Content-Type"[..], b"Content-Length"],
+            "as they came"
+        );
+        let fields = headers(&mut parsed);
+        assert_eq!(fields.len(), 2);
+        assert_eq!(fields[header::CONTENT_TYPE], "text/plain");
+        // Nothing to leave out: every field, in order.
+        let plain = head(b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\na: 3\r\nContent-Length: 0\r\n\r\n");
+        let fields: Vec<(&[u8], &[u8])> = plain.fields.iter().collect();
+        assert_eq!(
+            fields,
+            [
+                (&b"A"[..], &b"1"[..]),
+                (b"B", b"2"),
+                (b"a", b"3"),
+                (b"Content-Length", b"0")
+            ]
+        );
     }
 
     #[test]
     fn contested_framing_is_resolved_strictly() {
         // Chunked wins over a length, and the connection is not reused after it.
-        let both =
+        let mut both =
             head(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(both.framing, BodyFraming::Chunked);
         assert!(!both.keep_alive);
-        assert!(!both.headers.contains_key(header::CONTENT_LENGTH));
+        assert!(!headers(&mut both).contains_key(header::CONTENT_LENGTH));
         // A coding list not ending in chunked is read until close.
         let gzip = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n");
         assert_eq!(gzip.framing, BodyFraming::UntilClose);
@@ -664,9 +731,9 @@ mod tests {
 
     #[test]
     fn interim_responses_are_skipped_and_an_upgrade_is_refused() {
-        let parsed = head(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
+        let mut parsed = head(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(parsed.status, StatusCode::CREATED);
-        assert!(!parsed.headers.contains_key(header::LINK));
+        assert!(!headers(&mut parsed).contains_key(header::LINK));
         assert_eq!(
             parse(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", &Method::GET).expect_err("refused"),
             WireError::Upgrade
@@ -786,9 +853,13 @@ mod tests {
                 bytes in proptest::collection::vec(any::<u8>(), 0..600),
             ) {
                 let mut buf = BytesMut::from(&bytes[..]);
-                if let Ok(Some(head)) = parse_response_head(&mut buf, &Method::GET, &mut Vec::new()) {
+                if let Ok(Some(mut head)) = parse_response_head(&mut buf, &Method::GET, &mut Vec::new()) {
                     prop_assert!(buf.len() < bytes.len(), "a parsed head is taken from the buffer");
                     prop_assert!(!head.status.is_informational());
+                    // What httparse accepts, `HeaderName` and `HeaderValue` do: moving the
+                    // fields into a map (a connection hyper serves) loses none.
+                    let count = head.fields.iter().count();
+                    prop_assert_eq!(headers(&mut head).len(), count);
                 }
             }
 
