@@ -10,6 +10,7 @@ use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 use serde::Serialize;
 
+use crate::fields;
 use crate::h1::HeadFields;
 use crate::limits::{self, Admission};
 use crate::upstream::PooledBody;
@@ -51,7 +52,9 @@ pub(crate) mod codes {
 
 /// The inbound `x-request-id` if it is 1–128 visible ASCII characters, else a fresh one.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(value) = headers.get(&REQUEST_ID) {
+    // A walk over the few fields, not a hashed lookup of a name most requests lack.
+    let [inbound] = fields::first(headers, [&REQUEST_ID]);
+    if let Some(value) = inbound {
         let bytes = value.as_bytes();
         if !bytes.is_empty()
             && bytes.len() <= MAX_REQUEST_ID_LEN
@@ -63,14 +66,15 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     generate_request_id()
 }
 
+/// 128 random bits as 32 lowercase hex digits (a started trace takes them as its id).
 fn generate_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let random: u128 = rand::random();
     let mut text = [0u8; 32];
-    for (index, slot) in text.iter_mut().enumerate() {
-        *slot = HEX[((random >> (index * 4)) & 0xf) as usize];
+    match hex::encode_to_slice(random.to_le_bytes(), &mut text) {
+        Ok(()) => HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("unknown")),
+        // 16 bytes are always 32 digits.
+        Err(_) => HeaderValue::from_static("unknown"),
     }
-    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 #[derive(Serialize)]

@@ -97,9 +97,10 @@ impl TraceParent {
         let mut text = [b'-'; LEN];
         text[0] = b'0';
         text[1] = b'0';
-        write_hex(&mut text[3..35], &self.trace_id.to_be_bytes());
-        write_hex(&mut text[36..52], &self.parent_id.to_be_bytes());
-        write_hex(&mut text[53..55], &[self.flags]);
+        // Each slice is twice its bytes' length, the one way `encode_to_slice` can fail.
+        let _ = hex::encode_to_slice(self.trace_id.to_be_bytes(), &mut text[3..35]);
+        let _ = hex::encode_to_slice(self.parent_id.to_be_bytes(), &mut text[36..52]);
+        let _ = hex::encode_to_slice([self.flags], &mut text[53..55]);
         text
     }
 
@@ -153,15 +154,6 @@ fn hex(digits: &[u8]) -> Option<u128> {
         };
         Some(value << 4 | u128::from(nibble))
     })
-}
-
-/// Writes `bytes` as lowercase hex into `out`, which is twice as long.
-fn write_hex(out: &mut [u8], bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0xf)];
-    }
 }
 
 fn random_nonzero_u64() -> u64 {
