@@ -525,5 +525,19 @@ async fn h2c_clients_are_served_and_forwarded_over_http1() {
         gateway.addr.to_string()
     );
     assert_eq!(seen["headers"]["x-keygate-owner"][0], "alice");
+    // The upstream's response fields reach an h2 client too (hyper serves it: they are moved
+    // into the response's map), less the hop-by-hop ones, which h2 forbids.
+    let request = Request::get(gateway.url("/hop"))
+        .header("x-api-key", &key)
+        .header("x-request-id", "h2-req")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = h2.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-upstream-end"], "kept");
+    assert_eq!(response.headers()["x-request-id"], "h2-req");
+    for gone in ["x-upstream-hop", "keep-alive", "connection"] {
+        assert!(response.headers().get(gone).is_none(), "{gone}");
+    }
     gateway.stop().await;
 }
