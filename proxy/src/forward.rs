@@ -26,6 +26,7 @@ use crate::client_body::ClientBody;
 use crate::credential::CredentialHeaders;
 use crate::error::error_chain;
 use crate::fields;
+use crate::h1;
 use crate::idle_body::IdleBody;
 use crate::metrics::{Metrics, UpstreamFailure};
 use crate::replica::KEY_ID_TEXT_LEN;
@@ -279,9 +280,8 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes()).ok())
+        .flat_map(|value| h1::list_items(value.as_bytes()))
+        .filter_map(|name| HeaderName::from_bytes(name).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -291,7 +291,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// [`crate::h1::HOP_BY_HOP`] as names (a test holds the two lists equal). References to `http`'s
+/// [`h1::HOP_BY_HOP`] as names (a test holds the two lists equal). References to `http`'s
 /// constants where the name is standard, so that a comparison folds to an enum comparison: a
 /// `static` array of the same names cost ~170 instructions a request more (BENCHMARKS.md,
 /// 2026-12-02).
@@ -409,7 +409,7 @@ mod tests {
     #[test]
     fn the_hop_by_hop_names_are_the_wire_lists() {
         let names: Vec<&str> = HOP_BY_HOP.iter().map(|name| name.as_str()).collect();
-        assert_eq!(names, crate::h1::HOP_BY_HOP);
+        assert_eq!(names, h1::HOP_BY_HOP);
     }
 
     #[test]

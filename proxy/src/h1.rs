@@ -51,6 +51,15 @@ pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
         .any(|hop| hop.as_bytes().eq_ignore_ascii_case(name))
 }
 
+/// The items of a comma-separated field value (RFC 9110 §5.6.1), trimmed, empty ones skipped:
+/// `Connection`'s options and the field names it lists.
+pub(crate) fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|item| !item.is_empty())
+}
+
 /// The fields of a response head as they came on the wire: slices of the head's bytes, kept
 /// out of a `HeaderMap`. An upstream's response reaches the client's connection this way (the
 /// body carries them, `upstream/connection.rs`): the lean loop writes them as they are, and
@@ -242,6 +251,13 @@ async fn write_data<T: AsyncWrite + Unpin>(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_items_are_trimmed_and_empty_ones_skipped() {
+        let items: Vec<&[u8]> = list_items(b" keep-alive, ,X-Hop\t,, close ").collect();
+        assert_eq!(items, [&b"keep-alive"[..], b"X-Hop", b"close"]);
+        assert_eq!(list_items(b" , ").count(), 0);
+    }
 
     #[test]
     fn head_fields_go_into_a_map_but_those_it_replaces() {

@@ -249,9 +249,7 @@ fn parse_head(buf: &mut BytesMut, max_header_bytes: usize, fields: &mut Vec<Fiel
         {
             return Err(NotPlain);
         } else if name.eq_ignore_ascii_case(b"connection") {
-            close |= value
-                .split(|&b| b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+            close |= h1::list_items(value).any(|token| token.eq_ignore_ascii_case(b"close"));
         }
         fields.push(FieldIndex::at(base, name, value));
     }

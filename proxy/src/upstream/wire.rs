@@ -291,12 +291,12 @@ fn build_head(
                 length = Some(parsed);
             }
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            for token in h1::list_items(value) {
                 let is_close = token.eq_ignore_ascii_case(b"close");
                 let is_keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
                 close |= is_close;
                 keep_alive_token |= is_keep_alive;
-                names_fields |= !(is_close || is_keep_alive || token.is_empty());
+                names_fields |= !(is_close || is_keep_alive);
             }
         }
         if !h1::is_hop_by_hop(name) {
@@ -361,9 +361,7 @@ fn connection_named<'a>(head: &'a [u8], fields: &[FieldIndex]) -> Vec<&'a [u8]> 
     fields
         .iter()
         .filter(|field| head[field.name.0..field.name.1].eq_ignore_ascii_case(b"connection"))
-        .flat_map(|field| head[field.value.0..field.value.1].split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|token| !token.is_empty())
+        .flat_map(|field| h1::list_items(&head[field.value.0..field.value.1]))
         .collect()
 }
 
