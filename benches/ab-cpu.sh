@@ -90,10 +90,16 @@ for target in ("a", "b", "nginx"):
     rows[target] = dict(total=statistics.median(total), user=statistics.median(user),
                         kernel=statistics.median(kernel), per_round=total, errors=errors,
                         p99_us=statistics.median(r["latency"]["p99"] for r in runs))
+# Round by round: the three proxies of a round ran back to back, so their ratio leaves out
+# what the host did between rounds (on a noisy host, the ratio of medians does not).
+def by_round(x, y):
+    return statistics.median(b / a for a, b in zip(rows[x]["per_round"], rows[y]["per_round"]))
 summary = {"a": dir_a, "b": dir_b, "route": route, "proxies": rows,
            "b_over_a": rows["b"]["total"] / rows["a"]["total"],
            "a_over_nginx": rows["a"]["total"] / rows["nginx"]["total"],
-           "b_over_nginx": rows["b"]["total"] / rows["nginx"]["total"]}
+           "b_over_nginx": rows["b"]["total"] / rows["nginx"]["total"],
+           "by_round": {"b_over_a": by_round("a", "b"), "a_over_nginx": by_round("nginx", "a"),
+                        "b_over_nginx": by_round("nginx", "b")}}
 json.dump(summary, open(out + ".json", "w"), indent=2)
 print(f"CPU µs per request, median of {len(rows['a']['per_round'])} rounds ({route} route):")
 print("| proxy | total | user | kernel | per round | p99 ms | errors |")
@@ -103,5 +109,7 @@ for name, label in (("a", f"A {os.path.basename(dir_a)}"), ("b", f"B {os.path.ba
     rounds = " ".join(f"{v:.1f}" for v in r["per_round"])
     print(f"| {label} | {r['total']:.1f} | {r['user']:.1f} | {r['kernel']:.1f} | {rounds} | {r['p99_us'] / 1000:.2f} | {r['errors']} |")
 print(f"B ÷ A {summary['b_over_a']:.3f}; A ÷ nginx {summary['a_over_nginx']:.3f}; B ÷ nginx {summary['b_over_nginx']:.3f}")
+r = summary["by_round"]
+print(f"median of round-by-round ratios: B ÷ A {r['b_over_a']:.3f}; A ÷ nginx {r['a_over_nginx']:.3f}; B ÷ nginx {r['b_over_nginx']:.3f}")
 PY
 echo "runs: $out/, summary: $out.json" >&2
