@@ -268,6 +268,12 @@ async fn spans_reach_an_otlp_collector_in_the_callers_trace() {
         Some("GET")
     );
     assert_eq!(request.attribute("url.path").as_deref(), Some("/api/items"));
+    // A forwarded response carries its request id outside its map (`h1::HeadFields`); the
+    // span finds it there.
+    assert_eq!(
+        request.attribute("keygate.request_id"),
+        upstream_header(&echoed, "x-request-id"),
+    );
     assert_eq!(
         request.attribute("http.response.status_code").as_deref(),
         Some("200")

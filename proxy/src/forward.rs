@@ -56,7 +56,8 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 pub(crate) struct Forwarding<'a> {
     pub route: &'a Route,
     pub peer: &'a Peer,
-    pub request_id: &'a HeaderValue,
+    /// Moved into the forwarded response at the end, not cloned.
+    pub request_id: HeaderValue,
     /// The verified key or session, on routes that verify.
     pub grant: Option<&'a Grant>,
 }
@@ -115,7 +116,7 @@ impl Forwarder {
         }
         join_cookie_fragments(headers);
         if self.trace_context {
-            trace_context::propagate(headers, forwarding.request_id);
+            trace_context::propagate(headers, &forwarding.request_id);
         }
         // The fields the gateway adds are written into the head by the client, each replacing
         // the request's own of that name (`AddedFields`); the request's map is only read now.
@@ -146,7 +147,7 @@ impl Forwarder {
         if let Some(host) = original_host {
             added.push(&X_FORWARDED_HOST, host);
         }
-        added.push(&REQUEST_ID, forwarding.request_id);
+        added.push(&REQUEST_ID, &forwarding.request_id);
         let mut key_id = [0u8; KEY_ID_TEXT_LEN];
         if let Some(grant) = forwarding.grant {
             let Some(identity) = identity_fields(grant, &mut key_id) else {
@@ -156,7 +157,7 @@ impl Forwarder {
                     StatusCode::INTERNAL_SERVER_ERROR,
                     codes::INTERNAL,
                     "the key's owner cannot be sent as a header",
-                    forwarding.request_id,
+                    &forwarding.request_id,
                 );
             };
             for (name, value) in identity {
@@ -172,15 +173,16 @@ impl Forwarder {
             .await;
         self.metrics.upstream_duration.record(started.elapsed());
         match outcome {
-            Ok(upstream) => {
-                // The upstream's fields are in the body, hop-by-hop ones left out when the
-                // head was parsed (`upstream/wire.rs`); the map holds what the gateway sets,
-                // which replaces any of the upstream's by the same name (`h1::HeadFields`).
-                let mut response = upstream.map(Either::Left);
-                response
-                    .headers_mut()
-                    .insert(REQUEST_ID.clone(), forwarding.request_id.clone());
-                response
+            // The upstream's fields are in the body, hop-by-hop ones left out when the head
+            // was parsed (`upstream/wire.rs`). The request id goes with them, not into the
+            // map, and replaces any of the upstream's (`h1::HeadFields`).
+            Ok(mut upstream) => {
+                upstream
+                    .body_mut()
+                    .get_mut()
+                    .fields_mut()
+                    .set(&REQUEST_ID, forwarding.request_id);
+                upstream.map(Either::Left)
             }
             Err(error @ UpstreamError::Busy { .. }) => {
                 tracing::warn!(upstream = %route.upstream, error = %error, "upstream busy");
@@ -189,7 +191,7 @@ impl Forwarder {
                     StatusCode::SERVICE_UNAVAILABLE,
                     codes::UPSTREAM_BUSY,
                     "every connection to the upstream is busy",
-                    forwarding.request_id,
+                    &forwarding.request_id,
                 );
                 response
                     .headers_mut()
@@ -205,7 +207,7 @@ impl Forwarder {
                     StatusCode::BAD_REQUEST,
                     codes::BAD_REQUEST,
                     "the request body could not be read",
-                    forwarding.request_id,
+                    &forwarding.request_id,
                 )
             }
             Err(UpstreamError::Timeout) => {
@@ -215,7 +217,7 @@ impl Forwarder {
                     StatusCode::GATEWAY_TIMEOUT,
                     codes::UPSTREAM_TIMEOUT,
                     "the upstream did not answer in time",
-                    forwarding.request_id,
+                    &forwarding.request_id,
                 )
             }
             Err(error) => {
@@ -225,7 +227,7 @@ impl Forwarder {
                     StatusCode::BAD_GATEWAY,
                     codes::UPSTREAM_UNAVAILABLE,
                     "the upstream could not be reached or closed the connection",
-                    forwarding.request_id,
+                    &forwarding.request_id,
                 )
             }
         }

@@ -33,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::miss::{ControlPlaneSlot, MissLookup, MissSettings};
 use crate::reload::{self, ConfigSource, RouteReloader};
 use crate::replica::Replica;
-use crate::response::{self, ProxyBody, REQUEST_ID};
+use crate::response::{self, ProxyBody};
 use crate::route::RouteTable;
 use crate::server::{self, Peer, ServerLimits, Service};
 use crate::sessions;
@@ -562,11 +562,7 @@ impl Service for InSpans {
             .instrument(span.clone())
             .await;
         spans::record_status(&span, response.status());
-        if let Some(id) = response
-            .headers()
-            .get(&REQUEST_ID)
-            .and_then(|id| id.to_str().ok())
-        {
+        if let Some(id) = response::request_id_of(&response).and_then(|id| id.to_str().ok()) {
             span.record("keygate.request_id", id);
         }
         response

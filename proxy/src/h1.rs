@@ -67,51 +67,102 @@ pub(crate) fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// ([`HeadFields::into_map`]). Building and dropping a map of them cost ~650 instructions a
 /// response more (BENCHMARKS.md, 2026-12-02).
 ///
-/// A field of a name the response's map also holds is left out: what the gateway set (its
-/// `x-request-id`, the limit fields) replaces what the upstream sent. Names and values are
-/// what httparse accepts, which is what `HeaderName` and `HeaderValue` accept (a property
-/// test in `upstream/wire.rs` holds the two to it).
+/// The gateway's own field on every forwarded response, its `x-request-id`, travels here too
+/// ([`HeadFields::set`]), out of the map: a map holding that one field cost ~700 instructions
+/// a response (two allocations, a hashed insert, the drop; BENCHMARKS.md, 2026-12-02,
+/// evening). A field of a name the gateway set, here or in the response's map (the limit
+/// fields), is left out: what the gateway set replaces what the upstream sent. Names and
+/// values are what httparse accepts, which is what `HeaderName` and `HeaderValue` accept (a
+/// property test in `upstream/wire.rs` holds the two to it).
 #[derive(Debug, Default)]
 pub(crate) struct HeadFields {
     head: Bytes,
     fields: Vec<FieldIndex>,
+    /// The one field the gateway sets on every forwarded response (its request id).
+    own: Option<(&'static HeaderName, HeaderValue)>,
 }
 
 impl HeadFields {
     /// The fields at `fields` in `head`.
     pub fn new(head: Bytes, fields: Vec<FieldIndex>) -> Self {
-        Self { head, fields }
+        Self {
+            head,
+            fields,
+            own: None,
+        }
     }
 
-    /// Each field's name (as the peer spelled it) and value.
+    /// Sets the gateway's one field of this response (its request id), replacing the
+    /// upstream's of that name and any earlier call's.
+    pub fn set(&mut self, name: &'static HeaderName, value: HeaderValue) {
+        self.own = Some((name, value));
+    }
+
+    /// The value [`Self::set`] gave `name`, if it did.
+    pub fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.own
+            .as_ref()
+            .filter(|(own, _)| *own == name)
+            .map(|(_, value)| value)
+    }
+
+    /// The upstream's fields: each one's name (as the peer spelled it) and value.
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.fields
             .iter()
             .map(|field| (self.name(field), &self.head[field.value.0..field.value.1]))
     }
 
-    /// The fields `map` does not replace (see the type's documentation).
-    pub fn not_in<'a>(&'a self, map: &'a HeaderMap) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
-        self.iter().filter(|(name, _)| !replaced(map, name))
+    /// Calls `f` with each field to write besides `map`'s: the upstream's that neither `map`
+    /// nor [`Self::set`] replaces, then the one set, unless `map` holds its name too. A loop,
+    /// not an iterator: a chained iterator's `next` cost ~180 instructions a response more.
+    pub fn each_not_in(&self, map: &HeaderMap, mut f: impl FnMut(&[u8], &[u8])) {
+        let own = self
+            .own
+            .as_ref()
+            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
+            .filter(|(name, _)| !replaced(map, name));
+        for field in &self.fields {
+            let name = self.name(field);
+            if replaced(map, name) || own.is_some_and(|(own, _)| own.eq_ignore_ascii_case(name)) {
+                continue;
+            }
+            f(name, &self.head[field.value.0..field.value.1]);
+        }
+        if let Some((name, value)) = own {
+            f(name, value);
+        }
     }
 
-    /// Appends the fields to `map`, but those it replaces. A field that is not a valid
-    /// `HeaderName` and `HeaderValue` is left out (none is: see the type's documentation).
+    /// Appends the fields to `map`, but those it replaces (see [`Self::each_not_in`]). A field that
+    /// is not a valid `HeaderName` and `HeaderValue` is left out (none is: see the type's
+    /// documentation).
     pub fn into_map(self, map: &mut HeaderMap) {
-        let kept: Vec<(HeaderName, HeaderValue)> = self
-            .fields
+        let Self { head, fields, own } = self;
+        let own = own.filter(|(name, _)| !replaced(map, name.as_str().as_bytes()));
+        let kept: Vec<(HeaderName, HeaderValue)> = fields
             .iter()
-            .filter(|field| !replaced(map, self.name(field)))
-            .filter_map(|field| {
-                let name = HeaderName::from_bytes(self.name(field)).ok()?;
+            .map(|field| (field, &head[field.name.0..field.name.1]))
+            .filter(|(_, name)| {
+                !replaced(map, name)
+                    && own
+                        .as_ref()
+                        .is_none_or(|(own, _)| !own.as_str().as_bytes().eq_ignore_ascii_case(name))
+            })
+            .filter_map(|(field, name)| {
+                let name = HeaderName::from_bytes(name).ok()?;
                 let value =
-                    HeaderValue::from_maybe_shared(self.head.slice(field.value.0..field.value.1));
+                    HeaderValue::from_maybe_shared(head.slice(field.value.0..field.value.1));
                 Some((name, value.ok()?))
             })
             .collect();
-        map.reserve(kept.len());
+        map.reserve(kept.len() + usize::from(own.is_some()));
         for (name, value) in kept {
             map.append(name, value);
+        }
+        if let Some((name, value)) = own {
+            map.insert(name.clone(), value);
         }
     }
 
@@ -252,6 +303,21 @@ async fn write_data<T: AsyncWrite + Unpin>(
 mod tests {
     use super::*;
 
+    static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+    /// The fields `fields` writes besides `map`'s, as `name: value` lines.
+    fn written(fields: &HeadFields, map: &HeaderMap) -> Vec<String> {
+        let mut lines = Vec::new();
+        fields.each_not_in(map, |name, value| {
+            lines.push(format!(
+                "{}: {}",
+                String::from_utf8_lossy(name),
+                String::from_utf8_lossy(value)
+            ))
+        });
+        lines
+    }
+
     #[test]
     fn list_items_are_trimmed_and_empty_ones_skipped() {
         let items: Vec<&[u8]> = list_items(b" keep-alive, ,X-Hop\t,, close ").collect();
@@ -276,13 +342,36 @@ mod tests {
         );
         let mut map = HeaderMap::new();
         map.insert("x-request-id", HeaderValue::from_static("ours"));
-        let kept: Vec<_> = fields.not_in(&map).collect();
-        assert_eq!(kept, [(&b"X-Up"[..], &b"1"[..]), (b"x-up", b"2")]);
+        assert_eq!(written(&fields, &map), ["X-Up: 1", "x-up: 2"]);
         fields.into_map(&mut map);
         assert_eq!(map["x-request-id"], "ours");
         let ups: Vec<_> = map.get_all("x-up").iter().collect();
         assert_eq!(ups, ["1", "2"]);
         assert_eq!(map.len(), 3);
+
+        // The field the gateway set with them replaces theirs, as the map's does.
+        let mut fields = HeadFields::new(
+            head.clone(),
+            vec![at((0, 4), (6, 7)), at((7, 19), (21, 27))],
+        );
+        fields.set(&REQUEST_ID, HeaderValue::from_static("set"));
+        assert_eq!(
+            written(&fields, &HeaderMap::new()),
+            ["X-Up: 1", "x-request-id: set"]
+        );
+        let mut map = HeaderMap::new();
+        fields.into_map(&mut map);
+        assert_eq!(map["x-request-id"], "set");
+        assert_eq!(map.len(), 2);
+        // The map's still wins over both.
+        let mut fields = HeadFields::new(head.clone(), vec![at((7, 19), (21, 27))]);
+        fields.set(&REQUEST_ID, HeaderValue::from_static("set"));
+        let mut map = HeaderMap::new();
+        map.insert("x-request-id", HeaderValue::from_static("ours"));
+        assert!(written(&fields, &map).is_empty());
+        fields.into_map(&mut map);
+        let ids: Vec<_> = map.get_all("x-request-id").iter().collect();
+        assert_eq!(ids, ["ours"]);
     }
 
     #[test]

@@ -142,7 +142,7 @@ impl Handler {
             let forwarding = Forwarding {
                 route,
                 peer,
-                request_id: &request_id,
+                request_id,
                 grant: grant.as_ref(),
             };
             let mut response = self.forwarder.forward(request, forwarding).await;
@@ -161,7 +161,7 @@ impl Handler {
         let forwarding = Forwarding {
             route,
             peer,
-            request_id: &request_id,
+            request_id,
             grant: grant.as_ref(),
         };
         let mut response =

@@ -31,6 +31,11 @@ impl<B> IdleBody<B> {
     }
 
     /// The source.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
+    /// The source.
     pub fn get_mut(&mut self) -> &mut B {
         &mut self.inner
     }

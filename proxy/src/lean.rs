@@ -339,11 +339,11 @@ where
     write.extend_from_slice(b"\r\n");
     let mut has_date = false;
     let mut has_length = false;
-    for (name, value) in fields.not_in(&parts.headers) {
+    fields.each_not_in(&parts.headers, |name, value| {
         has_date |= name.eq_ignore_ascii_case(b"date");
         has_length |= name.eq_ignore_ascii_case(b"content-length");
         h1::field(write, name, value);
-    }
+    });
     for (name, value) in &parts.headers {
         has_date |= *name == header::DATE;
         has_length |= *name == header::CONTENT_LENGTH;
@@ -664,6 +664,24 @@ mod tests {
             text.starts_with(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\
                  Date: then\r\nx-request-id: ours\r\n\r\nabc"
+            ),
+            "{text}"
+        );
+        // The request id set with the fields (a forwarded response's) replaces theirs too,
+        // and a limit field in the map replaces the upstream's.
+        let mut fields = upstream_fields(
+            b"x-request-id: theirs\nRateLimit-Policy: theirs\nContent-Length: 1\nDate: then\n",
+        );
+        fields.set(&REQUEST_ID, HeaderValue::from_static("ours"));
+        let mut response = Response::new(Full::new(Bytes::from("a")));
+        response
+            .headers_mut()
+            .insert("ratelimit-policy", HeaderValue::from_static("mine"));
+        let text = written_with(response, fields, false, false).await;
+        assert!(
+            text.starts_with(
+                "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nDate: then\r\n\
+                 x-request-id: ours\r\nratelimit-policy: mine\r\n\r\na"
             ),
             "{text}"
         );

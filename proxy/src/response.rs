@@ -19,13 +19,24 @@ use crate::verify::Code;
 /// Body of every response the gateway sends: streamed from an upstream, or written here.
 pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
 
-/// The fields of an upstream's response head, which its map does not hold (`h1::HeadFields`);
-/// none for a response the gateway wrote.
+/// The fields of a forwarded response that its map does not hold (`h1::HeadFields`): the
+/// upstream's and the request id; none for a response the gateway wrote. Empty after the first
+/// call.
 pub fn head_fields(body: &mut ProxyBody) -> HeadFields {
     match body {
         Either::Left(upstream) => upstream.get_mut().take_fields(),
         Either::Right(_) => HeadFields::default(),
     }
+}
+
+/// The `x-request-id` the gateway gave `response`: set with the upstream's fields (a forwarded
+/// one, `h1::HeadFields`) or in its map (one it wrote).
+pub fn request_id_of(response: &Response<ProxyBody>) -> Option<&HeaderValue> {
+    match response.body() {
+        Either::Left(upstream) => upstream.get_ref().fields().get(&REQUEST_ID),
+        Either::Right(_) => None,
+    }
+    .or_else(|| response.headers().get(&REQUEST_ID))
 }
 
 /// The request-id header, read from clients and sent to upstreams and back.

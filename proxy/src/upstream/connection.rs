@@ -279,6 +279,16 @@ impl ResponseBody {
         std::mem::take(&mut self.fields)
     }
 
+    /// The response head's fields, until the server side takes them.
+    pub fn fields(&self) -> &HeadFields {
+        &self.fields
+    }
+
+    /// The response head's fields, for the gateway to set its own (`HeadFields::set`).
+    pub fn fields_mut(&mut self) -> &mut HeadFields {
+        &mut self.fields
+    }
+
     /// The body is through: the connection goes back to the pool when nothing is left over
     /// and the upstream keeps it open.
     fn finish(&mut self) {

@@ -727,6 +727,7 @@ async fn echo(
         headers.insert("x-upstream-hop", "1".parse().unwrap());
         headers.insert("keep-alive", "timeout=5".parse().unwrap());
         headers.insert("x-upstream-end", "kept".parse().unwrap());
+        headers.insert("x-request-id", "upstream-made".parse().unwrap());
     }
     if path.starts_with("/close") {
         response
