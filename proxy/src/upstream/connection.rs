@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::io;
+use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
@@ -32,8 +33,28 @@ const READ_RESERVE: usize = 8 * 1024;
 /// The byte stream of an upstream connection.
 pub(super) type Io = keygate_transport::MaybeTls<TlsStream<TcpStream>>;
 
-/// An open connection, idle or carrying one exchange.
-pub(super) struct Connection {
+/// An open connection, idle or carrying one exchange. Boxed: it moves from the pool into an
+/// exchange, a response body and back, and every move of a response or a future that held its
+/// ~150 bytes inline was a copy (~1 000 instructions a request in all, BENCHMARKS.md,
+/// 2026-12-02, evening); one allocation per connection instead.
+pub(super) struct Connection(Box<ConnectionState>);
+
+impl Deref for Connection {
+    type Target = ConnectionState;
+
+    fn deref(&self) -> &ConnectionState {
+        &self.0
+    }
+}
+
+impl DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut ConnectionState {
+        &mut self.0
+    }
+}
+
+/// What a [`Connection`] holds.
+pub(super) struct ConnectionState {
     io: Io,
     /// Bytes read and not yet consumed.
     read: BytesMut,
@@ -66,7 +87,7 @@ pub(super) struct Failed {
 
 impl Connection {
     pub fn new(io: Io, slot: OwnedSemaphorePermit) -> Self {
-        Self {
+        Self(Box::new(ConnectionState {
             io,
             read: BytesMut::with_capacity(READ_RESERVE),
             write: Vec::with_capacity(1024),
@@ -75,9 +96,11 @@ impl Connection {
             timer: None,
             home: crate::workers::current(),
             _slot: slot,
-        }
+        }))
     }
+}
 
+impl ConnectionState {
     /// Whether an idle connection can take a request: the upstream has neither closed it nor
     /// sent anything unasked. Costs no system call when nothing arrived (the runtime already
     /// knows the socket is not readable).
