@@ -121,35 +121,30 @@ impl HeadFields {
         let own = self
             .own
             .as_ref()
-            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
-            .filter(|(name, _)| !replaced(map, name));
+            .filter(|(name, _)| !replaced(map, name.as_str().as_bytes()));
+        let own_name = own.map(|(name, _)| name.as_str().as_bytes());
         for field in &self.fields {
             let name = self.name(field);
-            if replaced(map, name) || own.is_some_and(|(own, _)| own.eq_ignore_ascii_case(name)) {
-                continue;
+            if !superseded(map, own_name, name) {
+                f(name, &self.head[field.value.0..field.value.1]);
             }
-            f(name, &self.head[field.value.0..field.value.1]);
         }
         if let Some((name, value)) = own {
-            f(name, value);
+            f(name.as_str().as_bytes(), value.as_bytes());
         }
     }
 
-    /// Appends the fields to `map`, but those it replaces (see [`Self::each_not_in`]). A field that
-    /// is not a valid `HeaderName` and `HeaderValue` is left out (none is: see the type's
+    /// Appends the fields to `map`, but those it replaces (see [`Self::each_not_in`]). A field
+    /// that is not a valid `HeaderName` and `HeaderValue` is left out (none is: see the type's
     /// documentation).
     pub fn into_map(self, map: &mut HeaderMap) {
         let Self { head, fields, own } = self;
         let own = own.filter(|(name, _)| !replaced(map, name.as_str().as_bytes()));
+        let own_name = own.as_ref().map(|(name, _)| name.as_str().as_bytes());
         let kept: Vec<(HeaderName, HeaderValue)> = fields
             .iter()
             .map(|field| (field, &head[field.name.0..field.name.1]))
-            .filter(|(_, name)| {
-                !replaced(map, name)
-                    && own
-                        .as_ref()
-                        .is_none_or(|(own, _)| !own.as_str().as_bytes().eq_ignore_ascii_case(name))
-            })
+            .filter(|(_, name)| !superseded(map, own_name, name))
             .filter_map(|(field, name)| {
                 let name = HeaderName::from_bytes(name).ok()?;
                 let value =
@@ -169,6 +164,12 @@ impl HeadFields {
     fn name(&self, field: &FieldIndex) -> &[u8] {
         &self.head[field.name.0..field.name.1]
     }
+}
+
+/// Whether the gateway replaces an upstream's field named `name`: `map` holds that name, or it
+/// is `own`'s, the field set with the upstream's ([`HeadFields::set`]).
+fn superseded(map: &HeaderMap, own: Option<&[u8]>, name: &[u8]) -> bool {
+    replaced(map, name) || own.is_some_and(|own| own.eq_ignore_ascii_case(name))
 }
 
 /// Whether `map` holds a field named `name` (in any case). The map is the gateway's own few
